@@ -1,0 +1,254 @@
+/* kefu-gateway internals shared by its modules: the server, connections, options, metrics. */
+#ifndef KEFU_GATEWAY_H
+#define KEFU_GATEWAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "kefu/codec.h"
+#include "kefu/config.h"
+#include "kefu/token.h"
+
+struct lws;
+struct lws_context;
+struct event_base;
+struct event;
+typedef struct kf_redis kf_redis;
+
+/* ---- options (options.c) ---- */
+typedef struct gw_options {
+    char *bind;
+    long long port;
+    long long processes;
+    char *node_name;
+    char *redis;
+    char *jwt_secrets;
+    long long jwt_leeway_s;
+    char *log_level;
+    long long auth_timeout_ms;
+    long long max_message_bytes;
+    long long max_text_bytes;
+    long long rx_buffer_bytes;
+    long long rate_per_s;
+    long long rate_burst;
+    long long rate_abuse_limit;
+    long long outq_max_bytes;
+    long long outq_max_msgs;
+    long long ping_interval_ms;
+    long long idle_timeout_ms;
+    long long history_maxlen;
+    long long history_page_max;
+    long long inbox_maxlen;
+    long long inbox_batch;
+    long long presence_ttl_ms;
+    long long cid_ttl_s;
+    long long redis_timeout_ms;
+    long long drain_timeout_ms;
+    long long max_connections;
+} gw_options;
+
+extern const kf_option gw_option_table[];
+
+/* ---- shared buffers (fan-out: encode once, queue everywhere) ---- */
+typedef struct gw_buf {
+    uint32_t refs;
+    uint32_t len;     /* payload bytes */
+    uint8_t binary;   /* frame kind */
+    char *data;       /* malloc'd: LWS_PRE headroom then payload */
+} gw_buf;
+
+gw_buf *gw_buf_new(char *data_with_headroom, size_t len, int binary);
+void gw_buf_ref(gw_buf *b);
+void gw_buf_unref(gw_buf *b);
+
+/* ---- connections ---- */
+typedef enum {
+    CONN_AUTHENTICATING, /* upgraded, waiting for hello */
+    CONN_READY,          /* authenticated, welcome sent */
+    CONN_CLOSING,        /* close requested; waiting for the writeable callback or the kill */
+    CONN_CLOSED,         /* lws closed it; struct lives on while Redis replies are pending */
+} gw_conn_state;
+
+typedef enum {
+    CLOSE_NONE = 0,
+    CLOSE_NORMAL,
+    CLOSE_SHUTDOWN,
+    CLOSE_INVALID_UTF8,
+    CLOSE_TOO_LARGE,
+    CLOSE_AUTH_INVALID,
+    CLOSE_AUTH_EXPIRED,
+    CLOSE_AUTH_TIMEOUT,
+    CLOSE_HELLO_EXPECTED,
+    CLOSE_IDLE_TIMEOUT,
+    CLOSE_RATE_ABUSE,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_PEER,
+    CLOSE_INTERNAL,
+    CLOSE__COUNT
+} gw_close_reason;
+
+extern const char *const gw_close_reason_names[CLOSE__COUNT];
+
+typedef struct gw_outq_item {
+    struct gw_outq_item *next;
+    gw_buf *buf;
+} gw_outq_item;
+
+typedef struct gw_conn {
+    /* identity */
+    uint64_t id;
+    struct lws *wsi;          /* NULL once lws closed the connection */
+    kf_format fmt;
+    struct gw_ident {
+        char *sub, *name, *skills;   /* malloc'd; NULL until authenticated */
+        char channel[KF_CHANNEL_MAX + 1];
+        uint8_t role;                 /* kf_role; KF_ROLE_NONE until authenticated */
+        uint8_t level;
+        uint16_t max_chats;
+        int64_t exp;                  /* token expiry, unix seconds */
+    } ident;
+    uint8_t authed;
+    struct gw_user *user;     /* entry in the local user index once authenticated */
+    struct gw_conn *user_next;
+    /* state */
+    gw_conn_state state;
+    uint32_t refs;            /* 1 for lws + 1 per Redis request in flight */
+    int64_t created_ms;
+    int64_t last_rx_ms;
+    int64_t last_ping_ms;
+    struct gw_conn *prev, *next; /* all connections, for the sweep */
+    /* input: a message being reassembled from fragments */
+    char *rx;
+    uint32_t rx_len, rx_cap;
+    uint8_t rx_binary;
+    /* rate limit: token bucket */
+    double tokens;
+    int64_t tokens_ms;
+    uint32_t abuse_count;
+    int64_t abuse_window_ms;
+    /* output queue */
+    gw_outq_item *outq_head, *outq_tail;
+    uint32_t outq_msgs;
+    size_t outq_bytes;
+    uint8_t want_ping;
+    /* close */
+    gw_close_reason close_reason;
+    uint16_t close_code;
+    const char *close_text;
+} gw_conn;
+
+/* Local user index entry: every authenticated connection of one user on this node. */
+typedef struct gw_user {
+    char *id;
+    struct gw_user *hnext;
+    gw_conn *conns;
+    uint32_t nconns;
+    uint8_t presence_ok;      /* presence registered in Redis */
+} gw_user;
+
+/* ---- the per-process server ---- */
+typedef struct gw_server {
+    gw_options opt;
+    const char *config_file;
+    char node[128];
+    int proc_index;
+    struct event_base *base;
+    struct lws_context *lws;
+    kf_redis *redis;
+    char **secrets;
+    size_t nsecrets;
+    /* connections */
+    gw_conn *conns;
+    uint64_t next_conn_id;
+    size_t nconns;
+    /* user index */
+    gw_user **users;
+    size_t users_cap, nusers;
+    /* inbox */
+    struct redisAsyncContext *inbox_ac;
+    char inbox_last_id[48];
+    int inbox_reading;
+    int inbox_ready;
+    /* lifecycle */
+    int draining;
+    int64_t drain_deadline_ms;
+    struct event *sweep_ev, *heartbeat_ev, *sig_term_ev, *sig_int_ev, *sig_hup_ev, *inbox_retry_ev;
+} gw_server;
+
+extern gw_server *gw;
+
+int64_t gw_now_ms(void);
+
+/* server.c */
+int gw_server_run(int proc_index, const gw_options *opt, const char *config_file);
+/** Queues a frame for a connection; takes a new reference on b. Closes the connection as a slow
+ * consumer when its queue is over the limits. */
+void gw_conn_send_buf(gw_conn *c, gw_buf *b);
+/** Encodes obj in the connection's format and queues it. Does not steal obj. */
+void gw_conn_send(gw_conn *c, const json_t *obj);
+/** Verifies a token and makes the connection READY (the welcome follows once its presence is
+ * stored). Returns 0, or -1 after asking for the 44xx close. */
+int gw_conn_authenticate(gw_conn *c, const char *token, size_t len);
+/** Asks lws to close the connection with a code and reason (sent from the writeable callback). */
+void gw_conn_close(gw_conn *c, gw_close_reason why, uint16_t code, const char *text);
+void gw_conn_ref(gw_conn *c);
+/** Drops a reference; frees the struct once lws closed it and no request holds it. */
+void gw_conn_unref(gw_conn *c);
+static inline int gw_conn_alive(const gw_conn *c) { return c->wsi && c->state == CONN_READY; }
+
+/* handlers.c */
+/** Handles one decoded frame of a connection. Steals msg. */
+void gw_handle_frame(gw_conn *c, json_t *msg);
+/** Sends {"type":"error",...} for a request. */
+void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char *message);
+
+/* router.c */
+void gw_router_start(void);
+void gw_router_stop(void);
+/** Adds an authenticated connection to the user index and registers presence; calls done(c, err)
+ * when the presence is stored (err NULL) or failed. */
+void gw_router_attach(gw_conn *c, void (*done)(gw_conn *c, const char *err));
+void gw_router_detach(gw_conn *c);
+/** Delivers a push to every connection of the given users, on whatever node they are, except
+ * the connection skip (may be NULL). Routed through the node inboxes. Steals payload. */
+void gw_route_push(json_t *payload, const char *const *users, size_t nusers, const gw_conn *skip);
+gw_user *gw_user_find(const char *id);
+
+/* metrics.c */
+typedef struct gw_metrics {
+    int64_t pid;
+    int64_t ready;
+    int64_t conns_by_role[5]; /* index: kf_role (0 = unauthenticated) */
+    uint64_t frames_in, frames_out, bytes_in, bytes_out;
+    uint64_t messages_stored;
+    uint64_t errors[9];
+    uint64_t closes[CLOSE__COUNT];
+    uint64_t redis_up_mask;
+    uint64_t redis_commands, redis_failures, redis_latency_us_sum, redis_latency_bucket[12];
+    uint64_t inbox_entries, inbox_deliveries;
+    int64_t inbox_lag_ms;
+    uint64_t outq_dropped;
+    int64_t node_index;
+} gw_metrics;
+
+extern const char *const gw_error_codes[9];
+enum { ERR_BAD_REQUEST, ERR_UNAUTHORIZED, ERR_FORBIDDEN, ERR_NOT_FOUND, ERR_CONFLICT, ERR_TOO_LARGE,
+       ERR_RATE_LIMITED, ERR_UNAVAILABLE, ERR_INTERNAL };
+
+/** Maps the shared metrics area for nprocs processes; call before forking. */
+int gw_metrics_init(int nprocs);
+/** This process's slot. */
+gw_metrics *gw_metrics_self(void);
+void gw_metrics_bind(int proc_index);
+/** Renders every process's metrics as Prometheus text into a malloc'd buffer with `headroom`
+ * spare bytes in front. */
+char *gw_metrics_render(size_t headroom, size_t *len);
+/** 1 when every process of this gateway reports ready. */
+int gw_metrics_all_ready(void);
+int gw_metrics_error_index(const char *code);
+
+#define GW_M (gw_metrics_self())
+
+#endif

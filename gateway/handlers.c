@@ -1,0 +1,856 @@
+/* Protocol v1 requests: validation, role checks, the Redis commands behind each request, the
+ * answer, and the pushes to the other participants. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "gateway.h"
+#include "kefu/alloc.h"
+#include "kefu/keys.h"
+#include "kefu/log.h"
+#include "kefu/redis.h"
+#include "kefu/ticket.h"
+#include "kefu/utf8.h"
+
+#define CONV_ID_MAX 64
+#define CID_MAX 64
+#define TOPIC_MAX 256
+
+/* One request in flight: the connection (referenced), its req id, and per-request state. */
+typedef struct req_ctx {
+    gw_conn *c;
+    json_t *req;
+    char conv[CONV_ID_MAX + 1];
+    int pending;              /* sub-commands still unanswered */
+    const char *err;          /* first failure among them */
+    char *err_code;           /* an error code from a script ("forbidden", ...) */
+    json_t *acc;              /* accumulated answer */
+    char ticket[64];
+    char group[64];
+    char text_buf[1];         /* unused placeholder for alignment */
+    redisReply *access;       /* not kept: hiredis frees replies */
+    int access_ok;
+    int limit;
+    void (*done)(struct req_ctx *ctx);
+} req_ctx;
+
+static req_ctx *ctx_new(gw_conn *c, const json_t *req) {
+    req_ctx *x = kf_calloc(1, sizeof(*x));
+    x->c = c;
+    gw_conn_ref(c);
+    if (req) x->req = json_incref((json_t *)req);
+    return x;
+}
+
+static void ctx_free(req_ctx *x) {
+    gw_conn_unref(x->c);
+    if (x->req) json_decref(x->req);
+    if (x->acc) json_decref(x->acc);
+    kf_free(x->err_code);
+    kf_free(x);
+}
+
+/* ---- answers ---- */
+
+void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char *message) {
+    GW_M->errors[gw_metrics_error_index(code)]++;
+    if (!gw_conn_alive(c) && c->state != CONN_AUTHENTICATING) return;
+    json_t *e = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
+    if (req) json_object_set(e, "req", (json_t *)req);
+    gw_conn_send(c, e);
+    json_decref(e);
+}
+
+/* Sends {"type":"ok","req":..} merged with fields (stolen, may be NULL). */
+static void reply_ok(gw_conn *c, const json_t *req, json_t *fields) {
+    json_t *o = fields ? fields : json_object();
+    json_object_set_new(o, "type", json_string("ok"));
+    if (req) json_object_set(o, "req", (json_t *)req);
+    if (gw_conn_alive(c)) gw_conn_send(c, o);
+    json_decref(o);
+}
+
+static const char *error_message(const char *code) {
+    if (!strcmp(code, "forbidden")) return "you may not do this in this conversation";
+    if (!strcmp(code, "not_found")) return "no such conversation";
+    if (!strcmp(code, "conflict")) return "the conversation's state does not allow this";
+    if (!strcmp(code, "unavailable")) return "storage unavailable; nothing was stored, retry later";
+    return code;
+}
+
+static void reply_failure(req_ctx *x) {
+    if (x->err_code)
+        gw_reply_error(x->c, x->req, x->err_code, error_message(x->err_code));
+    else
+        gw_reply_error(x->c, x->req, "unavailable", error_message("unavailable"));
+}
+
+/* ---- field validation: each answers bad_request itself and returns -1 ---- */
+
+static int get_str(gw_conn *c, const json_t *msg, const char *name, int required, size_t maxlen,
+                   const char **out) {
+    json_t *v = json_object_get(msg, name);
+    char m[96];
+    if (!v || json_is_null(v)) {
+        if (!required) {
+            *out = NULL;
+            return 0;
+        }
+        snprintf(m, sizeof(m), "missing field '%s'", name);
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", m);
+        return -1;
+    }
+    if (!json_is_string(v)) {
+        snprintf(m, sizeof(m), "field '%s' must be a string", name);
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", m);
+        return -1;
+    }
+    size_t len = json_string_length(v);
+    if (len > maxlen) {
+        snprintf(m, sizeof(m), "field '%s' is longer than %zu bytes", name, maxlen);
+        gw_reply_error(c, json_object_get(msg, "req"), "too_large", m);
+        return -1;
+    }
+    if (required && len == 0) {
+        snprintf(m, sizeof(m), "field '%s' is empty", name);
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", m);
+        return -1;
+    }
+    if (memchr(json_string_value(v), '\0', len)) {
+        snprintf(m, sizeof(m), "field '%s' contains a NUL", name);
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", m);
+        return -1;
+    }
+    *out = json_string_value(v);
+    return 0;
+}
+
+static int id_chars_ok(const char *s) {
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_') return 0;
+    return 1;
+}
+
+static int get_conv(gw_conn *c, const json_t *msg, req_ctx **xp) {
+    const char *conv;
+    if (get_str(c, msg, "conv", 1, CONV_ID_MAX, &conv) < 0) return -1;
+    if (!id_chars_ok(conv)) {
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", "field 'conv' is not a conversation id");
+        return -1;
+    }
+    *xp = ctx_new(c, json_object_get(msg, "req"));
+    snprintf((*xp)->conv, sizeof((*xp)->conv), "%s", conv);
+    return 0;
+}
+
+static int get_int(gw_conn *c, const json_t *msg, const char *name, long long def, long long min,
+                   long long max, long long *out) {
+    json_t *v = json_object_get(msg, name);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    char m[96];
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        snprintf(m, sizeof(m), "field '%s' must be an integer in %lld..%lld", name, min, max);
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", m);
+        return -1;
+    }
+    *out = json_integer_value(v);
+    return 0;
+}
+
+static int stream_id_ok(const char *s) {
+    const char *dash = strchr(s, '-');
+    if (!dash || dash == s || !dash[1] || strlen(s) > 41) return 0;
+    for (const char *p = s; *p; p++)
+        if (!isdigit((unsigned char)*p) && p != dash) return 0;
+    return 1;
+}
+
+/* ---- helpers around scripts and pushes ---- */
+
+static json_t *from_obj(const gw_conn *c) {
+    return json_pack("{s:s, s:s, s:s}", "id", c->ident.sub, "role",
+                     kf_role_name((kf_role)c->ident.role), "name", c->ident.name);
+}
+
+/* Script result {"E", code} -> sets x->err_code and returns -1; {"S"/"D", ...} -> 0. */
+static int script_result(req_ctx *x, const redisReply *r, const char *err) {
+    if (err) {
+        x->err = err;
+        return -1;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        kf_error("redis script error: %s", r->str);
+        x->err_code = kf_strdup("internal");
+        return -1;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_STRING) {
+        x->err_code = kf_strdup("internal");
+        return -1;
+    }
+    if (r->element[0]->str[0] == 'E') {
+        x->err_code = kf_strdup(r->element[1]->str);
+        return -1;
+    }
+    return 0;
+}
+
+/* Collects user ids from reply elements [from..) (non-empty, distinct), except `except`. */
+static size_t members(const redisReply *r, size_t from, const char *except, const char **out,
+                      size_t max) {
+    size_t n = 0;
+    for (size_t i = from; i < r->elements && n < max; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING || e->len == 0) continue;
+        if (except && strcmp(e->str, except) == 0) continue;
+        int dup = 0;
+        for (size_t k = 0; k < n; k++) dup |= strcmp(out[k], e->str) == 0;
+        if (!dup) out[n++] = e->str;
+    }
+    return n;
+}
+
+static void lifecycle(const char *ev, const char *conv, const gw_conn *c, const char *k1,
+                      const char *v1, const char *k2, const char *v2) {
+    char ts[24];
+    snprintf(ts, sizeof(ts), "%lld", (long long)gw_now_ms());
+    const char *argv[16] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", ev,
+                            "conv", conv, "by", c->ident.sub, "ts", ts};
+    int argc = 14;
+    if (k1) argv[argc++] = k1, argv[argc++] = v1;
+    if (k2) argv[argc++] = k2, argv[argc++] = v2;
+    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, KF_KEY_LIFECYCLE), NULL, NULL, argc, argv,
+                  NULL);
+}
+
+static void fire(const char *key, const char *fmt, const char *a, const char *b) {
+    kf_redis_cmd_key(gw->redis, key, NULL, NULL, fmt, key, a, b);
+}
+
+/* Runs a script against the conversation's shard. */
+static void conv_script(req_ctx *x, const char *script, const char *key, kf_redis_cb *cb,
+                        int argc, const char **argv, const size_t *lens) {
+    const char *av[16];
+    size_t al[16];
+    av[0] = key;
+    al[0] = strlen(key);
+    for (int i = 0; i < argc; i++) {
+        av[1 + i] = argv[i];
+        al[1 + i] = lens ? lens[i] : strlen(argv[i]);
+    }
+    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, key), script, cb, x, 1, argc + 1, av, al);
+}
+
+/* ---- hello / ping ---- */
+
+static void h_hello(gw_conn *c, json_t *msg) {
+    const char *token;
+    json_t *req = json_object_get(msg, "req");
+    json_t *t = json_object_get(msg, "token");
+    if (c->state == CONN_AUTHENTICATING) {
+        if (!t || !json_is_string(t) || json_string_length(t) == 0) {
+            gw_conn_close(c, CLOSE_AUTH_INVALID, 4401, "invalid token: missing");
+            return;
+        }
+        gw_conn_authenticate(c, json_string_value(t), json_string_length(t));
+        return;
+    }
+    /* Already authenticated: a fresh token for the same user extends the session. */
+    if (get_str(c, msg, "token", 1, 4096, &token) < 0) return;
+    kf_claims cl;
+    kf_token_result r = kf_token_verify(token, strlen(token), (const char *const *)gw->secrets,
+                                        gw->nsecrets, (long long)(gw_now_ms() / 1000),
+                                        gw->opt.jwt_leeway_s, &cl);
+    if (r != KF_TOKEN_OK) {
+        gw_reply_error(c, req, "unauthorized", kf_token_result_str(r));
+        return;
+    }
+    if (strcmp(cl.sub, c->ident.sub) != 0 || (uint8_t)cl.role != c->ident.role) {
+        gw_reply_error(c, req, "forbidden", "a session cannot change user or role");
+        return;
+    }
+    c->ident.exp = cl.exp;
+    reply_ok(c, req, json_pack("{s:I}", "exp", (json_int_t)cl.exp));
+}
+
+static void h_ping(gw_conn *c, json_t *msg) {
+    json_t *o = json_pack("{s:s}", "type", "pong");
+    json_t *req = json_object_get(msg, "req");
+    if (req) json_object_set(o, "req", req);
+    gw_conn_send(c, o);
+    json_decref(o);
+}
+
+/* ---- conv.open ---- */
+
+static void conv_id_new(char out[25]) {
+    unsigned char rnd[12];
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+        for (size_t i = 0; i < sizeof(rnd); i++) rnd[i] = (unsigned char)rand();
+    }
+    for (int i = 0; i < 12; i++) sprintf(out + 2 * i, "%02x", rnd[i]);
+}
+
+static void open_step_done(const redisReply *r, const char *err, void *priv) {
+    req_ctx *x = priv;
+    if (err && !x->err) x->err = err;
+    if (!err && r->type == REDIS_REPLY_ERROR && !x->err) x->err = "unavailable";
+    if (--x->pending > 0) return;
+    if (x->err) {
+        reply_failure(x);
+    } else {
+        reply_ok(x->c, x->req, json_pack("{s:s, s:s, s:s}", "conv", x->conv, "ticket", x->ticket,
+                                         "state", "waiting"));
+        if (x->c->ident.sub) {
+            const char *u[1] = {x->c->ident.sub};
+            gw_route_push(json_pack("{s:s, s:s, s:s, s:s}", "type", "conv.state", "conv", x->conv,
+                                    "state", "waiting", "ticket", x->ticket),
+                          u, 1, x->c);
+        }
+    }
+    ctx_free(x);
+}
+
+struct open_args {
+    req_ctx *x;
+    char channel[KF_CHANNEL_MAX + 1];
+    char day[9];
+    char *topic;
+};
+
+static void on_ticket(const redisReply *r, const char *err, void *priv) {
+    struct open_args *oa = priv;
+    req_ctx *x = oa->x;
+    gw_conn *c = x->c;
+    if (err || r->type != REDIS_REPLY_INTEGER) {
+        x->err = err ? err : "unavailable";
+        reply_failure(x);
+        goto out;
+    }
+    if (kf_ticket_format(x->ticket, sizeof(x->ticket), oa->channel, oa->day, r->integer) < 0) {
+        x->err_code = kf_strdup("internal");
+        reply_failure(x);
+        goto out;
+    }
+    char id[25], meta[KF_KEY_MAX], convs[KF_KEY_MAX], queue[KF_KEY_MAX], now[24], level[8];
+    conv_id_new(id);
+    snprintf(x->conv, sizeof(x->conv), "%s", id);
+    snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
+    snprintf(level, sizeof(level), "%d", c->ident.level);
+    kf_key_conv_meta(meta, id);
+    kf_key_user_convs(convs, c->ident.sub);
+    kf_key_queue(queue, "default");
+    const char *argv[] = {"HSET", meta, "customer", c->ident.sub, "customer_name", c->ident.name,
+                          "channel", oa->channel, "topic", oa->topic ? oa->topic : "",
+                          "ticket", x->ticket, "state", "waiting", "created", now,
+                          "level", level, "group", "default"};
+    x->pending = 4;
+    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, meta), open_step_done, x, 20, argv, NULL);
+    kf_redis_cmd_key(gw->redis, convs, open_step_done, x, "SADD %s %s", convs, id);
+    kf_redis_cmd_key(gw->redis, queue, open_step_done, x, "ZADD %s %s %s", queue, now, id);
+    char ev_level[8];
+    snprintf(ev_level, sizeof(ev_level), "%d", c->ident.level);
+    const char *largv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "opened",
+                           "conv", id, "by", c->ident.sub, "ts", now, "channel", oa->channel,
+                           "ticket", x->ticket, "level", ev_level};
+    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, KF_KEY_LIFECYCLE), open_step_done, x, 20,
+                  largv, NULL);
+    x = NULL;
+out:
+    if (x) ctx_free(x);
+    kf_free(oa->topic);
+    kf_free(oa);
+}
+
+static void h_conv_open(gw_conn *c, json_t *msg) {
+    const char *channel, *topic;
+    if (get_str(c, msg, "channel", 0, KF_CHANNEL_MAX, &channel) < 0) return;
+    if (get_str(c, msg, "topic", 0, TOPIC_MAX, &topic) < 0) return;
+    if (!channel) channel = c->ident.channel[0] ? c->ident.channel : "web";
+    if (!kf_channel_valid(channel)) {
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request",
+                       "field 'channel' must match [a-z0-9_-]{1,24}");
+        return;
+    }
+    struct open_args *oa = kf_calloc(1, sizeof(*oa));
+    oa->x = ctx_new(c, json_object_get(msg, "req"));
+    snprintf(oa->channel, sizeof(oa->channel), "%s", channel);
+    oa->topic = topic ? kf_strdup(topic) : NULL;
+    kf_ticket_day(time(NULL), oa->day);
+    char tag[64], key[KF_KEY_MAX];
+    snprintf(tag, sizeof(tag), "%s-%s", channel, oa->day);
+    kf_key_ticket_seq(key, tag);
+    const char *argv[] = {key};
+    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, key), "ticket_next", on_ticket, oa, 1, 1,
+                    argv, NULL);
+}
+
+/* ---- conv.list / queue.list: an id list, then one HMGET per conversation ---- */
+
+static const char *const list_fields[] = {"ticket", "state", "channel", "topic", "customer",
+                                          "agent", "created", "last_id", "customer_name", "level"};
+#define NLIST_FIELDS 10
+
+struct list_item {
+    req_ctx *x;
+    size_t index;
+};
+
+static void list_done(req_ctx *x) {
+    if (x->err) {
+        reply_failure(x);
+    } else {
+        json_t *out = json_array();
+        size_t i;
+        json_t *v;
+        json_array_foreach(x->acc, i, v) if (json_is_object(v)) json_array_append(out, v);
+        reply_ok(x->c, x->req, json_pack("{s:o}", "convs", out));
+    }
+    ctx_free(x);
+}
+
+static void on_list_item(const redisReply *r, const char *err, void *priv) {
+    struct list_item *li = priv;
+    req_ctx *x = li->x;
+    if (err) {
+        if (!x->err) x->err = err;
+    } else if (r->type == REDIS_REPLY_ARRAY && r->elements == NLIST_FIELDS &&
+               r->element[1]->type == REDIS_REPLY_STRING) {
+        const char *state = r->element[1]->str;
+        int want_waiting = x->limit < 0; /* queue.list */
+        if (want_waiting ? strcmp(state, "waiting") == 0 : strcmp(state, "closed") != 0) {
+            json_t *o = json_object();
+            json_object_set_new(o, "conv", json_string(json_string_value(json_array_get(x->acc, li->index))));
+            for (int f = 0; f < NLIST_FIELDS; f++) {
+                const redisReply *e = r->element[f];
+                const char *s = e->type == REDIS_REPLY_STRING ? e->str : "";
+                if (!strcmp(list_fields[f], "created") || !strcmp(list_fields[f], "level"))
+                    json_object_set_new(o, list_fields[f], json_integer(atoll(s)));
+                else
+                    json_object_set_new(o, list_fields[f], json_string(s));
+            }
+            json_array_set_new(x->acc, li->index, o);
+        }
+    }
+    kf_free(li);
+    if (--x->pending == 0) x->done(x);
+}
+
+static void on_list_ids(const redisReply *r, const char *err, void *priv) {
+    req_ctx *x = priv;
+    if (err || r->type != REDIS_REPLY_ARRAY) {
+        x->err = err ? err : "unavailable";
+        x->done(x);
+        return;
+    }
+    x->acc = json_array();
+    for (size_t i = 0; i < r->elements; i++)
+        json_array_append_new(x->acc, json_string(r->element[i]->type == REDIS_REPLY_STRING ? r->element[i]->str : ""));
+    x->pending = (int)r->elements;
+    if (x->pending == 0) {
+        x->done(x);
+        return;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        const char *id = json_string_value(json_array_get(x->acc, i));
+        char meta[KF_KEY_MAX];
+        struct list_item *li = kf_malloc(sizeof(*li));
+        li->x = x;
+        li->index = i;
+        if (!id_chars_ok(id) || strlen(id) > CONV_ID_MAX) id = "-";
+        kf_key_conv_meta(meta, id);
+        const char *argv[2 + NLIST_FIELDS] = {"HMGET", meta};
+        for (int f = 0; f < NLIST_FIELDS; f++) argv[2 + f] = list_fields[f];
+        kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, meta), on_list_item, li,
+                      2 + NLIST_FIELDS, argv, NULL);
+    }
+}
+
+static void h_conv_list(gw_conn *c, json_t *msg) {
+    req_ctx *x = ctx_new(c, json_object_get(msg, "req"));
+    x->done = list_done;
+    char key[KF_KEY_MAX];
+    kf_key_user_convs(key, c->ident.sub);
+    kf_redis_cmd_key(gw->redis, key, on_list_ids, x, "SMEMBERS %s", key);
+}
+
+static void h_queue_list(gw_conn *c, json_t *msg) {
+    long long limit;
+    if (get_int(c, msg, "limit", 100, 1, 1000, &limit) < 0) return;
+    req_ctx *x = ctx_new(c, json_object_get(msg, "req"));
+    x->done = list_done;
+    x->limit = -1;
+    char key[KF_KEY_MAX];
+    kf_key_queue(key, "default");
+    kf_redis_cmd_key(gw->redis, key, on_list_ids, x, "ZRANGE %s 0 %lld", key, limit - 1);
+}
+
+/* ---- msg.send ---- */
+
+struct send_args {
+    req_ctx *x;
+    char *text;
+    char cid[CID_MAX + 1];
+};
+
+static void on_msg_stored(const redisReply *r, const char *err, void *priv) {
+    struct send_args *sa = priv;
+    req_ctx *x = sa->x;
+    if (script_result(x, r, err) < 0) {
+        reply_failure(x);
+        goto out;
+    }
+    const char *id = r->element[1]->str;
+    int dup = r->element[0]->str[0] == 'D';
+    long long ts = atoll(id);
+    reply_ok(x->c, x->req, json_pack("{s:s, s:I, s:b}", "id", id, "ts", (json_int_t)ts, "dup", dup));
+    if (!dup) {
+        GW_M->messages_stored++;
+        const char *users[64];
+        size_t n = members(r, 2, NULL, users, 64);
+        json_t *push = json_pack("{s:s, s:s, s:s, s:o, s:s, s:I, s:s}", "type", "msg", "conv",
+                                 x->conv, "id", id, "from", from_obj(x->c), "text", sa->text, "ts",
+                                 (json_int_t)ts, "cid", sa->cid);
+        gw_route_push(push, users, n, x->c);
+    }
+out:
+    ctx_free(x);
+    kf_free(sa->text);
+    kf_free(sa);
+}
+
+static void h_msg_send(gw_conn *c, json_t *msg) {
+    const char *text, *cid;
+    if (get_str(c, msg, "text", 1, (size_t)gw->opt.max_text_bytes, &text) < 0) return;
+    if (get_str(c, msg, "cid", 1, CID_MAX, &cid) < 0) return;
+    req_ctx *x;
+    if (get_conv(c, msg, &x) < 0) return;
+    struct send_args *sa = kf_malloc(sizeof(*sa));
+    sa->x = x;
+    sa->text = kf_strdup(text);
+    snprintf(sa->cid, sizeof(sa->cid), "%s", cid);
+    char meta[KF_KEY_MAX], msgs[KF_KEY_MAX], cidk[KF_KEY_MAX], maxlen[24], ttl[24];
+    kf_key_conv_meta(meta, x->conv);
+    kf_key_conv_msgs(msgs, x->conv);
+    kf_key_conv_cid(cidk, x->conv, c->ident.sub, cid);
+    snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.history_maxlen);
+    snprintf(ttl, sizeof(ttl), "%lld", gw->opt.cid_ttl_s);
+    const char *argv[] = {meta, msgs, cidk, c->ident.sub, kf_role_name((kf_role)c->ident.role),
+                          c->ident.name, sa->text, sa->cid, maxlen, ttl};
+    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, meta), "msg_send", on_msg_stored, sa, 3,
+                    10, argv, NULL);
+}
+
+/* ---- history: access check and range, pipelined on the conversation's shard ---- */
+
+static void on_history_access(const redisReply *r, const char *err, void *priv) {
+    req_ctx *x = priv;
+    x->access_ok = script_result(x, r, err) == 0;
+}
+
+static json_t *entry_to_msg(const char *conv, const redisReply *e) {
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) return NULL;
+    const redisReply *kv = e->element[1];
+    const char *from = "", *role = "", *name = "", *text = "", *cid = "";
+    for (size_t i = 0; i + 1 < kv->elements; i += 2) {
+        const char *k = kv->element[i]->str, *v = kv->element[i + 1]->str;
+        if (!strcmp(k, "from")) from = v;
+        else if (!strcmp(k, "role")) role = v;
+        else if (!strcmp(k, "name")) name = v;
+        else if (!strcmp(k, "text")) text = v;
+        else if (!strcmp(k, "cid")) cid = v;
+    }
+    const char *id = e->element[0]->str;
+    return json_pack("{s:s, s:s, s:{s:s, s:s, s:s}, s:s, s:I, s:s}", "conv", conv, "id", id,
+                     "from", "id", from, "role", role, "name", name, "text", text, "ts",
+                     (json_int_t)atoll(id), "cid", cid);
+}
+
+static void on_history_range(const redisReply *r, const char *err, void *priv) {
+    req_ctx *x = priv;
+    if (!x->access_ok || err || r->type != REDIS_REPLY_ARRAY) {
+        if (!x->err && err) x->err = err;
+        reply_failure(x);
+        ctx_free(x);
+        return;
+    }
+    json_t *msgs = json_array();
+    size_t n = r->elements > (size_t)x->limit ? (size_t)x->limit : r->elements;
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = entry_to_msg(x->conv, r->element[i]);
+        if (m) json_array_append_new(msgs, m);
+    }
+    reply_ok(x->c, x->req, json_pack("{s:s, s:o, s:b}", "conv", x->conv, "msgs", msgs, "more",
+                                     r->elements > (size_t)x->limit));
+    ctx_free(x);
+}
+
+static void h_history(gw_conn *c, json_t *msg) {
+    const char *after;
+    long long limit;
+    if (get_str(c, msg, "after", 0, 41, &after) < 0) return;
+    if (after && *after && !stream_id_ok(after)) {
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", "field 'after' is not a message id");
+        return;
+    }
+    if (get_int(c, msg, "limit", 50, 1, gw->opt.history_page_max, &limit) < 0) return;
+    req_ctx *x;
+    if (get_conv(c, msg, &x) < 0) return;
+    x->limit = (int)limit;
+    char meta[KF_KEY_MAX], msgs[KF_KEY_MAX], start[48];
+    kf_key_conv_meta(meta, x->conv);
+    kf_key_conv_msgs(msgs, x->conv);
+    if (after && *after)
+        snprintf(start, sizeof(start), "(%s", after);
+    else
+        snprintf(start, sizeof(start), "-");
+    const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), "read"};
+    /* Both go to the same shard and connection, so the access answer arrives first. */
+    gw_conn_ref(c);
+    conv_script(x, "conv_access", meta, on_history_access, 3, argv, NULL);
+    gw_conn_unref(c);
+    kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, meta), on_history_range, x,
+                 "XRANGE %s %s + COUNT %lld", msgs, start, limit + 1);
+}
+
+/* ---- typing / read ---- */
+
+struct touch_args {
+    req_ctx *x;
+    char id[48];
+    int is_read;
+};
+
+static void on_touch(const redisReply *r, const char *err, void *priv) {
+    struct touch_args *ta = priv;
+    req_ctx *x = ta->x;
+    if (script_result(x, r, err) < 0) {
+        reply_failure(x);
+    } else {
+        reply_ok(x->c, x->req, NULL);
+        const char *users[64];
+        size_t n = members(r, 2, x->c->ident.sub, users, 64);
+        json_t *push = json_pack("{s:s, s:s, s:o}", "type", ta->is_read ? "read" : "typing",
+                                 "conv", x->conv, "from", from_obj(x->c));
+        if (ta->is_read) json_object_set_new(push, "id", json_string(ta->id));
+        gw_route_push(push, users, n, x->c);
+    }
+    ctx_free(x);
+    kf_free(ta);
+}
+
+static void touch(gw_conn *c, json_t *msg, int is_read) {
+    const char *id = NULL;
+    if (is_read) {
+        if (get_str(c, msg, "id", 1, 41, &id) < 0) return;
+        if (!stream_id_ok(id)) {
+            gw_reply_error(c, json_object_get(msg, "req"), "bad_request", "field 'id' is not a message id");
+            return;
+        }
+    }
+    req_ctx *x;
+    if (get_conv(c, msg, &x) < 0) return;
+    struct touch_args *ta = kf_calloc(1, sizeof(*ta));
+    ta->x = x;
+    ta->is_read = is_read;
+    if (id) snprintf(ta->id, sizeof(ta->id), "%s", id);
+    char meta[KF_KEY_MAX];
+    kf_key_conv_meta(meta, x->conv);
+    const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), "write", ta->id};
+    const char *av[5] = {meta, argv[0], argv[1], argv[2], argv[3]};
+    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, meta), "conv_access", on_touch, ta, 1, 5,
+                    av, NULL);
+}
+
+static void h_typing(gw_conn *c, json_t *msg) { touch(c, msg, 0); }
+static void h_read(gw_conn *c, json_t *msg) { touch(c, msg, 1); }
+
+/* ---- conv.accept / conv.close / conv.join ---- */
+
+static void on_accepted(const redisReply *r, const char *err, void *priv) {
+    req_ctx *x = priv;
+    gw_conn *c = x->c;
+    if (script_result(x, r, err) < 0) {
+        reply_failure(x);
+        ctx_free(x);
+        return;
+    }
+    const char *customer = r->element[1]->str, *group = r->element[2]->str;
+    char queue[KF_KEY_MAX], convs[KF_KEY_MAX];
+    kf_key_queue(queue, group);
+    fire(queue, "ZREM %s %s", x->conv, NULL);
+    kf_key_user_convs(convs, c->ident.sub);
+    fire(convs, "SADD %s %s", x->conv, NULL);
+    lifecycle("accepted", x->conv, c, "agent", c->ident.sub, NULL, NULL);
+    reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", "assigned"));
+    const char *users[64];
+    users[0] = customer;
+    users[1] = c->ident.sub;
+    size_t n = 2 + members(r, 3, NULL, users + 2, 62);
+    gw_route_push(json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "conv.state", "conv", x->conv,
+                            "state", "assigned", "agent", c->ident.sub, "agent_name", c->ident.name),
+                  users, n, c);
+    ctx_free(x);
+}
+
+static void h_conv_accept(gw_conn *c, json_t *msg) {
+    req_ctx *x;
+    if (get_conv(c, msg, &x) < 0) return;
+    char meta[KF_KEY_MAX], now[24];
+    kf_key_conv_meta(meta, x->conv);
+    snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
+    const char *argv[] = {c->ident.sub, c->ident.name, now};
+    conv_script(x, "conv_accept", meta, on_accepted, 3, argv, NULL);
+}
+
+static void on_closed(const redisReply *r, const char *err, void *priv) {
+    req_ctx *x = priv;
+    gw_conn *c = x->c;
+    if (script_result(x, r, err) < 0) {
+        reply_failure(x);
+        ctx_free(x);
+        return;
+    }
+    const char *prev = r->element[1]->str, *customer = r->element[2]->str,
+               *agent = r->element[3]->str, *group = r->element[4]->str;
+    char key[KF_KEY_MAX];
+    if (!strcmp(prev, "waiting")) {
+        kf_key_queue(key, group);
+        fire(key, "ZREM %s %s", x->conv, NULL);
+    }
+    const char *users[64];
+    size_t n = members(r, 2, NULL, users, 2);
+    n += members(r, 5, NULL, users + n, 62);
+    for (size_t i = 0; i < n; i++) {
+        kf_key_user_convs(key, users[i]);
+        fire(key, "SREM %s %s", x->conv, NULL);
+    }
+    (void)customer, (void)agent;
+    const char *resolution = x->group;
+    lifecycle("closed", x->conv, c, "resolution", resolution, NULL, NULL);
+    reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", "closed"));
+    gw_route_push(json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "conv.state", "conv", x->conv,
+                            "state", "closed", "resolution", resolution, "closed_by", c->ident.sub),
+                  users, n, c);
+    ctx_free(x);
+}
+
+static void h_conv_close(gw_conn *c, json_t *msg) {
+    const char *resolution;
+    if (get_str(c, msg, "resolution", 0, 32, &resolution) < 0) return;
+    if (!resolution) resolution = "resolved";
+    if (strcmp(resolution, "resolved") && strcmp(resolution, "unresolved")) {
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request",
+                       "field 'resolution' must be resolved or unresolved");
+        return;
+    }
+    req_ctx *x;
+    if (get_conv(c, msg, &x) < 0) return;
+    snprintf(x->group, sizeof(x->group), "%s", resolution);
+    char meta[KF_KEY_MAX], now[24];
+    kf_key_conv_meta(meta, x->conv);
+    snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
+    const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), resolution, now};
+    conv_script(x, "conv_close", meta, on_closed, 4, argv, NULL);
+}
+
+static void on_joined(const redisReply *r, const char *err, void *priv) {
+    req_ctx *x = priv;
+    gw_conn *c = x->c;
+    if (script_result(x, r, err) < 0) {
+        reply_failure(x);
+        ctx_free(x);
+        return;
+    }
+    char key[KF_KEY_MAX];
+    kf_key_user_convs(key, c->ident.sub);
+    if (strcmp(r->element[1]->str, "closed") != 0) fire(key, "SADD %s %s", x->conv, NULL);
+    lifecycle("joined", x->conv, c, NULL, NULL, NULL, NULL);
+    reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", r->element[1]->str));
+    ctx_free(x);
+}
+
+static void h_conv_join(gw_conn *c, json_t *msg) {
+    req_ctx *x;
+    if (get_conv(c, msg, &x) < 0) return;
+    char meta[KF_KEY_MAX];
+    kf_key_conv_meta(meta, x->conv);
+    const char *argv[] = {c->ident.sub};
+    conv_script(x, "conv_join", meta, on_joined, 1, argv, NULL);
+}
+
+/* ---- dispatch ---- */
+
+#define R_CUST (1u << KF_ROLE_CUSTOMER)
+#define R_AGENT (1u << KF_ROLE_AGENT)
+#define R_SUP (1u << KF_ROLE_SUPERVISOR)
+#define R_ADMIN (1u << KF_ROLE_ADMIN)
+#define R_ANY (R_CUST | R_AGENT | R_SUP | R_ADMIN)
+#define R_STAFF (R_AGENT | R_SUP | R_ADMIN)
+
+static const struct handler {
+    const char *type;
+    unsigned roles;
+    void (*fn)(gw_conn *c, json_t *msg);
+} handlers[] = {
+    {"conv.list", R_ANY, h_conv_list},     {"history", R_ANY, h_history},
+    {"msg.send", R_ANY, h_msg_send},       {"typing", R_ANY, h_typing},
+    {"read", R_ANY, h_read},               {"conv.open", R_CUST, h_conv_open},
+    {"queue.list", R_STAFF, h_queue_list}, {"conv.accept", R_STAFF, h_conv_accept},
+    {"conv.close", R_STAFF, h_conv_close}, {"conv.join", R_SUP | R_ADMIN, h_conv_join},
+    {NULL, 0, NULL},
+};
+
+void gw_handle_frame(gw_conn *c, json_t *msg) {
+    json_t *type = json_object_get(msg, "type");
+    json_t *req = json_object_get(msg, "req");
+    if (req && !json_is_string(req) && !json_is_integer(req)) {
+        gw_reply_error(c, NULL, "bad_request", "field 'req' must be a string or an integer");
+        goto out;
+    }
+    if (req && json_is_string(req) && json_string_length(req) > 64) {
+        gw_reply_error(c, NULL, "bad_request", "field 'req' is longer than 64 bytes");
+        goto out;
+    }
+    if (!type || !json_is_string(type)) {
+        gw_reply_error(c, req, "bad_request", "missing string field 'type'");
+        goto out;
+    }
+    const char *t = json_string_value(type);
+    if (!strcmp(t, "ping")) {
+        h_ping(c, msg);
+        goto out;
+    }
+    if (!strcmp(t, "hello")) {
+        h_hello(c, msg);
+        goto out;
+    }
+    if (c->state == CONN_AUTHENTICATING) {
+        gw_conn_close(c, CLOSE_HELLO_EXPECTED, 4400, "hello expected");
+        goto out;
+    }
+    if (c->state != CONN_READY) goto out;
+    if (gw_now_ms() / 1000 > c->ident.exp + gw->opt.jwt_leeway_s) {
+        gw_reply_error(c, req, "unauthorized", "token expired: send hello with a fresh token");
+        goto out;
+    }
+    for (const struct handler *h = handlers; h->type; h++) {
+        if (strcmp(h->type, t) != 0) continue;
+        if (!(h->roles & (1u << c->ident.role))) {
+            char m[96];
+            snprintf(m, sizeof(m), "a %s may not %s", kf_role_name((kf_role)c->ident.role), t);
+            gw_reply_error(c, req, "forbidden", m);
+        } else {
+            h->fn(c, msg);
+        }
+        goto out;
+    }
+    gw_reply_error(c, req, "bad_request", "unknown type");
+out:
+    json_decref(msg);
+}

@@ -1,0 +1,147 @@
+/* Metrics in memory shared by all gateway processes, so any process can answer /metrics. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "gateway.h"
+#include "kefu/alloc.h"
+#include "kefu/redis.h"
+
+const char *const gw_error_codes[9] = {"bad_request", "unauthorized", "forbidden",
+                                       "not_found", "conflict", "too_large",
+                                       "rate_limited", "unavailable", "internal"};
+
+static gw_metrics *slots;
+static int nslots;
+static gw_metrics local_slot; /* before gw_metrics_init (tools, tests) */
+static gw_metrics *self = &local_slot;
+
+int gw_metrics_init(int nprocs) {
+    void *p = mmap(NULL, sizeof(gw_metrics) * (size_t)nprocs, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return -1;
+    slots = p;
+    nslots = nprocs;
+    memset(slots, 0, sizeof(gw_metrics) * (size_t)nprocs);
+    return 0;
+}
+
+void gw_metrics_bind(int proc_index) {
+    if (slots && proc_index < nslots) {
+        self = &slots[proc_index];
+        memset(self, 0, sizeof(*self));
+        self->pid = getpid();
+        self->node_index = proc_index;
+    }
+}
+
+gw_metrics *gw_metrics_self(void) { return self; }
+
+int gw_metrics_all_ready(void) {
+    if (!slots) return (int)self->ready;
+    for (int i = 0; i < nslots; i++)
+        if (!slots[i].ready) return 0;
+    return 1;
+}
+
+int gw_metrics_error_index(const char *code) {
+    for (int i = 0; i < 9; i++)
+        if (strcmp(gw_error_codes[i], code) == 0) return i;
+    return ERR_INTERNAL;
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} sbuf;
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        b->cap = b->cap * 2 + (size_t)(n > 0 ? n : 0);
+        b->buf = kf_realloc(b->buf, b->cap);
+    }
+}
+
+static const char *const role_labels[5] = {"unauthenticated", "customer", "agent", "supervisor",
+                                           "admin"};
+
+char *gw_metrics_render(size_t headroom, size_t *len) {
+    sbuf b = {kf_malloc(headroom + 16384), headroom, headroom + 16384};
+    gw_metrics *all = slots ? slots : self;
+    int n = slots ? nslots : 1;
+#define EACH for (int i = 0; i < n; i++)
+#define P(lbl) "process=\"%d\"" lbl
+    sb_printf(&b, "# HELP kefu_up Gateway process is running and ready (1) or not (0).\n# TYPE kefu_up gauge\n");
+    EACH sb_printf(&b, "kefu_up{" P("") "} %d\n", i, all[i].pid && all[i].ready ? 1 : 0);
+    sb_printf(&b, "# HELP kefu_connections Open WebSocket connections by role.\n# TYPE kefu_connections gauge\n");
+    for (int r = 0; r < 5; r++) {
+        int64_t sum = 0;
+        EACH sum += all[i].conns_by_role[r];
+        sb_printf(&b, "kefu_connections{role=\"%s\"} %lld\n", role_labels[r], (long long)sum);
+    }
+    sb_printf(&b, "# HELP kefu_process_connections Open connections per process.\n# TYPE kefu_process_connections gauge\n");
+    EACH {
+        int64_t sum = 0;
+        for (int r = 0; r < 5; r++) sum += all[i].conns_by_role[r];
+        sb_printf(&b, "kefu_process_connections{" P("") "} %lld\n", i, (long long)sum);
+    }
+#define COUNTER(name, help, field)                                                          \
+    do {                                                                                    \
+        uint64_t sum = 0;                                                                   \
+        EACH sum += all[i].field;                                                           \
+        sb_printf(&b, "# HELP " name " " help "\n# TYPE " name " counter\n" name " %llu\n", \
+                  (unsigned long long)sum);                                                 \
+    } while (0)
+    COUNTER("kefu_frames_in_total", "WebSocket messages received.", frames_in);
+    COUNTER("kefu_frames_out_total", "WebSocket messages sent.", frames_out);
+    COUNTER("kefu_bytes_in_total", "WebSocket payload bytes received.", bytes_in);
+    COUNTER("kefu_bytes_out_total", "WebSocket payload bytes queued for sending.", bytes_out);
+    COUNTER("kefu_messages_stored_total", "Chat messages stored (msg.send, not counting duplicates).", messages_stored);
+    COUNTER("kefu_inbox_entries_total", "Entries read from this node's inbox streams.", inbox_entries);
+    COUNTER("kefu_inbox_deliveries_total", "Pushes queued to local connections from inboxes.", inbox_deliveries);
+    COUNTER("kefu_redis_commands_total", "Redis commands answered.", redis_commands);
+    COUNTER("kefu_redis_failures_total", "Redis commands failed (unavailable or timeout).", redis_failures);
+    sb_printf(&b, "# HELP kefu_errors_total Error answers by code.\n# TYPE kefu_errors_total counter\n");
+    for (int e = 0; e < 9; e++) {
+        uint64_t sum = 0;
+        EACH sum += all[i].errors[e];
+        sb_printf(&b, "kefu_errors_total{code=\"%s\"} %llu\n", gw_error_codes[e], (unsigned long long)sum);
+    }
+    sb_printf(&b, "# HELP kefu_closes_total Connections closed, by reason.\n# TYPE kefu_closes_total counter\n");
+    for (int c = 1; c < CLOSE__COUNT; c++) {
+        uint64_t sum = 0;
+        EACH sum += all[i].closes[c];
+        sb_printf(&b, "kefu_closes_total{reason=\"%s\"} %llu\n", gw_close_reason_names[c], (unsigned long long)sum);
+    }
+    sb_printf(&b, "# HELP kefu_redis_up Redis shard connected (per process).\n# TYPE kefu_redis_up gauge\n");
+    EACH for (int s = 0; s < 64 && gw && (unsigned)s < kf_redis_nshards(gw->redis); s++)
+        sb_printf(&b, "kefu_redis_up{" P(",shard=\"%d\"") "} %d\n", i, s,
+                  (int)((all[i].redis_up_mask >> s) & 1));
+    sb_printf(&b, "# HELP kefu_redis_command_seconds Redis command round-trip time.\n# TYPE kefu_redis_command_seconds histogram\n");
+    uint64_t cum = 0, cnt = 0, sumus = 0;
+    EACH cnt += all[i].redis_commands, sumus += all[i].redis_latency_us_sum;
+    for (int k = 0; k < 12; k++) {
+        EACH cum += all[i].redis_latency_bucket[k];
+        if (k < 11)
+            sb_printf(&b, "kefu_redis_command_seconds_bucket{le=\"%g\"} %llu\n", kf_redis_latency_bounds_s[k], (unsigned long long)cum);
+        else
+            sb_printf(&b, "kefu_redis_command_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    sb_printf(&b, "kefu_redis_command_seconds_sum %.6f\nkefu_redis_command_seconds_count %llu\n",
+              (double)sumus / 1e6, (unsigned long long)cnt);
+    sb_printf(&b, "# HELP kefu_inbox_lag_ms Age of the newest inbox entry when it was read.\n# TYPE kefu_inbox_lag_ms gauge\n");
+    EACH sb_printf(&b, "kefu_inbox_lag_ms{" P("") "} %lld\n", i, (long long)all[i].inbox_lag_ms);
+    *len = b.len - headroom;
+    return b.buf;
+}

@@ -1,0 +1,39 @@
+/* kefu-gateway's options: every one with its default, bounds and meaning. */
+#include <stddef.h>
+
+#include "gateway.h"
+
+#define O(f) offsetof(gw_options, f)
+#define BIG 1000000000000LL
+
+const kf_option gw_option_table[] = {
+    {"bind", KF_OPT_STR, O(bind), "0.0.0.0", 0, 0, 0, "address to listen on"},
+    {"port", KF_OPT_INT, O(port), "8080", 1, 65535, 0, "WebSocket and HTTP port (shared by all processes)"},
+    {"processes", KF_OPT_INT, O(processes), "0", 0, 256, 0, "gateway processes on the port (0 = number of cores)"},
+    {"node_name", KF_OPT_STR, O(node_name), "", 0, 0, 0, "node id prefix; process i is <name>-<i> (default: host name)"},
+    {"redis", KF_OPT_STR, O(redis), "127.0.0.1:6379", 0, 0, 0, "Redis shards, comma-separated host:port (same list, same order on every node)"},
+    {"jwt_secrets", KF_OPT_STR, O(jwt_secrets), "", 0, 0, 1, "HS256 secrets, comma-separated; tokens signed by any are accepted (default: the development secret, with a warning)"},
+    {"jwt_leeway_s", KF_OPT_INT, O(jwt_leeway_s), "30", 0, 3600, 1, "clock leeway for exp/nbf"},
+    {"log_level", KF_OPT_STR, O(log_level), "info", 0, 0, 1, "debug, info, warn, error or off"},
+    {"auth_timeout_ms", KF_OPT_INT, O(auth_timeout_ms), "5000", 100, 600000, 1, "time to send hello after the upgrade"},
+    {"max_message_bytes", KF_OPT_INT, O(max_message_bytes), "65536", 256, 16777216, 1, "largest message (all fragments); larger closes with 1009"},
+    {"max_text_bytes", KF_OPT_INT, O(max_text_bytes), "8192", 1, 1048576, 1, "largest msg.send text; larger answers too_large"},
+    {"rx_buffer_bytes", KF_OPT_INT, O(rx_buffer_bytes), "512", 128, 65536, 0, "libwebsockets receive buffer per connection"},
+    {"rate_per_s", KF_OPT_INT, O(rate_per_s), "20", 1, 1000000, 1, "frames per second a connection may send (token bucket rate)"},
+    {"rate_burst", KF_OPT_INT, O(rate_burst), "40", 1, 1000000, 1, "token bucket size"},
+    {"rate_abuse_limit", KF_OPT_INT, O(rate_abuse_limit), "50", 1, 1000000, 1, "rate_limited answers within a minute before closing with 4429"},
+    {"outq_max_bytes", KF_OPT_INT, O(outq_max_bytes), "1048576", 1024, BIG, 1, "output queue bytes per connection before closing it as a slow consumer"},
+    {"outq_max_msgs", KF_OPT_INT, O(outq_max_msgs), "4096", 8, 10000000, 1, "output queue frames per connection before closing it as a slow consumer"},
+    {"ping_interval_ms", KF_OPT_INT, O(ping_interval_ms), "25000", 100, 3600000, 1, "WebSocket ping after this much silence"},
+    {"idle_timeout_ms", KF_OPT_INT, O(idle_timeout_ms), "75000", 200, 36000000, 1, "close with 4409 after this much silence"},
+    {"history_maxlen", KF_OPT_INT, O(history_maxlen), "10000", 10, BIG, 1, "messages kept per conversation stream (approximate MAXLEN)"},
+    {"history_page_max", KF_OPT_INT, O(history_page_max), "200", 1, 10000, 1, "largest history page"},
+    {"inbox_maxlen", KF_OPT_INT, O(inbox_maxlen), "100000", 100, BIG, 1, "entries kept per node inbox stream"},
+    {"inbox_batch", KF_OPT_INT, O(inbox_batch), "512", 1, 100000, 1, "inbox entries read per XREAD"},
+    {"presence_ttl_ms", KF_OPT_INT, O(presence_ttl_ms), "30000", 1000, 3600000, 0, "presence expiry; refreshed every third of it"},
+    {"cid_ttl_s", KF_OPT_INT, O(cid_ttl_s), "86400", 1, 31536000, 1, "how long a cid keeps msg.send idempotent"},
+    {"redis_timeout_ms", KF_OPT_INT, O(redis_timeout_ms), "2000", 50, 600000, 0, "Redis connect/command timeout; then unavailable and reconnect"},
+    {"drain_timeout_ms", KF_OPT_INT, O(drain_timeout_ms), "5000", 0, 600000, 1, "on SIGTERM, longest wait for pending work before exit"},
+    {"max_connections", KF_OPT_INT, O(max_connections), "0", 0, 10000000, 0, "connections per process (0 = file descriptor limit less a reserve)"},
+    {NULL, 0, 0, NULL, 0, 0, 0, NULL},
+};

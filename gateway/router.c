@@ -1,0 +1,414 @@
+/* Message routing between nodes: the local user index, presence in Redis, one XADD per
+ * destination node inbox, and the blocking inbox reader that delivers to local connections. */
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway.h"
+#include "kefu/alloc.h"
+#include "kefu/keys.h"
+#include "kefu/log.h"
+#include "kefu/redis.h"
+
+/* ---- local user index: open hashing by user id ---- */
+
+static uint64_t hash_str(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+gw_user *gw_user_find(const char *id) {
+    if (!gw->users_cap) return NULL;
+    for (gw_user *u = gw->users[hash_str(id) & (gw->users_cap - 1)]; u; u = u->hnext)
+        if (strcmp(u->id, id) == 0) return u;
+    return NULL;
+}
+
+static void users_grow(void) {
+    size_t cap = gw->users_cap ? gw->users_cap * 2 : 1024;
+    gw_user **nb = kf_calloc(cap, sizeof(*nb));
+    for (size_t i = 0; i < gw->users_cap; i++) {
+        for (gw_user *u = gw->users[i], *next; u; u = next) {
+            next = u->hnext;
+            size_t b = hash_str(u->id) & (cap - 1);
+            u->hnext = nb[b];
+            nb[b] = u;
+        }
+    }
+    kf_free(gw->users);
+    gw->users = nb;
+    gw->users_cap = cap;
+}
+
+static gw_user *user_get(const char *id) {
+    gw_user *u = gw_user_find(id);
+    if (u) return u;
+    if (gw->nusers + 1 > gw->users_cap) users_grow();
+    u = kf_calloc(1, sizeof(*u));
+    u->id = kf_strdup(id);
+    size_t b = hash_str(id) & (gw->users_cap - 1);
+    u->hnext = gw->users[b];
+    gw->users[b] = u;
+    gw->nusers++;
+    return u;
+}
+
+static void user_remove(gw_user *u) {
+    gw_user **pp = &gw->users[hash_str(u->id) & (gw->users_cap - 1)];
+    while (*pp != u) pp = &(*pp)->hnext;
+    *pp = u->hnext;
+    gw->nusers--;
+    kf_free(u->id);
+    kf_free(u);
+}
+
+/* ---- presence ---- */
+
+struct attach_req {
+    gw_conn *c;
+    void (*done)(gw_conn *c, const char *err);
+};
+
+static void on_presence_stored(const redisReply *reply, const char *err, void *priv) {
+    struct attach_req *a = priv;
+    if (!err && reply->type == REDIS_REPLY_ERROR) err = "redis error";
+    if (!err && a->c->user) a->c->user->presence_ok = 1;
+    a->done(a->c, err);
+    gw_conn_unref(a->c);
+    kf_free(a);
+}
+
+static void presence_store(const char *user, kf_redis_cb *cb, void *priv) {
+    char key[KF_KEY_MAX];
+    kf_key_user_nodes(key, user);
+    long long ttl = gw->opt.presence_ttl_ms, now = (long long)gw_now_ms();
+    unsigned shard = kf_redis_shard(gw->redis, key);
+    kf_redis_cmd(gw->redis, shard, NULL, NULL, "ZREMRANGEBYSCORE %s -inf %lld", key, now);
+    kf_redis_cmd(gw->redis, shard, NULL, NULL, "ZADD %s %lld %s", key, now + ttl, gw->node);
+    kf_redis_cmd(gw->redis, shard, cb, priv, "PEXPIRE %s %lld", key, ttl * 2);
+}
+
+void gw_router_attach(gw_conn *c, void (*done)(gw_conn *c, const char *err)) {
+    gw_user *u = user_get(c->ident.sub);
+    c->user = u;
+    c->user_next = u->conns;
+    u->conns = c;
+    u->nconns++;
+    struct attach_req *a = kf_malloc(sizeof(*a));
+    a->c = c;
+    a->done = done;
+    gw_conn_ref(c);
+    presence_store(u->id, on_presence_stored, a);
+}
+
+void gw_router_detach(gw_conn *c) {
+    gw_user *u = c->user;
+    gw_conn **pp = &u->conns;
+    while (*pp && *pp != c) pp = &(*pp)->user_next;
+    if (*pp) *pp = c->user_next;
+    c->user = NULL;
+    if (--u->nconns > 0) return;
+    char key[KF_KEY_MAX];
+    kf_key_user_nodes(key, u->id);
+    kf_redis_cmd_key(gw->redis, key, NULL, NULL, "ZREM %s %s", key, gw->node);
+    user_remove(u);
+}
+
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    for (size_t i = 0; i < gw->users_cap; i++)
+        for (gw_user *u = gw->users[i]; u; u = u->hnext) presence_store(u->id, NULL, NULL);
+    kf_redis_cmd_key(gw->redis, KF_KEY_NODES, NULL, NULL, "ZADD %s %lld %s", KF_KEY_NODES,
+                     (long long)gw_now_ms(), gw->node);
+}
+
+/* ---- routing a push: presence lookups, then one XADD per node ---- */
+
+struct route {
+    char *payload;          /* JSON text */
+    size_t payload_len;
+    char *users;            /* '\n'-separated */
+    char skip[160];         /* "<node>/<conn id>" or "" */
+    char **nodes;
+    size_t nnodes;
+    int pending;
+};
+
+static void route_add_node(struct route *rt, const char *node, size_t len) {
+    for (size_t i = 0; i < rt->nnodes; i++)
+        if (strlen(rt->nodes[i]) == len && memcmp(rt->nodes[i], node, len) == 0) return;
+    rt->nodes = kf_realloc(rt->nodes, sizeof(char *) * (rt->nnodes + 1));
+    rt->nodes[rt->nnodes++] = kf_strndup(node, len);
+}
+
+static void route_send(struct route *rt) {
+    for (size_t i = 0; i < rt->nnodes; i++) {
+        char key[KF_KEY_MAX], maxlen[24];
+        kf_key_node_inbox(key, rt->nodes[i]);
+        snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.inbox_maxlen);
+        const char *argv[] = {"XADD", key, "MAXLEN", "~", maxlen, "*", "p", rt->payload, "u",
+                              rt->users, "x", rt->skip};
+        size_t lens[12];
+        for (int k = 0; k < 12; k++) lens[k] = strlen(argv[k]);
+        lens[7] = rt->payload_len;
+        kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, key), NULL, NULL, 12, argv, lens);
+        kf_free(rt->nodes[i]);
+    }
+    kf_free(rt->nodes);
+    kf_free(rt->payload);
+    kf_free(rt->users);
+    kf_free(rt);
+}
+
+static void on_presence(const redisReply *reply, const char *err, void *priv) {
+    struct route *rt = priv;
+    if (!err && reply->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < reply->elements; i++)
+            if (reply->element[i]->type == REDIS_REPLY_STRING)
+                route_add_node(rt, reply->element[i]->str, reply->element[i]->len);
+    } else if (err) {
+        kf_warn("presence lookup failed: %s (pushes to that user wait for its history call)", err);
+    }
+    if (--rt->pending == 0) route_send(rt);
+}
+
+void gw_route_push(json_t *payload, const char *const *users, size_t nusers, const gw_conn *skip) {
+    struct route *rt = kf_calloc(1, sizeof(*rt));
+    rt->payload = json_dumps(payload, JSON_COMPACT);
+    json_decref(payload);
+    if (!rt->payload) {
+        kf_free(rt);
+        return;
+    }
+    rt->payload_len = strlen(rt->payload);
+    size_t ulen = 0;
+    for (size_t i = 0; i < nusers; i++) ulen += strlen(users[i]) + 1;
+    rt->users = kf_malloc(ulen + 1);
+    char *p = rt->users;
+    for (size_t i = 0; i < nusers; i++) {
+        size_t l = strlen(users[i]);
+        memcpy(p, users[i], l);
+        p += l;
+        *p++ = '\n';
+    }
+    *p = '\0';
+    if (skip) snprintf(rt->skip, sizeof(rt->skip), "%s/%llu", gw->node, (unsigned long long)skip->id);
+    rt->pending = (int)nusers;
+    if (nusers == 0) {
+        route_send(rt);
+        return;
+    }
+    char now[24];
+    snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
+    for (size_t i = 0; i < nusers; i++) {
+        char key[KF_KEY_MAX];
+        kf_key_user_nodes(key, users[i]);
+        kf_redis_cmd_key(gw->redis, key, on_presence, rt, "ZRANGEBYSCORE %s %s +inf", key, now);
+    }
+}
+
+/* ---- the inbox reader: its own connection, since XREAD BLOCK holds it ---- */
+
+static void inbox_connect(void);
+static void inbox_read(void);
+
+static void inbox_retry_later(void) {
+    gw->inbox_ready = 0;
+    struct timeval tv = {0, 500000};
+    event_add(gw->inbox_retry_ev, &tv);
+}
+
+static void on_inbox_retry(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    inbox_connect();
+}
+
+/* Delivers one inbox entry: payload p to every local connection of the users in u but x. */
+static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen, const char *x,
+                          size_t xlen) {
+    gw_buf *bufs[2] = {NULL, NULL}; /* JSON, msgpack: each encoded at most once */
+    json_t *obj = NULL;
+    unsigned long long skip_id = 0;
+    size_t nodelen = strlen(gw->node);
+    if (xlen > nodelen + 1 && memcmp(x, gw->node, nodelen) == 0 && x[nodelen] == '/')
+        skip_id = strtoull(x + nodelen + 1, NULL, 10);
+    const char *end = u + ulen;
+    while (u < end) {
+        const char *nl = memchr(u, '\n', (size_t)(end - u));
+        size_t l = nl ? (size_t)(nl - u) : (size_t)(end - u);
+        char id[KF_SUB_MAX + 1];
+        if (l > 0 && l <= KF_SUB_MAX) {
+            memcpy(id, u, l);
+            id[l] = '\0';
+            gw_user *usr = gw_user_find(id);
+            for (gw_conn *c = usr ? usr->conns : NULL; c; c = c->user_next) {
+                if (c->id == skip_id || !gw_conn_alive(c)) continue;
+                int f = c->fmt == KF_FMT_MSGPACK;
+                if (!bufs[f]) {
+                    if (f == KF_FMT_JSON) {
+                        char *d = kf_malloc(LWS_PRE + plen);
+                        memcpy(d + LWS_PRE, p, plen);
+                        bufs[f] = gw_buf_new(d, plen, 0);
+                    } else {
+                        if (!obj) obj = json_loadb(p, plen, 0, NULL);
+                        char *d;
+                        size_t dl;
+                        if (!obj || kf_codec_encode(KF_FMT_MSGPACK, obj, LWS_PRE, &d, &dl) < 0) {
+                            kf_error("inbox entry cannot be re-encoded");
+                            continue;
+                        }
+                        bufs[f] = gw_buf_new(d, dl, 1);
+                    }
+                }
+                gw_conn_send_buf(c, bufs[f]);
+                GW_M->inbox_deliveries++;
+            }
+        }
+        u += l + 1;
+    }
+    if (bufs[0]) gw_buf_unref(bufs[0]);
+    if (bufs[1]) gw_buf_unref(bufs[1]);
+    if (obj) json_decref(obj);
+}
+
+static const redisReply *field(const redisReply *kv, const char *name) {
+    for (size_t i = 0; i + 1 < kv->elements; i += 2)
+        if (kv->element[i]->type == REDIS_REPLY_STRING && strcmp(kv->element[i]->str, name) == 0)
+            return kv->element[i + 1];
+    return NULL;
+}
+
+static void on_inbox(redisAsyncContext *ac, void *r, void *priv) {
+    (void)ac, (void)priv;
+    redisReply *reply = r;
+    gw->inbox_reading = 0;
+    if (!reply) return; /* disconnected: the disconnect callback retries */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        kf_error("inbox XREAD: %s", reply->str);
+        redisAsyncDisconnect(gw->inbox_ac);
+        return;
+    }
+    /* [[key, [[id, [f, v, ...]], ...]]] or nil on timeout */
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 &&
+        reply->element[0]->elements == 2) {
+        const redisReply *entries = reply->element[0]->element[1];
+        for (size_t i = 0; i < entries->elements; i++) {
+            const redisReply *e = entries->element[i];
+            if (e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING) continue;
+            snprintf(gw->inbox_last_id, sizeof(gw->inbox_last_id), "%s", e->element[0]->str);
+            GW_M->inbox_entries++;
+            const redisReply *kv = e->element[1], *p = field(kv, "p"), *u = field(kv, "u"),
+                             *x = field(kv, "x");
+            if (!p || !u) continue;
+            inbox_deliver(p->str, p->len, u->str, u->len, x ? x->str : "", x ? x->len : 0);
+        }
+        GW_M->inbox_lag_ms = gw_now_ms() - strtoll(gw->inbox_last_id, NULL, 10);
+    } else {
+        GW_M->inbox_lag_ms = 0;
+    }
+    if (!gw->draining || gw->nconns) inbox_read();
+}
+
+static void inbox_read(void) {
+    if (!gw->inbox_ac || gw->inbox_reading) return;
+    char key[KF_KEY_MAX];
+    kf_key_node_inbox(key, gw->node);
+    gw->inbox_reading = 1;
+    redisAsyncCommand(gw->inbox_ac, on_inbox, NULL, "XREAD COUNT %lld BLOCK 1000 STREAMS %s %s",
+                      gw->opt.inbox_batch, key, gw->inbox_last_id);
+}
+
+static void on_inbox_start(redisAsyncContext *ac, void *r, void *priv) {
+    (void)ac, (void)priv;
+    redisReply *reply = r;
+    if (!reply) return;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 &&
+        reply->element[0]->elements == 2)
+        snprintf(gw->inbox_last_id, sizeof(gw->inbox_last_id), "%s",
+                 reply->element[0]->element[0]->str);
+    else if (!gw->inbox_last_id[0])
+        snprintf(gw->inbox_last_id, sizeof(gw->inbox_last_id), "0-0");
+    gw->inbox_ready = 1;
+    kf_info("inbox reader started after %s", gw->inbox_last_id);
+    inbox_read();
+}
+
+static void on_inbox_connect(const redisAsyncContext *ac, int status) {
+    if (status != REDIS_OK) {
+        gw->inbox_ac = NULL;
+        kf_debug("inbox connect failed: %s", ac->errstr);
+        inbox_retry_later();
+        return;
+    }
+    char key[KF_KEY_MAX];
+    kf_key_node_inbox(key, gw->node);
+    if (gw->inbox_last_id[0]) {
+        /* Reconnected: carry on after the last entry read, so nothing is missed. */
+        gw->inbox_ready = 1;
+        inbox_read();
+    } else {
+        redisAsyncCommand(gw->inbox_ac, on_inbox_start, NULL, "XREVRANGE %s + - COUNT 1", key);
+    }
+}
+
+static void on_inbox_disconnect(const redisAsyncContext *ac, int status) {
+    (void)ac, (void)status;
+    gw->inbox_ac = NULL;
+    gw->inbox_reading = 0;
+    if (gw->base && !gw->draining) {
+        kf_warn("inbox reader disconnected; retrying");
+        inbox_retry_later();
+    }
+}
+
+static void inbox_connect(void) {
+    char key[KF_KEY_MAX];
+    kf_key_node_inbox(key, gw->node);
+    const char *host;
+    int port;
+    kf_redis_hostport(gw->redis, kf_redis_shard(gw->redis, key), &host, &port);
+    redisAsyncContext *ac = redisAsyncConnect(host, port);
+    if (!ac || ac->err) {
+        if (ac) redisAsyncFree(ac);
+        inbox_retry_later();
+        return;
+    }
+    gw->inbox_ac = ac;
+    redisLibeventAttach(ac, gw->base);
+    redisAsyncSetConnectCallback(ac, on_inbox_connect);
+    redisAsyncSetDisconnectCallback(ac, on_inbox_disconnect);
+}
+
+void gw_router_start(void) {
+    gw->inbox_retry_ev = evtimer_new(gw->base, on_inbox_retry, NULL);
+    gw->heartbeat_ev = event_new(gw->base, -1, EV_PERSIST, on_heartbeat, NULL);
+    long long every = gw->opt.presence_ttl_ms / 3;
+    struct timeval tv = {every / 1000, (every % 1000) * 1000};
+    event_add(gw->heartbeat_ev, &tv);
+    inbox_connect();
+}
+
+void gw_router_stop(void) {
+    if (gw->inbox_ac) {
+        redisAsyncContext *ac = gw->inbox_ac;
+        gw->draining = 1;
+        redisAsyncFree(ac);
+        gw->inbox_ac = NULL;
+    }
+    event_free(gw->inbox_retry_ev);
+    event_free(gw->heartbeat_ev);
+    for (size_t i = 0; i < gw->users_cap; i++)
+        for (gw_user *u = gw->users[i], *next; u; u = next) {
+            next = u->hnext;
+            kf_free(u->id);
+            kf_free(u);
+        }
+    kf_free(gw->users);
+    gw->users = NULL;
+    gw->users_cap = gw->nusers = 0;
+}

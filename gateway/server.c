@@ -1,0 +1,694 @@
+/* One gateway process: libwebsockets on a libevent loop, connections, output queues, timers,
+ * HTTP endpoints, signals and draining. */
+#include <errno.h>
+#include <event2/event.h>
+#include <libwebsockets.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gateway.h"
+#include "kefu/alloc.h"
+#include "kefu/log.h"
+#include "kefu/redis.h"
+#include "kefu/utf8.h"
+
+gw_server *gw;
+
+const char *const gw_close_reason_names[CLOSE__COUNT] = {
+    "none",         "normal",        "shutdown",     "invalid_utf8",   "too_large",
+    "auth_invalid", "auth_expired",  "auth_timeout", "hello_expected", "idle_timeout",
+    "rate_abuse",   "slow_consumer", "peer",         "internal"};
+
+/* Per-session data lws allocates for every connection: just a pointer to our struct, which
+ * outlives the wsi while Redis replies for it are pending. */
+struct pss {
+    gw_conn *c;
+};
+
+int64_t gw_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- shared buffers ---- */
+
+gw_buf *gw_buf_new(char *data, size_t len, int binary) {
+    gw_buf *b = kf_malloc(sizeof(*b));
+    b->refs = 1;
+    b->len = (uint32_t)len;
+    b->binary = (uint8_t)binary;
+    b->data = data;
+    return b;
+}
+
+void gw_buf_ref(gw_buf *b) { b->refs++; }
+
+void gw_buf_unref(gw_buf *b) {
+    if (--b->refs == 0) {
+        kf_free(b->data);
+        kf_free(b);
+    }
+}
+
+/* ---- connections ---- */
+
+void gw_conn_ref(gw_conn *c) { c->refs++; }
+
+static void conn_free(gw_conn *c) {
+    kf_free(c->ident.sub);
+    kf_free(c->ident.name);
+    kf_free(c->ident.skills);
+    kf_free(c->rx);
+    kf_free(c);
+}
+
+void gw_conn_unref(gw_conn *c) {
+    if (--c->refs == 0) conn_free(c);
+}
+
+static void outq_clear(gw_conn *c) {
+    gw_outq_item *it = c->outq_head;
+    while (it) {
+        gw_outq_item *next = it->next;
+        gw_buf_unref(it->buf);
+        kf_free(it);
+        it = next;
+    }
+    c->outq_head = c->outq_tail = NULL;
+    c->outq_msgs = 0;
+    c->outq_bytes = 0;
+}
+
+void gw_conn_close(gw_conn *c, gw_close_reason why, uint16_t code, const char *text) {
+    if (!c->wsi || c->state == CONN_CLOSING || c->state == CONN_CLOSED) return;
+    kf_info("conn %llu: closing %u %s (%s)", (unsigned long long)c->id, code, text,
+            gw_close_reason_names[why]);
+    c->state = CONN_CLOSING;
+    c->close_reason = why;
+    c->close_code = code;
+    c->close_text = text;
+    if (why == CLOSE_SLOW_CONSUMER) {
+        /* It does not read, so a close frame would never get out: cut it. */
+        outq_clear(c);
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        return;
+    }
+    lws_callback_on_writable(c->wsi);
+    /* A peer that stops reading must not keep the socket: kill it after a grace period. */
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, 3);
+}
+
+void gw_conn_send_buf(gw_conn *c, gw_buf *b) {
+    if (!c->wsi || c->state == CONN_CLOSING || c->state == CONN_CLOSED) return;
+    if (c->outq_msgs + 1 > (uint64_t)gw->opt.outq_max_msgs ||
+        c->outq_bytes + b->len > (uint64_t)gw->opt.outq_max_bytes) {
+        GW_M->outq_dropped++;
+        gw_conn_close(c, CLOSE_SLOW_CONSUMER, 4508, "slow consumer");
+        return;
+    }
+    gw_outq_item *it = kf_malloc(sizeof(*it));
+    it->next = NULL;
+    it->buf = b;
+    gw_buf_ref(b);
+    if (c->outq_tail)
+        c->outq_tail->next = it;
+    else
+        c->outq_head = it;
+    c->outq_tail = it;
+    c->outq_msgs++;
+    c->outq_bytes += b->len;
+    GW_M->bytes_out += b->len;
+    if (c->outq_msgs == 1) lws_callback_on_writable(c->wsi);
+}
+
+void gw_conn_send(gw_conn *c, const json_t *obj) {
+    char *out;
+    size_t len;
+    if (kf_codec_encode(c->fmt, obj, LWS_PRE, &out, &len) < 0) {
+        kf_error("conn %llu: cannot encode a frame", (unsigned long long)c->id);
+        return;
+    }
+    gw_buf *b = gw_buf_new(out, len, c->fmt == KF_FMT_MSGPACK);
+    gw_conn_send_buf(c, b);
+    gw_buf_unref(b);
+}
+
+static gw_conn *conn_new(struct lws *wsi) {
+    gw_conn *c = kf_calloc(1, sizeof(*c));
+    c->id = ++gw->next_conn_id;
+    c->wsi = wsi;
+    c->refs = 1;
+    c->state = CONN_AUTHENTICATING;
+    c->created_ms = c->last_rx_ms = c->tokens_ms = gw_now_ms();
+    c->tokens = (double)gw->opt.rate_burst;
+    c->next = gw->conns;
+    if (gw->conns) gw->conns->prev = c;
+    gw->conns = c;
+    gw->nconns++;
+    GW_M->conns_by_role[0]++;
+    return c;
+}
+
+/* lws is done with the connection: count the close, leave the indexes, drop lws's reference. */
+static void conn_gone(struct pss *pss) {
+    gw_conn *c = pss->c;
+    if (!c) return;
+    pss->c = NULL;
+    if (c->close_reason == CLOSE_NONE) c->close_reason = CLOSE_PEER;
+    GW_M->closes[c->close_reason]++;
+    GW_M->conns_by_role[c->ident.role]--;
+    kf_debug("conn %llu: closed (%s)", (unsigned long long)c->id,
+             gw_close_reason_names[c->close_reason]);
+    if (c->user) gw_router_detach(c);
+    c->wsi = NULL;
+    c->state = CONN_CLOSED;
+    outq_clear(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        gw->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    gw->nconns--;
+    gw_conn_unref(c);
+}
+
+/* Token bucket; returns 1 when the frame may be handled. */
+static int rate_allow(gw_conn *c) {
+    int64_t now = gw_now_ms();
+    double rate = (double)gw->opt.rate_per_s, burst = (double)gw->opt.rate_burst;
+    c->tokens += (double)(now - c->tokens_ms) * rate / 1000.0;
+    if (c->tokens > burst) c->tokens = burst;
+    c->tokens_ms = now;
+    if (c->tokens >= 1.0) {
+        c->tokens -= 1.0;
+        return 1;
+    }
+    if (now - c->abuse_window_ms > 60000) {
+        c->abuse_window_ms = now;
+        c->abuse_count = 0;
+    }
+    if (++c->abuse_count > (uint64_t)gw->opt.rate_abuse_limit)
+        gw_conn_close(c, CLOSE_RATE_ABUSE, 4429, "rate limit abuse");
+    return 0;
+}
+
+/* A complete message arrived. Returns -1 when lws must close the connection now. */
+static int conn_on_message(gw_conn *c, const char *data, size_t len, int binary) {
+    GW_M->frames_in++;
+    GW_M->bytes_in += len;
+    if (c->state == CONN_CLOSING) return 0;
+    if (!binary && !kf_utf8_valid(data, len)) {
+        c->close_reason = CLOSE_INVALID_UTF8;
+        lws_close_reason(c->wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD,
+                         (unsigned char *)"invalid utf-8", 13);
+        return -1;
+    }
+    if (!rate_allow(c)) {
+        if (c->state != CONN_CLOSING) gw_reply_error(c, NULL, "rate_limited", "slow down");
+        return 0;
+    }
+    if (binary != (c->fmt == KF_FMT_MSGPACK)) {
+        gw_reply_error(c, NULL, "bad_request",
+                       binary ? "binary frame on kefu.v1.json" : "text frame on kefu.v1.msgpack");
+        return 0;
+    }
+    const char *err = NULL;
+    json_t *msg = kf_codec_decode(c->fmt, data, len, &err);
+    if (!msg) {
+        gw_reply_error(c, NULL, "bad_request", err ? err : "cannot decode frame");
+        return 0;
+    }
+    gw_handle_frame(c, msg);
+    return 0;
+}
+
+static int conn_on_receive(gw_conn *c, struct lws *wsi, const char *in, size_t len) {
+    c->last_rx_ms = gw_now_ms();
+    int binary = lws_frame_is_binary(wsi);
+    int final = lws_is_final_fragment(wsi);
+    size_t limit = (size_t)gw->opt.max_message_bytes;
+    if (c->rx_len == 0 && final) return conn_on_message(c, in, len, binary);
+    if (c->rx_len + len > limit || lws_remaining_packet_payload(wsi) > limit - c->rx_len - len) {
+        kf_free(c->rx);
+        c->rx = NULL;
+        c->rx_len = c->rx_cap = 0;
+        c->close_reason = CLOSE_TOO_LARGE;
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
+                         (unsigned char *)"message too large", 17);
+        return -1;
+    }
+    if (c->rx_len == 0) c->rx_binary = (uint8_t)binary;
+    if (c->rx_len + len > c->rx_cap) {
+        size_t cap = c->rx_cap ? c->rx_cap : 1024;
+        while (cap < c->rx_len + len) cap *= 2;
+        if (cap > limit) cap = limit;
+        c->rx = kf_realloc(c->rx, cap);
+        c->rx_cap = (uint32_t)cap;
+    }
+    memcpy(c->rx + c->rx_len, in, len);
+    c->rx_len += (uint32_t)len;
+    if (!final) return 0;
+    char *msg = c->rx;
+    size_t mlen = c->rx_len;
+    c->rx = NULL;
+    c->rx_len = c->rx_cap = 0;
+    int rc = conn_on_message(c, msg, mlen, c->rx_binary);
+    kf_free(msg);
+    return rc;
+}
+
+static int conn_on_writeable(gw_conn *c, struct lws *wsi) {
+    if (c->state == CONN_CLOSING) {
+        lws_close_reason(wsi, (enum lws_close_status)c->close_code, (unsigned char *)c->close_text,
+                         strlen(c->close_text));
+        return -1;
+    }
+    if (c->want_ping) {
+        unsigned char ping[LWS_PRE + 1];
+        c->want_ping = 0;
+        if (lws_write(wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0) return -1;
+        if (c->outq_head) lws_callback_on_writable(wsi);
+        return 0;
+    }
+    /* Several frames per wake-up while the socket takes them whole. */
+    for (int n = 0; c->outq_head && n < 32; n++) {
+        gw_outq_item *it = c->outq_head;
+        gw_buf *b = it->buf;
+        int w = lws_write(wsi, (unsigned char *)b->data + LWS_PRE, b->len,
+                          b->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
+        c->outq_head = it->next;
+        if (!c->outq_head) c->outq_tail = NULL;
+        c->outq_msgs--;
+        c->outq_bytes -= b->len;
+        gw_buf_unref(b);
+        kf_free(it);
+        if (w < 0) return -1;
+        GW_M->frames_out++;
+        if (lws_send_pipe_choked(wsi)) break;
+    }
+    if (c->outq_head) lws_callback_on_writable(wsi);
+    return 0;
+}
+
+/* ---- authentication ---- */
+
+static void on_attached(gw_conn *c, const char *err) {
+    if (!gw_conn_alive(c)) return;
+    if (err) {
+        kf_warn("conn %llu: presence not stored: %s", (unsigned long long)c->id, err);
+    }
+    json_t *w = json_pack("{s:s, s:s, s:s, s:s, s:I}", "type", "welcome", "user", c->ident.sub,
+                          "role", kf_role_name((kf_role)c->ident.role), "node", gw->node,
+                          "server_time", (json_int_t)gw_now_ms());
+    gw_conn_send(c, w);
+    json_decref(w);
+}
+
+/* Verifies a token and, when good, makes the connection READY (welcome follows once presence is
+ * stored). Returns 0, or -1 after asking for the 44xx close. */
+int gw_conn_authenticate(gw_conn *c, const char *token, size_t len) {
+    kf_claims cl;
+    kf_token_result r =
+        kf_token_verify(token, len, (const char *const *)gw->secrets, gw->nsecrets,
+                        (long long)(gw_now_ms() / 1000), gw->opt.jwt_leeway_s, &cl);
+    if (r != KF_TOKEN_OK) {
+        static char reasons[8][48];
+        snprintf(reasons[r & 7], sizeof(reasons[0]), "invalid token: %s", kf_token_result_str(r));
+        kf_info("conn %llu: authentication failed: %s", (unsigned long long)c->id,
+                kf_token_result_str(r));
+        if (r == KF_TOKEN_EXPIRED)
+            gw_conn_close(c, CLOSE_AUTH_EXPIRED, 4402, "token expired");
+        else
+            gw_conn_close(c, CLOSE_AUTH_INVALID, 4401, reasons[r & 7]);
+        return -1;
+    }
+    c->ident.sub = kf_strdup(cl.sub);
+    c->ident.name = kf_strdup(cl.name[0] ? cl.name : cl.sub);
+    c->ident.skills = cl.skills[0] ? kf_strdup(cl.skills) : NULL;
+    memcpy(c->ident.channel, cl.channel, sizeof(c->ident.channel));
+    c->ident.level = (uint8_t)cl.level;
+    c->ident.max_chats = (uint16_t)cl.max_chats;
+    c->ident.exp = cl.exp;
+    GW_M->conns_by_role[0]--;
+    c->ident.role = (uint8_t)cl.role;
+    GW_M->conns_by_role[c->ident.role]++;
+    c->authed = 1;
+    c->state = CONN_READY;
+    kf_info("conn %llu: authenticated as a %s", (unsigned long long)c->id, kf_role_name(cl.role));
+    gw_router_attach(c, on_attached);
+    return 0;
+}
+
+/* ---- HTTP endpoints ---- */
+
+struct http_pss {
+    gw_conn *unused; /* same layout start as struct pss */
+    char *body;
+    size_t len;
+};
+
+static int http_reply(struct lws *wsi, struct http_pss *hp, unsigned status, const char *ctype,
+                      char *body_with_pre, size_t len) {
+    unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof(hdr);
+    hp->body = body_with_pre;
+    hp->len = len;
+    if (lws_add_http_common_headers(wsi, status, ctype, (lws_filepos_t)len, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return 1;
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static char *text_body(const char *s, size_t *len) {
+    *len = strlen(s);
+    char *b = kf_malloc(LWS_PRE + *len + 1);
+    memcpy(b + LWS_PRE, s, *len + 1);
+    return b;
+}
+
+static int http_request(struct lws *wsi, struct http_pss *hp, const char *uri) {
+    size_t len = 0;
+    unsigned status = 200;
+    const char *ctype = "text/plain";
+    char *body;
+    if (strcmp(uri, "/metrics") == 0) {
+        body = gw_metrics_render(LWS_PRE, &len);
+        ctype = "text/plain; version=0.0.4";
+    } else if (strcmp(uri, "/healthz") == 0) {
+        body = text_body("ok\n", &len);
+    } else if (strcmp(uri, "/readyz") == 0) {
+        int ready = GW_M->ready && !gw->draining;
+        status = ready ? 200 : 503;
+        body = text_body(ready ? "ready\n" : gw->draining ? "draining\n" : "not ready\n", &len);
+    } else if (strcmp(uri, "/ws") == 0) {
+        status = 426;
+        body = text_body("WebSocket upgrade required\n", &len);
+    } else {
+        status = 404;
+        body = text_body("not found\n", &len);
+    }
+    return http_reply(wsi, hp, status, ctype, body, len);
+}
+
+/* ---- the lws protocol callback ---- */
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len) {
+    struct pss *pss = user;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+        char uri[64];
+        if (gw->draining) return 1;
+        if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0)
+            return 1;
+        if (gw->opt.max_connections && gw->nconns >= (size_t)gw->opt.max_connections) {
+            kf_warn("connection refused: %zu connections open (max_connections)", gw->nconns);
+            return 1;
+        }
+        pss->c = conn_new(wsi);
+        pss->c->fmt = lws_get_protocol(wsi)->id == 1 ? KF_FMT_MSGPACK : KF_FMT_JSON;
+        return 0;
+    }
+    case LWS_CALLBACK_ESTABLISHED: {
+        gw_conn *c = pss->c;
+        if (!c) return -1;
+        char tok[4200];
+        const char *t = lws_get_urlarg_by_name(wsi, "token=", tok, sizeof(tok));
+        if (t) gw_conn_authenticate(c, t, strlen(t));
+        return 0;
+    }
+    case LWS_CALLBACK_RECEIVE:
+        if (!pss->c || !pss->c->wsi) return -1;
+        return conn_on_receive(pss->c, wsi, in, len);
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (pss->c) pss->c->last_rx_ms = gw_now_ms();
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        if (!pss->c) return -1;
+        return conn_on_writeable(pss->c, wsi);
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        if (pss->c && pss->c->close_reason == CLOSE_NONE) pss->c->close_reason = CLOSE_PEER;
+        return 0;
+    case LWS_CALLBACK_CLOSED:
+        conn_gone(pss);
+        return 0;
+    case LWS_CALLBACK_HTTP: {
+        struct http_pss *hp = user;
+        if (!hp) return -1;
+        return http_request(wsi, hp, in ? (const char *)in : "");
+    }
+    case LWS_CALLBACK_HTTP_WRITEABLE: {
+        struct http_pss *hp = user;
+        if (!hp || !hp->body) return -1;
+        int w = lws_write(wsi, (unsigned char *)hp->body + LWS_PRE, hp->len, LWS_WRITE_HTTP_FINAL);
+        kf_free(hp->body);
+        hp->body = NULL;
+        if (w < 0) return -1;
+        return lws_http_transaction_completed(wsi) ? -1 : 0;
+    }
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+    case LWS_CALLBACK_CLOSED_HTTP: {
+        struct http_pss *hp = user;
+        if (hp && hp->body) {
+            kf_free(hp->body);
+            hp->body = NULL;
+        }
+        return 0;
+    }
+    case LWS_CALLBACK_WSI_DESTROY:
+        if (pss) conn_gone(pss);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+/* The upgrade picks the protocol by subprotocol; no subprotocol means the first (JSON). */
+static struct lws_protocols protocols[] = {
+    {"kefu.v1.json", callback, sizeof(struct http_pss), 512, 0, NULL, 0},
+    {"kefu.v1.msgpack", callback, sizeof(struct http_pss), 512, 1, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+/* The validity timer of lws walks a linear list per connection; we never arm it and run pings
+ * and idle checks from our own sweep instead. */
+static const lws_retry_bo_t no_validity = {.secs_since_valid_ping = 0, .secs_since_valid_hangup = 0};
+
+/* ---- timers, signals, draining ---- */
+
+static void finish_drain(void) {
+    kf_info("drained; exiting");
+    event_base_loopbreak(gw->base);
+}
+
+/* Once a second: authentication deadlines, pings, idle timeouts, readiness, drain progress. */
+static void on_sweep(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    int64_t now = gw_now_ms();
+    for (gw_conn *c = gw->conns, *next; c; c = next) {
+        next = c->next;
+        if (!c->wsi || c->state == CONN_CLOSING) continue;
+        if (c->state == CONN_AUTHENTICATING && now - c->created_ms > gw->opt.auth_timeout_ms) {
+            gw_conn_close(c, CLOSE_AUTH_TIMEOUT, 4408, "authentication timeout");
+        } else if (now - c->last_rx_ms > gw->opt.idle_timeout_ms) {
+            gw_conn_close(c, CLOSE_IDLE_TIMEOUT, 4409, "idle timeout");
+        } else if (now - c->last_rx_ms > gw->opt.ping_interval_ms &&
+                   now - c->last_ping_ms > gw->opt.ping_interval_ms) {
+            c->last_ping_ms = now;
+            c->want_ping = 1;
+            lws_callback_on_writable(c->wsi);
+        }
+    }
+    const kf_redis_stats *st = kf_redis_get_stats(gw->redis);
+    GW_M->redis_commands = st->commands;
+    GW_M->redis_failures = st->failures;
+    GW_M->redis_latency_us_sum = st->latency_us_sum;
+    memcpy(GW_M->redis_latency_bucket, st->latency_bucket, sizeof(st->latency_bucket));
+    uint64_t mask = 0;
+    for (unsigned i = 0; i < kf_redis_nshards(gw->redis) && i < 64; i++)
+        if (kf_redis_is_up(gw->redis, i)) mask |= 1ull << i;
+    GW_M->redis_up_mask = mask;
+    GW_M->ready = !gw->draining && kf_redis_all_up(gw->redis) && gw->inbox_ready;
+    if (gw->draining) {
+        if ((gw->nconns == 0 && kf_redis_pending(gw->redis) == 0) || now >= gw->drain_deadline_ms)
+            finish_drain();
+    }
+}
+
+static void start_drain(void) {
+    if (gw->draining) return;
+    gw->draining = 1;
+    GW_M->ready = 0;
+    gw->drain_deadline_ms = gw_now_ms() + gw->opt.drain_timeout_ms;
+    kf_info("draining: closing %zu connections with 1001", gw->nconns);
+    for (gw_conn *c = gw->conns; c; c = c->next)
+        gw_conn_close(c, CLOSE_SHUTDOWN, LWS_CLOSE_STATUS_GOINGAWAY, "server shutting down");
+    struct timeval tv = {0, 50000};
+    event_del(gw->sweep_ev);
+    event_add(gw->sweep_ev, &tv);
+}
+
+static int load_secrets(void) {
+    for (size_t i = 0; i < gw->nsecrets; i++) kf_free(gw->secrets[i]);
+    kf_free(gw->secrets);
+    gw->secrets = NULL;
+    gw->nsecrets = 0;
+    const char *list = gw->opt.jwt_secrets && *gw->opt.jwt_secrets ? gw->opt.jwt_secrets : NULL;
+    if (!list) {
+        kf_warn("no jwt_secrets configured: using the built-in development secret; "
+                "never do this in production");
+        list = "kefu-dev-secret-change-me";
+    }
+    char *copy = kf_strdup(list), *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        gw->secrets = kf_realloc(gw->secrets, sizeof(char *) * (gw->nsecrets + 1));
+        gw->secrets[gw->nsecrets++] = kf_strdup(t);
+    }
+    kf_free(copy);
+    return gw->nsecrets ? 0 : -1;
+}
+
+static void apply_log_level(void) {
+    int lvl = kf_log_parse_level(gw->opt.log_level);
+    if (lvl >= 0) kf_log_level = lvl;
+}
+
+static void reload(void) {
+    gw_options fresh = gw->opt;
+    /* Only reloadable options change; strings of the others stay shared with the old set. */
+    char *old_secrets = fresh.jwt_secrets, *old_level = fresh.log_level;
+    fresh.jwt_secrets = NULL;
+    fresh.log_level = NULL;
+    char err[512];
+    char *argv0[] = {(char *)"kefu-gateway", NULL};
+    if (kf_config_load(gw_option_table, &fresh, gw->config_file, 1, argv0, NULL, 1, err,
+                       sizeof(err)) < 0) {
+        kf_free(fresh.jwt_secrets);
+        kf_free(fresh.log_level);
+        kf_error("SIGHUP: configuration not reloaded: %s", err);
+        return;
+    }
+    kf_free(old_secrets);
+    kf_free(old_level);
+    gw->opt = fresh;
+    apply_log_level();
+    load_secrets();
+    kf_info("SIGHUP: configuration reloaded (%zu jwt secrets)", gw->nsecrets);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+    (void)what, (void)arg;
+    if (sig == SIGHUP)
+        reload();
+    else
+        start_drain();
+}
+
+static void raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) kf_warn("cannot raise RLIMIT_NOFILE: %s", strerror(errno));
+    }
+}
+
+static void lws_log_bridge(int level, const char *line) {
+    size_t n = strlen(line);
+    while (n && line[n - 1] == '\n') n--;
+    kf_log(level == LLL_ERR ? KF_LOG_ERROR : level == LLL_WARN ? KF_LOG_WARN : KF_LOG_DEBUG,
+           "lws: %.*s", (int)n, line);
+}
+
+int gw_server_run(int proc_index, const gw_options *opt, const char *config_file) {
+    gw = kf_calloc(1, sizeof(*gw));
+    gw->opt = *opt;
+    gw->config_file = config_file;
+    gw->proc_index = proc_index;
+    snprintf(gw->node, sizeof(gw->node), "%s-%d", opt->node_name, proc_index);
+    kf_log_set_ident(gw->node);
+    apply_log_level();
+    gw_metrics_bind(proc_index);
+    if (load_secrets() < 0) {
+        kf_error("jwt_secrets holds no secret");
+        return 1;
+    }
+    raise_nofile();
+    signal(SIGPIPE, SIG_IGN);
+
+    gw->base = event_base_new();
+    if (!gw->base) {
+        kf_error("event_base_new failed");
+        return 1;
+    }
+    char err[256];
+    gw->redis = kf_redis_new(gw->base, opt->redis, (int)opt->redis_timeout_ms, err, sizeof(err));
+    if (!gw->redis) {
+        kf_error("%s", err);
+        return 1;
+    }
+
+    lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_bridge);
+    for (int i = 0; i < 2; i++) {
+        protocols[i].rx_buffer_size = (size_t)opt->rx_buffer_bytes;
+        protocols[i].tx_packet_size = (size_t)opt->max_message_bytes + 64;
+    }
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof(info));
+    void *loops[1] = {gw->base};
+    info.port = (int)opt->port;
+    info.iface = strcmp(opt->bind, "0.0.0.0") == 0 ? NULL : opt->bind;
+    info.protocols = protocols;
+    info.options = LWS_SERVER_OPTION_LIBEVENT | LWS_SERVER_OPTION_ALLOW_LISTEN_SHARE |
+                   LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.foreign_loops = loops;
+    info.retry_and_idle_policy = &no_validity;
+    info.timeout_secs = 10;
+    info.gid = (gid_t)-1;
+    info.uid = (uid_t)-1;
+    info.count_threads = 1;
+    info.pt_serv_buf_size = 4096;
+    gw->lws = lws_create_context(&info);
+    if (!gw->lws) {
+        kf_error("cannot listen on %s:%lld", opt->bind, opt->port);
+        return 1;
+    }
+
+    gw_router_start();
+    gw->sweep_ev = event_new(gw->base, -1, EV_PERSIST, on_sweep, NULL);
+    struct timeval sec = {1, 0};
+    event_add(gw->sweep_ev, &sec);
+    gw->sig_term_ev = evsignal_new(gw->base, SIGTERM, on_signal, NULL);
+    gw->sig_int_ev = evsignal_new(gw->base, SIGINT, on_signal, NULL);
+    gw->sig_hup_ev = evsignal_new(gw->base, SIGHUP, on_signal, NULL);
+    event_add(gw->sig_term_ev, NULL);
+    event_add(gw->sig_int_ev, NULL);
+    event_add(gw->sig_hup_ev, NULL);
+    kf_info("node %s listening on %s:%lld (redis %s, %u shards)", gw->node, opt->bind, opt->port,
+            opt->redis, kf_redis_nshards(gw->redis));
+
+    event_base_dispatch(gw->base);
+
+    lws_context_destroy(gw->lws);
+    while (gw->conns) {
+        struct pss p = {gw->conns};
+        conn_gone(&p);
+    }
+    gw_router_stop();
+    event_free(gw->sweep_ev);
+    event_free(gw->sig_term_ev);
+    event_free(gw->sig_int_ev);
+    event_free(gw->sig_hup_ev);
+    kf_redis_free(gw->redis);
+    event_base_free(gw->base);
+    for (size_t i = 0; i < gw->nsecrets; i++) kf_free(gw->secrets[i]);
+    kf_free(gw->secrets);
+    kf_config_free(gw_option_table, &gw->opt);
+    kf_free(gw);
+    gw = NULL;
+    return 0;
+}

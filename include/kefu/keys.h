@@ -1,0 +1,49 @@
+/* The Redis key schema shared by gateway and worker. Hash tags keep a conversation's keys (and a
+ * user's, a node's) in one slot and therefore on one shard. See docs/architecture.md. */
+#ifndef KEFU_KEYS_H
+#define KEFU_KEYS_H
+
+#include <stdio.h>
+#include <string.h>
+
+#define KF_KEY_MAX 400
+
+/* Conversation metadata hash: customer, channel, topic, ticket, state, agent, created, ... */
+static inline void kf_key_conv_meta(char *k, const char *conv) {
+    snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:meta", conv);
+}
+/* Conversation messages stream (ids are message ids). */
+static inline void kf_key_conv_msgs(char *k, const char *conv) {
+    snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:msgs", conv);
+}
+/* Idempotency record of one client message id (cid) of one sender; value = message id. The
+ * user id is length-prefixed so no two (user, cid) pairs share a key. */
+static inline void kf_key_conv_cid(char *k, const char *conv, const char *user, const char *cid) {
+    snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:cid:%zu:%s:%s", conv, strlen(user), user, cid);
+}
+/* Set of a user's open conversations. */
+static inline void kf_key_user_convs(char *k, const char *user) {
+    snprintf(k, KF_KEY_MAX, "kefu:{u:%s}:convs", user);
+}
+/* Presence: sorted set node -> expiry (unix ms), refreshed by the node's heartbeat. */
+static inline void kf_key_user_nodes(char *k, const char *user) {
+    snprintf(k, KF_KEY_MAX, "kefu:{u:%s}:nodes", user);
+}
+/* A node's inbox stream. */
+static inline void kf_key_node_inbox(char *k, const char *node) {
+    snprintf(k, KF_KEY_MAX, "kefu:{n:%s}:inbox", node);
+}
+/* Ticket sequence of one channel-day, e.g. tag WEB-20261123. */
+static inline void kf_key_ticket_seq(char *k, const char *channel_day) {
+    snprintf(k, KF_KEY_MAX, "kefu:{t:%s}:seq", channel_day);
+}
+/* Waiting queue of a skill group: sorted set conv -> enqueue time (ms). */
+static inline void kf_key_queue(char *k, const char *group) {
+    snprintf(k, KF_KEY_MAX, "kefu:{q:%s}:waiting", group);
+}
+/* Conversation lifecycle events (opened, accepted, closed, joined) for the worker. */
+#define KF_KEY_LIFECYCLE "kefu:{ev}:lifecycle"
+/* Nodes seen: sorted set node -> last heartbeat (ms). */
+#define KF_KEY_NODES "kefu:{nodes}:alive"
+
+#endif

@@ -1,0 +1,21 @@
+-- Closes a conversation: only its assigned agent, or a supervisor/admin.
+-- KEYS[1] conversation meta hash
+-- ARGV: user, role, resolution, now (ms)
+-- Returns {"E", code} | {"S", previous state, customer, agent, group, sup...}
+local meta = redis.call('HGETALL', KEYS[1])
+if #meta == 0 then return {'E', 'not_found'} end
+local m, sups = {}, {}
+for i = 1, #meta, 2 do
+  local f = meta[i]
+  m[f] = meta[i + 1]
+  if string.sub(f, 1, 4) == 'sup:' then sups[#sups + 1] = string.sub(f, 5) end
+end
+local user, role = ARGV[1], ARGV[2]
+if role == 'customer' then return {'E', 'forbidden'} end
+if role == 'agent' and m.agent ~= user then return {'E', 'forbidden'} end
+if m.state == 'closed' then return {'E', 'conflict'} end
+redis.call('HSET', KEYS[1], 'state', 'closed', 'resolution', ARGV[3], 'closed_by', user,
+  'closed_at', ARGV[4])
+local out = {'S', m.state or '', m.customer or '', m.agent or '', m.group or 'default'}
+for _, s in ipairs(sups) do out[#out + 1] = s end
+return out

@@ -1,0 +1,161 @@
+"""Fixtures: a session cluster (two redis shards, two gateway nodes), a spawner for dedicated
+nodes with special limits, per-test sanitizer scans of every gateway log, time limits."""
+
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import kefu_harness as H
+
+TEST_TIME_LIMIT = int(os.environ.get("KEFU_TEST_TIME_LIMIT", "90"))
+
+
+class Cluster:
+    def __init__(self, nodes, shards):
+        self.nodes = nodes
+        self.shards = shards
+
+    @property
+    def n1(self):
+        return self.nodes[0]
+
+    @property
+    def n2(self):
+        return self.nodes[1]
+
+
+class Spawner:
+    """Starts redis shards and gateways; stops them at teardown and reports sanitizer output
+    and bad exit statuses."""
+
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self.redises = []
+        self.gateways = []
+
+    def redis(self, port=None):
+        r = H.Redis(self.workdir / "redis", port=port).start()
+        self.redises.append(r)
+        return r
+
+    def gateway(self, shards, name="x1", ready=True, **opts):
+        addrs = [s.addr if hasattr(s, "addr") else s for s in shards]
+        g = H.Gateway(self.workdir, addrs, name=name, **opts)
+        self.gateways.append(g)
+        return g.start(ready=ready)
+
+    def teardown(self):
+        problems = []
+        for g in self.gateways:
+            p = g.proc
+            if p.p is None:
+                continue
+            was_alive = p.alive()
+            rc = p.stop(signal.SIGTERM, timeout=10)
+            if p in H.LIVE:
+                H.LIVE.remove(p)
+            bad = p.new_sanitizer_lines()
+            if bad:
+                problems.append(f"{p.name}: sanitizer report:\n" + "\n".join(bad[:40]) +
+                                f"\n--- log tail ---\n{p.tail(80)}")
+            elif rc != 0:
+                what = "after SIGTERM" if was_alive else "(died during the test)"
+                problems.append(f"{p.name}: exit status {rc} {what}\n"
+                                f"--- log tail ---\n{p.tail(40)}")
+        for r in self.redises:
+            r.stop(signal.SIGTERM, timeout=5)
+            if r in H.LIVE:
+                H.LIVE.remove(r)
+        self.gateways.clear()
+        self.redises.clear()
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    d = tempfile.mkdtemp(prefix="kefu-itest-")
+    yield Path(d)
+    if os.environ.get("KEFU_TEST_KEEP") != "1":
+        shutil.rmtree(d, ignore_errors=True)
+    else:
+        print(f"\nkept logs in {d}")
+
+
+@pytest.fixture(scope="session")
+def _session_spawner(workdir):
+    sp = Spawner(workdir / "session")
+    yield sp
+    sp.teardown()
+
+
+@pytest.fixture(scope="session")
+def cluster(_session_spawner):
+    """Two redis shards and two gateway nodes n1, n2 (or twice KEFU_TEST_GATEWAY)."""
+    if H.EXTERNAL:
+        g = H.Gateway.external(H.EXTERNAL)
+        return Cluster([g, g], [])
+    shards = [_session_spawner.redis(), _session_spawner.redis()]
+    nodes = [_session_spawner.gateway(shards, name="n1"), _session_spawner.gateway(shards, name="n2")]
+    return Cluster(nodes, shards)
+
+
+@pytest.fixture
+def spawn(workdir, request):
+    """Dedicated processes for one test (skipped against an external gateway)."""
+    if H.EXTERNAL:
+        pytest.skip("needs process control (KEFU_TEST_GATEWAY is set)")
+    sp = Spawner(workdir / request.node.name.replace("/", "_")[:80])
+    yield sp
+    sp.teardown()
+
+
+@pytest.fixture
+def local_only():
+    if H.EXTERNAL:
+        pytest.skip("needs process control (KEFU_TEST_GATEWAY is set)")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def _alarm(signum, frame):
+    raise TimeoutError(f"test exceeded {TEST_TIME_LIMIT}s")
+
+
+@pytest.fixture(autouse=True)
+def _guard(request):
+    """Bounds the test's time; afterwards scans every running gateway's new log lines for
+    sanitizer reports, checks the session nodes are alive, prints log tails on failure."""
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(TEST_TIME_LIMIT)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+    problems = []
+    for p in list(H.LIVE):
+        bad = p.new_sanitizer_lines()
+        if bad:
+            problems.append(f"{p.name}: sanitizer report:\n" + "\n".join(bad[:40]) +
+                            f"\n--- log tail ---\n{p.tail(80)}")
+        if p.scan and not p.alive() and p.name.startswith("gateway:n"):
+            problems.append(f"{p.name} died (exit {p.p.returncode}):\n{p.tail(60)}")
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for p in list(H.LIVE):
+            if p.scan:
+                print(f"\n--- {p.name} log tail ---\n{p.tail(30)}")
+    if problems:
+        # Restart dead session nodes so one crash does not fail every later test.
+        for p in list(H.LIVE):
+            if p.scan and not p.alive() and p.name.startswith("gateway:n"):
+                p.start()
+        pytest.fail("\n\n".join(problems), pytrace=False)

@@ -1,0 +1,386 @@
+"""Process harness for the kefu integration tests: redis-server shards, gateway nodes, HTTP
+probes, Prometheus metrics, JWT minting, sanitizer scanning of the process logs."""
+
+import base64
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(os.environ.get("KEFU_BIN_DIR") or (REPO / "build"))
+REDIS_SERVER = os.environ.get("KEFU_REDIS_SERVER", "/usr/bin/redis-server")
+EXTERNAL = os.environ.get("KEFU_TEST_GATEWAY", "").strip()
+SECRETS = tuple(
+    s for s in os.environ.get(
+        "KEFU_TEST_JWT_SECRETS", "kefu-itest-secret-one,kefu-itest-secret-two").split(",") if s)
+HOST = "127.0.0.1"
+
+SANITIZER_RE = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:|SUMMARY:")
+
+# Every process started by the harness that is still running (their logs are scanned).
+LIVE = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout=5.0, interval=0.05, what="condition"):
+    """Polls pred() until it returns a truthy value (returned) or raises AssertionError."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = pred()
+        except (OSError, http.client.HTTPException) as e:
+            last = e
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+def find_bin(name):
+    """A program in KEFU_BIN_DIR, or in the subdirectory CMake puts it in."""
+    for sub in ("", "gateway", "tools", "worker"):
+        exe = BIN_DIR / sub / name
+        if os.access(exe, os.X_OK) and exe.is_file():
+            return exe
+    raise AssertionError(f"{name} not found under {BIN_DIR} (build first or set KEFU_BIN_DIR)")
+
+
+def child_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+    return env
+
+
+class Proc:
+    """A child process whose stdout+stderr go to a log file."""
+
+    def __init__(self, name, argv, log_path, scan=True):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log_path = Path(log_path)
+        self.scan = scan
+        self._scan_pos = 0
+        self.p = None
+
+    def start(self):
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== start {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.p = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                      stderr=subprocess.STDOUT, env=child_env(),
+                                      start_new_session=True)
+        if self not in LIVE:
+            LIVE.append(self)
+        return self
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def alive(self):
+        return self.p is not None and self.p.poll() is None
+
+    def send_signal(self, sig):
+        if self.alive():
+            self.p.send_signal(sig)
+
+    def wait(self, timeout):
+        """Returns the exit status, or None when still running after timeout seconds."""
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        """Stops the process (SIGKILL after timeout); returns its exit status."""
+        if self.p is None:
+            return None
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            if self.wait(timeout) is None:
+                self.p.kill()
+                self.p.wait(5)
+        return self.p.returncode
+
+    def log_text(self):
+        try:
+            return self.log_path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, n=60):
+        lines = self.log_text().splitlines()
+        return "\n".join(lines[-n:])
+
+    def new_sanitizer_lines(self):
+        """Sanitizer report lines written since the previous call."""
+        if not self.scan:
+            return []
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._scan_pos)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        # Only consume complete lines; a report being written is picked up next time.
+        end = data.rfind(b"\n") + 1
+        self._scan_pos += end
+        text = data[:end].decode("utf-8", "replace")
+        return [ln for ln in text.splitlines() if SANITIZER_RE.search(ln)]
+
+
+class Redis(Proc):
+    def __init__(self, workdir, port=None, name="redis"):
+        self.port = port or free_port()
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(f"{name}:{self.port}", [
+            REDIS_SERVER, "--port", self.port, "--bind", HOST, "--save", "", "--appendonly", "no",
+            "--dir", self.workdir, "--daemonize", "no", "--loglevel", "warning"],
+            self.workdir / f"redis-{self.port}.log", scan=False)
+
+    @property
+    def addr(self):
+        return f"{HOST}:{self.port}"
+
+    def ping(self):
+        try:
+            with socket.create_connection((HOST, self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self, timeout=10.0):
+        super().start()
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            if not self.alive():
+                raise AssertionError(f"redis-server on {self.port} exited:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"redis-server on {self.port} does not answer PING")
+            time.sleep(0.02)
+        return self
+
+    def command(self, *args):
+        """Runs one command over RESP and returns the raw reply bytes (test diagnostics)."""
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        with socket.create_connection((HOST, self.port), timeout=2) as s:
+            s.sendall(out)
+            time.sleep(0.05)
+            return s.recv(1 << 20)
+
+
+def http_get(host, port, path, timeout=3.0):
+    """Returns (status, body text, headers dict with lower-case keys)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        body = r.read().decode("utf-8", "replace")
+        return r.status, body, {k.lower(): v for k, v in r.getheaders()}
+    finally:
+        conn.close()
+
+
+_SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\d+)?$')
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+class Metrics:
+    """A parsed Prometheus text exposition."""
+
+    def __init__(self, text):
+        self.text = text
+        self.samples = {}
+        self.bad_lines = []
+        for line in text.splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            m = _SAMPLE_RE.match(line.strip())
+            if not m:
+                self.bad_lines.append(line)
+                continue
+            labels = frozenset(_LABEL_RE.findall(m.group(3) or ""))
+            try:
+                value = float(m.group(4))
+            except ValueError:
+                self.bad_lines.append(line)
+                continue
+            self.samples[(m.group(1), labels)] = value
+
+    def has(self, name, **labels):
+        return (name, frozenset((k, str(v)) for k, v in labels.items())) in self.samples
+
+    def get(self, name, **labels):
+        """Value of the sample with exactly these labels; 0 when absent (counters start at 0)."""
+        return self.samples.get((name, frozenset((k, str(v)) for k, v in labels.items())), 0.0)
+
+    def names(self):
+        return {n for n, _ in self.samples}
+
+
+class Gateway:
+    """One kefu-gateway process (or, with proc None, an external one)."""
+
+    def __init__(self, workdir, redis_addrs, name="n1", port=None, **opts):
+        self.name = name
+        self.port = port or free_port()
+        self.host = HOST
+        self.redis_addrs = list(redis_addrs)
+        self.opts = {
+            "bind": HOST, "port": self.port, "processes": 1, "node_name": name,
+            "redis": ",".join(self.redis_addrs), "jwt_secrets": ",".join(SECRETS),
+            "log_level": "debug",
+        }
+        self.opts.update(opts)
+        argv = [find_bin("kefu-gateway")]
+        for k, v in self.opts.items():
+            argv += ["--" + k.replace("_", "-"), str(v)]
+        self.proc = Proc(f"gateway:{name}:{self.port}", argv,
+                         Path(workdir) / f"gateway-{name}-{self.port}.log")
+
+    @classmethod
+    def external(cls, url):
+        g = cls.__new__(cls)
+        m = re.match(r"^wss?://([^:/]+):(\d+)", url)
+        if not m:
+            raise ValueError(f"KEFU_TEST_GATEWAY must look like ws://host:port, got {url!r}")
+        g.host, g.port = m.group(1), int(m.group(2))
+        g.name = None
+        g.proc = None
+        g.opts = {}
+        g.redis_addrs = []
+        return g
+
+    @property
+    def ws_url(self):
+        return f"ws://{self.host}:{self.port}/ws"
+
+    def get(self, path, timeout=3.0):
+        return http_get(self.host, self.port, path, timeout)
+
+    def status(self, path):
+        try:
+            return self.get(path, timeout=2.0)[0]
+        except (OSError, http.client.HTTPException):
+            return None
+
+    def metrics(self):
+        st, body, _ = self.get("/metrics")
+        assert st == 200, f"/metrics answered {st}"
+        return Metrics(body)
+
+    def start(self, ready=True, timeout=15.0):
+        self.proc.start()
+        if ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and not self.proc.alive():
+                raise AssertionError(
+                    f"{self.proc.name} exited with {self.proc.p.returncode} during startup:\n"
+                    f"{self.proc.tail()}")
+            if self.status("/readyz") == 200:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.proc.name} not ready after {timeout}s:\n"
+                                     f"{self.proc.tail() if self.proc else ''}")
+            time.sleep(0.05)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        return self.proc.stop(sig, timeout) if self.proc else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def b64u_decode(s):
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def jwt_encode(payload, secret=None, alg="HS256", header=None, sign=True):
+    """An HS256 (or deliberately broken) JWT. payload/header may be dicts or raw bytes."""
+    secret = SECRETS[0] if secret is None else secret
+    if header is None:
+        header = {"alg": alg, "typ": "JWT"}
+    hb = header if isinstance(header, bytes) else json.dumps(header, separators=(",", ":")).encode()
+    pb = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
+    signing_input = b64u(hb) + "." + b64u(pb)
+    if not sign:
+        return signing_input + "."
+    digest = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64u(digest)
+
+
+def jwt_decode_unverified(tok):
+    h, p, _ = tok.split(".")
+    return json.loads(b64u_decode(h)), json.loads(b64u_decode(p))
+
+
+def make_token(sub, role, ttl=3600, secret=None, **claims):
+    payload = {"sub": sub, "role": role, "exp": int(time.time()) + ttl}
+    payload.update({k: v for k, v in claims.items() if v is not None})
+    return jwt_encode(payload, secret=secret)
+
+
+def kefu_token(*args):
+    """Runs kefu-token with args, returns the printed token (stripped)."""
+    exe = find_bin("kefu-token")
+    r = subprocess.run([str(exe), *map(str, args)], capture_output=True, timeout=10,
+                       env=child_env())
+    assert r.returncode == 0, f"kefu-token {args} exited {r.returncode}: {r.stderr.decode()}"
+    return r.stdout.decode().strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Key placement (include/kefu/keys.h, include/kefu/shard.h): Redis Cluster slots of the hash
+# tag, split over the shards in equal contiguous ranges.
+
+def crc16_xmodem(data):
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+def key_shard(tag, nshards):
+    """Shard of the keys with hash tag {tag} (e.g. "c:<conv>")."""
+    slot = crc16_xmodem(tag.encode()) % 16384
+    if nshards <= 1:
+        return 0
+    return min(slot // (16384 // nshards), nshards - 1)
+
+
+def conv_shard(conv, nshards):
+    return key_shard("c:" + conv, nshards)

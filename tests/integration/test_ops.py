@@ -1,0 +1,146 @@
+"""Operations: metrics counters, Redis shard outage and recovery, SIGTERM drain."""
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+import kefu_harness as H
+from kefu_client import (Client, RawWS, connect, new_id, open_assigned, open_conv, run,
+                         send_msg)
+
+
+def test_metrics_counters(spawn, cluster):
+    g = spawn.gateway(cluster.shards, name="metrics")
+
+    async def body():
+        m0 = g.metrics()
+        for role in ("customer", "agent", "supervisor", "admin", "unauthenticated"):
+            assert m0.has("kefu_connections", role=role), f"kefu_connections{{role={role}}}"
+            assert m0.get("kefu_connections", role=role) == 0
+        for shard in (0, 1):
+            assert m0.get("kefu_redis_up", shard=shard) == 1
+        cust = await connect(g, "customer", "json")
+        agent = await connect(g, "agent", "msgpack")
+        sup = await connect(g, "supervisor", "json")
+        adm = await connect(g, "admin", "msgpack")
+        pending = await Client.open(g, "json")
+        H.wait_until(lambda: all(g.metrics().get("kefu_connections", role=r) == 1 for r in (
+            "customer", "agent", "supervisor", "admin", "unauthenticated")),
+            what="one connection per role")
+        conv = await open_assigned(cust, agent)
+        cid = new_id("c")
+        await cust.ok("msg.send", conv=conv, text="one", cid=cid)
+        await cust.ok("msg.send", conv=conv, text="one", cid=cid)      # dup: not stored again
+        await send_msg(agent, conv, "two")
+        await send_msg(agent, conv, "three")
+        await cust.send_raw("{oops")
+        await cust.next_frame("error")
+        await cust.err("forbidden", "queue.list")
+        await cust.err("not_found", "history", conv="nope-" + new_id("x"))
+        m1 = g.metrics()
+        assert m1.get("kefu_messages_stored_total") - m0.get("kefu_messages_stored_total") == 3
+        for code in ("bad_request", "forbidden", "not_found"):
+            assert m1.get("kefu_errors_total", code=code) - \
+                m0.get("kefu_errors_total", code=code) == 1, f"kefu_errors_total{{code={code}}}"
+        # frames: at least what this test sent and received
+        assert m1.get("kefu_frames_in_total") - m0.get("kefu_frames_in_total") >= 14
+        assert m1.get("kefu_frames_out_total") - m0.get("kefu_frames_out_total") >= 14
+        assert m1.get("kefu_redis_commands_total") > m0.get("kefu_redis_commands_total")
+        # close everything: gauges go back to zero
+        for c in (cust, agent, sup, adm, pending):
+            await c.close()
+        H.wait_until(lambda: all(g.metrics().get("kefu_connections", role=r) == 0 for r in (
+            "customer", "agent", "supervisor", "admin", "unauthenticated")),
+            what="connections back to 0")
+    run(body())
+
+
+def test_redis_shard_outage_and_recovery(spawn):
+    r0, r1 = spawn.redis(), spawn.redis()
+    g1 = spawn.gateway([r0, r1], name="ra", redis_timeout_ms=1000)
+    g2 = spawn.gateway([r0, r1], name="rb", redis_timeout_ms=1000)
+
+    async def body():
+        cust = await connect(g1, "customer", "json")
+        agent = await connect(g2, "agent", "msgpack")
+        convs = {0: [], 1: []}
+        for _ in range(40):
+            conv = await open_assigned(cust, agent)
+            convs[H.conv_shard(conv, 2)].append(conv)
+            if len(convs[0]) >= 2 and len(convs[1]) >= 2:
+                break
+        assert len(convs[0]) >= 2 and len(convs[1]) >= 2, f"conversation placement: {convs}"
+        r1.stop(signal.SIGKILL)
+        H.wait_until(lambda: g1.status("/readyz") == 503 and g2.status("/readyz") == 503,
+                     timeout=6, what="/readyz 503 on both nodes with a shard down")
+        assert g1.status("/healthz") == 200
+        m = g1.metrics()
+        assert m.get("kefu_redis_up", shard=1) == 0 and m.get("kefu_redis_up", shard=0) == 1
+        # conversations on the stopped shard: unavailable, within the timeout
+        for conv in convs[1]:
+            t0 = time.monotonic()
+            await cust.err("unavailable", "msg.send", conv=conv, text="during outage",
+                           cid=new_id("c"), _timeout=6)
+            await agent.err("unavailable", "history", conv=conv, _timeout=6)
+            assert time.monotonic() - t0 < 2 * 1.0 + 2, "unavailable later than redis_timeout_ms"
+        # conversations on the live shard still work for storing and reading
+        for conv in convs[0]:
+            mid, _, _ = await send_msg(cust, conv, "on the live shard")
+            h = await agent.ok("history", conv=conv)
+            assert mid in [x["id"] for x in h["msgs"]]
+        # the connections stay
+        await cust.ping()
+        await agent.ping()
+        assert not cust.closed and not agent.closed
+        # restart the shard on the same port (its data is gone: no persistence)
+        r1.start()
+        H.wait_until(lambda: g1.status("/readyz") == 200 and g2.status("/readyz") == 200,
+                     timeout=15, what="/readyz 200 again after the shard restarted")
+        assert g1.metrics().get("kefu_redis_up", shard=1) == 1
+        # chat works across the nodes again (fresh conversations on both shards)
+        seen = set()
+        for _ in range(40):
+            conv = await open_assigned(cust, agent)
+            seen.add(H.conv_shard(conv, 2))
+            mid, _, _ = await send_msg(cust, conv, "after recovery")
+            p = await agent.next_push("msg", conv=conv, timeout=5)
+            assert p["id"] == mid
+            mid, _, _ = await send_msg(agent, conv, "welcome back")
+            p = await cust.next_push("msg", conv=conv, timeout=5)
+            assert p["id"] == mid
+            if seen == {0, 1}:
+                break
+        # a new connection on either node works too
+        for g in (g1, g2):
+            c2 = await connect(g, "customer", "msgpack")
+            await open_conv(c2)
+    run(body(), timeout=80)
+
+
+def test_sigterm_drains(spawn, cluster):
+    g = spawn.gateway(cluster.shards, name="drain", drain_timeout_ms=1500)
+
+    async def body():
+        cust = await connect(g, "customer", "json")
+        agent = await connect(g, "agent", "msgpack")
+        pending = await Client.open(g, "json")
+        conv = await open_assigned(cust, agent)
+        await send_msg(cust, conv, "before shutdown")
+        await agent.next_push("msg", conv=conv)
+        # a client that never reads and never answers the close handshake
+        stuck = RawWS(g, query="token=" + H.make_token(new_id("cust"), "customer"),
+                      rcvbuf=4096)
+        t0 = time.monotonic()
+        g.proc.send_signal(signal.SIGTERM)
+        for c in (cust, agent, pending):
+            assert await c.expect_close(5) == (1001, "server shutting down"), c.label
+        rc = await asyncio.to_thread(g.proc.wait, 8)
+        elapsed = time.monotonic() - t0
+        stuck.close()
+        assert rc == 0, f"exit status {rc} after SIGTERM:\n{g.proc.tail()}"
+        assert elapsed < 6, f"drain took {elapsed:.1f}s with drain_timeout_ms 1500"
+    run(body())
+    # the other nodes keep serving
+    assert cluster.n1.status("/readyz") == 200
