@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ class Spawner:
 
     def __init__(self, workdir):
         self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.redises = []
         self.gateways = []
 
@@ -42,7 +44,9 @@ class Spawner:
         self.redises.append(r)
         return r
 
-    def gateway(self, shards, name="x1", ready=True, **opts):
+    def gateway(self, shards, name="x", ready=True, **opts):
+        # unique node ids: dedicated nodes share the session shards (inboxes, presence)
+        name = f"{name}-{uuid.uuid4().hex[:6]}"
         addrs = [s.addr if hasattr(s, "addr") else s for s in shards]
         g = H.Gateway(self.workdir, addrs, name=name, **opts)
         self.gateways.append(g)

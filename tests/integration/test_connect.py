@@ -51,7 +51,8 @@ def test_subprotocol_selected_and_welcome(cluster, proto):
             assert w == {**w, "type": "welcome", "user": sub, "role": "customer"}
             assert isinstance(w.get("node"), str) and w["node"]
             if node.name:
-                assert w["node"] == node.name
+                # --node-name is a prefix: process i is <name>-<i>
+                assert w["node"] == node.name or w["node"].startswith(node.name + "-"), w
             assert_ms(w.get("server_time"))
             assert abs(w["server_time"] - t0) < 5000
             assert "req" not in w

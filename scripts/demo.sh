@@ -1,0 +1,103 @@
+#!/bin/bash
+# Builds kefu and runs a demo: a private redis-server, a kefu-worker and kefu-gateway processes
+# on one port. Prints how to connect. Ctrl-C stops everything.
+# Usage: scripts/demo.sh [--smoke]   (--smoke: start, chat once customer <-> agent, stop)
+set -eu
+cd "$(dirname "$0")/.."
+root=$PWD
+smoke=0
+[ "${1:-}" = "--smoke" ] && smoke=1
+PY=/usr/bin/python3
+
+scripts/deps.sh
+if [ ! -x build/kefu-gateway ] || [ $smoke -eq 0 ]; then
+    mkdir -p build
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >build.cmake.log 2>&1 || { cat build.cmake.log; exit 1; }
+    cmake --build build -j"$(nproc)" 2>&1 | grep -Ev '^\[ *[0-9]+%\]' || true
+fi
+
+free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port_busy() { $PY -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(('127.0.0.1',$1))==0 else 1)"; }
+
+run=$(mktemp -d /tmp/kefu-demo.XXXXXX)
+redis_port=$(free_port)
+gw_port=${KEFU_PORT:-8080}
+if [ $smoke -eq 1 ] || port_busy "$gw_port"; then gw_port=$(free_port); fi
+secret="demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$run"
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$run" \
+    --logfile "$run/redis.log" &
+pids+=($!)
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+export KEFU_REDIS="127.0.0.1:$redis_port" KEFU_JWT_SECRETS="$secret"
+build/kefu-worker --log-level warn 2>"$run/worker.log" &
+pids+=($!)
+build/kefu-gateway --bind 127.0.0.1 --port "$gw_port" --node-name demo 2>"$run/gateway.log" &
+pids+=($!)
+for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+if ! curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null; then
+    echo "the gateway did not become ready; its log:"
+    cat "$run/gateway.log"
+    exit 1
+fi
+
+cust=$(build/kefu-token --secret "$secret" --sub demo-customer --role customer --name "Demo Customer" --channel web)
+agent=$(build/kefu-token --secret "$secret" --sub demo-agent --role agent --name "Demo Agent" --skills general --max-chats 5)
+
+if [ $smoke -eq 1 ]; then
+    $PY - "$gw_port" "$cust" "$agent" <<'PYEOF'
+import asyncio, json, sys, websockets
+port, cust, agent = sys.argv[1], sys.argv[2], sys.argv[3]
+async def recv(ws, want):
+    while True:
+        m = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        if m.get("type") == want: return m
+async def main():
+    url = f"ws://127.0.0.1:{port}/ws?token="
+    async with websockets.connect(url + cust) as c, websockets.connect(url + agent) as a:
+        await recv(c, "welcome"); await recv(a, "welcome")
+        await c.send(json.dumps({"type": "conv.open", "req": 1, "topic": "demo"}))
+        conv = (await recv(c, "ok"))["conv"]
+        await a.send(json.dumps({"type": "conv.accept", "req": 2, "conv": conv}))
+        await recv(a, "ok")
+        await c.send(json.dumps({"type": "msg.send", "req": 3, "conv": conv, "text": "你好", "cid": "d1"}))
+        await recv(c, "ok")
+        m = await recv(a, "msg")
+        assert m["text"] == "你好", m
+        print("demo smoke: customer -> agent message delivered:", m["id"])
+asyncio.run(main())
+PYEOF
+    exit $?
+fi
+
+cat <<MSG
+
+kefu demo is running.
+  gateway   ws://127.0.0.1:$gw_port/ws   (one process per core; logs: $run/gateway.log)
+  metrics   http://127.0.0.1:$gw_port/metrics   health: /healthz  readiness: /readyz
+  redis     127.0.0.1:$redis_port (private, in $run)
+  worker    consuming the lifecycle stream (log: $run/worker.log)
+
+Connect as a customer and as an agent (two terminals; type JSON frames, see docs/protocol.md):
+  $PY -m websockets 'ws://127.0.0.1:$gw_port/ws?token=$cust'
+  $PY -m websockets 'ws://127.0.0.1:$gw_port/ws?token=$agent'
+Then, as the customer:  {"type":"conv.open","req":1,"topic":"refund"}
+as the agent:           {"type":"queue.list","req":1}   then {"type":"conv.accept","req":2,"conv":"<id>"}
+and both:               {"type":"msg.send","req":3,"conv":"<id>","text":"你好","cid":"m1"}
+More tokens: build/kefu-token --secret $secret --sub NAME --role customer|agent|supervisor
+
+Ctrl-C stops the demo.
+MSG
+wait "${pids[2]}"
