@@ -230,6 +230,7 @@ typedef struct gw_metrics {
     uint64_t inbox_entries, inbox_deliveries;
     int64_t inbox_lag_ms;
     uint64_t outq_dropped;
+    uint64_t accept_rejected, accept_errors;
     int64_t node_index;
 } gw_metrics;
 

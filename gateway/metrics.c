@@ -110,6 +110,9 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
     COUNTER("kefu_messages_stored_total", "Chat messages stored (msg.send, not counting duplicates).", messages_stored);
     COUNTER("kefu_inbox_entries_total", "Entries read from this node's inbox streams.", inbox_entries);
     COUNTER("kefu_inbox_deliveries_total", "Pushes queued to local connections from inboxes.", inbox_deliveries);
+    COUNTER("kefu_accept_rejected_total", "Connections refused at accept (draining or max_connections).", accept_rejected);
+    COUNTER("kefu_accept_errors_total", "accept() failures (e.g. out of file descriptors).", accept_errors);
+    COUNTER("kefu_slow_consumer_drops_total", "Frames refused because an output queue was full (connection then closed).", outq_dropped);
     COUNTER("kefu_redis_commands_total", "Redis commands answered.", redis_commands);
     COUNTER("kefu_redis_failures_total", "Redis commands failed (unavailable or timeout).", redis_failures);
     sb_printf(&b, "# HELP kefu_errors_total Error answers by code.\n# TYPE kefu_errors_total counter\n");

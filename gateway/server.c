@@ -2,6 +2,9 @@
  * HTTP endpoints, signals and draining. */
 #include <errno.h>
 #include <event2/event.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
@@ -479,6 +482,66 @@ static struct lws_protocols protocols[] = {
  * and idle checks from our own sweep instead. */
 static const lws_retry_bo_t no_validity = {.secs_since_valid_ping = 0, .secs_since_valid_hangup = 0};
 
+/* ---- accepting: our own SO_REUSEPORT listener, sockets adopted into lws ---- */
+
+static struct evconnlistener *listener;
+static struct lws_vhost *vhost;
+static struct event *accept_resume_ev;
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg) {
+    (void)l, (void)sa, (void)salen, (void)arg;
+    if (gw->draining ||
+        (gw->opt.max_connections && gw->nconns >= (size_t)gw->opt.max_connections)) {
+        GW_M->accept_rejected++;
+        evutil_closesocket(fd);
+        return;
+    }
+    if (!lws_adopt_socket_vhost(vhost, fd)) {
+        GW_M->accept_rejected++;
+        kf_warn("libwebsockets did not adopt a connection");
+        evutil_closesocket(fd);
+    }
+}
+
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    if (listener && !gw->draining) evconnlistener_enable(listener);
+}
+
+/* accept() failed: out of descriptors most likely. Pause accepting briefly instead of spinning. */
+static void on_accept_error(struct evconnlistener *l, void *arg) {
+    (void)arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    GW_M->accept_errors++;
+    kf_warn("accept: %s; pausing accepts for 100 ms", evutil_socket_error_to_string(err));
+    evconnlistener_disable(l);
+    struct timeval tv = {0, 100000};
+    event_add(accept_resume_ev, &tv);
+}
+
+static int listen_start(const gw_options *opt) {
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons((uint16_t)opt->port);
+    if (inet_pton(AF_INET, opt->bind, &sin.sin_addr) != 1) {
+        kf_error("bind: '%s' is not an IPv4 address", opt->bind);
+        return -1;
+    }
+    listener = evconnlistener_new_bind(
+        gw->base, on_accept, NULL,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
+        4096, (struct sockaddr *)&sin, sizeof(sin));
+    if (!listener) {
+        kf_error("cannot listen on %s:%lld: %s", opt->bind, opt->port, strerror(errno));
+        return -1;
+    }
+    evconnlistener_set_error_cb(listener, on_accept_error);
+    accept_resume_ev = evtimer_new(gw->base, on_accept_resume, NULL);
+    return 0;
+}
+
 /* ---- timers, signals, draining ---- */
 
 static void finish_drain(void) {
@@ -524,6 +587,7 @@ static void start_drain(void) {
     if (gw->draining) return;
     gw->draining = 1;
     GW_M->ready = 0;
+    if (listener) evconnlistener_disable(listener);
     gw->drain_deadline_ms = gw_now_ms() + gw->opt.drain_timeout_ms;
     kf_info("draining: closing %zu connections with 1001", gw->nconns);
     for (gw_conn *c = gw->conns; c; c = c->next)
@@ -640,11 +704,11 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
     void *loops[1] = {gw->base};
-    info.port = (int)opt->port;
-    info.iface = strcmp(opt->bind, "0.0.0.0") == 0 ? NULL : opt->bind;
+    /* lws 4.1 sets SO_REUSEPORT only with several service threads, so we listen ourselves and
+     * hand accepted sockets to a listen-less vhost. */
+    info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
     info.protocols = protocols;
-    info.options = LWS_SERVER_OPTION_LIBEVENT | LWS_SERVER_OPTION_ALLOW_LISTEN_SHARE |
-                   LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.options = LWS_SERVER_OPTION_LIBEVENT | LWS_SERVER_OPTION_DISABLE_IPV6;
     info.foreign_loops = loops;
     info.retry_and_idle_policy = &no_validity;
     info.timeout_secs = 10;
@@ -653,10 +717,12 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     info.count_threads = 1;
     info.pt_serv_buf_size = 4096;
     gw->lws = lws_create_context(&info);
-    if (!gw->lws) {
-        kf_error("cannot listen on %s:%lld", opt->bind, opt->port);
+    vhost = gw->lws ? lws_get_vhost_by_name(gw->lws, "default") : NULL;
+    if (!vhost) {
+        kf_error("cannot create the libwebsockets context");
         return 1;
     }
+    if (listen_start(opt) < 0) return 1;
 
     gw_router_start();
     gw->sweep_ev = event_new(gw->base, -1, EV_PERSIST, on_sweep, NULL);
@@ -673,6 +739,9 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
 
     event_base_dispatch(gw->base);
 
+    if (listener) evconnlistener_free(listener);
+    listener = NULL;
+    if (accept_resume_ev) event_free(accept_resume_ev);
     lws_context_destroy(gw->lws);
     while (gw->conns) {
         struct pss p = {gw->conns};
