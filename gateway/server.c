@@ -236,7 +236,6 @@ static int conn_on_receive(gw_conn *c, struct lws *wsi, const char *in, size_t l
     int binary = lws_frame_is_binary(wsi);
     int final = lws_is_final_fragment(wsi);
     size_t limit = (size_t)gw->opt.max_message_bytes;
-    if (c->rx_len == 0 && final) return conn_on_message(c, in, len, binary);
     if (c->rx_len + len > limit || lws_remaining_packet_payload(wsi) > limit - c->rx_len - len) {
         kf_free(c->rx);
         c->rx = NULL;
@@ -246,6 +245,7 @@ static int conn_on_receive(gw_conn *c, struct lws *wsi, const char *in, size_t l
                          (unsigned char *)"message too large", 17);
         return -1;
     }
+    if (c->rx_len == 0 && final) return conn_on_message(c, in, len, binary); /* no copy */
     if (c->rx_len == 0) c->rx_binary = (uint8_t)binary;
     if (c->rx_len + len > c->rx_cap) {
         size_t cap = c->rx_cap ? c->rx_cap : 1024;

@@ -18,7 +18,7 @@ for t in $targets; do
     corpus="$build/corpus/$t"
     mkdir -p "$corpus"
     echo "== $t: ${secs}s"
-    "$build/tests/fuzz/$t" -max_total_time="$secs" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
+    "$build/$t" -max_total_time="$secs" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" \
         "$corpus" "$root/tests/fuzz/corpus/$t" || status=1
 done

@@ -229,12 +229,19 @@ class Metrics:
                 continue
             self.samples[(m.group(1), labels)] = value
 
+    def _matching(self, name, labels):
+        want = frozenset((k, str(v)) for k, v in labels.items())
+        return [v for (n, ls), v in self.samples.items() if n == name and want <= ls]
+
     def has(self, name, **labels):
-        return (name, frozenset((k, str(v)) for k, v in labels.items())) in self.samples
+        """True when a sample of name carries these labels (extra labels, such as the
+        gateway's per-process label, are allowed)."""
+        return bool(self._matching(name, labels))
 
     def get(self, name, **labels):
-        """Value of the sample with exactly these labels; 0 when absent (counters start at 0)."""
-        return self.samples.get((name, frozenset((k, str(v)) for k, v in labels.items())), 0.0)
+        """Sum of the samples of name carrying these labels (extra labels allowed, so the
+        per-process samples of one node add up); 0 when absent (counters start at 0)."""
+        return float(sum(self._matching(name, labels)))
 
     def names(self):
         return {n for n, _ in self.samples}

@@ -15,6 +15,7 @@ def test_customer_denials(cluster, proto):
         agent = await connect(cluster.n2, "agent", "json")
         conv = await open_assigned(a, agent)
         mid, _, _ = await send_msg(a, conv, "private")
+        assert (await agent.next_push("msg", conv=conv))["id"] == mid
         waiting, _ = await open_conv(a)
         await a.err("forbidden", "queue.list")
         await a.err("forbidden", "conv.accept", conv=waiting)
@@ -97,10 +98,8 @@ def test_supervisor_reads_joins_and_writes(cluster, proto):
         assert conv in lst
         # closing reaches the joined supervisor too
         await agent.ok("conv.close", conv=conv)
-        st = await sup.next_push("conv.state", conv=conv)
-        assert st["state"] == "closed"
-        st = await cust.next_push("conv.state", conv=conv)
-        assert st["state"] == "closed"
+        st = await sup.next_push("conv.state", conv=conv, state="closed")
+        st = await cust.next_push("conv.state", conv=conv, state="closed")
     run(body())
 
 
