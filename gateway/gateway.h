@@ -110,6 +110,8 @@ typedef struct gw_conn {
         int64_t exp;                  /* token expiry, unix seconds */
     } ident;
     uint8_t authed;
+    uint8_t seen_frame;       /* a frame was handled (the first one decides 4400) */
+    json_t *hello_req;        /* req of the hello, echoed by the welcome */
     struct gw_user *user;     /* entry in the local user index once authenticated */
     struct gw_conn *user_next;
     /* state */
@@ -189,8 +191,9 @@ void gw_conn_send_buf(gw_conn *c, gw_buf *b);
 /** Encodes obj in the connection's format and queues it. Does not steal obj. */
 void gw_conn_send(gw_conn *c, const json_t *obj);
 /** Verifies a token and makes the connection READY (the welcome follows once its presence is
- * stored). Returns 0, or -1 after asking for the 44xx close. */
-int gw_conn_authenticate(gw_conn *c, const char *token, size_t len);
+ * stored). On failure answers `unauthorized` to req (when given: a hello frame) and closes with
+ * 4401/4402. Returns 0 or -1. */
+int gw_conn_authenticate(gw_conn *c, const char *token, size_t len, const json_t *req);
 /** Asks lws to close the connection with a code and reason (sent from the writeable callback). */
 void gw_conn_close(gw_conn *c, gw_close_reason why, uint16_t code, const char *text);
 void gw_conn_ref(gw_conn *c);

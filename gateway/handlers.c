@@ -59,7 +59,7 @@ void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char 
     GW_M->errors[gw_metrics_error_index(code)]++;
     if (!gw_conn_alive(c) && c->state != CONN_AUTHENTICATING) return;
     json_t *e = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
-    if (req) json_object_set(e, "req", (json_t *)req);
+    if (req && !json_is_null(req)) json_object_set(e, "req", (json_t *)req);
     gw_conn_send(c, e);
     json_decref(e);
 }
@@ -254,10 +254,11 @@ static void h_hello(gw_conn *c, json_t *msg) {
     json_t *t = json_object_get(msg, "token");
     if (c->state == CONN_AUTHENTICATING) {
         if (!t || !json_is_string(t) || json_string_length(t) == 0) {
+            if (req) gw_reply_error(c, req, "unauthorized", "invalid token: missing");
             gw_conn_close(c, CLOSE_AUTH_INVALID, 4401, "invalid token: missing");
             return;
         }
-        gw_conn_authenticate(c, json_string_value(t), json_string_length(t));
+        gw_conn_authenticate(c, json_string_value(t), json_string_length(t), req ? req : json_null());
         return;
     }
     /* Already authenticated: a fresh token for the same user extends the session. */
@@ -352,7 +353,13 @@ static void on_ticket(const redisReply *r, const char *err, void *priv) {
     x->pending = 4;
     kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, meta), open_step_done, x, 20, argv, NULL);
     kf_redis_cmd_key(gw->redis, convs, open_step_done, x, "SADD %s %s", convs, id);
-    kf_redis_cmd_key(gw->redis, queue, open_step_done, x, "ZADD %s %s %s", queue, now, id);
+    static long long last_score;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long score = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    if (score <= last_score) score = last_score + 1;
+    last_score = score;
+    kf_redis_cmd_key(gw->redis, queue, open_step_done, x, "ZADD %s %lld %s", queue, score, id);
     char ev_level[8];
     snprintf(ev_level, sizeof(ev_level), "%d", c->ident.level);
     const char *largv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "opened",
@@ -831,7 +838,9 @@ void gw_handle_frame(gw_conn *c, json_t *msg) {
         goto out;
     }
     if (c->state == CONN_AUTHENTICATING) {
-        gw_conn_close(c, CLOSE_HELLO_EXPECTED, 4400, "hello expected");
+        /* A client whose very first frame is a request never meant to authenticate. */
+        gw_reply_error(c, req, "unauthorized", "authenticate first: send hello with a token");
+        if (!c->seen_frame) gw_conn_close(c, CLOSE_HELLO_EXPECTED, 4400, "hello expected");
         goto out;
     }
     if (c->state != CONN_READY) goto out;
@@ -852,5 +861,6 @@ void gw_handle_frame(gw_conn *c, json_t *msg) {
     }
     gw_reply_error(c, req, "bad_request", "unknown type");
 out:
+    c->seen_frame = 1;
     json_decref(msg);
 }

@@ -146,9 +146,19 @@ static void route_add_node(struct route *rt, const char *node, size_t len) {
     rt->nodes[rt->nnodes++] = kf_strndup(node, len);
 }
 
+static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen, const char *x,
+                          size_t xlen);
+
 static void route_send(struct route *rt) {
     for (size_t i = 0; i < rt->nnodes; i++) {
         char key[KF_KEY_MAX], maxlen[24];
+        if (strcmp(rt->nodes[i], gw->node) == 0) {
+            /* Our own connections need no round trip through our inbox. */
+            inbox_deliver(rt->payload, rt->payload_len, rt->users, strlen(rt->users), rt->skip,
+                          strlen(rt->skip));
+            kf_free(rt->nodes[i]);
+            continue;
+        }
         kf_key_node_inbox(key, rt->nodes[i]);
         snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.inbox_maxlen);
         const char *argv[] = {"XADD", key, "MAXLEN", "~", maxlen, "*", "p", rt->payload, "u",

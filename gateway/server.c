@@ -64,6 +64,7 @@ void gw_buf_unref(gw_buf *b) {
 void gw_conn_ref(gw_conn *c) { c->refs++; }
 
 static void conn_free(gw_conn *c) {
+    if (c->hello_req) json_decref(c->hello_req);
     kf_free(c->ident.sub);
     kf_free(c->ident.name);
     kf_free(c->ident.skills);
@@ -212,8 +213,14 @@ static int conn_on_message(gw_conn *c, const char *data, size_t len, int binary)
                          (unsigned char *)"invalid utf-8", 13);
         return -1;
     }
+    json_t *msg = NULL;
+    const char *err = NULL;
+    if (binary == (c->fmt == KF_FMT_MSGPACK)) msg = kf_codec_decode(c->fmt, data, len, &err);
     if (!rate_allow(c)) {
-        if (c->state != CONN_CLOSING) gw_reply_error(c, NULL, "rate_limited", "slow down");
+        if (c->state != CONN_CLOSING)
+            gw_reply_error(c, msg ? json_object_get(msg, "req") : NULL, "rate_limited",
+                           "too many frames: slow down");
+        if (msg) json_decref(msg);
         return 0;
     }
     if (binary != (c->fmt == KF_FMT_MSGPACK)) {
@@ -221,8 +228,6 @@ static int conn_on_message(gw_conn *c, const char *data, size_t len, int binary)
                        binary ? "binary frame on kefu.v1.json" : "text frame on kefu.v1.msgpack");
         return 0;
     }
-    const char *err = NULL;
-    json_t *msg = kf_codec_decode(c->fmt, data, len, &err);
     if (!msg) {
         gw_reply_error(c, NULL, "bad_request", err ? err : "cannot decode frame");
         return 0;
@@ -267,15 +272,19 @@ static int conn_on_receive(gw_conn *c, struct lws *wsi, const char *in, size_t l
 }
 
 static int conn_on_writeable(gw_conn *c, struct lws *wsi) {
-    if (c->state == CONN_CLOSING) {
+    /* Frames queued before the close (an error answer, pending pushes) go out first. */
+    if (c->state == CONN_CLOSING && !c->outq_head) {
         lws_close_reason(wsi, (enum lws_close_status)c->close_code, (unsigned char *)c->close_text,
                          strlen(c->close_text));
         return -1;
     }
     if (c->want_ping) {
-        unsigned char ping[LWS_PRE + 1];
+        /* lws 4.1 swallows empty pongs without a callback, so the ping carries a payload for
+         * the peer to echo. */
+        unsigned char ping[LWS_PRE + 4];
+        memcpy(ping + LWS_PRE, "kefu", 4);
         c->want_ping = 0;
-        if (lws_write(wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0) return -1;
+        if (lws_write(wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 0) return -1;
         if (c->outq_head) lws_callback_on_writable(wsi);
         return 0;
     }
@@ -295,7 +304,7 @@ static int conn_on_writeable(gw_conn *c, struct lws *wsi) {
         GW_M->frames_out++;
         if (lws_send_pipe_choked(wsi)) break;
     }
-    if (c->outq_head) lws_callback_on_writable(wsi);
+    if (c->outq_head || c->state == CONN_CLOSING) lws_callback_on_writable(wsi);
     return 0;
 }
 
@@ -309,13 +318,17 @@ static void on_attached(gw_conn *c, const char *err) {
     json_t *w = json_pack("{s:s, s:s, s:s, s:s, s:I}", "type", "welcome", "user", c->ident.sub,
                           "role", kf_role_name((kf_role)c->ident.role), "node", gw->node,
                           "server_time", (json_int_t)gw_now_ms());
+    if (c->hello_req) {
+        json_object_set_new(w, "req", c->hello_req);
+        c->hello_req = NULL;
+    }
     gw_conn_send(c, w);
     json_decref(w);
 }
 
 /* Verifies a token and, when good, makes the connection READY (welcome follows once presence is
  * stored). Returns 0, or -1 after asking for the 44xx close. */
-int gw_conn_authenticate(gw_conn *c, const char *token, size_t len) {
+int gw_conn_authenticate(gw_conn *c, const char *token, size_t len, const json_t *req) {
     kf_claims cl;
     kf_token_result r =
         kf_token_verify(token, len, (const char *const *)gw->secrets, gw->nsecrets,
@@ -325,6 +338,7 @@ int gw_conn_authenticate(gw_conn *c, const char *token, size_t len) {
         snprintf(reasons[r & 7], sizeof(reasons[0]), "invalid token: %s", kf_token_result_str(r));
         kf_info("conn %llu: authentication failed: %s", (unsigned long long)c->id,
                 kf_token_result_str(r));
+        if (req) gw_reply_error(c, req, "unauthorized", reasons[r & 7]);
         if (r == KF_TOKEN_EXPIRED)
             gw_conn_close(c, CLOSE_AUTH_EXPIRED, 4402, "token expired");
         else
@@ -343,6 +357,7 @@ int gw_conn_authenticate(gw_conn *c, const char *token, size_t len) {
     GW_M->conns_by_role[c->ident.role]++;
     c->authed = 1;
     c->state = CONN_READY;
+    if (req && !json_is_null(req)) c->hello_req = json_incref((json_t *)req);
     kf_info("conn %llu: authenticated as a %s", (unsigned long long)c->id, kf_role_name(cl.role));
     gw_router_attach(c, on_attached);
     return 0;
@@ -405,6 +420,25 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
                     size_t len) {
     struct pss *pss = user;
     switch (reason) {
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: {
+        char uri[64];
+        unsigned status = 0;
+        if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0)
+            status = 404;
+        else if (gw->draining)
+            status = 503;
+        if (!status) return 0;
+        /* lws has not parsed the HTTP version yet here and would answer HTTP/1.0, which some
+         * WebSocket clients refuse; the answer is small, so write it whole. */
+        char resp[LWS_PRE + 160];
+        int n = snprintf(resp + LWS_PRE, sizeof(resp) - LWS_PRE,
+                         "HTTP/1.1 %u %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                         "connection: close\r\n\r\n%s",
+                         status, status == 404 ? "Not Found" : "Service Unavailable",
+                         status == 404 ? 10 : 9, status == 404 ? "not found\n" : "draining\n");
+        lws_write(wsi, (unsigned char *)resp + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
+        return -1;
+    }
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
         char uri[64];
         if (gw->draining) return 1;
@@ -423,7 +457,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (!c) return -1;
         char tok[4200];
         const char *t = lws_get_urlarg_by_name(wsi, "token=", tok, sizeof(tok));
-        if (t) gw_conn_authenticate(c, t, strlen(t));
+        if (t) gw_conn_authenticate(c, t, strlen(t), NULL);
         return 0;
     }
     case LWS_CALLBACK_RECEIVE:

@@ -20,7 +20,9 @@ typedef enum {
  * "unsupported msgpack type", "integer out of range", ...).
  * msgpack mapping: nil->null, bool->true/false, int->integer (must fit int64),
  * float32/64->real, str->string (valid UTF-8), array->array, map->object; bin and ext are
- * rejected. */
+ * rejected. In both formats duplicate keys ("duplicate key"), NUL characters in strings
+ * ("NUL in string") and non-finite reals are rejected, so every decoded value re-encodes
+ * losslessly in either format. */
 json_t *kf_codec_decode(kf_format fmt, const char *buf, size_t len, const char **err);
 
 /** Encodes obj (any JSON value; protocol uses objects) as compact JSON text without a NUL, or as

@@ -50,13 +50,14 @@ kf_role kf_role_parse(const char *s);
 
 /** Verifies an HS256 JWT of len bytes (need not be NUL-terminated) with each of the nsecrets
  * secrets in turn (constant-time comparison), then checks exp/nbf against now (unix seconds)
- * allowing leeway seconds, then fills *out. On any result but KF_TOKEN_OK, *out is zeroed. */
+ * allowing leeway seconds, then fills *out. On any result but KF_TOKEN_OK, *out is zeroed.
+ * NULL or empty secrets never match. */
 kf_token_result kf_token_verify(const char *token, size_t len, const char *const *secrets,
                                 size_t nsecrets, long long now, long long leeway, kf_claims *out);
 
 /** Mints an HS256 JWT carrying the claims in c (optional ones only when set) signed with
  * secret. Returns a malloc'd NUL-terminated string the caller frees, or NULL when c is invalid
- * (empty sub, KF_ROLE_NONE). */
+ * (empty sub, KF_ROLE_NONE, or any claim kf_token_verify would reject) or secret is empty. */
 char *kf_token_mint(const char *secret, const kf_claims *c);
 
 #endif

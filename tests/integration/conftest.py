@@ -33,7 +33,8 @@ class Spawner:
     """Starts redis shards and gateways; stops them at teardown and reports sanitizer output
     and bad exit statuses."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, request=None):
+        self.request = request
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.redises = []
@@ -54,6 +55,11 @@ class Spawner:
 
     def teardown(self):
         problems = []
+        rep = getattr(self.request.node, "rep_call", None) if self.request else None
+        if rep is not None and rep.failed:
+            for g in self.gateways:
+                if g.proc.p is not None:
+                    print(f"\n--- {g.proc.name} log tail ---\n{g.proc.tail(40)}")
         for g in self.gateways:
             p = g.proc
             if p.p is None:
@@ -113,7 +119,7 @@ def spawn(workdir, request):
     """Dedicated processes for one test (skipped against an external gateway)."""
     if H.EXTERNAL:
         pytest.skip("needs process control (KEFU_TEST_GATEWAY is set)")
-    sp = Spawner(workdir / request.node.name.replace("/", "_")[:80])
+    sp = Spawner(workdir / request.node.name.replace("/", "_")[:80], request)
     yield sp
     sp.teardown()
 

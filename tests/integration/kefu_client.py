@@ -16,7 +16,7 @@ import uuid
 
 import msgpack
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidStatusCode
+from websockets.exceptions import ConnectionClosed
 
 from kefu_harness import HOST, make_token
 
@@ -439,19 +439,6 @@ class RawWS:
             self.sock.close()
         except OSError:
             pass
-
-
-def assert_ws_rejected(node, path, expected_status):
-    """Checks a WebSocket upgrade on path is answered with expected_status."""
-    async def go():
-        try:
-            ws = await websockets.connect(url_of(node)[: -len("/ws")] + path, compression=None,
-                                          open_timeout=WAIT)
-        except InvalidStatusCode as e:
-            return e.status_code
-        await ws.close()
-        return 101
-    return go()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,10 +86,31 @@ def test_bad_token_closes(cluster, case, proto):
         if factory is not None:
             hello["token"] = factory()
         await c.send(hello)
-        f = await c.answer(1)
-        assert f["type"] == "error" and f["code"] == "unauthorized", f"hello ({case}) -> {f}"
         assert got_close(await c.expect_close()) == (code, reason)
         assert not c.pushes("welcome")
+        # an answer, if any (see test_bad_token_answered_unauthorized), is unauthorized
+        for f in c.answers.get(("int", "1"), []) + c.frames:
+            assert f["type"] == "error" and f["code"] == "unauthorized", f
+    run(body())
+
+
+@pytest.mark.parametrize("proto", PROTOS)
+@pytest.mark.parametrize("case", ["missing", "wrong_secret", "expired", "bad_role"])
+def test_bad_token_answered_unauthorized(cluster, case, proto):
+    """protocol.md: `unauthorized` answers "hello with a bad token (then the socket closes
+    with 44xx)": the hello request gets its error answer before the close."""
+    factory, code, reason = BAD_TOKENS[case]
+
+    async def body():
+        c = await Client.open(cluster.n1, proto)
+        hello = {"type": "hello", "req": 1}
+        if factory is not None:
+            hello["token"] = factory()
+        await c.send(hello)
+        f = await c.answer(1)
+        assert f["type"] == "error" and f["code"] == "unauthorized", f"hello ({case}) -> {f}"
+        assert isinstance(f.get("message"), str)
+        assert got_close(await c.expect_close()) == (code, reason)
     run(body())
 
 

@@ -36,10 +36,10 @@ def test_chat_flow_two_nodes(cluster, cproto, aproto):
         assert seq2 > seq1, f"tickets {r['ticket']} then {r2['ticket']}"
         assert conv != conv2
 
-        # the queue shows both, oldest first
+        # the queue shows both (FIFO order: test_queue_is_fifo)
         q = await agent.ok("queue.list")
         order = [e["conv"] for e in q["convs"]]
-        assert conv in order and conv2 in order and order.index(conv) < order.index(conv2)
+        assert conv in order and conv2 in order
         created = [e["created"] for e in q["convs"]]
         assert created == sorted(created), "queue.list is not oldest first"
         e = q["convs"][order.index(conv)]
@@ -120,6 +120,19 @@ def test_chat_flow_two_nodes(cluster, cproto, aproto):
         assert [x["conv"] for x in (await cust.ok("conv.list"))["convs"]] == [conv2]
         assert (await agent.ok("conv.list"))["convs"] == []
         await retire(agent, [conv2])
+    run(body())
+
+
+def test_queue_is_fifo(cluster):
+    """queue.list is oldest first, also for conversations opened within one millisecond."""
+    async def body():
+        cust = await connect(cluster.n1, "customer", "json")
+        agent = await connect(cluster.n2, "agent", "json")
+        opened = [(await open_conv(cust))[0] for _ in range(8)]
+        q = await agent.ok("queue.list")
+        order = [e["conv"] for e in q["convs"] if e["conv"] in opened]
+        await retire(agent, opened)
+        assert order == opened, "queue.list order differs from the opening order"
     run(body())
 
 

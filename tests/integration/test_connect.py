@@ -7,8 +7,7 @@ import pytest
 import websockets
 
 import kefu_harness as H
-from kefu_client import (PROTOS, SUBPROTOCOL, Client, assert_ms, assert_ws_rejected,
-                         connect, new_id, run)
+from kefu_client import PROTOS, SUBPROTOCOL, Client, RawWS, assert_ms, new_id, run
 
 
 def test_health_ready_metrics(cluster):
@@ -35,8 +34,13 @@ def test_unknown_http_path_is_404(cluster):
     assert st == 404
 
 
-def test_websocket_on_other_path_is_404(cluster):
-    assert run(assert_ws_rejected(cluster.n1, "/other", 404)) == 404
+@pytest.mark.parametrize("path", ["/other", "/ws/x", "/"])
+def test_websocket_on_other_path_is_404(cluster, path):
+    raw = RawWS(cluster.n1, path=path, protocol="kefu.v1.json")
+    try:
+        assert raw.status == 404, f"upgrade on {path} answered {raw.status}"
+    finally:
+        raw.close()
 
 
 @pytest.mark.parametrize("proto", PROTOS)

@@ -45,9 +45,10 @@ def test_metrics_counters(spawn, cluster):
             assert m1.get("kefu_errors_total", code=code) - \
                 m0.get("kefu_errors_total", code=code) == 1, f"kefu_errors_total{{code={code}}}"
         # frames: at least what this test sent and received
-        assert m1.get("kefu_frames_in_total") - m0.get("kefu_frames_in_total") >= 14
+        assert m1.get("kefu_frames_in_total") - m0.get("kefu_frames_in_total") >= 13
         assert m1.get("kefu_frames_out_total") - m0.get("kefu_frames_out_total") >= 14
-        assert m1.get("kefu_redis_commands_total") > m0.get("kefu_redis_commands_total")
+        H.wait_until(lambda: g.metrics().get("kefu_redis_commands_total") >
+                     m0.get("kefu_redis_commands_total"), what="kefu_redis_commands_total grows")
         # close everything: gauges go back to zero
         for c in (cust, agent, sup, adm, pending):
             await c.close()
