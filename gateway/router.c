@@ -394,7 +394,15 @@ static void inbox_connect(void) {
     redisAsyncSetDisconnectCallback(ac, on_inbox_disconnect);
 }
 
+/* A shard that comes back may have lost its data (no persistence, failover): register every
+ * local user's presence again at once rather than at the next heartbeat. */
+static void on_shard_state(kf_redis *r, unsigned shard, int up, void *priv) {
+    (void)r, (void)shard, (void)priv;
+    if (up) on_heartbeat(-1, 0, NULL);
+}
+
 void gw_router_start(void) {
+    kf_redis_on_state(gw->redis, on_shard_state, NULL);
     gw->inbox_retry_ev = evtimer_new(gw->base, on_inbox_retry, NULL);
     gw->heartbeat_ev = event_new(gw->base, -1, EV_PERSIST, on_heartbeat, NULL);
     long long every = gw->opt.presence_ttl_ms / 3;
