@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "gateway.h"
+#include "handlers.h"
 #include "kefu/alloc.h"
 #include "kefu/keys.h"
 #include "kefu/log.h"
@@ -15,29 +16,8 @@
 #include "kefu/ticket.h"
 #include "kefu/utf8.h"
 
-#define CONV_ID_MAX 64
-#define CID_MAX 64
-#define TOPIC_MAX 256
 
-/* One request in flight: the connection (referenced), its req id, and per-request state. */
-typedef struct req_ctx {
-    gw_conn *c;
-    json_t *req;
-    char conv[CONV_ID_MAX + 1];
-    int pending;              /* sub-commands still unanswered */
-    const char *err;          /* first failure among them */
-    char *err_code;           /* an error code from a script ("forbidden", ...) */
-    json_t *acc;              /* accumulated answer */
-    char ticket[64];
-    char group[64];
-    char text_buf[1];         /* unused placeholder for alignment */
-    redisReply *access;       /* not kept: hiredis frees replies */
-    int access_ok;
-    int limit;
-    void (*done)(struct req_ctx *ctx);
-} req_ctx;
-
-static req_ctx *ctx_new(gw_conn *c, const json_t *req) {
+req_ctx *gw_ctx_new(gw_conn *c, const json_t *req) {
     req_ctx *x = kf_calloc(1, sizeof(*x));
     x->c = c;
     gw_conn_ref(c);
@@ -45,7 +25,7 @@ static req_ctx *ctx_new(gw_conn *c, const json_t *req) {
     return x;
 }
 
-static void ctx_free(req_ctx *x) {
+void gw_ctx_free(req_ctx *x) {
     gw_conn_unref(x->c);
     if (x->req) json_decref(x->req);
     if (x->acc) json_decref(x->acc);
@@ -65,7 +45,7 @@ void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char 
 }
 
 /* Sends {"type":"ok","req":..} merged with fields (stolen, may be NULL). */
-static void reply_ok(gw_conn *c, const json_t *req, json_t *fields) {
+void gw_reply_ok(gw_conn *c, const json_t *req, json_t *fields) {
     json_t *o = fields ? fields : json_object();
     json_object_set_new(o, "type", json_string("ok"));
     if (req) json_object_set(o, "req", (json_t *)req);
@@ -81,7 +61,7 @@ static const char *error_message(const char *code) {
     return code;
 }
 
-static void reply_failure(req_ctx *x) {
+void gw_reply_failure(req_ctx *x) {
     if (x->err_code)
         gw_reply_error(x->c, x->req, x->err_code, error_message(x->err_code));
     else
@@ -90,8 +70,8 @@ static void reply_failure(req_ctx *x) {
 
 /* ---- field validation: each answers bad_request itself and returns -1 ---- */
 
-static int get_str(gw_conn *c, const json_t *msg, const char *name, int required, size_t maxlen,
-                   const char **out) {
+int gw_get_str(gw_conn *c, const json_t *msg, const char *name, int required, size_t maxlen,
+               const char **out) {
     json_t *v = json_object_get(msg, name);
     char m[96];
     if (!v || json_is_null(v)) {
@@ -134,20 +114,20 @@ static int id_chars_ok(const char *s) {
     return 1;
 }
 
-static int get_conv(gw_conn *c, const json_t *msg, req_ctx **xp) {
+int gw_get_conv(gw_conn *c, const json_t *msg, req_ctx **xp) {
     const char *conv;
-    if (get_str(c, msg, "conv", 1, CONV_ID_MAX, &conv) < 0) return -1;
+    if (gw_get_str(c, msg, "conv", 1, CONV_ID_MAX, &conv) < 0) return -1;
     if (!id_chars_ok(conv)) {
         gw_reply_error(c, json_object_get(msg, "req"), "bad_request", "field 'conv' is not a conversation id");
         return -1;
     }
-    *xp = ctx_new(c, json_object_get(msg, "req"));
+    *xp = gw_ctx_new(c, json_object_get(msg, "req"));
     snprintf((*xp)->conv, sizeof((*xp)->conv), "%s", conv);
     return 0;
 }
 
-static int get_int(gw_conn *c, const json_t *msg, const char *name, long long def, long long min,
-                   long long max, long long *out) {
+int gw_get_int(gw_conn *c, const json_t *msg, const char *name, long long def, long long min,
+               long long max, long long *out) {
     json_t *v = json_object_get(msg, name);
     if (!v || json_is_null(v)) {
         *out = def;
@@ -173,13 +153,13 @@ static int stream_id_ok(const char *s) {
 
 /* ---- helpers around scripts and pushes ---- */
 
-static json_t *from_obj(const gw_conn *c) {
+json_t *gw_from_obj(const gw_conn *c) {
     return json_pack("{s:s, s:s, s:s}", "id", c->ident.sub, "role",
                      kf_role_name((kf_role)c->ident.role), "name", c->ident.name);
 }
 
 /* Script result {"E", code} -> sets x->err_code and returns -1; {"S"/"D", ...} -> 0. */
-static int script_result(req_ctx *x, const redisReply *r, const char *err) {
+int gw_script_result(req_ctx *x, const redisReply *r, const char *err) {
     if (err) {
         x->err = err;
         return -1;
@@ -201,8 +181,8 @@ static int script_result(req_ctx *x, const redisReply *r, const char *err) {
 }
 
 /* Collects user ids from reply elements [from..) (non-empty, distinct), except `except`. */
-static size_t members(const redisReply *r, size_t from, const char *except, const char **out,
-                      size_t max) {
+size_t gw_members(const redisReply *r, size_t from, const char *except, const char **out,
+                  size_t max) {
     size_t n = 0;
     for (size_t i = from; i < r->elements && n < max; i++) {
         const redisReply *e = r->element[i];
@@ -215,8 +195,8 @@ static size_t members(const redisReply *r, size_t from, const char *except, cons
     return n;
 }
 
-static void lifecycle(const char *ev, const char *conv, const gw_conn *c, const char *k1,
-                      const char *v1, const char *k2, const char *v2) {
+void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char *k1,
+                  const char *v1, const char *k2, const char *v2) {
     char ts[24];
     snprintf(ts, sizeof(ts), "%lld", (long long)gw_now_ms());
     const char *argv[16] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", ev,
@@ -233,8 +213,8 @@ static void fire(const char *key, const char *fmt, const char *a, const char *b)
 }
 
 /* Runs a script against the conversation's shard. */
-static void conv_script(req_ctx *x, const char *script, const char *key, kf_redis_cb *cb,
-                        int argc, const char **argv, const size_t *lens) {
+void gw_conv_script(req_ctx *x, const char *script, const char *key, kf_redis_cb *cb, int argc,
+                    const char **argv, const size_t *lens) {
     const char *av[16];
     size_t al[16];
     av[0] = key;
@@ -262,7 +242,7 @@ static void h_hello(gw_conn *c, json_t *msg) {
         return;
     }
     /* Already authenticated: a fresh token for the same user extends the session. */
-    if (get_str(c, msg, "token", 1, 4096, &token) < 0) return;
+    if (gw_get_str(c, msg, "token", 1, 4096, &token) < 0) return;
     kf_claims cl;
     kf_token_result r = kf_token_verify(token, strlen(token), (const char *const *)gw->secrets,
                                         gw->nsecrets, (long long)(gw_now_ms() / 1000),
@@ -276,7 +256,7 @@ static void h_hello(gw_conn *c, json_t *msg) {
         return;
     }
     c->ident.exp = cl.exp;
-    reply_ok(c, req, json_pack("{s:I}", "exp", (json_int_t)cl.exp));
+    gw_reply_ok(c, req, json_pack("{s:I}", "exp", (json_int_t)cl.exp));
 }
 
 static void h_ping(gw_conn *c, json_t *msg) {
@@ -303,9 +283,9 @@ static void open_step_done(const redisReply *r, const char *err, void *priv) {
     if (!err && r->type == REDIS_REPLY_ERROR && !x->err) x->err = "unavailable";
     if (--x->pending > 0) return;
     if (x->err) {
-        reply_failure(x);
+        gw_reply_failure(x);
     } else {
-        reply_ok(x->c, x->req, json_pack("{s:s, s:s, s:s}", "conv", x->conv, "ticket", x->ticket,
+        gw_reply_ok(x->c, x->req, json_pack("{s:s, s:s, s:s}", "conv", x->conv, "ticket", x->ticket,
                                          "state", "waiting"));
         if (x->c->ident.sub) {
             const char *u[1] = {x->c->ident.sub};
@@ -314,7 +294,7 @@ static void open_step_done(const redisReply *r, const char *err, void *priv) {
                           u, 1, x->c);
         }
     }
-    ctx_free(x);
+    gw_ctx_free(x);
 }
 
 struct open_args {
@@ -330,12 +310,12 @@ static void on_ticket(const redisReply *r, const char *err, void *priv) {
     gw_conn *c = x->c;
     if (err || r->type != REDIS_REPLY_INTEGER) {
         x->err = err ? err : "unavailable";
-        reply_failure(x);
+        gw_reply_failure(x);
         goto out;
     }
     if (kf_ticket_format(x->ticket, sizeof(x->ticket), oa->channel, oa->day, r->integer) < 0) {
         x->err_code = kf_strdup("internal");
-        reply_failure(x);
+        gw_reply_failure(x);
         goto out;
     }
     char id[25], meta[KF_KEY_MAX], convs[KF_KEY_MAX], queue[KF_KEY_MAX], now[24], level[8];
@@ -369,15 +349,15 @@ static void on_ticket(const redisReply *r, const char *err, void *priv) {
                   largv, NULL);
     x = NULL;
 out:
-    if (x) ctx_free(x);
+    if (x) gw_ctx_free(x);
     kf_free(oa->topic);
     kf_free(oa);
 }
 
 static void h_conv_open(gw_conn *c, json_t *msg) {
     const char *channel, *topic;
-    if (get_str(c, msg, "channel", 0, KF_CHANNEL_MAX, &channel) < 0) return;
-    if (get_str(c, msg, "topic", 0, TOPIC_MAX, &topic) < 0) return;
+    if (gw_get_str(c, msg, "channel", 0, KF_CHANNEL_MAX, &channel) < 0) return;
+    if (gw_get_str(c, msg, "topic", 0, TOPIC_MAX, &topic) < 0) return;
     if (!channel) channel = c->ident.channel[0] ? c->ident.channel : "web";
     if (!kf_channel_valid(channel)) {
         gw_reply_error(c, json_object_get(msg, "req"), "bad_request",
@@ -385,7 +365,7 @@ static void h_conv_open(gw_conn *c, json_t *msg) {
         return;
     }
     struct open_args *oa = kf_calloc(1, sizeof(*oa));
-    oa->x = ctx_new(c, json_object_get(msg, "req"));
+    oa->x = gw_ctx_new(c, json_object_get(msg, "req"));
     snprintf(oa->channel, sizeof(oa->channel), "%s", channel);
     oa->topic = topic ? kf_strdup(topic) : NULL;
     kf_ticket_day(time(NULL), oa->day);
@@ -410,15 +390,15 @@ struct list_item {
 
 static void list_done(req_ctx *x) {
     if (x->err) {
-        reply_failure(x);
+        gw_reply_failure(x);
     } else {
         json_t *out = json_array();
         size_t i;
         json_t *v;
         json_array_foreach(x->acc, i, v) if (json_is_object(v)) json_array_append(out, v);
-        reply_ok(x->c, x->req, json_pack("{s:o}", "convs", out));
+        gw_reply_ok(x->c, x->req, json_pack("{s:o}", "convs", out));
     }
-    ctx_free(x);
+    gw_ctx_free(x);
 }
 
 static void on_list_item(const redisReply *r, const char *err, void *priv) {
@@ -479,7 +459,7 @@ static void on_list_ids(const redisReply *r, const char *err, void *priv) {
 }
 
 static void h_conv_list(gw_conn *c, json_t *msg) {
-    req_ctx *x = ctx_new(c, json_object_get(msg, "req"));
+    req_ctx *x = gw_ctx_new(c, json_object_get(msg, "req"));
     x->done = list_done;
     char key[KF_KEY_MAX];
     kf_key_user_convs(key, c->ident.sub);
@@ -488,8 +468,8 @@ static void h_conv_list(gw_conn *c, json_t *msg) {
 
 static void h_queue_list(gw_conn *c, json_t *msg) {
     long long limit;
-    if (get_int(c, msg, "limit", 100, 1, 1000, &limit) < 0) return;
-    req_ctx *x = ctx_new(c, json_object_get(msg, "req"));
+    if (gw_get_int(c, msg, "limit", 100, 1, 1000, &limit) < 0) return;
+    req_ctx *x = gw_ctx_new(c, json_object_get(msg, "req"));
     x->done = list_done;
     x->limit = -1;
     char key[KF_KEY_MAX];
@@ -508,35 +488,35 @@ struct send_args {
 static void on_msg_stored(const redisReply *r, const char *err, void *priv) {
     struct send_args *sa = priv;
     req_ctx *x = sa->x;
-    if (script_result(x, r, err) < 0) {
-        reply_failure(x);
+    if (gw_script_result(x, r, err) < 0) {
+        gw_reply_failure(x);
         goto out;
     }
     const char *id = r->element[1]->str;
     int dup = r->element[0]->str[0] == 'D';
     long long ts = atoll(id);
-    reply_ok(x->c, x->req, json_pack("{s:s, s:I, s:b}", "id", id, "ts", (json_int_t)ts, "dup", dup));
+    gw_reply_ok(x->c, x->req, json_pack("{s:s, s:I, s:b}", "id", id, "ts", (json_int_t)ts, "dup", dup));
     if (!dup) {
         GW_M->messages_stored++;
         const char *users[64];
-        size_t n = members(r, 2, NULL, users, 64);
+        size_t n = gw_members(r, 2, NULL, users, 64);
         json_t *push = json_pack("{s:s, s:s, s:s, s:o, s:s, s:I, s:s}", "type", "msg", "conv",
-                                 x->conv, "id", id, "from", from_obj(x->c), "text", sa->text, "ts",
+                                 x->conv, "id", id, "from", gw_from_obj(x->c), "text", sa->text, "ts",
                                  (json_int_t)ts, "cid", sa->cid);
         gw_route_push(push, users, n, x->c);
     }
 out:
-    ctx_free(x);
+    gw_ctx_free(x);
     kf_free(sa->text);
     kf_free(sa);
 }
 
 static void h_msg_send(gw_conn *c, json_t *msg) {
     const char *text, *cid;
-    if (get_str(c, msg, "text", 1, (size_t)gw->opt.max_text_bytes, &text) < 0) return;
-    if (get_str(c, msg, "cid", 1, CID_MAX, &cid) < 0) return;
+    if (gw_get_str(c, msg, "text", 1, (size_t)gw->opt.max_text_bytes, &text) < 0) return;
+    if (gw_get_str(c, msg, "cid", 1, CID_MAX, &cid) < 0) return;
     req_ctx *x;
-    if (get_conv(c, msg, &x) < 0) return;
+    if (gw_get_conv(c, msg, &x) < 0) return;
     struct send_args *sa = kf_malloc(sizeof(*sa));
     sa->x = x;
     sa->text = kf_strdup(text);
@@ -557,7 +537,7 @@ static void h_msg_send(gw_conn *c, json_t *msg) {
 
 static void on_history_access(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
-    x->access_ok = script_result(x, r, err) == 0;
+    x->access_ok = gw_script_result(x, r, err) == 0;
 }
 
 static json_t *entry_to_msg(const char *conv, const redisReply *e) {
@@ -582,8 +562,8 @@ static void on_history_range(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
     if (!x->access_ok || err || r->type != REDIS_REPLY_ARRAY) {
         if (!x->err && err) x->err = err;
-        reply_failure(x);
-        ctx_free(x);
+        gw_reply_failure(x);
+        gw_ctx_free(x);
         return;
     }
     json_t *msgs = json_array();
@@ -592,22 +572,22 @@ static void on_history_range(const redisReply *r, const char *err, void *priv) {
         json_t *m = entry_to_msg(x->conv, r->element[i]);
         if (m) json_array_append_new(msgs, m);
     }
-    reply_ok(x->c, x->req, json_pack("{s:s, s:o, s:b}", "conv", x->conv, "msgs", msgs, "more",
+    gw_reply_ok(x->c, x->req, json_pack("{s:s, s:o, s:b}", "conv", x->conv, "msgs", msgs, "more",
                                      r->elements > (size_t)x->limit));
-    ctx_free(x);
+    gw_ctx_free(x);
 }
 
 static void h_history(gw_conn *c, json_t *msg) {
     const char *after;
     long long limit;
-    if (get_str(c, msg, "after", 0, 41, &after) < 0) return;
+    if (gw_get_str(c, msg, "after", 0, 41, &after) < 0) return;
     if (after && *after && !stream_id_ok(after)) {
         gw_reply_error(c, json_object_get(msg, "req"), "bad_request", "field 'after' is not a message id");
         return;
     }
-    if (get_int(c, msg, "limit", 50, 1, gw->opt.history_page_max, &limit) < 0) return;
+    if (gw_get_int(c, msg, "limit", 50, 1, gw->opt.history_page_max, &limit) < 0) return;
     req_ctx *x;
-    if (get_conv(c, msg, &x) < 0) return;
+    if (gw_get_conv(c, msg, &x) < 0) return;
     x->limit = (int)limit;
     char meta[KF_KEY_MAX], msgs[KF_KEY_MAX], start[48];
     kf_key_conv_meta(meta, x->conv);
@@ -618,9 +598,7 @@ static void h_history(gw_conn *c, json_t *msg) {
         snprintf(start, sizeof(start), "-");
     const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), "read"};
     /* Both go to the same shard and connection, so the access answer arrives first. */
-    gw_conn_ref(c);
-    conv_script(x, "conv_access", meta, on_history_access, 3, argv, NULL);
-    gw_conn_unref(c);
+    gw_conv_script(x, "conv_access", meta, on_history_access, 3, argv, NULL);
     kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, meta), on_history_range, x,
                  "XRANGE %s %s + COUNT %lld", msgs, start, limit + 1);
 }
@@ -636,32 +614,32 @@ struct touch_args {
 static void on_touch(const redisReply *r, const char *err, void *priv) {
     struct touch_args *ta = priv;
     req_ctx *x = ta->x;
-    if (script_result(x, r, err) < 0) {
-        reply_failure(x);
+    if (gw_script_result(x, r, err) < 0) {
+        gw_reply_failure(x);
     } else {
-        reply_ok(x->c, x->req, NULL);
+        gw_reply_ok(x->c, x->req, NULL);
         const char *users[64];
-        size_t n = members(r, 2, x->c->ident.sub, users, 64);
+        size_t n = gw_members(r, 2, x->c->ident.sub, users, 64);
         json_t *push = json_pack("{s:s, s:s, s:o}", "type", ta->is_read ? "read" : "typing",
-                                 "conv", x->conv, "from", from_obj(x->c));
+                                 "conv", x->conv, "from", gw_from_obj(x->c));
         if (ta->is_read) json_object_set_new(push, "id", json_string(ta->id));
         gw_route_push(push, users, n, x->c);
     }
-    ctx_free(x);
+    gw_ctx_free(x);
     kf_free(ta);
 }
 
 static void touch(gw_conn *c, json_t *msg, int is_read) {
     const char *id = NULL;
     if (is_read) {
-        if (get_str(c, msg, "id", 1, 41, &id) < 0) return;
+        if (gw_get_str(c, msg, "id", 1, 41, &id) < 0) return;
         if (!stream_id_ok(id)) {
             gw_reply_error(c, json_object_get(msg, "req"), "bad_request", "field 'id' is not a message id");
             return;
         }
     }
     req_ctx *x;
-    if (get_conv(c, msg, &x) < 0) return;
+    if (gw_get_conv(c, msg, &x) < 0) return;
     struct touch_args *ta = kf_calloc(1, sizeof(*ta));
     ta->x = x;
     ta->is_read = is_read;
@@ -682,9 +660,9 @@ static void h_read(gw_conn *c, json_t *msg) { touch(c, msg, 1); }
 static void on_accepted(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
     gw_conn *c = x->c;
-    if (script_result(x, r, err) < 0) {
-        reply_failure(x);
-        ctx_free(x);
+    if (gw_script_result(x, r, err) < 0) {
+        gw_reply_failure(x);
+        gw_ctx_free(x);
         return;
     }
     const char *customer = r->element[1]->str, *group = r->element[2]->str;
@@ -693,34 +671,34 @@ static void on_accepted(const redisReply *r, const char *err, void *priv) {
     fire(queue, "ZREM %s %s", x->conv, NULL);
     kf_key_user_convs(convs, c->ident.sub);
     fire(convs, "SADD %s %s", x->conv, NULL);
-    lifecycle("accepted", x->conv, c, "agent", c->ident.sub, NULL, NULL);
-    reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", "assigned"));
+    gw_lifecycle("accepted", x->conv, c, "agent", c->ident.sub, NULL, NULL);
+    gw_reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", "assigned"));
     const char *users[64];
     users[0] = customer;
     users[1] = c->ident.sub;
-    size_t n = 2 + members(r, 3, NULL, users + 2, 62);
+    size_t n = 2 + gw_members(r, 3, NULL, users + 2, 62);
     gw_route_push(json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "conv.state", "conv", x->conv,
                             "state", "assigned", "agent", c->ident.sub, "agent_name", c->ident.name),
                   users, n, c);
-    ctx_free(x);
+    gw_ctx_free(x);
 }
 
 static void h_conv_accept(gw_conn *c, json_t *msg) {
     req_ctx *x;
-    if (get_conv(c, msg, &x) < 0) return;
+    if (gw_get_conv(c, msg, &x) < 0) return;
     char meta[KF_KEY_MAX], now[24];
     kf_key_conv_meta(meta, x->conv);
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
     const char *argv[] = {c->ident.sub, c->ident.name, now};
-    conv_script(x, "conv_accept", meta, on_accepted, 3, argv, NULL);
+    gw_conv_script(x, "conv_accept", meta, on_accepted, 3, argv, NULL);
 }
 
 static void on_closed(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
     gw_conn *c = x->c;
-    if (script_result(x, r, err) < 0) {
-        reply_failure(x);
-        ctx_free(x);
+    if (gw_script_result(x, r, err) < 0) {
+        gw_reply_failure(x);
+        gw_ctx_free(x);
         return;
     }
     const char *prev = r->element[1]->str, *customer = r->element[2]->str,
@@ -731,25 +709,25 @@ static void on_closed(const redisReply *r, const char *err, void *priv) {
         fire(key, "ZREM %s %s", x->conv, NULL);
     }
     const char *users[64];
-    size_t n = members(r, 2, NULL, users, 2);
-    n += members(r, 5, NULL, users + n, 62);
+    size_t n = gw_members(r, 2, NULL, users, 2);
+    n += gw_members(r, 5, NULL, users + n, 62);
     for (size_t i = 0; i < n; i++) {
         kf_key_user_convs(key, users[i]);
         fire(key, "SREM %s %s", x->conv, NULL);
     }
     (void)customer, (void)agent;
     const char *resolution = x->group;
-    lifecycle("closed", x->conv, c, "resolution", resolution, NULL, NULL);
-    reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", "closed"));
+    gw_lifecycle("closed", x->conv, c, "resolution", resolution, NULL, NULL);
+    gw_reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", "closed"));
     gw_route_push(json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "conv.state", "conv", x->conv,
                             "state", "closed", "resolution", resolution, "closed_by", c->ident.sub),
                   users, n, c);
-    ctx_free(x);
+    gw_ctx_free(x);
 }
 
 static void h_conv_close(gw_conn *c, json_t *msg) {
     const char *resolution;
-    if (get_str(c, msg, "resolution", 0, 32, &resolution) < 0) return;
+    if (gw_get_str(c, msg, "resolution", 0, 32, &resolution) < 0) return;
     if (!resolution) resolution = "resolved";
     if (strcmp(resolution, "resolved") && strcmp(resolution, "unresolved")) {
         gw_reply_error(c, json_object_get(msg, "req"), "bad_request",
@@ -757,54 +735,43 @@ static void h_conv_close(gw_conn *c, json_t *msg) {
         return;
     }
     req_ctx *x;
-    if (get_conv(c, msg, &x) < 0) return;
+    if (gw_get_conv(c, msg, &x) < 0) return;
     snprintf(x->group, sizeof(x->group), "%s", resolution);
     char meta[KF_KEY_MAX], now[24];
     kf_key_conv_meta(meta, x->conv);
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
     const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), resolution, now};
-    conv_script(x, "conv_close", meta, on_closed, 4, argv, NULL);
+    gw_conv_script(x, "conv_close", meta, on_closed, 4, argv, NULL);
 }
 
 static void on_joined(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
     gw_conn *c = x->c;
-    if (script_result(x, r, err) < 0) {
-        reply_failure(x);
-        ctx_free(x);
+    if (gw_script_result(x, r, err) < 0) {
+        gw_reply_failure(x);
+        gw_ctx_free(x);
         return;
     }
     char key[KF_KEY_MAX];
     kf_key_user_convs(key, c->ident.sub);
     if (strcmp(r->element[1]->str, "closed") != 0) fire(key, "SADD %s %s", x->conv, NULL);
-    lifecycle("joined", x->conv, c, NULL, NULL, NULL, NULL);
-    reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", r->element[1]->str));
-    ctx_free(x);
+    gw_lifecycle("joined", x->conv, c, NULL, NULL, NULL, NULL);
+    gw_reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", r->element[1]->str));
+    gw_ctx_free(x);
 }
 
 static void h_conv_join(gw_conn *c, json_t *msg) {
     req_ctx *x;
-    if (get_conv(c, msg, &x) < 0) return;
+    if (gw_get_conv(c, msg, &x) < 0) return;
     char meta[KF_KEY_MAX];
     kf_key_conv_meta(meta, x->conv);
     const char *argv[] = {c->ident.sub};
-    conv_script(x, "conv_join", meta, on_joined, 1, argv, NULL);
+    gw_conv_script(x, "conv_join", meta, on_joined, 1, argv, NULL);
 }
 
 /* ---- dispatch ---- */
 
-#define R_CUST (1u << KF_ROLE_CUSTOMER)
-#define R_AGENT (1u << KF_ROLE_AGENT)
-#define R_SUP (1u << KF_ROLE_SUPERVISOR)
-#define R_ADMIN (1u << KF_ROLE_ADMIN)
-#define R_ANY (R_CUST | R_AGENT | R_SUP | R_ADMIN)
-#define R_STAFF (R_AGENT | R_SUP | R_ADMIN)
-
-static const struct handler {
-    const char *type;
-    unsigned roles;
-    void (*fn)(gw_conn *c, json_t *msg);
-} handlers[] = {
+const gw_handler gw_handlers_core[] = {
     {"conv.list", R_ANY, h_conv_list},     {"history", R_ANY, h_history},
     {"msg.send", R_ANY, h_msg_send},       {"typing", R_ANY, h_typing},
     {"read", R_ANY, h_read},               {"conv.open", R_CUST, h_conv_open},
@@ -812,6 +779,9 @@ static const struct handler {
     {"conv.close", R_STAFF, h_conv_close}, {"conv.join", R_SUP | R_ADMIN, h_conv_join},
     {NULL, 0, NULL},
 };
+
+/* Every module's request table; a type is looked up in order. */
+static const gw_handler *const handler_tables[] = {gw_handlers_core, NULL};
 
 void gw_handle_frame(gw_conn *c, json_t *msg) {
     json_t *type = json_object_get(msg, "type");
@@ -848,7 +818,8 @@ void gw_handle_frame(gw_conn *c, json_t *msg) {
         gw_reply_error(c, req, "unauthorized", "token expired: send hello with a fresh token");
         goto out;
     }
-    for (const struct handler *h = handlers; h->type; h++) {
+    for (const gw_handler *const *tab = handler_tables; *tab; tab++)
+    for (const gw_handler *h = *tab; h->type; h++) {
         if (strcmp(h->type, t) != 0) continue;
         if (!(h->roles & (1u << c->ident.role))) {
             char m[96];
