@@ -120,6 +120,7 @@ typedef struct gw_conn {
     int64_t created_ms;
     int64_t last_rx_ms;
     int64_t last_ping_ms;
+    int64_t closing_ms;       /* when the close was asked for */
     struct gw_conn *prev, *next; /* all connections, for the sweep */
     /* input: a message being reassembled from fragments */
     char *rx;
@@ -154,6 +155,8 @@ typedef struct gw_user {
 typedef struct gw_server {
     gw_options opt;
     const char *config_file;
+    int argc;
+    char **argv;
     char node[128];
     int proc_index;
     struct event_base *base;
@@ -172,6 +175,7 @@ typedef struct gw_server {
     struct redisAsyncContext *inbox_ac;
     char inbox_last_id[48];
     int inbox_reading;
+    int64_t inbox_read_ms;    /* when the pending XREAD was sent */
     int inbox_ready;
     /* lifecycle */
     int draining;
@@ -184,7 +188,9 @@ extern gw_server *gw;
 int64_t gw_now_ms(void);
 
 /* server.c */
-int gw_server_run(int proc_index, const gw_options *opt, const char *config_file);
+/** Runs process proc_index until drained. argc/argv are kept for SIGHUP reloads (flags win). */
+int gw_server_run(int proc_index, const gw_options *opt, const char *config_file, int argc,
+                  char **argv);
 /** Queues a frame for a connection; takes a new reference on b. Closes the connection as a slow
  * consumer when its queue is over the limits. */
 void gw_conn_send_buf(gw_conn *c, gw_buf *b);
@@ -210,6 +216,8 @@ void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char 
 /* router.c */
 void gw_router_start(void);
 void gw_router_stop(void);
+/** Once a second: reconnects the inbox reader when its XREAD is overdue. */
+void gw_router_check(void);
 /** Adds an authenticated connection to the user index and registers presence; calls done(c, err)
  * when the presence is stored (err NULL) or failed. */
 void gw_router_attach(gw_conn *c, void (*done)(gw_conn *c, const char *err));

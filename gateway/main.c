@@ -23,13 +23,16 @@ static void on_sig(int sig) {
         got_term = 1;
 }
 
+static int g_argc;
+static char **g_argv;
+
 static pid_t spawn(int index, const gw_options *opt, const char *config_file) {
     pid_t pid = fork();
     if (pid == 0) {
         signal(SIGTERM, SIG_DFL);
         signal(SIGINT, SIG_DFL);
         signal(SIGHUP, SIG_DFL);
-        _exit(gw_server_run(index, opt, config_file));
+        _exit(gw_server_run(index, opt, config_file, g_argc, g_argv));
     }
     return pid;
 }
@@ -43,6 +46,8 @@ int main(int argc, char **argv) {
     }
     gw_options opt;
     memset(&opt, 0, sizeof(opt));
+    g_argc = argc;
+    g_argv = argv;
     const char *config_file = kf_config_file_arg(argc, argv);
     static const char *const passthru[] = {"config", NULL};
     char err[512];
@@ -118,15 +123,22 @@ int main(int argc, char **argv) {
             pids[i] = 0;
             alive--;
             int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-            if (!clean) failed = 1;
-            if (opt.processes == -1) break;
-            if (WIFEXITED(status) && WEXITSTATUS(status) == 1 && time(NULL) - started[i] < 2) {
-                kf_error("process %d failed at start-up; not restarting", i);
+            if (opt.processes == -1) {
+                /* Shutting down: the exit status reports how the processes ended now. */
+                if (!clean) failed = 1;
                 break;
             }
-            kf_error("process %d (pid %d) died (%s %d); restarting", i, (int)pid,
-                     WIFSIGNALED(status) ? "signal" : "exit status",
-                     WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+            if (WIFEXITED(status) && WEXITSTATUS(status) == 1 && time(NULL) - started[i] < 2) {
+                kf_error("process %d failed at start-up; not restarting", i);
+                failed = 1;
+                break;
+            }
+            if (clean)
+                kf_info("process %d (pid %d) exited; restarting", i, (int)pid);
+            else
+                kf_error("process %d (pid %d) died (%s %d); restarting", i, (int)pid,
+                         WIFSIGNALED(status) ? "signal" : "exit status",
+                         WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
             if (time(NULL) - started[i] < 1) sleep(1);
             pids[i] = spawn(i, &opt, config_file);
             started[i] = time(NULL);

@@ -329,6 +329,7 @@ static void inbox_read(void) {
     char key[KF_KEY_MAX];
     kf_key_node_inbox(key, gw->node);
     gw->inbox_reading = 1;
+    gw->inbox_read_ms = gw_now_ms();
     redisAsyncCommand(gw->inbox_ac, on_inbox, NULL, "XREAD COUNT %lld BLOCK 1000 STREAMS %s %s",
                       gw->opt.inbox_batch, key, gw->inbox_last_id);
 }
@@ -399,6 +400,21 @@ static void inbox_connect(void) {
 static void on_shard_state(kf_redis *r, unsigned shard, int up, void *priv) {
     (void)r, (void)shard, (void)priv;
     if (up) on_heartbeat(-1, 0, NULL);
+}
+
+void gw_router_check(void) {
+    /* XREAD blocks 1 s at most: an answer overdue by redis_timeout_ms means a dead link. */
+    if (gw->inbox_ac && gw->inbox_reading &&
+        gw_now_ms() - gw->inbox_read_ms > 1000 + gw->opt.redis_timeout_ms) {
+        kf_warn("inbox reader: no answer for %lld ms; reconnecting",
+                (long long)(gw_now_ms() - gw->inbox_read_ms));
+        redisAsyncContext *ac = gw->inbox_ac;
+        gw->inbox_ac = NULL;
+        gw->inbox_reading = 0;
+        ac->onDisconnect = NULL;
+        redisAsyncFree(ac);
+        inbox_retry_later();
+    }
 }
 
 void gw_router_start(void) {

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "gateway.h"
@@ -89,6 +90,13 @@ static void outq_clear(gw_conn *c) {
     c->outq_bytes = 0;
 }
 
+/* Shuts the socket down so lws reads the end of the stream at once and closes the connection;
+ * lws's own timeouts can fire late on a foreign loop. */
+static void conn_cut(gw_conn *c) {
+    int fd = (int)lws_get_socket_fd(c->wsi);
+    if (fd >= 0) shutdown(fd, SHUT_RDWR);
+}
+
 void gw_conn_close(gw_conn *c, gw_close_reason why, uint16_t code, const char *text) {
     if (!c->wsi || c->state == CONN_CLOSING || c->state == CONN_CLOSED) return;
     kf_info("conn %llu: closing %u %s (%s)", (unsigned long long)c->id, code, text,
@@ -97,21 +105,23 @@ void gw_conn_close(gw_conn *c, gw_close_reason why, uint16_t code, const char *t
     c->close_reason = why;
     c->close_code = code;
     c->close_text = text;
+    c->closing_ms = gw_now_ms();
     if (why == CLOSE_SLOW_CONSUMER) {
-        /* It does not read, so a close frame would never get out: cut it. */
+        /* It does not read, so a close frame would never get out: cut it. lws then sees the
+         * end of the stream on its next read and closes the connection. */
         outq_clear(c);
-        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        conn_cut(c);
         return;
     }
     lws_callback_on_writable(c->wsi);
-    /* A peer that stops reading must not keep the socket: kill it after a grace period. */
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, 3);
+    /* A peer that stops reading must not keep the socket: the sweep cuts it after 3 s. */
 }
 
 void gw_conn_send_buf(gw_conn *c, gw_buf *b) {
     if (!c->wsi || c->state == CONN_CLOSING || c->state == CONN_CLOSED) return;
-    if (c->outq_msgs + 1 > (uint64_t)gw->opt.outq_max_msgs ||
-        c->outq_bytes + b->len > (uint64_t)gw->opt.outq_max_bytes) {
+    /* A frame larger than the byte limit (a full history page) still goes out alone. */
+    if (c->outq_msgs > 0 && (c->outq_msgs + 1 > (uint64_t)gw->opt.outq_max_msgs ||
+                             c->outq_bytes + b->len > (uint64_t)gw->opt.outq_max_bytes)) {
         GW_M->outq_dropped++;
         gw_conn_close(c, CLOSE_SLOW_CONSUMER, 4508, "slow consumer");
         return;
@@ -401,7 +411,7 @@ static int http_request(struct lws *wsi, struct http_pss *hp, const char *uri) {
     } else if (strcmp(uri, "/healthz") == 0) {
         body = text_body("ok\n", &len);
     } else if (strcmp(uri, "/readyz") == 0) {
-        int ready = GW_M->ready && !gw->draining;
+        int ready = GW_M->ready && !gw->draining && gw_metrics_all_ready();
         status = ready ? 200 : 503;
         body = text_body(ready ? "ready\n" : gw->draining ? "draining\n" : "not ready\n", &len);
     } else if (strcmp(uri, "/ws") == 0) {
@@ -589,7 +599,11 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     int64_t now = gw_now_ms();
     for (gw_conn *c = gw->conns, *next; c; c = next) {
         next = c->next;
-        if (!c->wsi || c->state == CONN_CLOSING) continue;
+        if (!c->wsi) continue;
+        if (c->state == CONN_CLOSING) {
+            if (now - c->closing_ms > 3000) conn_cut(c);
+            continue;
+        }
         if (c->state == CONN_AUTHENTICATING && now - c->created_ms > gw->opt.auth_timeout_ms) {
             gw_conn_close(c, CLOSE_AUTH_TIMEOUT, 4408, "authentication timeout");
         } else if (now - c->last_rx_ms > gw->opt.idle_timeout_ms) {
@@ -601,6 +615,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
             lws_callback_on_writable(c->wsi);
         }
     }
+    gw_router_check();
     const kf_redis_stats *st = kf_redis_get_stats(gw->redis);
     GW_M->redis_commands = st->commands;
     GW_M->redis_failures = st->failures;
@@ -631,9 +646,10 @@ static void start_drain(void) {
     event_add(gw->sweep_ev, &tv);
 }
 
+/* Replaces the secret list; an option that holds no secret leaves the old list in force. */
 static int load_secrets(void) {
-    for (size_t i = 0; i < gw->nsecrets; i++) kf_free(gw->secrets[i]);
-    kf_free(gw->secrets);
+    char **old = gw->secrets;
+    size_t nold = gw->nsecrets;
     gw->secrets = NULL;
     gw->nsecrets = 0;
     const char *list = gw->opt.jwt_secrets && *gw->opt.jwt_secrets ? gw->opt.jwt_secrets : NULL;
@@ -648,6 +664,14 @@ static int load_secrets(void) {
         gw->secrets[gw->nsecrets++] = kf_strdup(t);
     }
     kf_free(copy);
+    if (!gw->nsecrets && old) {
+        kf_error("jwt_secrets holds no secret; keeping the previous %zu", nold);
+        gw->secrets = old;
+        gw->nsecrets = nold;
+        return -1;
+    }
+    for (size_t i = 0; i < nold; i++) kf_free(old[i]);
+    kf_free(old);
     return gw->nsecrets ? 0 : -1;
 }
 
@@ -663,9 +687,9 @@ static void reload(void) {
     fresh.jwt_secrets = NULL;
     fresh.log_level = NULL;
     char err[512];
-    char *argv0[] = {(char *)"kefu-gateway", NULL};
-    if (kf_config_load(gw_option_table, &fresh, gw->config_file, 1, argv0, NULL, 1, err,
-                       sizeof(err)) < 0) {
+    static const char *const passthru[] = {"config", NULL};
+    if (kf_config_load(gw_option_table, &fresh, gw->config_file, gw->argc, gw->argv, passthru, 1,
+                       err, sizeof(err)) < 0) {
         kf_free(fresh.jwt_secrets);
         kf_free(fresh.log_level);
         kf_error("SIGHUP: configuration not reloaded: %s", err);
@@ -702,8 +726,11 @@ static void lws_log_bridge(int level, const char *line) {
            "lws: %.*s", (int)n, line);
 }
 
-int gw_server_run(int proc_index, const gw_options *opt, const char *config_file) {
+int gw_server_run(int proc_index, const gw_options *opt, const char *config_file, int argc,
+                  char **argv) {
     gw = kf_calloc(1, sizeof(*gw));
+    gw->argc = argc;
+    gw->argv = argv;
     gw->opt = *opt;
     gw->config_file = config_file;
     gw->proc_index = proc_index;
@@ -716,6 +743,12 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
         return 1;
     }
     raise_nofile();
+    if (!gw->opt.max_connections) {
+        /* Leave room for Redis connections, the listener and the odd file. */
+        struct rlimit rl;
+        long long lim = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long long)rl.rlim_cur : 1024;
+        gw->opt.max_connections = lim > 128 ? lim - 64 : lim / 2;
+    }
     signal(SIGPIPE, SIG_IGN);
 
     gw->base = event_base_new();

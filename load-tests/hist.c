@@ -73,7 +73,7 @@ uint64_t kl_hist_quantile(const kl_hist *h, double q) {
     for (size_t i = 0; i < KL_HIST_BUCKETS; i++) total += h->b[i];
     if (total == 0) return 0;
     if (q < 0) q = 0;
-    if (q > 1) q = 1;
+    if (q >= 1) return h->max ? h->max : kl_hist_hi(KL_HIST_BUCKETS - 1);
     double want = q * (double)total;
     uint64_t rank = (uint64_t)want;
     if ((double)rank < want) rank++; /* the smallest value with at least q of all at or below it */

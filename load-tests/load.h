@@ -75,7 +75,7 @@ enum { KL_COUNTERS(KL_ENUM) KC__COUNT };
 #undef KL_ENUM
 extern const char *const kl_counter_names[KC__COUNT];
 
-#define KL_HISTS(X) X(connect) X(ping) X(ack) X(e2e) X(assign) X(history)
+#define KL_HISTS(X) X(connect) X(ping) X(ack) X(e2e) X(e2e_back) X(assign) X(history)
 #define KL_ENUM(n) KH_##n,
 enum { KL_HISTS(KL_ENUM) KH__COUNT };
 #undef KL_ENUM
@@ -130,7 +130,7 @@ struct kl_client {
     uint8_t counted_open;   /* counted in the slot's open connections */
     int64_t t_start;        /* connect started (ns) */
     kl_client *qnext;
-    char sub[40];
+    char sub[48];
 };
 
 typedef struct kl_scenario_ops {

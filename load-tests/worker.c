@@ -1,6 +1,7 @@
 /* A kefu-load worker process: one libevent loop holding its share of the connections, the kefu
  * session layer (paced connects, authentication, close accounting) and the phase machine that
  * keeps all workers in step through the shared area. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <stdarg.h>
@@ -239,7 +240,7 @@ static void on_ws_message(ws_conn *ws, void *ud, int binary, const char *data, s
             kl_store(&w->slot->open, w->slot->open + 1);
             kl_count(w, KC_conn_ok, 1);
             kl_record(w, KH_connect, now - c->t_start);
-            w->slot->last_welcome_ns = now;
+            if (w->slot->phase < PH_RUN) w->slot->last_welcome_ns = now; /* set-up span */
             if (w->ops->on_ready) w->ops->on_ready(w, c);
         } else if (kl_span_eq(v.type, "error")) {
             char code[32] = "", msg[96] = "";

@@ -19,7 +19,7 @@
 #include "kefu/alloc.h"
 #include "kefu/utf8.h"
 
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define SCRATCH_BYTES (256 * 1024)
 #define HTTP_RESPONSE_MAX 8192
 #define READS_PER_WAKEUP 8   /* bound the work one readable socket may take per wake-up */

@@ -23,7 +23,7 @@ typedef struct wk_options {
 #define O(f) offsetof(wk_options, f)
 static const kf_option wk_option_table[] = {
     {"redis", KF_OPT_STR, O(redis), "127.0.0.1:6379", 0, 0, 0, "Redis shards, comma-separated host:port (same list as the gateways)"},
-    {"consumer", KF_OPT_STR, O(consumer), "", 0, 0, 0, "consumer name in the group (default: host-pid)"},
+    {"consumer", KF_OPT_STR, O(consumer), "", 0, 0, 0, "consumer name in the group, stable across restarts (default: host name)"},
     {"log_level", KF_OPT_STR, O(log_level), "info", 0, 0, 0, "debug, info, warn, error or off"},
     {"batch", KF_OPT_INT, O(batch), "100", 1, 10000, 0, "events read per XREADGROUP"},
     {"redis_timeout_ms", KF_OPT_INT, O(redis_timeout_ms), "5000", 1100, 600000, 0, "Redis command timeout (above the 1 s block)"},
@@ -93,7 +93,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
-    (void)sig, (void)what, (void)arg;
+    (void)what, (void)arg;
+    if (sig == SIGHUP) {
+        kf_info("SIGHUP: nothing to reload yet");
+        return;
+    }
     kf_info("stopping after %llu events", wk.events);
     event_base_loopbreak(wk.base);
 }
@@ -118,7 +122,7 @@ int main(int argc, char **argv) {
     } else {
         char host[64] = "worker";
         gethostname(host, sizeof(host) - 1);
-        snprintf(wk.consumer, sizeof(wk.consumer), "%s-%d", host, (int)getpid());
+        snprintf(wk.consumer, sizeof(wk.consumer), "%s", host);
     }
     kf_log_set_ident(wk.consumer);
     signal(SIGPIPE, SIG_IGN);
@@ -135,13 +139,16 @@ int main(int argc, char **argv) {
     event_add(tick, &sec);
     struct event *term = evsignal_new(wk.base, SIGTERM, on_signal, NULL);
     struct event *intr = evsignal_new(wk.base, SIGINT, on_signal, NULL);
+    struct event *hup = evsignal_new(wk.base, SIGHUP, on_signal, NULL);
     event_add(term, NULL);
     event_add(intr, NULL);
+    event_add(hup, NULL);
     kf_info("worker %s consuming %s", wk.consumer, KF_KEY_LIFECYCLE);
     event_base_dispatch(wk.base);
     event_free(tick);
     event_free(term);
     event_free(intr);
+    event_free(hup);
     kf_redis_free(wk.redis);
     event_base_free(wk.base);
     kf_config_free(wk_option_table, &wk.opt);

@@ -33,7 +33,7 @@ static inline void kf_key_user_nodes(char *k, const char *user) {
 static inline void kf_key_node_inbox(char *k, const char *node) {
     snprintf(k, KF_KEY_MAX, "kefu:{n:%s}:inbox", node);
 }
-/* Ticket sequence of one channel-day, e.g. tag WEB-20261123. */
+/* Ticket sequence of one channel-day, e.g. tag web-20261123 (channel as given, lower case). */
 static inline void kf_key_ticket_seq(char *k, const char *channel_day) {
     snprintf(k, KF_KEY_MAX, "kefu:{t:%s}:seq", channel_day);
 }

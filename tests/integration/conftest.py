@@ -72,7 +72,7 @@ class Spawner:
             if bad:
                 problems.append(f"{p.name}: sanitizer report:\n" + "\n".join(bad[:40]) +
                                 f"\n--- log tail ---\n{p.tail(80)}")
-            elif rc != 0:
+            elif rc != 0 and not p.expect_exit:
                 what = "after SIGTERM" if was_alive else "(died during the test)"
                 problems.append(f"{p.name}: exit status {rc} {what}\n"
                                 f"--- log tail ---\n{p.tail(40)}")

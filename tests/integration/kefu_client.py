@@ -198,6 +198,22 @@ class Client:
         assert isinstance(f.get("message"), str), f"error without message: {f}"
         return f
 
+    async def take_any(self, types, timeout=WAIT):
+        """The first frame of one of types, with or without req (for answers to frames whose
+        req cannot be read, or whose req is of a wrong type and may or may not be echoed)."""
+        def check():
+            for i, f in enumerate(self.frames):
+                if f["type"] in types:
+                    return self.frames.pop(i)
+            for k, lst in list(self.answers.items()):
+                if lst and lst[0]["type"] in types:
+                    f = lst.pop(0)
+                    if not lst:
+                        del self.answers[k]
+                    return f
+            return None
+        return await self._wait(check, timeout, f"a frame of type {types}")
+
     def _take(self, type_, match):
         for i, f in enumerate(self.frames):
             if type_ is not None and f.get("type") != type_:
@@ -340,6 +356,14 @@ class RawWS:
             assert self.headers.get("sec-websocket-accept") == want, "bad Sec-WebSocket-Accept"
 
     def send_frame(self, opcode, payload=b"", fin=True):
+        self.sock.sendall(self.frame(opcode, payload, fin))
+
+    def send_frames(self, frames):
+        """Sends several (opcode, payload) frames with one write."""
+        self.sock.sendall(b"".join(self.frame(op, p) for op, p in frames))
+
+    @staticmethod
+    def frame(opcode, payload=b"", fin=True):
         b0 = (0x80 if fin else 0) | opcode
         n = len(payload)
         if n < 126:
@@ -350,7 +374,7 @@ class RawWS:
             hdr = struct.pack("!BBQ", b0, 0x80 | 127, n)
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(hdr + mask + masked)
+        return hdr + mask + masked
 
     def send_text(self, data):
         self.send_frame(OP_TEXT, data if isinstance(data, bytes) else data.encode())

@@ -71,7 +71,9 @@ def child_env():
 class Proc:
     """A child process whose stdout+stderr go to a log file."""
 
-    def __init__(self, name, argv, log_path, scan=True):
+    def __init__(self, name, argv, log_path, scan=True, env=None):
+        self.extra_env = dict(env or {})
+        self.expect_exit = False    # set when a test kills the process on purpose
         self.name = name
         self.argv = [str(a) for a in argv]
         self.log_path = Path(log_path)
@@ -84,7 +86,8 @@ class Proc:
             log.write(f"\n=== start {' '.join(self.argv)}\n".encode())
             log.flush()
             self.p = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                      stderr=subprocess.STDOUT, env=child_env(),
+                                      stderr=subprocess.STDOUT,
+                                      env={**child_env(), **self.extra_env},
                                       start_new_session=True)
         if self not in LIVE:
             LIVE.append(self)
@@ -250,7 +253,8 @@ class Metrics:
 class Gateway:
     """One kefu-gateway process (or, with proc None, an external one)."""
 
-    def __init__(self, workdir, redis_addrs, name="n1", port=None, **opts):
+    def __init__(self, workdir, redis_addrs, name="n1", port=None, env=None, extra_args=(),
+                 **opts):
         self.name = name
         self.port = port or free_port()
         self.host = HOST
@@ -263,9 +267,11 @@ class Gateway:
         self.opts.update(opts)
         argv = [find_bin("kefu-gateway")]
         for k, v in self.opts.items():
-            argv += ["--" + k.replace("_", "-"), str(v)]
+            if v is not None:   # None: leave the option to the environment / config file
+                argv += ["--" + k.replace("_", "-"), str(v)]
+        argv += list(extra_args)
         self.proc = Proc(f"gateway:{name}:{self.port}", argv,
-                         Path(workdir) / f"gateway-{name}-{self.port}.log")
+                         Path(workdir) / f"gateway-{name}-{self.port}.log", env=env)
 
     @classmethod
     def external(cls, url):

@@ -113,19 +113,7 @@ async def first_answer(c, req, types=("error",)):
     req (an unparseable frame has no req to echo; a req of a wrong type may be echoed)."""
     if req is not None:
         return await c.answer(req)
-
-    def check():
-        for i, fr in enumerate(c.frames):
-            if fr["type"] in types:
-                return c.frames.pop(i)
-        for k, lst in list(c.answers.items()):
-            if lst and lst[0]["type"] in types:
-                f = lst.pop(0)
-                if not lst:
-                    del c.answers[k]
-                return f
-        return None
-    return await c._wait(check, 5.0, f"an answer of type {types}")
+    return await c.take_any(types)
 
 
 async def expect_bad_request(c, req):

@@ -63,9 +63,16 @@ def test_redis_shard_outage_and_recovery(spawn):
     g1 = spawn.gateway([r0, r1], name="ra", redis_timeout_ms=1000)
     g2 = spawn.gateway([r0, r1], name="rb", redis_timeout_ms=1000)
 
+    def user_on_shard1(prefix):
+        # presence keys of these users live on the shard that will restart (and lose them)
+        while True:
+            sub = new_id(prefix)
+            if H.key_shard("u:" + sub, 2) == 1:
+                return sub
+
     async def body():
-        cust = await connect(g1, "customer", "json")
-        agent = await connect(g2, "agent", "msgpack")
+        cust = await connect(g1, "customer", "json", sub=user_on_shard1("cust"))
+        agent = await connect(g2, "agent", "msgpack", sub=user_on_shard1("agen"))
         convs = {0: [], 1: []}
         for _ in range(40):
             conv = await open_assigned(cust, agent)
@@ -100,7 +107,8 @@ def test_redis_shard_outage_and_recovery(spawn):
         H.wait_until(lambda: g1.status("/readyz") == 200 and g2.status("/readyz") == 200,
                      timeout=15, what="/readyz 200 again after the shard restarted")
         assert g1.metrics().get("kefu_redis_up", shard=1) == 1
-        # chat works across the nodes again (fresh conversations on both shards)
+        # chat works across the nodes again (fresh conversations on both shards), right away:
+        # the users' presence (lost with the shard's data) must be stored again
         seen = set()
         for _ in range(40):
             conv = await open_assigned(cust, agent)

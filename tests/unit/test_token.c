@@ -402,6 +402,25 @@ static void test_bad_base64(void **state) {
     tok[n - 1] = alpha[v | 1];
     assert_int_equal(verify_with(tok, one_secret, 1, &c), KF_TOKEN_MALFORMED);
     free(tok);
+    /* a part of length 4k+2 leaves 4 unused bits; find a payload with that length and set one */
+    int done = 0;
+    for (int xl = 0; xl < 3; xl++) {
+        char payload[128];
+        snprintf(payload, sizeof(payload),
+                 "{\"sub\":\"a\",\"role\":\"customer\",\"exp\":1900000000,\"x\":\"%.*s\"}", xl,
+                 "xxx");
+        tok = make_token(HS256, payload, SECRET);
+        char *p1 = strchr(tok, '.'), *p2 = strchr(p1 + 1, '.');
+        if ((p2 - p1 - 1) % 4 == 2) {
+            v = (int)(strchr(alpha, p2[-1]) - alpha);
+            assert_int_equal(v & 15, 0);
+            p2[-1] = alpha[v | 8];
+            assert_int_equal(verify_with(tok, one_secret, 1, &c), KF_TOKEN_MALFORMED);
+            done = 1;
+        }
+        free(tok);
+    }
+    assert_true(done);
 }
 
 static void test_structure(void **state) {
@@ -426,26 +445,30 @@ static void test_structure(void **state) {
 static void test_length_bound(void **state) {
     (void)state;
     kf_claims c;
-    /* find a padding length whose token is exactly 4096 bytes long */
-    char payload[8192];
-    char pad[4096];
-    int found = 0;
-    for (size_t plen = 2500; plen < 3200 && !found; plen++) {
-        memset(pad, 'p', plen);
-        pad[plen] = '\0';
-        snprintf(payload, sizeof(payload),
-                 "{\"sub\":\"a\",\"role\":\"customer\",\"exp\":1900000000,\"pad\":\"%s\"}", pad);
-        char *tok = make_token(HS256, payload, SECRET);
-        size_t n = strlen(tok);
-        if (n == 4096) {
-            found = 1;
-            assert_int_equal(kf_token_verify(tok, n, one_secret, 1, NOW, 0, &c), KF_TOKEN_OK);
-        } else if (n == 4097) {
-            assert_int_equal(kf_token_verify(tok, n, one_secret, 1, NOW, 0, &c), KF_TOKEN_MALFORMED);
+    /* vary a header field and a padding claim until the token is exactly 4096, then 4097 bytes */
+    char header[64], payload[8192], pad[4096];
+    int found4096 = 0, found4097 = 0;
+    for (int kid = 0; kid < 4; kid++) {
+        snprintf(header, sizeof(header), "{\"alg\":\"HS256\",\"kid\":\"%.*s\"}", kid, "kkkk");
+        for (size_t plen = 2900; plen < 3000; plen++) {
+            memset(pad, 'p', plen);
+            pad[plen] = '\0';
+            snprintf(payload, sizeof(payload),
+                     "{\"sub\":\"a\",\"role\":\"customer\",\"exp\":1900000000,\"pad\":\"%s\"}", pad);
+            char *tok = make_token(header, payload, SECRET);
+            size_t n = strlen(tok);
+            if (n == 4096) {
+                found4096 = 1;
+                assert_int_equal(kf_token_verify(tok, n, one_secret, 1, NOW, 0, &c), KF_TOKEN_OK);
+            } else if (n == 4097) {
+                found4097 = 1;
+                assert_int_equal(kf_token_verify(tok, n, one_secret, 1, NOW, 0, &c),
+                                 KF_TOKEN_MALFORMED);
+            }
+            free(tok);
         }
-        free(tok);
     }
-    assert_true(found);
+    assert_true(found4096 && found4097);
     char *huge = malloc(100000);
     memset(huge, 'A', 99999);
     huge[99999] = '\0';

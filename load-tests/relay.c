@@ -1,0 +1,363 @@
+/* Scenario relay: P customer/agent pairs. Each customer opens a conversation on the first node,
+ * its agent accepts it on the second; then the worker sends msg.send frames open-loop at a fixed
+ * rate for a fixed duration, round-robin over the pairs. Each message carries its scheduled send
+ * time (CLOCK_MONOTONIC ns) in the text, so end-to-end latency includes any lag of the sender
+ * itself (no coordinated omission), and a cid "<run>.<worker>.<pair>.<dir>.<seq>" from which the
+ * receiver finds it in a bitmap: delivered, duplicated, out of order. */
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kefu/alloc.h"
+#include "kefu/token.h"
+#include "load.h"
+
+enum { P_CONNECTING, P_OPENING, P_ACCEPTING, P_READY, P_FAILED };
+enum { REQ_OPEN = 1, REQ_ACCEPT = 2 };
+
+typedef struct rdir {
+    uint32_t sent, acked, failed;
+    uint32_t max_seen;      /* highest seq delivered + 1 */
+    uint8_t *acked_bits, *seen_bits;
+} rdir;
+
+typedef struct pair {
+    kl_client cust, agent;
+    uint32_t index;
+    uint8_t state;
+    uint8_t ready;          /* bit 0 customer, bit 1 agent */
+    char conv[48];
+    rdir d[2];              /* 0: customer -> agent, 1: agent -> customer */
+} pair;
+
+typedef struct relay_state {
+    pair *p;
+    uint32_t n, settled, ndirs;
+    double rate;            /* this worker's messages per second */
+    double ns_per_msg;
+    uint64_t k_next, k_total;
+    uint32_t seq_cap;
+    uint64_t sent, acked, failed, delivered;
+    int64_t t0;
+    struct event *tick;
+    char prefix[40];        /* "<run>.<worker>." */
+    size_t prefix_len;
+} relay_state;
+
+static void settle(kl_worker *w, pair *p, int ok, const char *why) {
+    relay_state *s = w->sc;
+    if (p->state == P_READY || p->state == P_FAILED) return;
+    p->state = ok ? P_READY : P_FAILED;
+    s->settled++;
+    if (!ok) {
+        kl_note_error(w, "pair %u: %s", p->index, why);
+        kl_client_close(w, &p->cust);
+        kl_client_close(w, &p->agent);
+    }
+}
+
+static int send_req(kl_worker *w, kl_client *c, const char *type, int64_t req, const char *conv) {
+    char buf[256];
+    kl_enc e;
+    kl_enc_begin(&e, w->o->msgpack, buf, sizeof(buf), conv ? 3 : 2);
+    kl_enc_str(&e, "type", type, strlen(type));
+    kl_enc_int(&e, "req", req);
+    if (conv) kl_enc_str(&e, "conv", conv, strlen(conv));
+    size_t n = kl_enc_end(&e);
+    return n ? kl_client_send(w, c, buf, n) : -1;
+}
+
+static void relay_on_ready(kl_worker *w, kl_client *c) {
+    pair *p = c->owner;
+    p->ready |= c == &p->cust ? 1 : 2;
+    if (p->ready == 3 && p->state == P_CONNECTING) {
+        p->state = P_OPENING;
+        send_req(w, &p->cust, "conv.open", REQ_OPEN, NULL);
+    }
+}
+
+static void relay_on_failed(kl_worker *w, kl_client *c) {
+    pair *p = c->owner;
+    settle(w, p, 0, "connection failed");
+}
+
+static int64_t sched_of(const relay_state *s, uint64_t k) {
+    return s->t0 + (int64_t)((double)k * s->ns_per_msg);
+}
+
+static uint64_t k_of(const relay_state *s, uint32_t pair_index, int dir, uint32_t seq) {
+    return ((uint64_t)seq * s->ndirs + (uint64_t)dir) * s->n + pair_index;
+}
+
+static int bit_test_set(uint8_t *bits, uint32_t i) {
+    int was = (bits[i >> 3] >> (i & 7)) & 1;
+    bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+    return was;
+}
+
+static void on_ack(kl_worker *w, relay_state *s, pair *p, int dir, const kl_view *v) {
+    rdir *d = &p->d[dir];
+    if (!v->has_req || v->req < 0 || v->req >= s->seq_cap) return;
+    uint32_t seq = (uint32_t)v->req;
+    int is_ok = kl_span_eq(v->type, "ok");
+    if (bit_test_set(d->acked_bits, seq)) return; /* answered twice: ignore */
+    if (is_ok) {
+        d->acked++;
+        s->acked++;
+        kl_count(w, KC_acked, 1);
+        kl_record(w, KH_ack, kl_now_ns() - sched_of(s, k_of(s, p->index, dir, seq)));
+        if (v->dup == 1) kl_count(w, KC_server_dups, 1);
+    } else {
+        /* An error answer: not stored, so not expected at the other end. */
+        d->acked_bits[seq >> 3] &= (uint8_t)~(1u << (seq & 7));
+        d->failed++;
+        s->failed++;
+        kl_count(w, KC_failed, 1);
+        char code[32] = "", msg[96] = "";
+        kl_span_copy(v->code, code, sizeof(code));
+        kl_span_copy(v->message, msg, sizeof(msg));
+        kl_note_error(w, "msg.send answered %s: %s", code, msg);
+    }
+}
+
+/* cid "<run>.<worker>.<pair>.<dir>.<seq>" -> pair, dir, seq of this worker; -1 when foreign. */
+static int parse_cid(const relay_state *s, kl_span cid, uint32_t *pi, int *dir, uint32_t *seq) {
+    if (!cid.p || cid.esc || cid.n <= s->prefix_len || memcmp(cid.p, s->prefix, s->prefix_len) != 0)
+        return -1;
+    const char *p = cid.p + s->prefix_len, *e = cid.p + cid.n;
+    uint64_t f[3] = {0, 0, 0};
+    for (int i = 0; i < 3; i++) {
+        if (p >= e || *p < '0' || *p > '9') return -1;
+        while (p < e && *p >= '0' && *p <= '9') f[i] = f[i] * 10 + (uint64_t)(*p++ - '0');
+        if (i < 2) {
+            if (p >= e || *p != '.') return -1;
+            p++;
+        }
+    }
+    if (p != e || f[0] >= s->n || f[1] > 1 || f[2] >= s->seq_cap) return -1;
+    *pi = (uint32_t)f[0];
+    *dir = (int)f[1];
+    *seq = (uint32_t)f[2];
+    return 0;
+}
+
+static void on_delivery(kl_worker *w, relay_state *s, kl_client *c, const kl_view *v) {
+    uint32_t pi, seq;
+    int dir;
+    if (parse_cid(s, v->cid, &pi, &dir, &seq) < 0) {
+        kl_count(w, KC_bad_frames, 1);
+        kl_note_error(w, "%s: msg with an unexpected cid", c->sub);
+        return;
+    }
+    pair *p = &s->p[pi];
+    if (p != c->owner || (dir == 0) != (c == &p->agent)) {
+        kl_count(w, KC_bad_frames, 1);
+        kl_note_error(w, "%s: msg for pair %u delivered to the wrong connection", c->sub, pi);
+        return;
+    }
+    rdir *d = &p->d[dir];
+    if (bit_test_set(d->seen_bits, seq)) {
+        kl_count(w, KC_duplicated, 1);
+        return;
+    }
+    s->delivered++;
+    kl_count(w, KC_delivered, 1);
+    if (seq + 1 < d->max_seen) kl_count(w, KC_out_of_order, 1);
+    else d->max_seen = seq + 1;
+    int64_t ts = 0;
+    for (uint32_t i = 0; i < v->text.n && v->text.p[i] >= '0' && v->text.p[i] <= '9'; i++)
+        ts = ts * 10 + (v->text.p[i] - '0');
+    kl_record(w, dir ? KH_e2e_back : KH_e2e, kl_now_ns() - ts);
+}
+
+static void relay_on_frame(kl_worker *w, kl_client *c, const kl_view *v, const char *raw, size_t len) {
+    (void)raw, (void)len;
+    relay_state *s = w->sc;
+    pair *p = c->owner;
+    int is_cust = c == &p->cust;
+    if (kl_span_eq(v->type, "msg")) {
+        on_delivery(w, s, c, v);
+        return;
+    }
+    int is_ok = kl_span_eq(v->type, "ok"), is_err = kl_span_eq(v->type, "error");
+    if (!is_ok && !is_err) return; /* conv.state, typing, pong ... */
+    if (p->state == P_OPENING && is_cust && v->has_req && v->req == REQ_OPEN) {
+        if (is_ok && v->conv.p && kl_span_copy(v->conv, p->conv, sizeof(p->conv)) > 0) {
+            kl_count(w, KC_convs_opened, 1);
+            p->state = P_ACCEPTING;
+            send_req(w, &p->agent, "conv.accept", REQ_ACCEPT, p->conv);
+        } else {
+            settle(w, p, 0, "conv.open failed");
+        }
+        return;
+    }
+    if (p->state == P_ACCEPTING && !is_cust && v->has_req && v->req == REQ_ACCEPT) {
+        if (is_ok) kl_count(w, KC_convs_accepted, 1);
+        settle(w, p, is_ok, "conv.accept failed");
+        return;
+    }
+    if (p->state == P_READY) on_ack(w, s, p, is_cust ? 0 : 1, v);
+}
+
+static void relay_on_closed(kl_worker *w, kl_client *c, int was_ready, int ok) {
+    (void)was_ready, (void)ok;
+    settle(w, c->owner, 0, "connection closed during set-up");
+}
+
+static const kl_scenario_ops relay_ops = {relay_on_ready, relay_on_frame, relay_on_closed,
+                                          relay_on_failed};
+
+static int relay_setup(kl_worker *w) {
+    const kl_opts *o = w->o;
+    relay_state *s = kf_calloc(1, sizeof(*s));
+    w->sc = s;
+    w->ops = &relay_ops;
+    s->n = (uint32_t)(o->pairs / o->procs + (w->index < o->pairs % o->procs));
+    s->ndirs = o->both ? 2 : 1;
+    s->rate = o->pairs ? o->rate * (double)s->n / (double)o->pairs : 0;
+    s->ns_per_msg = s->rate > 0 ? 1e9 / s->rate : 0;
+    s->k_total = (uint64_t)(s->rate * o->duration_s);
+    uint64_t per = s->n ? (s->k_total + (uint64_t)s->n * s->ndirs - 1) / ((uint64_t)s->n * s->ndirs) : 0;
+    s->seq_cap = (uint32_t)per + 1;
+    s->prefix_len = (size_t)snprintf(s->prefix, sizeof(s->prefix), "%s.%d.", o->run_id, w->index);
+    s->p = kf_calloc(s->n ? s->n : 1, sizeof(*s->p));
+    w->slot->target = s->n;
+    size_t bytes = (s->seq_cap + 7) / 8;
+    for (uint32_t i = 0; i < s->n; i++) {
+        pair *p = &s->p[i];
+        p->index = i;
+        for (uint32_t d = 0; d < s->ndirs; d++) {
+            p->d[d].acked_bits = kf_calloc(bytes, 1);
+            p->d[d].seen_bits = kf_calloc(bytes, 1);
+        }
+        p->cust.owner = p->agent.owner = p;
+        p->cust.index = p->agent.index = i;
+        p->cust.role = KF_ROLE_CUSTOMER;
+        p->agent.role = KF_ROLE_AGENT;
+        p->cust.node = 0;
+        p->agent.node = o->nurls > 1 ? 1 : 0;
+        snprintf(p->cust.sub, sizeof(p->cust.sub), "%s-rc%d-%u", o->run_id, w->index, i);
+        snprintf(p->agent.sub, sizeof(p->agent.sub), "%s-ra%d-%u", o->run_id, w->index, i);
+        kl_client_connect(w, &p->cust);
+        kl_client_connect(w, &p->agent);
+    }
+    return 0;
+}
+
+static int relay_setup_done(kl_worker *w) {
+    relay_state *s = w->sc;
+    return s->settled >= s->n;
+}
+
+static void send_one(kl_worker *w, relay_state *s, uint64_t k, int64_t now) {
+    uint32_t pi = (uint32_t)(k % s->n);
+    uint64_t round = k / s->n;
+    int dir = (int)(round % s->ndirs);
+    uint32_t seq = (uint32_t)(round / s->ndirs);
+    pair *p = &s->p[pi];
+    rdir *d = &p->d[dir];
+    kl_client *c = dir == 0 ? &p->cust : &p->agent;
+    int64_t sched = sched_of(s, k);
+    if (now - sched > 10000000) kl_count(w, KC_sched_late, 1);
+    if (p->state != P_READY || c->state != CL_READY || seq >= s->seq_cap) {
+        kl_count(w, KC_failed, 1); /* not sent: its pair is down */
+        return;
+    }
+    char text[8192], cid[64], buf[8192 + 256];
+    int tl = snprintf(text, sizeof(text), "%lld:%u:", (long long)sched, seq);
+    int want = w->o->size < (int)sizeof(text) ? w->o->size : (int)sizeof(text) - 1;
+    if (tl < want) {
+        memset(text + tl, 'x', (size_t)(want - tl));
+        tl = want;
+    }
+    int cl = snprintf(cid, sizeof(cid), "%s%u.%d.%u", s->prefix, pi, dir, seq);
+    kl_enc e;
+    kl_enc_begin(&e, w->o->msgpack, buf, sizeof(buf), 5);
+    kl_enc_str(&e, "type", "msg.send", 8);
+    kl_enc_int(&e, "req", seq);
+    kl_enc_str(&e, "conv", p->conv, strlen(p->conv));
+    kl_enc_str(&e, "cid", cid, (size_t)cl);
+    kl_enc_str(&e, "text", text, (size_t)tl);
+    size_t n = kl_enc_end(&e);
+    if (!n || kl_client_send(w, c, buf, n) < 0) {
+        kl_count(w, KC_failed, 1);
+        return;
+    }
+    d->sent++;
+    s->sent++;
+    kl_count(w, KC_sent, 1);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    kl_worker *w = arg;
+    relay_state *s = w->sc;
+    if (s->n == 0 || s->rate <= 0) return;
+    int64_t now = kl_now_ns();
+    if (now < s->t0) return;
+    uint64_t due = (uint64_t)((double)(now - s->t0) / s->ns_per_msg) + 1;
+    if (due > s->k_total) due = s->k_total;
+    /* Bounded per tick (50 ms worth); a deficit carries over, keeping the schedule open-loop. */
+    uint64_t cap = (uint64_t)(s->rate / 20) + 16;
+    for (uint64_t i = 0; i < cap && s->k_next < due; i++) send_one(w, s, s->k_next++, now);
+}
+
+static void relay_go(kl_worker *w) {
+    relay_state *s = w->sc;
+    s->t0 = w->go_ns;
+    s->tick = kl_timer(w, 1, on_tick, w);
+}
+
+static int relay_run_over(kl_worker *w, int64_t now) {
+    relay_state *s = w->sc;
+    (void)now;
+    return s->k_next >= s->k_total;
+}
+
+static int relay_drained(kl_worker *w) {
+    relay_state *s = w->sc;
+    return s->acked + s->failed >= s->sent && s->delivered >= s->acked;
+}
+
+static void relay_finish(kl_worker *w) {
+    relay_state *s = w->sc;
+    if (s->tick) event_del(s->tick);
+    uint64_t lost = 0, unacked = 0;
+    for (uint32_t i = 0; i < s->n; i++) {
+        pair *p = &s->p[i];
+        for (uint32_t dd = 0; dd < s->ndirs; dd++) {
+            rdir *d = &p->d[dd];
+            for (uint32_t q = 0; q < s->seq_cap; q++) {
+                int a = (d->acked_bits[q >> 3] >> (q & 7)) & 1, seen = (d->seen_bits[q >> 3] >> (q & 7)) & 1;
+                if (a && !seen) lost++;
+            }
+            if (d->sent > d->acked + d->failed) unacked += d->sent - d->acked - d->failed;
+        }
+        kl_client_close(w, &p->cust);
+        kl_client_close(w, &p->agent);
+    }
+    kl_count(w, KC_lost, lost);
+    kl_count(w, KC_unacked, unacked);
+    if (lost) kl_note_error(w, "%llu acknowledged messages never delivered", (unsigned long long)lost);
+}
+
+static void relay_free(kl_worker *w) {
+    relay_state *s = w->sc;
+    if (!s) return;
+    for (uint32_t i = 0; i < s->n; i++) {
+        kl_client_forget(&s->p[i].cust);
+        kl_client_forget(&s->p[i].agent);
+        for (int d = 0; d < 2; d++) {
+            kf_free(s->p[i].d[d].acked_bits);
+            kf_free(s->p[i].d[d].seen_bits);
+        }
+    }
+    if (s->tick) event_free(s->tick);
+    kf_free(s->p);
+    kf_free(s);
+    w->sc = NULL;
+}
+
+const kl_scenario_def kl_relay = {relay_setup, relay_setup_done, relay_go, relay_run_over,
+                                  relay_drained, relay_finish, relay_free};

@@ -1,0 +1,64 @@
+"""The process interface: config file, KEFU_* environment, flags (with dashes or
+underscores), their precedence, and SIGHUP reloading (secret rotation)."""
+
+import asyncio
+import secrets
+import signal
+
+import kefu_harness as H
+from kefu_client import Client, connect, new_id, open_assigned, run, send_msg
+
+
+def test_config_env_flags_precedence_and_sighup(spawn, cluster, tmp_path):
+    node = "filenode-" + secrets.token_hex(3)
+    new_secret = "rotated-" + secrets.token_hex(8)
+    cfg = tmp_path / "gateway.conf"
+    base = (f"# kefu test config\n"
+            f"node_name = {node}\n"
+            f"max_text_bytes 100\n"
+            f"max-message-bytes = 1024\n"
+            f"log_level \"debug\"\n")
+    cfg.write_text(base + f"jwt_secrets = {H.SECRETS[0]}\n")
+    g = spawn.gateway(
+        cluster.shards, name="cfg", node_name=None, jwt_secrets=None, log_level=None,
+        config=cfg,
+        env={"KEFU_MAX_TEXT_BYTES": "200", "KEFU_MAX_MESSAGE_BYTES": "2048"},
+        extra_args=["--max_message_bytes", "4096"])
+
+    async def body():
+        cust = await connect(g, "customer", "json")
+        # the file names the node
+        assert cust.node == node or cust.node.startswith(node + "-"), cust.welcome
+        agent = await connect(g, "agent", "json")
+        conv = await open_assigned(cust, agent)
+        # environment beats the file: max_text_bytes 200
+        await send_msg(cust, conv, "x" * 200)
+        await cust.err("too_large", "msg.send", conv=conv, text="x" * 201, cid=new_id("c"))
+        # a flag (underscores) beats the environment: max_message_bytes 4096, not 2048
+        await cust.send_raw('{"type":"ping","req":1,"pad":"' + "p" * 3000 + '"}')
+        assert (await cust.answer(1))["type"] == "pong"
+        # a token signed with a secret not configured yet
+        c = await Client.open(g, "json")
+        await c.send({"type": "hello", "token": H.make_token(new_id("c"), "customer",
+                                                             secret=new_secret)})
+        assert (await c.expect_close())[:2] == (4401, "invalid token: bad_signature")
+        # rotate: add the new secret to the file, SIGHUP
+        cfg.write_text(base + f"jwt_secrets = {H.SECRETS[0]},{new_secret}\n")
+        g.proc.send_signal(signal.SIGHUP)
+        ok = False
+        for _ in range(30):       # the reload is asynchronous: retry for up to ~3 s
+            c = await Client.open(g, "json")
+            try:
+                await c.hello(H.make_token(new_id("c"), "customer", secret=new_secret))
+                ok = True
+                break
+            except AssertionError:
+                await c.close()
+                await asyncio.sleep(0.1)
+        assert ok, "a token signed with the secret added by SIGHUP is still rejected"
+        # the old secret still works, existing connections survived the reload
+        await connect(g, "agent", "msgpack")
+        await cust.ping()
+        await send_msg(agent, conv, "after reload")
+        assert (await cust.next_push("msg", conv=conv))["text"] == "after reload"
+    run(body())
