@@ -267,6 +267,21 @@ static void h_ping(gw_conn *c, json_t *msg) {
     json_decref(o);
 }
 
+/* ---- queueing ---- */
+
+void gw_conv_enqueue(const char *conv, const char *group, kf_redis_cb *cb, void *priv) {
+    /* Scores in microseconds, strictly increasing per process: FIFO even within a millisecond. */
+    static long long last_score;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long score = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    if (score <= last_score) score = last_score + 1;
+    last_score = score;
+    char queue[KF_KEY_MAX];
+    kf_key_queue(queue, group);
+    kf_redis_cmd_key(gw->redis, queue, cb, priv, "ZADD %s %lld %s", queue, score, conv);
+}
+
 /* ---- conv.open ---- */
 
 static void conv_id_new(char out[25]) {
@@ -318,14 +333,13 @@ static void on_ticket(const redisReply *r, const char *err, void *priv) {
         gw_reply_failure(x);
         goto out;
     }
-    char id[25], meta[KF_KEY_MAX], convs[KF_KEY_MAX], queue[KF_KEY_MAX], now[24], level[8];
+    char id[25], meta[KF_KEY_MAX], convs[KF_KEY_MAX], now[24], level[8];
     conv_id_new(id);
     snprintf(x->conv, sizeof(x->conv), "%s", id);
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
     snprintf(level, sizeof(level), "%d", c->ident.level);
     kf_key_conv_meta(meta, id);
     kf_key_user_convs(convs, c->ident.sub);
-    kf_key_queue(queue, "default");
     const char *argv[] = {"HSET", meta, "customer", c->ident.sub, "customer_name", c->ident.name,
                           "channel", oa->channel, "topic", oa->topic ? oa->topic : "",
                           "ticket", x->ticket, "state", "waiting", "created", now,
@@ -333,13 +347,7 @@ static void on_ticket(const redisReply *r, const char *err, void *priv) {
     x->pending = 4;
     kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, meta), open_step_done, x, 20, argv, NULL);
     kf_redis_cmd_key(gw->redis, convs, open_step_done, x, "SADD %s %s", convs, id);
-    static long long last_score;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    long long score = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-    if (score <= last_score) score = last_score + 1;
-    last_score = score;
-    kf_redis_cmd_key(gw->redis, queue, open_step_done, x, "ZADD %s %lld %s", queue, score, id);
+    gw_conv_enqueue(id, "default", open_step_done, x);
     char ev_level[8];
     snprintf(ev_level, sizeof(ev_level), "%d", c->ident.level);
     const char *largv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "opened",

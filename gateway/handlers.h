@@ -80,4 +80,8 @@ void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char
 void gw_conv_script(req_ctx *x, const char *script, const char *key, kf_redis_cb *cb, int argc,
                     const char **argv, const size_t *lens);
 
+/** Puts a conversation in a skill group's waiting queue (FIFO by time of entry); cb (may be
+ * NULL) gets the ZADD's answer. The conversation's meta state must already be "waiting". */
+void gw_conv_enqueue(const char *conv, const char *group, kf_redis_cb *cb, void *priv);
+
 #endif
