@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,11 +28,15 @@ static int g_argc;
 static char **g_argv;
 
 static pid_t spawn(int index, const gw_options *opt, const char *config_file) {
+    pid_t master = getpid();
     pid_t pid = fork();
     if (pid == 0) {
         signal(SIGTERM, SIG_DFL);
         signal(SIGINT, SIG_DFL);
         signal(SIGHUP, SIG_DFL);
+        /* A process whose master died drains and exits: nobody would restart or stop it. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != master) _exit(0);
         _exit(gw_server_run(index, opt, config_file, g_argc, g_argv));
     }
     return pid;

@@ -636,7 +636,10 @@ static void start_drain(void) {
     if (gw->draining) return;
     gw->draining = 1;
     GW_M->ready = 0;
-    if (listener) evconnlistener_disable(listener);
+    /* Close the listening socket: the kernel sends new connections to the other processes on
+     * the port, or refuses them when there are none. */
+    if (listener) evconnlistener_free(listener);
+    listener = NULL;
     gw->drain_deadline_ms = gw_now_ms() + gw->opt.drain_timeout_ms;
     kf_info("draining: closing %zu connections with 1001", gw->nconns);
     for (gw_conn *c = gw->conns; c; c = c->next)

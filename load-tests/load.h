@@ -13,6 +13,7 @@
 
 #define KL_MAX_URLS 8
 #define KL_MAX_PROCS 64
+#define KL_SRC_MAX 20000     /* source addresses 127.0.1.2 .. 127.0.80.251 */
 
 /* ---- options (main.c) ---- */
 typedef enum { SC_IDLE, SC_RELAY, SC_JOURNEY } kl_scenario;
@@ -25,7 +26,8 @@ typedef struct kl_opts {
     int auth_url;          /* token on the URL instead of a hello frame */
     const char *secret;
     int procs;
-    int src_ips;           /* loopback source addresses 127.0.0.2.. (0 = auto) */
+    int src_ips;           /* loopback source addresses 127.0.x.y to spread over (0 = none) */
+    unsigned src_base;     /* first one of them, varied per run */
     double duration_s;
     double connect_rate;   /* new connections per second, all workers (0 = unlimited) */
     int inflight;          /* handshakes in flight per worker */
@@ -92,7 +94,7 @@ typedef struct kl_slot {
     int64_t run_end_ns;     /* when the run phase ended */
     uint64_t c[KC__COUNT];
     kl_hist h[KH__COUNT];
-    char last_error[160];   /* a sample of the latest failure, for the report */
+    char last_error[160];   /* the first failure, for the report */
 } kl_slot;
 
 typedef struct kl_shared {
@@ -177,6 +179,7 @@ int kl_worker_main(kl_shared *sh, int index, const kl_opts *o);
 void kl_count(kl_worker *w, int counter, uint64_t n);
 void kl_record(kl_worker *w, int hist, int64_t ns);
 void kl_set_phase(kl_worker *w, kl_phase p);
+/** Records the worker's first failure (later ones are only counted). */
 void kl_note_error(kl_worker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /** Queues a client for connecting (paced). The client needs sub, role, node set. */

@@ -47,8 +47,8 @@ static const char usage_text[] =
     "  --secret S           JWT HS256 secret (default: first of $KEFU_JWT_SECRETS, else the\n"
     "                       development secret)\n"
     "  --procs N            worker processes (default 1); each holds at most ~19.9k sockets\n"
-    "  --src-ips N          spread connections over source addresses 127.0.0.2..N+1 (default:\n"
-    "                       one per 20k connections, none below that)\n"
+    "  --src-ips N          spread connections over N loopback source addresses 127.0.x.y\n"
+    "                       (default: one per 2000 connections, none up to 1000)\n"
     "  --duration S         run time in seconds: hold (idle), send (relay), start journeys\n"
     "                       (journey); default 10\n"
     "  --connect-rate R     new connections per second over all workers (default 0: as fast\n"
@@ -175,7 +175,7 @@ static void parse(int argc, char **argv) {
             break;
         case OPT_SECRET: O.secret = optarg; break;
         case OPT_PROCS: O.procs = (int)num("--procs", optarg, 1, KL_MAX_PROCS); break;
-        case OPT_SRC: O.src_ips = (int)num("--src-ips", optarg, 0, 250); break;
+        case OPT_SRC: O.src_ips = (int)num("--src-ips", optarg, 0, KL_SRC_MAX); break;
         case OPT_DURATION: O.duration_s = num("--duration", optarg, 0.1, 86400); break;
         case OPT_CRATE: O.connect_rate = num("--connect-rate", optarg, 0, 1e7); break;
         case OPT_INFLIGHT: O.inflight = (int)num("--inflight", optarg, 1, 100000); break;
@@ -207,6 +207,16 @@ static void parse(int argc, char **argv) {
     }
     if (optind < argc) die("unexpected argument '%s'", argv[optind]);
     if (O.nurls == 0) O.urls[O.nurls++] = "ws://127.0.0.1:8080/ws";
+    for (int i = 0; i < O.nurls; i++) {
+        struct sockaddr_in dst;
+        char target[256];
+        const char *err;
+        if (ws_parse_url(O.urls[i], &dst, target, sizeof(target), &err) < 0) {
+            char m[400];
+            snprintf(m, sizeof(m), "%s: %s", O.urls[i], err);
+            die("%s", m);
+        }
+    }
     if (!O.secret) {
         static char first[256];
         const char *env = getenv("KEFU_JWT_SECRETS");
@@ -234,10 +244,14 @@ static void parse(int argc, char **argv) {
             die("%s", m);
         }
     }
-    if (O.src_ips < 0) O.src_ips = total > 20000 ? (int)((total + 19999) / 20000) : 0;
-    uint8_t r[3];
-    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) r[0] = (uint8_t)getpid(), r[1] = r[2] = 0;
+    /* The kernel's search for a free ephemeral port slows down as one source address fills
+     * up (connect() spends its time in __inet_check_established): keep each under ~2000. */
+    if (O.src_ips < 0) O.src_ips = total > 1000 ? (int)((total + 1999) / 2000) : 0;
+    uint8_t r[5];
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) memset(r, (uint8_t)getpid(), sizeof(r));
     snprintf(O.run_id, sizeof(O.run_id), "k%02x%02x%02x", r[0], r[1], r[2]);
+    /* Each run starts at another source address, away from the TIME_WAIT sockets of the last. */
+    O.src_base = ((unsigned)r[3] << 8 | r[4]) % KL_SRC_MAX;
 }
 
 /* ---- merging and reporting ---- */
@@ -382,8 +396,8 @@ static int write_plot(const char *prefix, const row *rows, size_t nrows, const s
             "set output '%s-dist.png'\nset title 'latency by percentile (run %s)'\n"
             "set logscale x\nset logscale y\nset grid\nset key top left\n"
             "set xlabel 'percentile'\nset ylabel 'latency (ms)'\n"
-            "set xtics ('0%%' 1, '50%%' 2, '90%%' 10, '99%%' 100, '99.9%%' 1000, '99.99%%' 10000, "
-            "'max' 100000)\nplot ",
+            "set xtics ('0%%%%' 1, '50%%%%' 2, '90%%%%' 10, '99%%%%' 100, '99.9%%%%' 1000, "
+            "'99.99%%%%' 10000, 'max' 100000)\nplot ",
             prefix, O.run_id);
     for (int b = 0; b < blocks; b++)
         fprintf(f, "%s'%s-dist.dat' index %d u 1:2 w l lw 2 t '%s'", b ? ", " : "", prefix, b, titles[b]);
@@ -459,7 +473,7 @@ int main(int argc, char **argv) {
         if (pid == 0) {
             signal(SIGINT, SIG_IGN); /* the parent decides; Ctrl-C reaches the whole group */
             signal(SIGTERM, SIG_DFL);
-            _exit(kl_worker_main(sh, i, &O));
+            exit(kl_worker_main(sh, i, &O)); /* exit, not _exit: LeakSanitizer checks workers too */
         }
         pids[i] = pid;
         alive[i] = 1;
@@ -632,7 +646,7 @@ int main(int argc, char **argv) {
     int any_err = 0;
     for (int i = 0; i < O.procs; i++)
         if (sh->slot[i].last_error[0]) {
-            if (!any_err++) printf("last failures:\n");
+            if (!any_err++) printf("first failures:\n");
             printf("  worker %d: %s\n", i, sh->slot[i].last_error);
         }
 
@@ -694,7 +708,7 @@ int main(int argc, char **argv) {
         json_t *errs = json_array();
         for (int i = 0; i < O.procs; i++)
             if (sh->slot[i].last_error[0]) json_array_append_new(errs, json_string(sh->slot[i].last_error));
-        json_object_set_new(root, "last_failures", errs);
+        json_object_set_new(root, "first_failures", errs);
         if (json_dump_file(root, O.json_path, JSON_INDENT(1)) < 0)
             fprintf(stderr, "kefu-load: cannot write %s\n", O.json_path);
         json_decref(root);

@@ -42,7 +42,9 @@ void kl_set_phase(kl_worker *w, kl_phase p) {
     kl_store32(&w->slot->phase, (int32_t)p);
 }
 
+/* Keeps the first failure: the root cause, usually, rather than its consequences. */
 void kl_note_error(kl_worker *w, const char *fmt, ...) {
+    if (w->slot->last_error[0]) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(w->slot->last_error, sizeof(w->slot->last_error), fmt, ap);
@@ -94,7 +96,8 @@ static void client_start(kl_worker *w, kl_client *c) {
     if (w->nsrc > 0) {
         memset(&src, 0, sizeof(src));
         src.sin_family = AF_INET;
-        uint32_t host = (127u << 24) | (uint32_t)(2 + (w->src_next++ + (uint32_t)w->index) % (uint32_t)w->nsrc);
+        uint32_t k = (w->o->src_base + (w->src_next++ + (uint32_t)w->index) % (uint32_t)w->nsrc) % KL_SRC_MAX;
+        uint32_t host = (127u << 24) | ((1 + k / 250) << 8) | (2 + k % 250);
         src.sin_addr.s_addr = htonl(host);
         srcp = &src;
     }
@@ -278,8 +281,10 @@ static void on_ws_close(ws_conn *ws, void *ud, const ws_close_info *ci) {
             counter = KC_conn_fail_auth;
         }
         char detail[200];
-        snprintf(detail, sizeof(detail), "%s%s%d %s", ci->reason, ci->code ? " " : "", ci->code,
-                 ci->text);
+        if (ci->code)
+            snprintf(detail, sizeof(detail), "%s %d %s", ci->reason, ci->code, ci->text);
+        else
+            snprintf(detail, sizeof(detail), "%s%s%s", ci->reason, ci->text[0] ? ": " : "", ci->text);
         client_failed(w, c, counter, "connect", detail);
         return;
     }

@@ -202,9 +202,7 @@ static void conn_close_socket(ws_conn *c, int rst) {
 static void conn_terminate(ws_conn *c, int clean, int code, const char *reason, const char *text,
                            size_t text_len, int rst) {
     if (c->state == WS_CLOSED) return;
-    conn_close_socket(c, rst);
-    conn_release_memory(c);
-    c->state = WS_CLOSED;
+    /* text may point into the input buffer: copy it before the buffers go */
     c->ci = kf_calloc(1, sizeof(*c->ci));
     c->ci->clean = clean;
     c->ci->code = code;
@@ -213,6 +211,9 @@ static void conn_terminate(ws_conn *c, int clean, int code, const char *reason, 
         if (text_len >= sizeof(c->ci->text)) text_len = sizeof(c->ci->text) - 1;
         memcpy(c->ci->text, text, text_len);
     }
+    conn_close_socket(c, rst);
+    conn_release_memory(c);
+    c->state = WS_CLOSED;
     notify_push(c);
 }
 
@@ -627,6 +628,12 @@ static ssize_t input_process(ws_conn *c, const uint8_t *p, size_t n) {
 }
 
 static void in_keep(ws_conn *c, const uint8_t *p, size_t n) {
+    if (n == 0) {
+        kf_free(c->in);
+        c->in = NULL;
+        c->in_len = c->in_cap = 0;
+        return;
+    }
     if (n > c->in_cap) {
         size_t cap = c->in_cap ? c->in_cap : 512;
         while (cap < n) cap *= 2;
@@ -639,11 +646,6 @@ static void in_keep(ws_conn *c, const uint8_t *p, size_t n) {
         memmove(c->in, p, n);
     }
     c->in_len = (uint32_t)n;
-    if (n == 0) {
-        kf_free(c->in);
-        c->in = NULL;
-        c->in_cap = 0;
-    }
 }
 
 static void on_readable(ws_conn *c) {

@@ -18,7 +18,7 @@ import msgpack
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from kefu_harness import HOST, make_token
+from kefu_harness import make_token
 
 SUBPROTOCOL = {"json": "kefu.v1.json", "msgpack": "kefu.v1.msgpack"}
 PROTOS = ("json", "msgpack")

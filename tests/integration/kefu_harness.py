@@ -112,7 +112,8 @@ class Proc:
             return None
 
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
-        """Stops the process (SIGKILL after timeout); returns its exit status."""
+        """Stops the process (SIGKILL after timeout); returns its exit status. Children left
+        in its process group (a gateway's workers) are killed too."""
         if self.p is None:
             return None
         if self.p.poll() is None:
@@ -120,7 +121,23 @@ class Proc:
             if self.wait(timeout) is None:
                 self.p.kill()
                 self.p.wait(5)
+        self.kill_group()
         return self.p.returncode
+
+    def group_alive(self):
+        """True while any process of the group this process leads exists."""
+        try:
+            os.killpg(self.p.pid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def kill_group(self):
+        if self.p is not None and self.group_alive():
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def log_text(self):
         try:
@@ -146,7 +163,8 @@ class Proc:
         end = data.rfind(b"\n") + 1
         self._scan_pos += end
         text = data[:end].decode("utf-8", "replace")
-        return [ln for ln in text.splitlines() if SANITIZER_RE.search(ln)]
+        return [ln for ln in text.splitlines()
+                if SANITIZER_RE.search(ln) and not ln.startswith("=== start ")]
 
 
 class Redis(Proc):

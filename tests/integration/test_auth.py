@@ -1,6 +1,7 @@
 """Authentication: hello, token failures and their close codes, rotation, leeway, the
 hello-expected rule and the authentication timeout."""
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -188,4 +189,27 @@ def test_auth_timeout(spawn, cluster):
         await ok.ok("conv.list")
         H.wait_until(lambda: g.metrics().get("kefu_closes_total", reason="auth_timeout")
                      == before + 2, what="kefu_closes_total{reason=auth_timeout} +2")
+    run(body())
+
+
+def test_session_refresh(spawn, cluster):
+    """After exp (+ leeway, 0 here) requests are unauthorized; hello with a fresh token for the
+    same user extends the session; a token of someone else is forbidden."""
+    g = spawn.gateway(cluster.shards, name="refresh", jwt_leeway_s=0)
+
+    async def body():
+        sub = new_id("cust")
+        c = await Client.open(g, "json")
+        await c.hello(H.make_token(sub, "customer", ttl=2))
+        await c.ok("conv.list")
+        await asyncio.sleep(3.1)
+        f = await c.err("unauthorized", "conv.list")
+        assert "expired" in f["message"]
+        await c.ping()
+        r = await c.ok("hello", token=H.make_token(sub, "customer", ttl=600))
+        assert abs(r["exp"] - (now() + 600)) < 30, r
+        await c.ok("conv.list")
+        await c.err("forbidden", "hello", token=H.make_token(new_id("cust"), "customer"))
+        await c.err("forbidden", "hello", token=H.make_token(sub, "agent"))
+        await c.ok("conv.list")
     run(body())

@@ -61,6 +61,7 @@ def test_chat_flow_two_nodes(cluster, cproto, aproto):
         assert a["conv"] == conv and a["state"] == "assigned"
         st = await cust.next_push("conv.state", conv=conv, state="assigned")
         assert st["agent"] == agent.user and "req" not in st
+        assert st.get("agent_name") == agent.name, st
         order = [e["conv"] for e in (await agent.ok("queue.list"))["convs"]]
         assert conv not in order and conv2 in order
 
@@ -115,6 +116,9 @@ def test_chat_flow_two_nodes(cluster, cproto, aproto):
         await agent.ok("conv.close", conv=conv, resolution="unresolved")
         st = await cust.next_push("conv.state", conv=conv, state="closed")
         assert st.get("resolution") == "unresolved", st
+        assert st.get("closed_by") == agent.user, st
+        # the connection that made a change gets no conv.state for it
+        await agent.no_push("conv.state", within=0.2)
         await cust.err("conflict", "msg.send", conv=conv, text="hello?", cid=new_id("c"))
         await agent.err("conflict", "msg.send", conv=conv, text="bye", cid=new_id("c"))
         assert [x["conv"] for x in (await cust.ok("conv.list"))["convs"]] == [conv2]
@@ -280,6 +284,7 @@ def test_resume_after_reconnect_on_other_node(cluster, proto):
         # the history page are allowed (the client skips them by id)
         mid, _, cid = await send_msg(agent, conv, "live")
         p = await c2.next_push("msg", conv=conv, id=mid)
+        assert_msg(p, conv, agent, "live", cid, mid)
         await c2.no_push("msg", within=0.3, id=mid)
         known = {m["id"] for m in everything}
         extra = [f["id"] for f in c2.pushes("msg")]
@@ -301,6 +306,12 @@ def test_other_device_echo(cluster):
         conv = await open_assigned(dev1, ag1)
         st = await dev2.next_push("conv.state", conv=conv, state="assigned")
         assert st["agent"] == ag1.user
+        # the customer's other device also saw the conversation open; the opening one did not
+        await dev2.next_push("conv.state", conv=conv, state="waiting")
+        await dev1.no_push("conv.state", within=0.1, state="waiting")
+        # the accepting agent's other desk sees the assignment, the accepting one does not
+        st = await ag2.next_push("conv.state", conv=conv, state="assigned")
+        await ag1.no_push("conv.state", within=0.1)
         mid, ts, cid = await send_msg(dev1, conv, "from phone")
         for c in (dev2, ag1, ag2):
             p = await c.next_push("msg", conv=conv)

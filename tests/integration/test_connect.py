@@ -1,5 +1,6 @@
 """Connecting: HTTP endpoints, paths, subprotocols, welcome, ping, req echo, kefu-token."""
 
+import asyncio
 import time
 
 import msgpack
@@ -166,4 +167,37 @@ def test_kefu_token_verifies(cluster, local_only, role):
             await c2.hello(tok)
             lst = await c2.ok("conv.list")
             assert [x["conv"] for x in lst["convs"]] == [r["conv"]]
+    run(body())
+
+
+def test_plain_get_of_ws_is_426(cluster):
+    st, _, _ = cluster.n1.get("/ws")
+    assert st == 426
+
+
+@pytest.mark.parametrize("proto", PROTOS)
+def test_req_limits(cluster, proto):
+    """req: a string of at most 64 bytes or an integer; anything else is bad_request."""
+    async def body():
+        c = await Client.open(cluster.n1, proto)
+        await c.hello(H.make_token(new_id("cust"), "customer"))
+        r = await c.request("ping", _req="r" * 64)
+        assert r["type"] == "pong"
+        r = await c.request("ping", _req="中" * 21)     # 63 bytes
+        assert r["type"] == "pong"
+        for bad in ("r" * 65, 1.5, [1], {"a": 1}, True):
+            await c.send({"type": "ping", "req": bad})
+            f = await c.take_any(("error", "pong"))
+            assert f["type"] == "error" and f["code"] == "bad_request", (bad, f)
+        await c.ping()
+    run(body())
+
+
+@pytest.mark.parametrize("code", [1000, 4321])
+def test_client_close_is_echoed(cluster, code):
+    async def body():
+        c = await Client.open(cluster.n2, "json")
+        await c.hello(H.make_token(new_id("cust"), "customer"))
+        await asyncio.wait_for(c.ws.close(code, "client leaves"), 5)
+        assert c.ws.close_code == code, (c.ws.close_code, c.ws.close_reason)
     run(body())

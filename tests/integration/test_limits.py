@@ -3,7 +3,6 @@ slow consumers (4508), idle timeout (4409); bystanders stay undisturbed."""
 
 import asyncio
 import json
-import socket
 import time
 
 import msgpack

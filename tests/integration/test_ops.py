@@ -4,8 +4,6 @@ import asyncio
 import signal
 import time
 
-import pytest
-
 import kefu_harness as H
 from kefu_client import (Client, RawWS, connect, new_id, open_assigned, open_conv, run,
                          send_msg)
@@ -153,3 +151,4 @@ def test_sigterm_drains(spawn, cluster):
     run(body())
     # the other nodes keep serving
     assert cluster.n1.status("/readyz") == 200
+

@@ -99,7 +99,8 @@ def test_supervisor_reads_joins_and_writes(cluster, proto):
         # closing reaches the joined supervisor too
         await agent.ok("conv.close", conv=conv)
         st = await sup.next_push("conv.state", conv=conv, state="closed")
-        st = await cust.next_push("conv.state", conv=conv, state="closed")
+        assert st.get("closed_by") == agent.user, st
+        await cust.next_push("conv.state", conv=conv, state="closed")
     run(body())
 
 

@@ -1,0 +1,92 @@
+/* Customer-service rules shared by the gateway and the worker: priorities, the waiting-queue
+ * order, routing a new conversation to a skill group, per-channel and per-priority values, and
+ * the keys of agent (staff), SLA and conversation-record state. See docs/architecture.md. */
+#ifndef KEFU_SERVICE_H
+#define KEFU_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kefu/keys.h"
+
+/** Conversation priority; the order is the queue order (high first). */
+typedef enum { KF_PRIO_HIGH = 0, KF_PRIO_MEDIUM = 1, KF_PRIO_LOW = 2 } kf_priority;
+
+#define KF_GROUP_MAX 32 /* bytes of a skill group name, [a-z0-9_-]{1,32} like token skills */
+
+/** "high", "medium", "low". */
+const char *kf_priority_name(kf_priority p);
+/** Parses a priority name; -1 when unknown or NULL. */
+int kf_priority_parse(const char *s);
+
+/** 1 when s is a valid group name ([a-z0-9_-]{1,KF_GROUP_MAX}). */
+int kf_group_valid(const char *s);
+
+/* Waiting-queue score: (priority, 100 - level) as the class, then the time the conversation
+ * started waiting in units of 64 us since 2024-01-01. Class in the high bits, time in the low
+ * 44 bits: every score stays below 2^53 and so is exact as a Redis double. */
+#define KF_QUEUE_EPOCH_US 1704067200000000LL
+#define KF_QUEUE_TIME_BITS 44
+
+/** Score of a conversation of priority p and customer level (0..100, clamped) that started
+ * waiting at t_us (unix microseconds). Lower scores are served first. */
+long long kf_queue_score(kf_priority p, int level, long long t_us);
+/** The waiting start (unix microseconds, 64 us resolution) encoded in a score. */
+long long kf_queue_score_time_us(long long score);
+
+/** Routes a new conversation by rules "match=group[/priority], ...": match is `channel:<name>`,
+ * `topic:<keyword>` (ASCII case-insensitive substring of the topic; other bytes exact) or `*`.
+ * Rules are separated by ',' ';' or newlines; the first match wins. On a match, writes the group
+ * (into group[glen]) and the priority (-1 when the rule names none) and returns 1; returns 0 when
+ * nothing matched (outputs untouched), -1 on a syntax error (with err set). topic may be NULL. */
+int kf_route_match(const char *rules, const char *channel, const char *topic, char *group,
+                   size_t glen, int *priority, char *err, size_t errlen);
+
+/** Looks up `key` in "k=v,k=v,...,*=v" (values: integers >= 0); `*` is the fallback. Returns
+ * the value, or def when neither key nor `*` is listed or the spec is malformed. */
+long long kf_spec_value(const char *spec, const char *key, long long def);
+/** 1 when spec is a well-formed "k=v,..." list of integers >= 0 (keys [a-z0-9_*-]+), else 0. */
+int kf_spec_valid(const char *spec);
+
+/* ---- keys ---- */
+
+/* Agent state lives under one hash tag, {staff}: break ratios over every group an agent is in,
+ * and an agent's capacity across all of its groups, are decided by one script. */
+#define KF_STAFF_PREFIX "kefu:{staff}:"
+#define KF_KEY_STAFF_CONFIG "kefu:{staff}:config"     /* hash: published worker configuration */
+#define KF_KEY_STAFF_AGENTS "kefu:{staff}:agents"     /* set: every registered agent */
+#define KF_KEY_STAFF_GROUPS "kefu:{staff}:groups"     /* set: every known group */
+#define KF_KEY_STAFF_BREAKS "kefu:{staff}:breaks"     /* zset: pending break request -> time */
+#define KF_KEY_STAFF_MONITORS "kefu:{staff}:monitors" /* zset: supervisor -> expiry (ms) */
+#define KF_KEY_STAFF_NOTRANSFER "kefu:{staff}:notransfer" /* hash: group -> wording */
+/* Agent record: name, groups, max, status, reason, since, pending, last_assigned, gone_since. */
+static inline void kf_key_staff_agent(char *k, const char *agent) {
+    snprintf(k, KF_KEY_MAX, KF_STAFF_PREFIX "agent:%s", agent);
+}
+/* Set of the conversations an agent holds: its load. */
+static inline void kf_key_staff_load(char *k, const char *agent) {
+    snprintf(k, KF_KEY_MAX, KF_STAFF_PREFIX "load:%s", agent);
+}
+/* SLA deadlines (member "<conv>|<kind>|<seq>|<step>|<deadline>", score deadline ms), the ones
+ * being fired (score = lease expiry) and the breach log. */
+#define KF_KEY_SLA_TIMERS "kefu:{sla}:timers"
+#define KF_KEY_SLA_FIRING "kefu:{sla}:firing"
+#define KF_KEY_SLA_BREACHES "kefu:{sla}:breaches"
+/* A conversation's record: one stream entry per state change (ev, by, ts, ...). */
+static inline void kf_key_conv_log(char *k, const char *conv) {
+    snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:log", conv);
+}
+/* Per group, beside its waiting queue: the assignment lock, its "run again" flag, and the
+ * agent each re-queued conversation should not go back to. */
+static inline void kf_key_queue_lock(char *k, const char *group) {
+    snprintf(k, KF_KEY_MAX, "kefu:{q:%s}:lock", group);
+}
+static inline void kf_key_queue_dirty(char *k, const char *group) {
+    snprintf(k, KF_KEY_MAX, "kefu:{q:%s}:dirty", group);
+}
+static inline void kf_key_queue_exclude(char *k, const char *group) {
+    snprintf(k, KF_KEY_MAX, "kefu:{q:%s}:exclude", group);
+}
+
+#endif

@@ -1,0 +1,185 @@
+/* Customer-service rules shared by gateway and worker: priorities, queue scores, routing rules,
+ * per-key values. */
+#include "kefu/service.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const prio_names[3] = {"high", "medium", "low"};
+
+const char *kf_priority_name(kf_priority p) {
+    return (unsigned)p < 3 ? prio_names[p] : "medium";
+}
+
+int kf_priority_parse(const char *s) {
+    if (!s) return -1;
+    for (int i = 0; i < 3; i++)
+        if (strcmp(s, prio_names[i]) == 0) return i;
+    return -1;
+}
+
+static int group_char(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+int kf_group_valid(const char *s) {
+    if (!s) return 0;
+    size_t i = 0;
+    for (; s[i]; i++)
+        if (i >= KF_GROUP_MAX || !group_char((unsigned char)s[i])) return 0;
+    return i > 0;
+}
+
+long long kf_queue_score(kf_priority p, int level, long long t_us) {
+    if ((unsigned)p > KF_PRIO_LOW) p = KF_PRIO_MEDIUM;
+    if (level < 0) level = 0;
+    if (level > 100) level = 100;
+    long long t = (t_us - KF_QUEUE_EPOCH_US) / 64;
+    long long tmax = (1LL << KF_QUEUE_TIME_BITS) - 1;
+    if (t < 0) t = 0;
+    if (t > tmax) t = tmax;
+    long long cls = (long long)p * 101 + (100 - level);
+    return (cls << KF_QUEUE_TIME_BITS) | t;
+}
+
+long long kf_queue_score_time_us(long long score) {
+    long long t = score & ((1LL << KF_QUEUE_TIME_BITS) - 1);
+    return KF_QUEUE_EPOCH_US + t * 64;
+}
+
+/* Finds needle in hay, ASCII letters compared without case. */
+static int contains_nocase(const char *hay, const char *needle, size_t nlen) {
+    size_t hlen = strlen(hay);
+    if (nlen == 0 || nlen > hlen) return nlen == 0;
+    for (size_t i = 0; i + nlen <= hlen; i++) {
+        size_t k = 0;
+        while (k < nlen && tolower((unsigned char)hay[i + k]) == tolower((unsigned char)needle[k]))
+            k++;
+        if (k == nlen) return 1;
+    }
+    return 0;
+}
+
+static int is_sep(char c) { return c == ',' || c == ';' || c == '\n' || c == '\r'; }
+
+static void trim(const char **b, const char **e) {
+    while (*b < *e && isspace((unsigned char)**b)) (*b)++;
+    while (*e > *b && isspace((unsigned char)(*e)[-1])) (*e)--;
+}
+
+int kf_route_match(const char *rules, const char *channel, const char *topic, char *group,
+                   size_t glen, int *priority, char *err, size_t errlen) {
+    if (!rules) return 0;
+    const char *p = rules;
+    int matched = 0;
+    while (*p) {
+        const char *b = p, *e = p;
+        while (*e && !is_sep(*e)) e++;
+        p = *e ? e + 1 : e;
+        trim(&b, &e);
+        if (b == e) continue;
+        const char *eq = memchr(b, '=', (size_t)(e - b));
+        if (!eq) {
+            snprintf(err, errlen, "route rule '%.*s' has no '='", (int)(e - b), b);
+            return -1;
+        }
+        const char *mb = b, *me = eq, *vb = eq + 1, *ve = e;
+        trim(&mb, &me);
+        trim(&vb, &ve);
+        const char *slash = memchr(vb, '/', (size_t)(ve - vb));
+        const char *ge = slash ? slash : ve;
+        char g[KF_GROUP_MAX + 1], pr[16] = "";
+        size_t gl = (size_t)(ge - vb);
+        if (gl == 0 || gl > KF_GROUP_MAX) {
+            snprintf(err, errlen, "route rule '%.*s': bad group", (int)(e - b), b);
+            return -1;
+        }
+        memcpy(g, vb, gl);
+        g[gl] = '\0';
+        int prio = -1;
+        if (slash) {
+            size_t pl = (size_t)(ve - slash - 1);
+            if (pl >= sizeof(pr)) pl = sizeof(pr) - 1;
+            memcpy(pr, slash + 1, pl);
+            pr[pl] = '\0';
+            prio = kf_priority_parse(pr);
+        }
+        if (!kf_group_valid(g) || (slash && prio < 0)) {
+            snprintf(err, errlen, "route rule '%.*s': group must match [a-z0-9_-]{1,32}, "
+                     "priority high|medium|low", (int)(e - b), b);
+            return -1;
+        }
+        size_t ml = (size_t)(me - mb);
+        int hit;
+        if (ml == 1 && *mb == '*') {
+            hit = 1;
+        } else if (ml > 8 && strncmp(mb, "channel:", 8) == 0) {
+            hit = channel && strlen(channel) == ml - 8 && memcmp(channel, mb + 8, ml - 8) == 0;
+        } else if (ml > 6 && strncmp(mb, "topic:", 6) == 0) {
+            hit = topic && contains_nocase(topic, mb + 6, ml - 6);
+        } else {
+            snprintf(err, errlen, "route rule '%.*s': match must be channel:<name>, "
+                     "topic:<keyword> or *", (int)(e - b), b);
+            return -1;
+        }
+        /* Keep parsing after a hit so a syntax error anywhere is reported the same way. */
+        if (hit && !matched) {
+            matched = 1;
+            snprintf(group, glen, "%s", g);
+            *priority = prio;
+        }
+    }
+    return matched;
+}
+
+/* Walks the "k=v" entries of spec, noting the value of key and of `*`; -1 when malformed. */
+static int spec_walk(const char *spec, const char *key, long long *val, int *found_key,
+                     int *found_star, long long *star) {
+    const char *p = spec;
+    while (p && *p) {
+        const char *b = p, *e = p;
+        while (*e && !is_sep(*e)) e++;
+        p = *e ? e + 1 : e;
+        trim(&b, &e);
+        if (b == e) continue;
+        const char *eq = memchr(b, '=', (size_t)(e - b));
+        if (!eq || eq == b) return -1;
+        const char *kb = b, *ke = eq, *vb = eq + 1, *ve = e;
+        trim(&kb, &ke);
+        trim(&vb, &ve);
+        for (const char *q = kb; q < ke; q++)
+            if (!group_char((unsigned char)*q) && *q != '*') return -1;
+        if (vb == ve) return -1;
+        char num[24];
+        size_t vl = (size_t)(ve - vb);
+        if (vl >= sizeof(num)) return -1;
+        memcpy(num, vb, vl);
+        num[vl] = '\0';
+        char *end;
+        long long v = strtoll(num, &end, 10);
+        if (*end || v < 0) return -1;
+        size_t kl = (size_t)(ke - kb);
+        if (kl == 1 && *kb == '*') {
+            *found_star = 1;
+            *star = v;
+        } else if (key && strlen(key) == kl && memcmp(key, kb, kl) == 0 && !*found_key) {
+            *found_key = 1;
+            *val = v;
+        }
+    }
+    return 0;
+}
+
+long long kf_spec_value(const char *spec, const char *key, long long def) {
+    long long v = 0, star = 0;
+    int fk = 0, fs = 0;
+    if (!spec || spec_walk(spec, key, &v, &fk, &fs, &star) < 0) return def;
+    return fk ? v : fs ? star : def;
+}
+
+int kf_spec_valid(const char *spec) {
+    long long v = 0, star = 0;
+    int fk = 0, fs = 0;
+    return spec && spec_walk(spec, NULL, &v, &fk, &fs, &star) == 0;
+}
