@@ -47,6 +47,13 @@ typedef struct gw_options {
     long long redis_timeout_ms;
     long long drain_timeout_ms;
     long long max_connections;
+    /* bots (gateway/bot.c, docs/bots.md) */
+    char *bots_dir;
+    long long bot_instruction_budget;
+    long long bot_memory_kb;
+    char *bot_timezone;
+    long long bot_clock_offset_s;
+    long long bot_watch;
 } gw_options;
 
 extern const kf_option gw_option_table[];
@@ -243,6 +250,11 @@ typedef struct gw_metrics {
     uint64_t outq_dropped;
     uint64_t accept_rejected, accept_errors;
     int64_t node_index;
+    /* bots */
+    uint64_t bot_runs, bot_errors, bot_budget_kills, bot_memory_kills;
+    uint64_t bot_replies, bot_handoffs, bot_finishes, bot_alerts;
+    uint64_t bot_reloads, bot_reload_failures, bot_conflicts, bot_dropped;
+    int64_t bot_rules_loaded, bot_memory_bytes;
 } gw_metrics;
 
 extern const char *const gw_error_codes[9];

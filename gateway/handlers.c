@@ -7,12 +7,15 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "agent.h"
+#include "bot.h"
 #include "gateway.h"
 #include "handlers.h"
 #include "kefu/alloc.h"
 #include "kefu/keys.h"
 #include "kefu/log.h"
 #include "kefu/redis.h"
+#include "kefu/service.h"
 #include "kefu/ticket.h"
 #include "kefu/utf8.h"
 
@@ -199,7 +202,7 @@ void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char
                   const char *v1, const char *k2, const char *v2) {
     char ts[24];
     snprintf(ts, sizeof(ts), "%lld", (long long)gw_now_ms());
-    const char *argv[16] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", ev,
+    const char *argv[18] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", ev,
                             "conv", conv, "by", c->ident.sub, "ts", ts};
     int argc = 14;
     if (k1) argv[argc++] = k1, argv[argc++] = v1;
@@ -267,19 +270,76 @@ static void h_ping(gw_conn *c, json_t *msg) {
     json_decref(o);
 }
 
-/* ---- queueing ---- */
+/* ---- queueing: priority, then customer level (VIP first), then FIFO (kefu/service.h) ---- */
 
-void gw_conv_enqueue(const char *conv, const char *group, kf_redis_cb *cb, void *priv) {
-    /* Scores in microseconds, strictly increasing per process: FIFO even within a millisecond. */
-    static long long last_score;
+/* The waiting start of a conversation queued now (unix us), strictly increasing per process in
+ * steps of the score's 64 us tick, so conversations of one class queued here stay FIFO. */
+static long long queue_time_now(void) {
+    static long long last_tick;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    long long score = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-    if (score <= last_score) score = last_score + 1;
-    last_score = score;
+    long long t = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    long long tick = (t - KF_QUEUE_EPOCH_US) / 64;
+    if (tick <= last_tick) tick = last_tick + 1;
+    last_tick = tick;
+    return KF_QUEUE_EPOCH_US + tick * 64;
+}
+
+static void enqueue_scored(const char *conv, const char *group, int prio, int level,
+                           long long t_us, kf_redis_cb *cb, void *priv) {
     char queue[KF_KEY_MAX];
     kf_key_queue(queue, group);
+    long long score = kf_queue_score(prio < 0 ? KF_PRIO_MEDIUM : (kf_priority)prio, level, t_us);
     kf_redis_cmd_key(gw->redis, queue, cb, priv, "ZADD %s %lld %s", queue, score, conv);
+}
+
+struct enqueue_args {
+    char conv[CONV_ID_MAX + 1];
+    char group[64];
+    kf_redis_cb *cb;
+    void *priv;
+};
+
+static void on_enqueue_meta(const redisReply *r, const char *err, void *priv) {
+    struct enqueue_args *ea = priv;
+    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+        if (ea->cb) ea->cb(r, err ? err : "unavailable", ea->priv);
+        kf_free(ea);
+        return;
+    }
+    const redisReply *p = r->element[0], *l = r->element[1], *q = r->element[2];
+    int prio = kf_priority_parse(p->type == REDIS_REPLY_STRING ? p->str : NULL);
+    int level = l->type == REDIS_REPLY_STRING ? atoi(l->str) : 0;
+    long long t = q->type == REDIS_REPLY_STRING ? atoll(q->str) : 0;
+    if (t <= 0) {
+        char meta[KF_KEY_MAX];
+        t = queue_time_now();
+        kf_key_conv_meta(meta, ea->conv);
+        kf_redis_cmd_key(gw->redis, meta, NULL, NULL, "HSET %s queued_us %lld", meta, t);
+    }
+    enqueue_scored(ea->conv, ea->group, prio, level, t, ea->cb, ea->priv);
+    /* Tells the worker a group has one more conversation waiting. */
+    char ts[24];
+    snprintf(ts, sizeof(ts), "%lld", (long long)gw_now_ms());
+    const char *argv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "queued",
+                          "conv", ea->conv, "by", "", "ts", ts, "group", ea->group};
+    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, KF_KEY_LIFECYCLE), NULL, NULL, 16, argv,
+                  NULL);
+    kf_free(ea);
+}
+
+/* Queues in queue order: reads the conversation's priority, level and original waiting start
+ * (queued_us, set now when absent) from its meta first. */
+void gw_conv_enqueue(const char *conv, const char *group, kf_redis_cb *cb, void *priv) {
+    struct enqueue_args *ea = kf_calloc(1, sizeof(*ea));
+    snprintf(ea->conv, sizeof(ea->conv), "%s", conv);
+    snprintf(ea->group, sizeof(ea->group), "%s", group);
+    ea->cb = cb;
+    ea->priv = priv;
+    char meta[KF_KEY_MAX];
+    kf_key_conv_meta(meta, conv);
+    kf_redis_cmd_key(gw->redis, meta, on_enqueue_meta, ea, "HMGET %s priority level queued_us",
+                     meta);
 }
 
 /* ---- conv.open ---- */
@@ -300,66 +360,130 @@ static void open_step_done(const redisReply *r, const char *err, void *priv) {
     if (x->err) {
         gw_reply_failure(x);
     } else {
+        /* with bots the conversation starts in state "bot" (gateway/bot.c) */
+        const char *st = gw_bot_enabled() ? "bot" : "waiting";
         gw_reply_ok(x->c, x->req, json_pack("{s:s, s:s, s:s}", "conv", x->conv, "ticket", x->ticket,
-                                         "state", "waiting"));
+                                         "state", st));
         if (x->c->ident.sub) {
             const char *u[1] = {x->c->ident.sub};
             gw_route_push(json_pack("{s:s, s:s, s:s, s:s}", "type", "conv.state", "conv", x->conv,
-                                    "state", "waiting", "ticket", x->ticket),
+                                    "state", st, "ticket", x->ticket),
                           u, 1, x->c);
         }
+        if (gw_bot_enabled()) gw_bot_opened(x->conv);
     }
     gw_ctx_free(x);
 }
 
+/* conv.open waits for two answers before it stores anything: the ticket number and the routing
+ * configuration the worker published (group and priority from channel/topic rules). */
 struct open_args {
     req_ctx *x;
     char channel[KF_CHANNEL_MAX + 1];
     char day[9];
     char *topic;
+    int pending;          /* ticket and configuration answers outstanding */
+    long long seq;        /* ticket sequence, 0 when the ticket failed */
+    const char *err;
+    char *routes;         /* published route rules, NULL when none */
+    char group[KF_GROUP_MAX + 1];
+    int prio;
 };
 
-static void on_ticket(const redisReply *r, const char *err, void *priv) {
-    struct open_args *oa = priv;
+/* Group and priority of the new conversation: the first matching route rule, else the defaults. */
+static void open_route(struct open_args *oa) {
+    char err[160];
+    int prio = -1;
+    if (oa->routes &&
+        kf_route_match(oa->routes, oa->channel, oa->topic, oa->group, sizeof(oa->group), &prio,
+                       err, sizeof(err)) < 0)
+        kf_warn("conv.open: published routes ignored: %s", err);
+    if (prio >= 0) oa->prio = prio;
+}
+
+static void open_store(struct open_args *oa) {
     req_ctx *x = oa->x;
     gw_conn *c = x->c;
-    if (err || r->type != REDIS_REPLY_INTEGER) {
-        x->err = err ? err : "unavailable";
+    if (!oa->seq) {
+        x->err = oa->err ? oa->err : "unavailable";
         gw_reply_failure(x);
         goto out;
     }
-    if (kf_ticket_format(x->ticket, sizeof(x->ticket), oa->channel, oa->day, r->integer) < 0) {
+    if (kf_ticket_format(x->ticket, sizeof(x->ticket), oa->channel, oa->day, oa->seq) < 0) {
         x->err_code = kf_strdup("internal");
         gw_reply_failure(x);
         goto out;
     }
-    char id[25], meta[KF_KEY_MAX], convs[KF_KEY_MAX], now[24], level[8];
+    open_route(oa);
+    const char *prio = kf_priority_name((kf_priority)oa->prio);
+    char id[25], meta[KF_KEY_MAX], convs[KF_KEY_MAX], log[KF_KEY_MAX], now[24], level[8],
+        queued[24];
     conv_id_new(id);
     snprintf(x->conv, sizeof(x->conv), "%s", id);
+    snprintf(x->group, sizeof(x->group), "%s", oa->group);
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
     snprintf(level, sizeof(level), "%d", c->ident.level);
+    long long queued_us = queue_time_now();
+    snprintf(queued, sizeof(queued), "%lld", queued_us);
+    const int bot = gw_bot_enabled();
     kf_key_conv_meta(meta, id);
+    kf_key_conv_log(log, id);
     kf_key_user_convs(convs, c->ident.sub);
     const char *argv[] = {"HSET", meta, "customer", c->ident.sub, "customer_name", c->ident.name,
                           "channel", oa->channel, "topic", oa->topic ? oa->topic : "",
-                          "ticket", x->ticket, "state", "waiting", "created", now,
-                          "level", level, "group", "default"};
-    x->pending = 4;
-    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, meta), open_step_done, x, 20, argv, NULL);
+                          "ticket", x->ticket, "state", bot ? "bot" : "waiting", "created", now,
+                          "level", level, "group", oa->group, "priority", prio,
+                          "queued_us", bot ? "0" : queued, "assign_seq", "0"};
+    x->pending = bot ? 4 : 6; /* a bot conversation is queued at its handoff (gateway/bot.c) */
+    unsigned shard = kf_redis_shard(gw->redis, meta);
+    kf_redis_argv(gw->redis, shard, open_step_done, x, 26, argv, NULL);
+    const char *oargv[] = {"XADD", log, "*", "ev", "opened", "by", c->ident.sub, "ts", now,
+                           "channel", oa->channel, "ticket", x->ticket};
+    kf_redis_argv(gw->redis, shard, open_step_done, x, 13, oargv, NULL);
+    const char *qargv[] = {"XADD", log, "*", "ev", "queued", "by", c->ident.sub, "ts", now,
+                           "group", oa->group, "priority", prio, "level", level};
+    if (!bot) kf_redis_argv(gw->redis, shard, open_step_done, x, 15, qargv, NULL);
     kf_redis_cmd_key(gw->redis, convs, open_step_done, x, "SADD %s %s", convs, id);
-    gw_conv_enqueue(id, "default", open_step_done, x);
-    char ev_level[8];
-    snprintf(ev_level, sizeof(ev_level), "%d", c->ident.level);
+    if (!bot) enqueue_scored(id, oa->group, oa->prio, c->ident.level, queued_us, open_step_done, x);
     const char *largv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "opened",
                            "conv", id, "by", c->ident.sub, "ts", now, "channel", oa->channel,
-                           "ticket", x->ticket, "level", ev_level};
-    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, KF_KEY_LIFECYCLE), open_step_done, x, 20,
+                           "ticket", x->ticket, "level", level, "group", oa->group,
+                           "priority", prio};
+    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, KF_KEY_LIFECYCLE), open_step_done, x, 24,
                   largv, NULL);
     x = NULL;
 out:
     if (x) gw_ctx_free(x);
     kf_free(oa->topic);
+    kf_free(oa->routes);
     kf_free(oa);
+}
+
+static void on_ticket(const redisReply *r, const char *err, void *priv) {
+    struct open_args *oa = priv;
+    if (err || r->type != REDIS_REPLY_INTEGER)
+        oa->err = err ? err : "unavailable";
+    else
+        oa->seq = r->integer;
+    if (--oa->pending == 0) open_store(oa);
+}
+
+/* The published routing; when the {staff} shard cannot answer the defaults apply, so the
+ * conversation still reaches a queue. */
+static void on_open_config(const redisReply *r, const char *err, void *priv) {
+    struct open_args *oa = priv;
+    if (!err && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+        const redisReply *routes = r->element[0], *group = r->element[1], *prio = r->element[2];
+        if (routes->type == REDIS_REPLY_STRING && routes->len) oa->routes = kf_strdup(routes->str);
+        if (group->type == REDIS_REPLY_STRING && kf_group_valid(group->str))
+            snprintf(oa->group, sizeof(oa->group), "%s", group->str);
+        if (prio->type == REDIS_REPLY_STRING && kf_priority_parse(prio->str) >= 0)
+            oa->prio = kf_priority_parse(prio->str);
+    } else {
+        kf_warn("conv.open: routing configuration unavailable (%s); default group",
+                err ? err : "bad reply");
+    }
+    if (--oa->pending == 0) open_store(oa);
 }
 
 static void h_conv_open(gw_conn *c, json_t *msg) {
@@ -376,6 +500,9 @@ static void h_conv_open(gw_conn *c, json_t *msg) {
     oa->x = gw_ctx_new(c, json_object_get(msg, "req"));
     snprintf(oa->channel, sizeof(oa->channel), "%s", channel);
     oa->topic = topic ? kf_strdup(topic) : NULL;
+    snprintf(oa->group, sizeof(oa->group), "default");
+    oa->prio = KF_PRIO_MEDIUM;
+    oa->pending = 2;
     kf_ticket_day(time(NULL), oa->day);
     char tag[64], key[KF_KEY_MAX];
     snprintf(tag, sizeof(tag), "%s-%s", channel, oa->day);
@@ -383,6 +510,8 @@ static void h_conv_open(gw_conn *c, json_t *msg) {
     const char *argv[] = {key};
     kf_redis_script(gw->redis, kf_redis_shard(gw->redis, key), "ticket_next", on_ticket, oa, 1, 1,
                     argv, NULL);
+    kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, KF_KEY_STAFF_CONFIG), on_open_config, oa,
+                 "HMGET %s routes default_group default_priority", KF_KEY_STAFF_CONFIG);
 }
 
 /* ---- conv.list / queue.list: an id list, then one HMGET per conversation ---- */
@@ -512,6 +641,9 @@ static void on_msg_stored(const redisReply *r, const char *err, void *priv) {
                                  x->conv, "id", id, "from", gw_from_obj(x->c), "text", sa->text, "ts",
                                  (json_int_t)ts, "cid", sa->cid);
         gw_route_push(push, users, n, x->c);
+        /* the bot answers the customer while it has the conversation (gateway/bot.c) */
+        if (x->c->ident.role == KF_ROLE_CUSTOMER && gw_bot_enabled())
+            gw_bot_customer_message(x->conv, sa->text);
     }
 out:
     gw_ctx_free(x);
@@ -701,55 +833,128 @@ static void h_conv_accept(gw_conn *c, json_t *msg) {
     gw_conv_script(x, "conv_accept", meta, on_accepted, 3, argv, NULL);
 }
 
-static void on_closed(const redisReply *r, const char *err, void *priv) {
-    req_ctx *x = priv;
+/* conv.close runs the close script and reads the survey settings at once; the answer waits
+ * for both. */
+struct close_args {
+    req_ctx *x;
+    int pending;
+    int closed;            /* the close script succeeded */
+    char prev[16];
+    char customer[KF_SUB_MAX + 1];
+    char agent[KF_SUB_MAX + 1];
+    const char **users;    /* participants, pushes go to them */
+    size_t nusers;
+    char resolution[16];
+    char category[16];
+    long long rate_window_ms;
+    int survey;
+};
+
+static void close_finish(struct close_args *ca) {
+    req_ctx *x = ca->x;
     gw_conn *c = x->c;
-    if (gw_script_result(x, r, err) < 0) {
+    if (!ca->closed) {
         gw_reply_failure(x);
-        gw_ctx_free(x);
-        return;
+        goto out;
     }
-    const char *prev = r->element[1]->str, *customer = r->element[2]->str,
-               *agent = r->element[3]->str, *group = r->element[4]->str;
-    char key[KF_KEY_MAX];
-    if (!strcmp(prev, "waiting")) {
-        kf_key_queue(key, group);
-        fire(key, "ZREM %s %s", x->conv, NULL);
-    }
-    const char *users[64];
-    size_t n = gw_members(r, 2, NULL, users, 2);
-    n += gw_members(r, 5, NULL, users + n, 62);
-    for (size_t i = 0; i < n; i++) {
-        kf_key_user_convs(key, users[i]);
-        fire(key, "SREM %s %s", x->conv, NULL);
-    }
-    (void)customer, (void)agent;
-    const char *resolution = x->group;
-    gw_lifecycle("closed", x->conv, c, "resolution", resolution, NULL, NULL);
+    if (ca->agent[0]) gw_agent_release(ca->agent, x->conv);
+    gw_lifecycle("closed", x->conv, c, "resolution", ca->resolution, "agent", ca->agent);
     gw_reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", "closed"));
-    gw_route_push(json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "conv.state", "conv", x->conv,
-                            "state", "closed", "resolution", resolution, "closed_by", c->ident.sub),
-                  users, n, c);
+    json_t *push = json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "conv.state", "conv", x->conv,
+                             "state", "closed", "resolution", ca->resolution, "closed_by",
+                             c->ident.sub);
+    if (ca->category[0]) json_object_set_new(push, "category", json_string(ca->category));
+    gw_route_push(push, ca->users, ca->nusers, c);
+    if (ca->survey && ca->customer[0]) {
+        const char *u[1] = {ca->customer};
+        gw_route_push(json_pack("{s:s, s:s, s:I, s:I, s:I}", "type", "survey.request", "conv",
+                                x->conv, "min", (json_int_t)1, "max", (json_int_t)5, "expires_at",
+                                (json_int_t)(gw_now_ms() + ca->rate_window_ms)),
+                      u, 1, NULL);
+    }
+out:
+    for (size_t i = 0; i < ca->nusers; i++) kf_free((char *)ca->users[i]);
+    kf_free(ca->users);
     gw_ctx_free(x);
+    kf_free(ca);
+}
+
+static void on_closed(const redisReply *r, const char *err, void *priv) {
+    struct close_args *ca = priv;
+    req_ctx *x = ca->x;
+    if (gw_script_result(x, r, err) == 0) {
+        ca->closed = 1;
+        const char *prev = r->element[1]->str, *group = r->element[4]->str;
+        snprintf(ca->prev, sizeof(ca->prev), "%s", prev);
+        snprintf(ca->customer, sizeof(ca->customer), "%s", r->element[2]->str);
+        snprintf(ca->agent, sizeof(ca->agent), "%s", r->element[3]->str);
+        char key[KF_KEY_MAX];
+        if (!strcmp(prev, "waiting")) {
+            kf_key_queue(key, group);
+            fire(key, "ZREM %s %s", x->conv, NULL);
+        }
+        const char *users[64];
+        size_t n = gw_members(r, 2, NULL, users, 2);
+        n += gw_members(r, 5, NULL, users + n, 62);
+        ca->users = kf_calloc(n ? n : 1, sizeof(char *));
+        for (size_t i = 0; i < n; i++) {
+            kf_key_user_convs(key, users[i]);
+            fire(key, "SREM %s %s", x->conv, NULL);
+            ca->users[i] = kf_strdup(users[i]);
+        }
+        ca->nusers = n;
+    }
+    if (--ca->pending == 0) close_finish(ca);
+}
+
+static void on_close_config(const redisReply *r, const char *err, void *priv) {
+    struct close_args *ca = priv;
+    if (!err && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        if (r->element[0]->type == REDIS_REPLY_STRING) ca->rate_window_ms = atoll(r->element[0]->str);
+        if (r->element[1]->type == REDIS_REPLY_STRING) ca->survey = strcmp(r->element[1]->str, "0") != 0;
+    }
+    if (--ca->pending == 0) close_finish(ca);
 }
 
 static void h_conv_close(gw_conn *c, json_t *msg) {
-    const char *resolution;
+    static const char *const categories[] = {"consultation", "complaint", "suggestion", "fault"};
+    const char *resolution, *category;
     if (gw_get_str(c, msg, "resolution", 0, 32, &resolution) < 0) return;
+    if (gw_get_str(c, msg, "category", 0, 32, &category) < 0) return;
     if (!resolution) resolution = "resolved";
     if (strcmp(resolution, "resolved") && strcmp(resolution, "unresolved")) {
         gw_reply_error(c, json_object_get(msg, "req"), "bad_request",
                        "field 'resolution' must be resolved or unresolved");
         return;
     }
+    if (category) {
+        int ok = 0;
+        for (size_t i = 0; i < 4; i++) ok |= !strcmp(category, categories[i]);
+        if (!ok) {
+            gw_reply_error(c, json_object_get(msg, "req"), "bad_request",
+                           "field 'category' must be consultation, complaint, suggestion or fault");
+            return;
+        }
+    }
     req_ctx *x;
     if (gw_get_conv(c, msg, &x) < 0) return;
-    snprintf(x->group, sizeof(x->group), "%s", resolution);
-    char meta[KF_KEY_MAX], now[24];
+    struct close_args *ca = kf_calloc(1, sizeof(*ca));
+    ca->x = x;
+    ca->pending = 2;
+    ca->survey = 1;
+    ca->rate_window_ms = 86400000;
+    snprintf(ca->resolution, sizeof(ca->resolution), "%s", resolution);
+    snprintf(ca->category, sizeof(ca->category), "%s", category ? category : "");
+    char meta[KF_KEY_MAX], log[KF_KEY_MAX], now[24];
     kf_key_conv_meta(meta, x->conv);
+    kf_key_conv_log(log, x->conv);
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
-    const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), resolution, now};
-    gw_conv_script(x, "conv_close", meta, on_closed, 4, argv, NULL);
+    const char *argv[] = {meta, log, c->ident.sub, kf_role_name((kf_role)c->ident.role),
+                          resolution, now, ca->category};
+    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, meta), "conv_close", on_closed, ca, 2, 7,
+                    argv, NULL);
+    kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, KF_KEY_STAFF_CONFIG), on_close_config, ca,
+                 "HMGET %s rate_window_ms survey", KF_KEY_STAFF_CONFIG);
 }
 
 static void on_joined(const redisReply *r, const char *err, void *priv) {
@@ -789,7 +994,7 @@ const gw_handler gw_handlers_core[] = {
 };
 
 /* Every module's request table; a type is looked up in order. */
-static const gw_handler *const handler_tables[] = {gw_handlers_core, NULL};
+static const gw_handler *const handler_tables[] = {gw_handlers_core, gw_handlers_agent, NULL};
 
 void gw_handle_frame(gw_conn *c, json_t *msg) {
     json_t *type = json_object_get(msg, "type");

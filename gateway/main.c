@@ -53,6 +53,7 @@ int main(int argc, char **argv) {
     memset(&opt, 0, sizeof(opt));
     g_argc = argc;
     g_argv = argv;
+    tzset(); /* ticket days follow TZ */
     const char *config_file = kf_config_file_arg(argc, argv);
     static const char *const passthru[] = {"config", NULL};
     char err[512];

@@ -145,6 +145,23 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
               (double)sumus / 1e6, (unsigned long long)cnt);
     sb_printf(&b, "# HELP kefu_inbox_lag_ms Age of the newest inbox entry when it was read.\n# TYPE kefu_inbox_lag_ms gauge\n");
     EACH sb_printf(&b, "kefu_inbox_lag_ms{" P("") "} %lld\n", i, (long long)all[i].inbox_lag_ms);
+    /* bots (gateway/bot.c) */
+    COUNTER("kefu_bot_runs_total", "Bot rule events run.", bot_runs);
+    COUNTER("kefu_bot_errors_total", "Bot rule events that failed (error, budget or memory); the conversation went to a human.", bot_errors);
+    COUNTER("kefu_bot_budget_kills_total", "Bot rule events stopped by the instruction budget.", bot_budget_kills);
+    COUNTER("kefu_bot_memory_kills_total", "Bot rule events stopped by the memory cap.", bot_memory_kills);
+    COUNTER("kefu_bot_replies_total", "Bot replies stored and pushed.", bot_replies);
+    COUNTER("kefu_bot_handoffs_total", "Conversations the bot handed to a human queue.", bot_handoffs);
+    COUNTER("kefu_bot_finishes_total", "Conversations the bot closed without a human.", bot_finishes);
+    COUNTER("kefu_bot_alerts_total", "Sensitive-issue alerts sent to supervisors.", bot_alerts);
+    COUNTER("kefu_bot_reloads_total", "Bot rule sets loaded (start and reloads).", bot_reloads);
+    COUNTER("kefu_bot_reload_failures_total", "Bot rule sets that failed to load (the previous one kept running).", bot_reload_failures);
+    COUNTER("kefu_bot_conflicts_total", "Bot events run again because another node changed the conversation first.", bot_conflicts);
+    COUNTER("kefu_bot_dropped_total", "Bot events dropped (storage failures, too many queued).", bot_dropped);
+    sb_printf(&b, "# HELP kefu_bot_rules_loaded A bot rule set is loaded (1) or not (0).\n# TYPE kefu_bot_rules_loaded gauge\n");
+    EACH sb_printf(&b, "kefu_bot_rules_loaded{" P("") "} %lld\n", i, (long long)all[i].bot_rules_loaded);
+    sb_printf(&b, "# HELP kefu_bot_memory_bytes Heap of the bot rule set's Lua state.\n# TYPE kefu_bot_memory_bytes gauge\n");
+    EACH sb_printf(&b, "kefu_bot_memory_bytes{" P("") "} %lld\n", i, (long long)all[i].bot_memory_bytes);
     *len = b.len - headroom;
     return b.buf;
 }

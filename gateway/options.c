@@ -35,5 +35,11 @@ const kf_option gw_option_table[] = {
     {"redis_timeout_ms", KF_OPT_INT, O(redis_timeout_ms), "2000", 50, 600000, 0, "Redis connect/command timeout; then unavailable and reconnect"},
     {"drain_timeout_ms", KF_OPT_INT, O(drain_timeout_ms), "5000", 0, 600000, 1, "on SIGTERM, longest wait for pending work before exit"},
     {"max_connections", KF_OPT_INT, O(max_connections), "0", 0, 10000000, 0, "connections per process (0 = file descriptor limit less a reserve)"},
+    {"bots_dir", KF_OPT_STR, O(bots_dir), "", 0, 0, 0, "bot rule directory (*.lua, docs/bots.md); empty = no bots, conversations queue for humans at once"},
+    {"bot_instruction_budget", KF_OPT_INT, O(bot_instruction_budget), "200000", 1000, 100000000, 1, "Lua VM instructions one bot event may use before it is stopped (applies from the next rule load)"},
+    {"bot_memory_kb", KF_OPT_INT, O(bot_memory_kb), "16384", 256, 4194304, 1, "memory cap of the bot rule set's Lua state, KiB (applies from the next rule load)"},
+    {"bot_timezone", KF_OPT_STR, O(bot_timezone), "local", 0, 0, 0, "time zone of bot calendars that name none: IANA name, +08:00, UTC or local"},
+    {"bot_clock_offset_s", KF_OPT_INT, O(bot_clock_offset_s), "0", -3153600000LL, 3153600000LL, 1, "seconds added to the clock bot rules see (tests of off-hours rules)"},
+    {"bot_watch", KF_OPT_BOOL, O(bot_watch), "no", 0, 1, 1, "reload the bot rules when a file in bots_dir changes (checked every second)"},
     {NULL, 0, 0, NULL, 0, 0, 0, NULL},
 };

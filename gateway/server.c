@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "bot.h"
 #include "gateway.h"
 #include "kefu/alloc.h"
 #include "kefu/log.h"
@@ -704,6 +705,7 @@ static void reload(void) {
     apply_log_level();
     load_secrets();
     kf_info("SIGHUP: configuration reloaded (%zu jwt secrets)", gw->nsecrets);
+    gw_bot_reload();
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
@@ -795,6 +797,7 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     if (listen_start(opt) < 0) return 1;
 
     gw_router_start();
+    gw_bot_start();
     gw->sweep_ev = event_new(gw->base, -1, EV_PERSIST, on_sweep, NULL);
     struct timeval sec = {1, 0};
     event_add(gw->sweep_ev, &sec);
@@ -817,6 +820,7 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
         struct pss p = {gw->conns};
         conn_gone(&p);
     }
+    gw_bot_stop();
     gw_router_stop();
     event_free(gw->sweep_ev);
     event_free(gw->sig_term_ev);

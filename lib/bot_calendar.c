@@ -50,7 +50,7 @@ static int days_in_month(int64_t y, int m) {
 int kf_parse_date(const char *s, size_t len, int64_t *days) {
     int y, m, d, n = 0;
     char buf[16];
-    if (len >= sizeof(buf)) return -1;
+    if (len != 10 || s[4] != '-' || s[7] != '-') return -1;
     memcpy(buf, s, len);
     buf[len] = '\0';
     if (sscanf(buf, "%4d-%2d-%2d%n", &y, &m, &d, &n) != 3 || (size_t)n != len) return -1;
@@ -283,6 +283,7 @@ static const char *skip_seps(const char *s) {
 int kf_cal_parse_ranges(const char *s, kf_range **r, uint8_t *n, char *err, size_t errlen) {
     const char *p = skip_seps(s);
     if (!strcmp(p, "closed") || !*p) return 0;
+    uint8_t n0 = *n; /* on an error nothing is appended */
     while (*p) {
         int a, b;
         const char *q = parse_hhmm(p, &a);
@@ -298,14 +299,17 @@ int kf_cal_parse_ranges(const char *s, kf_range **r, uint8_t *n, char *err, size
         }
         if (!q) {
             snprintf(err, errlen, "bad hours '%s' (want HH:MM-HH:MM, several separated by commas)", s);
+            *n = n0;
             return -1;
         }
         if (a == 1440 || a == b) {
             snprintf(err, errlen, "bad hours '%s': a range must not be empty or start at 24:00", s);
+            *n = n0;
             return -1;
         }
         if (*n == 32) {
             snprintf(err, errlen, "too many ranges in '%s'", s);
+            *n = n0;
             return -1;
         }
         if (b == 0) b = 1440; /* "18:00-00:00" ends at midnight */
@@ -316,9 +320,7 @@ int kf_cal_parse_ranges(const char *s, kf_range **r, uint8_t *n, char *err, size
     return 0;
 }
 
-static int add_days(const char *spec, int64_t **days, size_t *n, int64_t **extra_first,
-                    char *err, size_t errlen) {
-    (void)extra_first;
+static int add_days(const char *spec, int64_t **days, size_t *n, char *err, size_t errlen) {
     const char *dots = strstr(spec, "..");
     int64_t a, b;
     if (dots) {
@@ -344,7 +346,7 @@ int kf_cal_add_holidays(kf_calendar *c, const char *spec, const char *name, char
                         size_t errlen) {
     int64_t *days = NULL;
     size_t n = 0;
-    if (add_days(spec, &days, &n, NULL, err, errlen) < 0) return -1;
+    if (add_days(spec, &days, &n, err, errlen) < 0) return -1;
     c->holidays = kf_realloc(c->holidays, (c->nholidays + n) * sizeof(kf_holiday));
     for (size_t i = 0; i < n; i++) {
         kf_holiday *h = &c->holidays[c->nholidays++];
@@ -356,7 +358,7 @@ int kf_cal_add_holidays(kf_calendar *c, const char *spec, const char *name, char
 }
 
 int kf_cal_add_workdays(kf_calendar *c, const char *spec, char *err, size_t errlen) {
-    return add_days(spec, &c->workdays, &c->nworkdays, NULL, err, errlen);
+    return add_days(spec, &c->workdays, &c->nworkdays, err, errlen);
 }
 
 static int hol_cmp(const void *a, const void *b) {

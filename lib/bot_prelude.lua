@@ -299,9 +299,9 @@ local function render(c, text, vars, lvl)
   text = sgsub(text, "{([%w_]+)}", function(k)
     local v
     if vars ~= nil then v = vars[k] end
+    if v == nil and computed[k] then v = computed[k](c) end
     if v == nil then v = rawget(c, k) end
     if v == nil then v = V[k] end
-    if v == nil and computed[k] then v = computed[k](c) end
     if v == nil or type(v) == "table" or type(v) == "boolean" then return nil end
     return tostring(v)
   end)

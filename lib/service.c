@@ -183,3 +183,72 @@ int kf_spec_valid(const char *spec) {
     int fk = 0, fs = 0;
     return spec && spec_walk(spec, NULL, &v, &fk, &fs, &star) == 0;
 }
+
+/* ---- pushes ---- */
+
+static long long jint(const json_t *o, const char *k) {
+    const json_t *v = json_object_get(o, k);
+    if (json_is_integer(v)) return json_integer_value(v);
+    if (json_is_real(v)) return (long long)json_real_value(v);
+    if (json_is_string(v)) return atoll(json_string_value(v));
+    return 0;
+}
+
+static const char *jstr(const json_t *o, const char *k) {
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+json_t *kf_push_conv_assigned(const char *conv, const json_t *view) {
+    json_t *msgs = json_array();
+    const json_t *vm = json_object_get(view, "msgs");
+    size_t i;
+    const json_t *m;
+    if (json_is_array(vm)) {
+        json_array_foreach(vm, i, m) {
+            const char *id = jstr(m, "id");
+            json_array_append_new(
+                msgs, json_pack("{s:s, s:s, s:{s:s, s:s, s:s}, s:s, s:I, s:s}", "conv", conv, "id", id,
+                                "from", "id", jstr(m, "from"), "role", jstr(m, "role"), "name",
+                                jstr(m, "name"), "text", jstr(m, "text"), "ts",
+                                (json_int_t)atoll(id), "cid", jstr(m, "cid")));
+        }
+    }
+    json_t *p = json_pack(
+        "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:I, s:I, s:o}", "type", "conv.assigned",
+        "conv", conv, "ticket", jstr(view, "ticket"), "channel", jstr(view, "channel"), "topic",
+        jstr(view, "topic"), "customer", jstr(view, "customer"), "customer_name",
+        jstr(view, "customer_name"), "level", (json_int_t)jint(view, "level"), "priority",
+        jstr(view, "priority"), "group", jstr(view, "group"), "created",
+        (json_int_t)jint(view, "created"), "assigned_at", (json_int_t)jint(view, "assigned_at"),
+        "msgs", msgs);
+    if (*jstr(view, "from")) json_object_set_new(p, "transferred_from", json_string(jstr(view, "from")));
+    return p;
+}
+
+json_t *kf_push_agent_monitor(const json_t *state) {
+    json_t *p = json_object();
+    json_object_set_new(p, "type", json_string("monitor"));
+    json_object_set_new(p, "kind", json_string("agent"));
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)state, k, v) {
+        if (!strcmp(k, "groups") && !json_is_array(v))
+            json_object_set_new(p, k, json_array());
+        else if (json_is_real(v))
+            json_object_set_new(p, k, json_integer((json_int_t)json_real_value(v)));
+        else
+            json_object_set(p, k, v);
+    }
+    return p;
+}
+
+size_t kf_json_strings(const json_t *arr, const char **out, size_t max) {
+    size_t n = 0, i;
+    const json_t *v;
+    if (!json_is_array(arr)) return 0;
+    json_array_foreach(arr, i, v) {
+        if (n < max && json_is_string(v)) out[n++] = json_string_value(v);
+    }
+    return n;
+}

@@ -483,7 +483,14 @@ static void agent_on_frame(kl_worker *w, journey_state *s, jagent *a, const kl_v
         if (is_ok) kl_count(w, KC_acked, 1);
         else kl_count(w, KC_failed, 1);
     } else if ((r >= REQ_CLOSE && r < REQ_CLOSE + (int64_t)s->nc) || r == REQ_ORPHAN_CLOSE) {
-        if (is_ok) kl_count(w, KC_convs_closed, 1);
+        if (is_ok) {
+            kl_count(w, KC_convs_closed, 1);
+        } else {
+            char code[32] = "", msg[96] = "";
+            kl_span_copy(v->code, code, sizeof(code));
+            kl_span_copy(v->message, msg, sizeof(msg));
+            kl_note_error(w, "%s: conv.close answered %s: %s", a->cl.sub, code, msg);
+        }
         if (r != REQ_ORPHAN_CLOSE) {
             jconv *cv = find_conv(a, (int)(r - REQ_CLOSE));
             if (cv) conv_remove(a, cv);

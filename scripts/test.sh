@@ -29,6 +29,17 @@ suite() {
         echo "=== $name: FAILED ($((SECONDS - t0)) s)"
     fi
 }
+# Runs a command with its output in a log file; prints the tail when it fails or at the end.
+quiet() {
+    local log=$1
+    shift
+    if "$@" >"$log" 2>&1; then
+        grep -E "Done [0-9]+ runs|^=== " "$log" | tail -n 20 || true
+    else
+        tail -n 60 "$log"
+        return 1
+    fi
+}
 build() {
     local dir=$1
     shift
@@ -54,7 +65,7 @@ if [ $quick -eq 0 ]; then
     suite "unit tests (asan+ubsan)" ctest --test-dir build-asan --output-on-failure
     suite "integration tests (asan+ubsan)" env KEFU_BIN_DIR="$PWD/build-asan" tests/integration/run.sh
     if [ -x tests/fuzz/run.sh ] && command -v clang >/dev/null; then
-        suite "fuzz (20 s per target)" tests/fuzz/run.sh 20
+        suite "fuzz (20 s per target)" quiet fuzz.log tests/fuzz/run.sh 20
     fi
 fi
 

@@ -115,6 +115,11 @@ void kf_bot_result_free(kf_bot_result *res);
 int kf_bot_is_open(kf_bot *b, const char *group, int64_t t, char *holiday, size_t holiday_len,
                    int64_t *next_open);
 
+/** The time zone of the rule set's calendar, as a spec kf_bot_parse_time accepts. */
+const char *kf_bot_timezone(const kf_bot *b);
+/** strftime of unix time t in the calendar's zone; returns the length written. */
+size_t kf_bot_strftime(const kf_bot *b, char *buf, size_t len, const char *fmt, int64_t t);
+
 /** Counters since load. */
 typedef struct kf_bot_stats {
     uint64_t runs, errors, budget_kills, memory_kills;

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <jansson.h>
+
 #include "kefu/keys.h"
 
 /** Conversation priority; the order is the queue order (high first). */
@@ -48,6 +50,17 @@ int kf_route_match(const char *rules, const char *channel, const char *topic, ch
 long long kf_spec_value(const char *spec, const char *key, long long def);
 /** 1 when spec is a well-formed "k=v,..." list of integers >= 0 (keys [a-z0-9_*-]+), else 0. */
 int kf_spec_valid(const char *spec);
+
+/* ---- pushes built from script answers (shared so gateway and worker send the same shapes) ---- */
+
+/** The `conv.assigned` push for conv from the view conv_assign.lua / conv_transfer.lua return
+ * (borrowed): metadata, assignment time and the recent messages shaped like `msg` pushes. */
+json_t *kf_push_conv_assigned(const char *conv, const json_t *view);
+/** `{"type":"monitor","kind":"agent", ...}` from an agent state object (borrowed). */
+json_t *kf_push_agent_monitor(const json_t *state);
+/** Up to max strings of a JSON array into out (an empty Lua table arrives as {} and gives 0);
+ * returns the count. The strings stay owned by arr. */
+size_t kf_json_strings(const json_t *arr, const char **out, size_t max);
 
 /* ---- keys ---- */
 

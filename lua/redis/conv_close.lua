@@ -1,7 +1,9 @@
 -- Closes a conversation: only its assigned agent, or a supervisor/admin.
--- KEYS[1] conversation meta hash
--- ARGV: user, role, resolution, now (ms)
+-- KEYS[1] conversation meta hash, KEYS[2] (optional) its record stream (derived from KEYS[1]
+--         when absent: same hash tag, same slot)
+-- ARGV: user, role, resolution, now (ms), category ('' = none)
 -- Returns {"E", code} | {"S", previous state, customer, agent, group, sup...}
+local logkey = KEYS[2] or (string.sub(KEYS[1], 1, -5) .. 'log')
 local meta = redis.call('HGETALL', KEYS[1])
 if #meta == 0 then return {'E', 'not_found'} end
 local m, sups = {}, {}
@@ -16,6 +18,10 @@ if role == 'agent' and m.agent ~= user then return {'E', 'forbidden'} end
 if m.state == 'closed' then return {'E', 'conflict'} end
 redis.call('HSET', KEYS[1], 'state', 'closed', 'resolution', ARGV[3], 'closed_by', user,
   'closed_at', ARGV[4])
+local category = ARGV[5] or ''
+if category ~= '' then redis.call('HSET', KEYS[1], 'category', category) end
+redis.call('XADD', logkey, '*', 'ev', 'closed', 'by', user, 'ts', ARGV[4], 'resolution', ARGV[3],
+  'category', category, 'agent', m.agent or '')
 local out = {'S', m.state or '', m.customer or '', m.agent or '', m.group or 'default'}
 for _, s in ipairs(sups) do out[#out + 1] = s end
 return out

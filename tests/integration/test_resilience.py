@@ -61,7 +61,7 @@ def test_slow_consumer_cut_promptly(spawn, cluster):
         agent = await connect(g, "agent", "json")
         await agent.ok("conv.accept", conv=conv)
         for i in range(300):
-            await agent.send({"type": "msg.send", "req": 1000 + i, "conv": conv,
+            await agent.send({"type": "msg.send", "req": agent.next_req(), "conv": conv,
                               "text": "大" * 2700, "cid": f"f{i}"})
         H.wait_until(lambda: g.metrics().get("kefu_closes_total", reason="slow_consumer") == 1,
                      timeout=20, what="the slow-consumer close")

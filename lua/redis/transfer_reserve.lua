@@ -1,0 +1,41 @@
+-- Checks a transfer against the group's transfer policy and reserves the target agent's
+-- capacity (to an agent) or checks the target group exists (to a group).
+-- KEYS[1] kefu:{staff}:config
+-- ARGV: from group, caller role, to agent ('' for a group), to group, conv, now (ms),
+--       current agent
+-- Returns {"S", json {target: state | nil, monitors}} or {"E", code, message}.
+local P = 'kefu:{staff}:'
+local now = tonumber(ARGV[6])
+local forbid = redis.call('HGET', P .. 'notransfer', ARGV[1])
+if forbid and ARGV[2] == 'agent' then
+  if forbid == '' then forbid = 'transfers out of this group are not allowed' end
+  return {'E', 'forbidden', forbid}
+end
+local monitors = redis.call('ZRANGEBYSCORE', P .. 'monitors', now, '+inf')
+if ARGV[3] == '' then
+  if redis.call('SISMEMBER', P .. 'groups', ARGV[4]) == 0 then
+    return {'E', 'not_found', 'no such group'}
+  end
+  return {'S', cjson.encode({monitors = monitors})}
+end
+local id = ARGV[3]
+if id == ARGV[7] then return {'E', 'conflict', 'the conversation is already with this agent'} end
+local s = redis.call('HMGET', P .. 'agent:' .. id, 'name', 'status', 'reason', 'since', 'groups',
+  'max', 'gone_since')
+if not s[2] then return {'E', 'not_found', 'no such agent'} end
+if s[2] == 'offline' then return {'E', 'conflict', 'the agent is offline'} end
+if s[2] == 'away' then return {'E', 'conflict', 'the agent is away'} end
+local defmax = tonumber(redis.call('HGET', KEYS[1], 'default_max_chats') or '5') or 5
+local max = tonumber(s[6] or '0') or 0
+if max <= 0 then max = defmax end
+local lkey = P .. 'load:' .. id
+if redis.call('SISMEMBER', lkey, ARGV[5]) == 0 and redis.call('SCARD', lkey) >= max then
+  return {'E', 'conflict', 'the agent is at capacity'}
+end
+redis.call('SADD', lkey, ARGV[5])
+local groups = {}
+for x in string.gmatch(s[5] or '', '[^,]+') do groups[#groups + 1] = x end
+return {'S', cjson.encode({monitors = monitors, target = {agent = id, name = s[1] or id,
+  status = s[2], reason = s[3] or '', since = tonumber(s[4] or '0') or 0, pending = '',
+  groups = groups, load = redis.call('SCARD', lkey), max = max,
+  connected = (s[7] == false or s[7] == '0')}})}

@@ -1,0 +1,150 @@
+/* kefu-worker internals shared by its modules: options, the process state, event-completion
+ * tracking, pushes, and each module's entry points. */
+#ifndef KEFU_WORKER_WK_H
+#define KEFU_WORKER_WK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "kefu/config.h"
+#include "kefu/redis.h"
+
+struct event_base;
+
+typedef struct wk_options {
+    char *redis;
+    char *consumer;
+    char *log_level;
+    long long batch;
+    long long redis_timeout_ms;
+    long long inbox_maxlen;
+    long long claim_idle_ms;
+    long long claim_interval_ms;
+    /* routing and assignment */
+    char *routes;
+    char *default_group;
+    char *default_priority;
+    char *fallback_groups;
+    long long relax_after_ms;
+    long long default_max_chats;
+    long long assign_batch;
+    long long assign_interval_ms;
+    long long history_on_assign;
+    long long position_max;
+    long long position_interval_ms;
+    /* breaks and presence */
+    char *break_policy;
+    long long break_meal_pct;
+    long long break_restroom_pct;
+    long long break_handover_pct;
+    long long break_other_max;
+    long long offline_grace_ms;
+    long long presence_check_ms;
+    /* SLA */
+    char *sla_first_response_ms;
+    char *sla_first_response_from;
+    long long sla_alert_after_ms;
+    long long sla_reassign_after_ms;
+    char *sla_respond_ms;
+    char *sla_resolve_ms;
+    long long timer_poll_ms;
+    long long sla_lease_ms;
+    /* closing, monitoring */
+    long long rate_window_ms;
+    long long survey;
+    long long monitor_ttl_ms;
+    long long stats_interval_s;
+} wk_options;
+
+extern const kf_option wk_option_table[];
+
+/** Checks values the option table cannot (rule syntax, names); 0 or -1 with err set. */
+int wk_options_check(const wk_options *o, char *err, size_t errlen);
+
+typedef struct wk_stats {
+    uint64_t events, events_claimed, events_failed;
+    uint64_t assigned, assign_conflicts, reservations_undone;
+    uint64_t timers_fired, timers_cancelled, timers_stale, timers_reclaimed, breaches;
+    uint64_t reassigned, positions_pushed;
+    uint64_t agents_offline;
+    int64_t timer_late_max_ms; /* largest firing delay after the deadline since the last report */
+} wk_stats;
+
+typedef struct wk_worker {
+    wk_options opt;
+    const char *config_file;
+    int argc;
+    char **argv;
+    struct event_base *base;
+    kf_redis *redis;  /* every command */
+    kf_redis *reader; /* only the blocking XREADGROUP, which would hold up a shared connection */
+    char consumer[128];
+    wk_stats stats;
+} wk_worker;
+
+extern wk_worker wk;
+
+int64_t wk_now_ms(void);
+
+/* ---- completion of one lifecycle event: acknowledged when every command it issued succeeded */
+typedef struct wk_job wk_job;
+/** Takes a reference for one more command of the job (j may be NULL: untracked). */
+wk_job *wk_job_ref(wk_job *j);
+/** Drops a reference; failed marks the event for a retry (not acknowledged). */
+void wk_job_unref(wk_job *j, int failed);
+/** A kf_redis_cb that unrefs the wk_job in priv, failing it on a transport or error reply. */
+void wk_job_cb(const redisReply *r, const char *err, void *priv);
+
+/* ---- Redis helpers (push.c) ---- */
+/** EVALSHA of a {staff} script with the configuration hash as KEYS[1]. */
+void wk_staff_script(const char *name, kf_redis_cb *cb, void *priv, int argc, const char **argv);
+/** EVALSHA of a conversation script with meta, messages and record stream as KEYS. */
+void wk_conv_script(const char *conv, const char *name, kf_redis_cb *cb, void *priv, int argc,
+                    const char **argv);
+/** A script answer {"S"|..., json}: the code letter, or 0 on failure; *json gets element 1
+ * parsed (NULL when absent or empty). */
+char wk_script_json(const redisReply *r, const char *err, json_t **json);
+/** Pushes payload (stolen) to the users' connections through the node inboxes. */
+void wk_push(json_t *payload, const char *const *users, size_t n);
+/** Pushes payload (stolen) to the monitoring supervisors: those in `monitors` (a JSON array
+ * from a {staff} script), or when NULL the list read at most a second ago. */
+void wk_push_monitors(json_t *payload, const json_t *monitors);
+/** Publishes the business configuration to kefu:{staff}:config. */
+void wk_config_publish(void);
+void wk_push_start(void);
+void wk_push_stop(void);
+
+/* ---- events.c: the lifecycle stream ---- */
+void wk_events_start(void);
+void wk_events_stop(void);
+void wk_events_shard_up(unsigned shard);
+
+/* ---- assign.c: queues and automatic assignment ---- */
+void wk_assign_start(void);
+void wk_assign_stop(void);
+/** Marks a group for an assignment run soon (a new conversation, an agent with room). */
+void wk_assign_kick(const char *group);
+/** Marks every group of a comma-joined list (empty: every known group). */
+void wk_assign_kick_list(const char *groups);
+/** Conversation `conv` was assigned to `agent` (by anyone): its timers and pushes are done by
+ * the caller; this only drops it from the customer position cache. */
+void wk_assign_forget(const char *conv);
+
+/* ---- sla.c: deadlines ---- */
+void wk_sla_start(void);
+void wk_sla_stop(void);
+/** Timers of a new conversation (priority tiers; first response when counted from queueing).
+ * Tracked by job j (may be NULL). */
+void wk_sla_opened(wk_job *j, const char *conv, const char *channel, const char *priority,
+                   long long created_ms);
+/** Timers of an assignment `seq` made at assigned_ms. */
+void wk_sla_assigned(wk_job *j, const char *conv, const char *channel, long long seq,
+                     long long assigned_ms);
+
+/* ---- presence.c: agents whose devices all disconnected; load set repair ---- */
+void wk_presence_start(void);
+void wk_presence_stop(void);
+
+#endif
