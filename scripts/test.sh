@@ -65,7 +65,7 @@ if [ $quick -eq 0 ]; then
     suite "unit tests (asan+ubsan)" ctest --test-dir build-asan --output-on-failure
     suite "integration tests (asan+ubsan)" env KEFU_BIN_DIR="$PWD/build-asan" tests/integration/run.sh
     if [ -x tests/fuzz/run.sh ] && command -v clang >/dev/null; then
-        suite "fuzz (20 s per target)" quiet fuzz.log tests/fuzz/run.sh 20
+        suite "fuzz (20 s per target)" quiet build/fuzz.log tests/fuzz/run.sh 20
     fi
 fi
 
