@@ -517,8 +517,8 @@ static void h_conv_open(gw_conn *c, json_t *msg) {
 /* ---- conv.list / queue.list: an id list, then one HMGET per conversation ---- */
 
 static const char *const list_fields[] = {"ticket", "state", "channel", "topic", "customer",
-                                          "agent", "created", "last_id", "customer_name", "level"};
-#define NLIST_FIELDS 10
+                                          "agent", "created", "customer_name", "level"};
+#define NLIST_FIELDS 9
 
 struct list_item {
     req_ctx *x;
@@ -558,9 +558,23 @@ static void on_list_item(const redisReply *r, const char *err, void *priv) {
                 else
                     json_object_set_new(o, list_fields[f], json_string(s));
             }
+            json_object_set_new(o, "last_id", json_string(""));
             json_array_set_new(x->acc, li->index, o);
         }
     }
+    kf_free(li);
+    if (--x->pending == 0) x->done(x);
+}
+
+/* The last message id comes from the stream itself (XREVRANGE COUNT 1), answered after the HMGET
+ * of the same conversation on the same connection. */
+static void on_list_last(const redisReply *r, const char *err, void *priv) {
+    struct list_item *li = priv;
+    req_ctx *x = li->x;
+    json_t *o = json_array_get(x->acc, li->index);
+    if (!err && json_is_object(o) && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+        r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements == 2)
+        json_object_set_new(o, "last_id", json_string(r->element[0]->element[0]->str));
     kf_free(li);
     if (--x->pending == 0) x->done(x);
 }
@@ -575,7 +589,7 @@ static void on_list_ids(const redisReply *r, const char *err, void *priv) {
     x->acc = json_array();
     for (size_t i = 0; i < r->elements; i++)
         json_array_append_new(x->acc, json_string(r->element[i]->type == REDIS_REPLY_STRING ? r->element[i]->str : ""));
-    x->pending = (int)r->elements;
+    x->pending = (int)r->elements * 2;
     if (x->pending == 0) {
         x->done(x);
         return;
@@ -592,6 +606,13 @@ static void on_list_ids(const redisReply *r, const char *err, void *priv) {
         for (int f = 0; f < NLIST_FIELDS; f++) argv[2 + f] = list_fields[f];
         kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, meta), on_list_item, li,
                       2 + NLIST_FIELDS, argv, NULL);
+        char msgs[KF_KEY_MAX];
+        kf_key_conv_msgs(msgs, id);
+        struct list_item *ll = kf_malloc(sizeof(*ll));
+        ll->x = x;
+        ll->index = i;
+        kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, msgs), on_list_last, ll,
+                     "XREVRANGE %s + - COUNT 1", msgs);
     }
 }
 

@@ -28,7 +28,7 @@ const kf_option gw_option_table[] = {
     {"idle_timeout_ms", KF_OPT_INT, O(idle_timeout_ms), "75000", 200, 36000000, 1, "close with 4409 after this much silence"},
     {"history_maxlen", KF_OPT_INT, O(history_maxlen), "10000", 10, BIG, 1, "messages kept per conversation stream (approximate MAXLEN)"},
     {"history_page_max", KF_OPT_INT, O(history_page_max), "200", 1, 10000, 1, "largest history page"},
-    {"inbox_maxlen", KF_OPT_INT, O(inbox_maxlen), "100000", 100, BIG, 1, "entries kept per node inbox stream"},
+    {"inbox_maxlen", KF_OPT_INT, O(inbox_maxlen), "1000000", 100, BIG, 1, "most entries a node inbox keeps (read entries are trimmed every second; this bounds a dead node's inbox)"},
     {"inbox_batch", KF_OPT_INT, O(inbox_batch), "512", 1, 100000, 1, "inbox entries read per XREAD"},
     {"presence_ttl_ms", KF_OPT_INT, O(presence_ttl_ms), "30000", 1000, 3600000, 0, "presence expiry; refreshed every third of it"},
     {"cid_ttl_s", KF_OPT_INT, O(cid_ttl_s), "86400", 1, 31536000, 1, "how long a cid keeps msg.send idempotent"},

@@ -403,6 +403,17 @@ static void on_shard_state(kf_redis *r, unsigned shard, int up, void *priv) {
 }
 
 void gw_router_check(void) {
+    /* Entries already read are trimmed by their id, so MAXLEN only bounds a dead reader's inbox
+     * and a lagging reader never loses what it has not read yet. */
+    static char trimmed[48];
+    if (gw->inbox_last_id[0] && strcmp(trimmed, gw->inbox_last_id) != 0 &&
+        strcmp(gw->inbox_last_id, "0-0") != 0) {
+        char key[KF_KEY_MAX];
+        kf_key_node_inbox(key, gw->node);
+        kf_redis_cmd_key(gw->redis, key, NULL, NULL, "XTRIM %s MINID ~ %s", key,
+                         gw->inbox_last_id);
+        snprintf(trimmed, sizeof(trimmed), "%s", gw->inbox_last_id);
+    }
     /* XREAD blocks 1 s at most: an answer overdue by redis_timeout_ms means a dead link. */
     if (gw->inbox_ac && gw->inbox_reading &&
         gw_now_ms() - gw->inbox_read_ms > 1000 + gw->opt.redis_timeout_ms) {
