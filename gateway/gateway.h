@@ -103,51 +103,53 @@ typedef struct gw_outq_item {
     gw_buf *buf;
 } gw_outq_item;
 
+/* Kept small: one per connection, tens of thousands per process (see docs/performance.md).
+ * Times are gw_clock_ms() values: milliseconds since process start, 32 bits (wrap-safe
+ * differences). */
 typedef struct gw_conn {
     /* identity */
     uint64_t id;
     struct lws *wsi;          /* NULL once lws closed the connection */
-    kf_format fmt;
     struct gw_ident {
-        char *sub, *name, *skills;   /* malloc'd; NULL until authenticated */
-        char channel[KF_CHANNEL_MAX + 1];
+        char *sub, *name, *skills;   /* malloc'd; NULL until authenticated (skills: may stay NULL) */
+        const char *channel;          /* malloc'd, or "" when the token has none */
+        int64_t exp;                  /* token expiry, unix seconds */
+        uint16_t max_chats;
         uint8_t role;                 /* kf_role; KF_ROLE_NONE until authenticated */
         uint8_t level;
-        uint16_t max_chats;
-        int64_t exp;                  /* token expiry, unix seconds */
     } ident;
-    uint8_t authed;
-    uint8_t seen_frame;       /* a frame was handled (the first one decides 4400) */
-    json_t *hello_req;        /* req of the hello, echoed by the welcome */
     struct gw_user *user;     /* entry in the local user index once authenticated */
     struct gw_conn *user_next;
-    /* state */
-    gw_conn_state state;
-    uint32_t refs;            /* 1 for lws + 1 per Redis request in flight */
-    int64_t created_ms;
-    int64_t last_rx_ms;
-    int64_t last_ping_ms;
-    int64_t closing_ms;       /* when the close was asked for */
     struct gw_conn *prev, *next; /* all connections, for the sweep */
+    json_t *hello_req;        /* req of the hello, echoed by the welcome */
+    /* state */
+    uint32_t refs;            /* 1 for lws + 1 per Redis request in flight */
+    uint32_t created_ms, last_rx_ms, last_ping_ms, closing_ms;
+    uint8_t state;            /* gw_conn_state */
+    uint8_t fmt;              /* kf_format */
+    uint8_t authed;
+    uint8_t seen_frame;       /* a frame was handled (the first one decides 4400) */
+    uint8_t want_ping;
+    uint8_t rx_binary;
+    uint8_t close_reason;     /* gw_close_reason */
+    uint16_t close_code;
     /* input: a message being reassembled from fragments */
     char *rx;
     uint32_t rx_len, rx_cap;
-    uint8_t rx_binary;
     /* rate limit: token bucket */
-    double tokens;
-    int64_t tokens_ms;
+    float tokens;
+    uint32_t tokens_ms;
+    uint32_t abuse_window_ms;
     uint32_t abuse_count;
-    int64_t abuse_window_ms;
     /* output queue */
-    gw_outq_item *outq_head, *outq_tail;
     uint32_t outq_msgs;
-    size_t outq_bytes;
-    uint8_t want_ping;
-    /* close */
-    gw_close_reason close_reason;
-    uint16_t close_code;
+    uint32_t outq_bytes;
+    gw_outq_item *outq_head, *outq_tail;
     const char *close_text;
 } gw_conn;
+
+/** Milliseconds since process start (monotonic), for connection timers. */
+uint32_t gw_clock_ms(void);
 
 /* Local user index entry: every authenticated connection of one user on this node. */
 typedef struct gw_user {

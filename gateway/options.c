@@ -18,7 +18,7 @@ const kf_option gw_option_table[] = {
     {"auth_timeout_ms", KF_OPT_INT, O(auth_timeout_ms), "5000", 100, 600000, 1, "time to send hello after the upgrade"},
     {"max_message_bytes", KF_OPT_INT, O(max_message_bytes), "65536", 256, 16777216, 1, "largest message (all fragments); larger closes with 1009"},
     {"max_text_bytes", KF_OPT_INT, O(max_text_bytes), "8192", 1, 1048576, 1, "largest msg.send text; larger answers too_large"},
-    {"rx_buffer_bytes", KF_OPT_INT, O(rx_buffer_bytes), "512", 128, 65536, 0, "libwebsockets receive buffer per connection"},
+    {"rx_buffer_bytes", KF_OPT_INT, O(rx_buffer_bytes), "256", 128, 65536, 0, "libwebsockets receive buffer per connection"},
     {"rate_per_s", KF_OPT_INT, O(rate_per_s), "20", 1, 1000000, 1, "frames per second a connection may send (token bucket rate)"},
     {"rate_burst", KF_OPT_INT, O(rate_burst), "40", 1, 1000000, 1, "token bucket size"},
     {"rate_abuse_limit", KF_OPT_INT, O(rate_abuse_limit), "50", 1, 1000000, 1, "rate_limited answers within a minute before closing with 4429"},

@@ -35,6 +35,15 @@ struct pss {
     gw_conn *c;
 };
 
+uint32_t gw_clock_ms(void) {
+    static uint64_t start;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    if (!start) start = ms - 1;
+    return (uint32_t)(ms - start);
+}
+
 int64_t gw_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -66,6 +75,7 @@ void gw_buf_unref(gw_buf *b) {
 void gw_conn_ref(gw_conn *c) { c->refs++; }
 
 static void conn_free(gw_conn *c) {
+    if (c->ident.channel && c->ident.channel[0]) kf_free((char *)c->ident.channel);
     if (c->hello_req) json_decref(c->hello_req);
     kf_free(c->ident.sub);
     kf_free(c->ident.name);
@@ -106,7 +116,7 @@ void gw_conn_close(gw_conn *c, gw_close_reason why, uint16_t code, const char *t
     c->close_reason = why;
     c->close_code = code;
     c->close_text = text;
-    c->closing_ms = gw_now_ms();
+    c->closing_ms = gw_clock_ms();
     if (why == CLOSE_SLOW_CONSUMER) {
         /* It does not read, so a close frame would never get out: cut it. lws then sees the
          * end of the stream on its next read and closes the connection. */
@@ -160,8 +170,8 @@ static gw_conn *conn_new(struct lws *wsi) {
     c->wsi = wsi;
     c->refs = 1;
     c->state = CONN_AUTHENTICATING;
-    c->created_ms = c->last_rx_ms = c->tokens_ms = gw_now_ms();
-    c->tokens = (double)gw->opt.rate_burst;
+    c->created_ms = c->last_rx_ms = c->tokens_ms = c->abuse_window_ms = gw_clock_ms();
+    c->tokens = (float)gw->opt.rate_burst;
     c->next = gw->conns;
     if (gw->conns) gw->conns->prev = c;
     gw->conns = c;
@@ -195,16 +205,16 @@ static void conn_gone(struct pss *pss) {
 
 /* Token bucket; returns 1 when the frame may be handled. */
 static int rate_allow(gw_conn *c) {
-    int64_t now = gw_now_ms();
+    uint32_t now = gw_clock_ms();
     double rate = (double)gw->opt.rate_per_s, burst = (double)gw->opt.rate_burst;
-    c->tokens += (double)(now - c->tokens_ms) * rate / 1000.0;
-    if (c->tokens > burst) c->tokens = burst;
+    double t = c->tokens + (double)(uint32_t)(now - c->tokens_ms) * rate / 1000.0;
+    c->tokens = (float)(t > burst ? burst : t);
     c->tokens_ms = now;
-    if (c->tokens >= 1.0) {
-        c->tokens -= 1.0;
+    if (c->tokens >= 1.0f) {
+        c->tokens -= 1.0f;
         return 1;
     }
-    if (now - c->abuse_window_ms > 60000) {
+    if ((uint32_t)(now - c->abuse_window_ms) > 60000) {
         c->abuse_window_ms = now;
         c->abuse_count = 0;
     }
@@ -248,7 +258,7 @@ static int conn_on_message(gw_conn *c, const char *data, size_t len, int binary)
 }
 
 static int conn_on_receive(gw_conn *c, struct lws *wsi, const char *in, size_t len) {
-    c->last_rx_ms = gw_now_ms();
+    c->last_rx_ms = gw_clock_ms();
     int binary = lws_frame_is_binary(wsi);
     int final = lws_is_final_fragment(wsi);
     size_t limit = (size_t)gw->opt.max_message_bytes;
@@ -359,7 +369,7 @@ int gw_conn_authenticate(gw_conn *c, const char *token, size_t len, const json_t
     c->ident.sub = kf_strdup(cl.sub);
     c->ident.name = kf_strdup(cl.name[0] ? cl.name : cl.sub);
     c->ident.skills = cl.skills[0] ? kf_strdup(cl.skills) : NULL;
-    memcpy(c->ident.channel, cl.channel, sizeof(c->ident.channel));
+    c->ident.channel = cl.channel[0] ? kf_strdup(cl.channel) : "";
     c->ident.level = (uint8_t)cl.level;
     c->ident.max_chats = (uint16_t)cl.max_chats;
     c->ident.exp = cl.exp;
@@ -475,7 +485,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (!pss->c || !pss->c->wsi) return -1;
         return conn_on_receive(pss->c, wsi, in, len);
     case LWS_CALLBACK_RECEIVE_PONG:
-        if (pss->c) pss->c->last_rx_ms = gw_now_ms();
+        if (pss->c) pss->c->last_rx_ms = gw_clock_ms();
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (!pss->c) return -1;
@@ -598,20 +608,22 @@ static void finish_drain(void) {
 static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     int64_t now = gw_now_ms();
+    uint32_t clk = gw_clock_ms();
     for (gw_conn *c = gw->conns, *next; c; c = next) {
         next = c->next;
         if (!c->wsi) continue;
         if (c->state == CONN_CLOSING) {
-            if (now - c->closing_ms > 3000) conn_cut(c);
+            if ((uint32_t)(clk - c->closing_ms) > 3000) conn_cut(c);
             continue;
         }
-        if (c->state == CONN_AUTHENTICATING && now - c->created_ms > gw->opt.auth_timeout_ms) {
+        if (c->state == CONN_AUTHENTICATING &&
+            (uint32_t)(clk - c->created_ms) > (uint64_t)gw->opt.auth_timeout_ms) {
             gw_conn_close(c, CLOSE_AUTH_TIMEOUT, 4408, "authentication timeout");
-        } else if (now - c->last_rx_ms > gw->opt.idle_timeout_ms) {
+        } else if ((uint32_t)(clk - c->last_rx_ms) > (uint64_t)gw->opt.idle_timeout_ms) {
             gw_conn_close(c, CLOSE_IDLE_TIMEOUT, 4409, "idle timeout");
-        } else if (now - c->last_rx_ms > gw->opt.ping_interval_ms &&
-                   now - c->last_ping_ms > gw->opt.ping_interval_ms) {
-            c->last_ping_ms = now;
+        } else if ((uint32_t)(clk - c->last_rx_ms) > (uint64_t)gw->opt.ping_interval_ms &&
+                   (uint32_t)(clk - c->last_ping_ms) > (uint64_t)gw->opt.ping_interval_ms) {
+            c->last_ping_ms = clk;
             c->want_ping = 1;
             lws_callback_on_writable(c->wsi);
         }

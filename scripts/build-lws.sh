@@ -7,7 +7,14 @@ work=${1:?usage: build-lws.sh WORKDIR}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 prefix="$work/install"
-if [ -f "$prefix/lib/libwebsockets.a" ] && [ -f "$prefix/include/lws_config.h" ]; then
+# Features kefu does not use, off: every one of them adds to each connection's struct lws
+# (HTTP/2, the client side, UDP, unix sockets, raw files, uncommon and custom headers, IPv6).
+LWS_TRIM="-DLWS_WITH_HTTP2=OFF -DLWS_WITHOUT_CLIENT=ON -DLWS_WITH_UDP=OFF -DLWS_UNIX_SOCK=OFF
+ -DLWS_ROLE_RAW_FILE=OFF -DLWS_WITH_HTTP_UNCOMMON_HEADERS=OFF -DLWS_WITH_CUSTOM_HEADERS=OFF
+ -DLWS_WITH_SYS_SMD=OFF -DLWS_IPV6=OFF"
+stamp="$prefix/kefu-build-options"
+if [ -f "$prefix/lib/libwebsockets.a" ] && [ -f "$prefix/include/lws_config.h" ] &&
+    [ "$(cat "$stamp" 2>/dev/null)" = "$LWS_TRIM" ]; then
     exit 0
 fi
 apt_dir="$work/apt"
@@ -39,7 +46,8 @@ cmake -S "$lws_src" -B "$work/build" -DCMAKE_INSTALL_PREFIX="$prefix" \
     -DDISABLE_WERROR=ON -DLWS_WITHOUT_TESTAPPS=ON -DLWS_WITHOUT_TEST_SERVER=ON \
     -DLWS_WITHOUT_TEST_SERVER_EXTPOLL=ON -DLWS_WITHOUT_TEST_PING=ON -DLWS_WITHOUT_TEST_CLIENT=ON \
     -DLWS_WITH_MINIMAL_EXAMPLES=OFF -DLWS_WITH_SSL=OFF -DLWS_WITH_EXTERNAL_POLL=OFF \
-    -DLWS_IPV6=ON >"$work/cmake.log" 2>&1 || { tail -30 "$work/cmake.log"; exit 1; }
+    $LWS_TRIM >"$work/cmake.log" 2>&1 || { tail -30 "$work/cmake.log"; exit 1; }
 cmake --build "$work/build" -j"$(nproc)" >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
 cmake --install "$work/build" >/dev/null
+printf '%s' "$LWS_TRIM" > "$stamp"
 echo "libwebsockets built into $prefix"
