@@ -24,7 +24,8 @@
 #define BUCKETS 1024        /* conversations with bot events in flight, hashed */
 #define MAX_JOBS 16         /* queued events per conversation; more are dropped (counted) */
 #define MAX_TRIES 3         /* re-runs after another node changed the state first */
-#define NOTBOT_SLOTS 4096   /* direct-mapped cache of conversations known not to be the bot's */
+#define NOTBOT_SLOTS 65536  /* direct-mapped cache of conversations known not to be the bot's:
+                               64-bit hashes of their ids (a false match is ~2^-64 per lookup) */
 #define STAFF_SCAN_MS 2000  /* local supervisors registered for alerts this often */
 
 /* Per-conversation bot state: a hash {v: version, s: msgpack state}, beside the meta. */
@@ -79,7 +80,7 @@ static struct {
     struct event *tick_ev;
     bot_conv *convs[BUCKETS];
     wait_ent *waits;
-    char (*notbot)[CONV_ID_MAX + 1];
+    uint64_t *notbot;
     char watch_sig[64];
     int64_t last_scan_ms, last_trim_ms;
 } B;
@@ -197,13 +198,17 @@ static void conv_free(bot_conv *bc) {
     kf_free(bc);
 }
 
+/* A state only moves from "bot" to "waiting"/"assigned"/"closed", never back, so a conversation
+ * once seen elsewhere never needs its state read again for a customer message. */
 static int notbot_known(const char *id) {
-    return B.notbot && strcmp(B.notbot[hash_id(id) % NOTBOT_SLOTS], id) == 0;
+    uint64_t h = hash_id(id) | 1; /* 0 marks an empty slot */
+    return B.notbot && B.notbot[(h >> 1) % NOTBOT_SLOTS] == h;
 }
 
 static void notbot_add(const char *id) {
     if (!B.notbot) B.notbot = kf_calloc(NOTBOT_SLOTS, sizeof(*B.notbot));
-    snprintf(B.notbot[hash_id(id) % NOTBOT_SLOTS], CONV_ID_MAX + 1, "%s", id);
+    uint64_t h = hash_id(id) | 1;
+    B.notbot[(h >> 1) % NOTBOT_SLOTS] = h;
 }
 
 static void job_start(bot_conv *bc);

@@ -517,8 +517,9 @@ static void h_conv_open(gw_conn *c, json_t *msg) {
 /* ---- conv.list / queue.list: an id list, then one HMGET per conversation ---- */
 
 static const char *const list_fields[] = {"ticket", "state", "channel", "topic", "customer",
-                                          "agent", "created", "customer_name", "level"};
-#define NLIST_FIELDS 9
+                                          "agent", "created", "customer_name", "level",
+                                          "priority"};
+#define NLIST_FIELDS 10
 
 struct list_item {
     req_ctx *x;

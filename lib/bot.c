@@ -1028,6 +1028,10 @@ static int read_dir(const char *dir, rule_file **out, size_t *nout, char *err, s
         f[n].src = kf_malloc((size_t)st.st_size + 1);
         f[n].len = fread(f[n].src, 1, (size_t)st.st_size, fp);
         fclose(fp);
+        if (f[n].len >= 3 && !memcmp(f[n].src, "\xEF\xBB\xBF", 3)) { /* a UTF-8 BOM (some editors) */
+            memmove(f[n].src, f[n].src + 3, f[n].len - 3);
+            f[n].len -= 3;
+        }
         n++;
     }
     closedir(d);
@@ -1129,6 +1133,9 @@ kf_bot *kf_bot_load(const char *dir, const kf_bot_config *cfg, char *err, size_t
     }
     lua_settop(L, 0);
     lua_gc(L, LUA_GCCOLLECT);
+    /* Events make short-lived garbage over a long-lived rule set: generational collection keeps
+     * the pauses short (young collections instead of incremental cycles over the whole heap). */
+    lua_gc(L, LUA_GCGEN, 0, 0);
     b->nfiles = (int)nfiles;
     b->budget = b->run_budget;
     files_free(files, nfiles);
@@ -1393,23 +1400,30 @@ static int l_run(lua_State *L) {
             b->hits = kf_realloc(b->hits, np * sizeof(kf_match_hit));
         }
         size_t nh = np ? kf_match_scan(b->match, norm, nl, b->hits, b->hitcap) : 0;
-        lua_createtable(L, 0, (int)nh);
+        lua_createtable(L, 0, (int)nh);     /* hits: owner -> entry */
+        lua_createtable(L, (int)nh, 0);     /* hitlist: owners, ascending */
         uint32_t best_owner = 0, best_score = 0;
+        lua_Integer nlist = 0;
         for (size_t i = 0; i < nh; i++) {
-            const kf_match_hit *h = &b->hits[i];
+            const kf_match_hit *h = &b->hits[i]; /* in owner order, then entry order */
             /* several entries of one faq table: the longest keyword wins, then the first entry */
             if (h->owner == best_owner && h->score <= best_score) continue;
+            if (h->owner != best_owner) {
+                lua_pushinteger(L, h->owner);
+                lua_rawseti(L, -2, ++nlist);
+            }
             best_owner = h->owner;
             best_score = h->score;
             lua_pushinteger(L, h->entry);
-            lua_rawseti(L, -2, h->owner);
+            lua_rawseti(L, -3, h->owner);
         }
     } else {
         lua_pushnil(L);
         lua_pushnil(L);
+        lua_pushnil(L);
     }
     lua_pushvalue(L, 3);
-    lua_call(L, 5, 2); /* 4: acts, 5: off_hours ran */
+    lua_call(L, 6, 2); /* 4: acts, 5: off_hours ran */
     if (lua_toboolean(L, 5)) b->res->ran |= 1u << KF_BOT_OFF_HOURS;
     b->res->ran |= 1u << ev->type;
 

@@ -31,6 +31,31 @@ end
 
 local function events_list() return tconcat(EVENTS, ", ") end
 
+local function set(list)
+  local t = {}
+  for _, k in ipairs(list) do t[k] = true end
+  return t
+end
+
+local ACTION_FIELDS = {"reply", "say", "priority", "category", "group", "tags", "sensitive",
+  "handoff", "finish", "run", "continue", "name"}
+local COND_FIELDS = {"channel", "hours", "pattern", "when"}
+local RULE_FIELDS = set{"on", "keywords", "all", "none", tunpack(ACTION_FIELDS)}
+for _, k in ipairs(COND_FIELDS) do RULE_FIELDS[k] = true end
+local ENTRY_FIELDS = set{"q", "keywords", "all", "none", "a", tunpack(ACTION_FIELDS)}
+local FAQ_FIELDS = set{"name", "continue", "on", tunpack(COND_FIELDS)}
+local ON_FIELDS = set{"after", "continue", "name", tunpack(COND_FIELDS)}
+
+-- A misspelt field would silently change what a rule does (`keyword =` makes it match every
+-- message): every table field must be known. Array entries (faq) are skipped.
+local function known_fields(at, what, s, known, hint)
+  for k in pairs(s) do
+    if type(k) ~= "number" and not known[k] then
+      fail(at, what .. ": unknown field '" .. tostring(k) .. "'" .. (hint and (" (" .. hint .. ")") or ""))
+    end
+  end
+end
+
 -- Adds the keywords of one list of one entry to the engine's matcher; returns how many.
 local function keywords(at, owner, entry, list, kws, what)
   if kws == nil then return 0 end
@@ -200,6 +225,8 @@ function E.rule(s)
   local at = K.where(2)
   declaring(at, "rule")
   if type(s) ~= "table" then fail(at, "rule expects a table: rule { keywords = {...}, reply = '...' }") end
+  known_fields(at, "rule", s, RULE_FIELDS, s.q and "a rule matches keywords = {...} and sends reply = '...'"
+    or s.a and "a rule sends reply = '...'" or nil)
   local ev = event_of(at, s.on)
   owners = owners + 1
   local r = {kind = "rule", id = owners, at = at, name = s.name or at}
@@ -217,6 +244,8 @@ function E.faq(s)
   local at = K.where(2)
   declaring(at, "faq")
   if type(s) ~= "table" then fail(at, "faq expects a list: faq { {q = {...}, a = '...'}, ... }") end
+  known_fields(at, "faq", s, FAQ_FIELDS, "entries go in the list: faq { {q = {...}, a = '...'}, ... }")
+  if s.on ~= nil and s.on ~= "message" then fail(at, "faq tables answer messages (on = 'message')") end
   owners = owners + 1
   local f = {kind = "faq", id = owners, at = at, name = s.name or at, kw = true, entries = {}}
   conditions_of(at, s, f)
@@ -224,6 +253,7 @@ function E.faq(s)
   for i, e in ipairs(s) do
     local eat = at .. " (entry " .. i .. ")"
     if type(e) ~= "table" then fail(eat, "an faq entry is a table {q = {...}, a = '...'}") end
+    known_fields(eat, "faq entry", e, ENTRY_FIELDS)
     local n = keywords(eat, f.id, i, ANY, e.q or e.keywords, "q") + keywords(eat, f.id, i, ALL, e.all, "all")
     keywords(eat, f.id, i, NONE, e.none, "none")
     if n == 0 then fail(eat, "an faq entry needs q (keywords)") end
@@ -235,7 +265,7 @@ function E.faq(s)
     f.entries[i] = a
   end
   if #f.entries == 0 then fail(at, "faq without entries") end
-  chains[s.on and event_of(at, s.on) or "message"][#chains[s.on or "message"] + 1] = f
+  chains.message[#chains.message + 1] = f
   return f
 end
 
@@ -245,6 +275,7 @@ function E.on(ev, a, b)
   ev = event_of(at, ev)
   local opts, h = {}, a
   if type(a) == "table" then opts, h = a, b end
+  known_fields(at, "on", opts, ON_FIELDS)
   local r = {kind = "on", at = at, name = opts.name or at}
   if type(h) == "function" then r.run = h
   elseif type(h) == "string" then r.reply = h
@@ -442,10 +473,27 @@ local function run_item(c, r, text, hits)
   return true
 end
 
-local function run_chain(c, ev, text, hits, waited, from)
+-- Built by P.finish: per event, the chain positions of the items without keywords; for the
+-- message chain, the position of each keyword owner. Owner ids grow in declaration order, as
+-- positions do, so the matched owners (ascending) merge with the keyword-less items in chain
+-- order without looking at the rules that cannot match.
+local uncond, pos_of = {}, {}
+
+local function run_chain(c, ev, text, hits, hitlist, waited, from)
+  local chain, un = chains[ev], uncond[ev]
   local fired = from
-  for _, r in ipairs(chains[ev]) do
-    if c._ended or c._stop then break end
+  local i, j, nh = 1, 1, hitlist and #hitlist or 0
+  while not (c._ended or c._stop) do
+    local pa, pb = un[i], nil
+    while j <= nh and not pb do
+      pb = pos_of[hitlist[j]]
+      if not pb then j = j + 1 end
+    end
+    local p
+    if pa and (not pb or pa < pb) then p, i = pa, i + 1
+    elseif pb then p, j = pb, j + 1
+    else break end
+    local r = chain[p]
     if not r.after or (r.after <= waited and r.after > from) then
       local did0 = c._did
       c._did = false
@@ -453,9 +501,7 @@ local function run_chain(c, ev, text, hits, waited, from)
       local did = c._did
       c._did = did0 or did
       if r.after and matched and r.after > fired then fired = r.after end
-      local cont = r.continue
-      if cont == nil and r.kind == "faq" then cont = false end
-      if matched and did and not cont then break end
+      if matched and did and not r.continue then break end
     end
   end
   return fired
@@ -464,19 +510,20 @@ end
 local P = {}
 
 -- ev: event name; c: the conversation (fields filled by the engine); text: message or nil;
--- hits: {[owner id] = entry} from the matcher; sys: engine bookkeeping kept in the state.
--- Returns the flat action list {kind, key|false, value|false, ...} and whether off_hours ran.
-function P.dispatch(ev, c, text, hits, sys)
+-- hits: {[owner id] = entry} from the matcher, hitlist: those owners ascending; sys: engine
+-- bookkeeping kept in the state. Returns the flat action list {kind, key|false, value|false, ...}
+-- and whether off_hours ran.
+function P.dispatch(ev, c, text, hits, hitlist, sys)
   setmetatable(c, Conv)
-  c._acts, c._replies, c._did = {}, 0, false
+  c._acts, c._replies, c._did, c._ended, c._stop = {}, 0, false, false, false
   local oh = false
   if ev == "opened" or ev == "message" then
     if c.off_hours then
       if not sys.oh then
         sys.oh = true
         oh = true
-        run_chain(c, "off_hours", text, hits, 0, 0)
-        c._stop = nil
+        run_chain(c, "off_hours", text, hits, nil, 0, 0)
+        c._stop = false
       end
     else
       sys.oh = nil
@@ -484,9 +531,9 @@ function P.dispatch(ev, c, text, hits, sys)
   end
   if not c._ended then
     if ev == "queue_wait" then
-      sys.qw = run_chain(c, ev, text, hits, c.waited or 0, sys.qw or 0)
+      sys.qw = run_chain(c, ev, text, hits, hitlist, c.waited or 0, sys.qw or 0)
     else
-      run_chain(c, ev, text, hits, 0, 0)
+      run_chain(c, ev, text, hits, hitlist, 0, 0)
     end
   end
   return c._acts, oh
@@ -495,6 +542,13 @@ end
 -- After the last rule file: freezes the declarations, reports what the engine needs.
 function P.finish()
   loading = false
+  for ev, chain in pairs(chains) do
+    local un = {}
+    for p, r in ipairs(chain) do
+      if r.kw then pos_of[r.id] = p else un[#un + 1] = p end
+    end
+    uncond[ev] = un
+  end
   local w = {}
   for n in pairs(waits) do w[#w + 1] = n end
   tsort(w)

@@ -10,6 +10,9 @@
 #include "kefu/log.h"
 
 static kf_route_stats stats;
+static int shutting_down;
+
+void kf_route_shutdown(void) { shutting_down = 1; }
 
 struct push {
     kf_redis *r;
@@ -36,6 +39,10 @@ static void send_entries(struct push *p) {
     snprintf(maxlen, sizeof(maxlen), "%lld", p->maxlen);
     if (p->nnodes == 0) stats.no_recipient++;
     for (size_t i = 0; i < p->nnodes; i++) {
+        if (shutting_down) {
+            kf_free(p->nodes[i]);
+            continue;
+        }
         char key[KF_KEY_MAX];
         kf_key_node_inbox(key, p->nodes[i]);
         const char *argv[] = {"XADD", key, "MAXLEN", "~", maxlen, "*", "p", p->payload, "u",
@@ -68,7 +75,7 @@ static void on_presence(const redisReply *reply, const char *err, void *priv) {
 void kf_route_push(kf_redis *r, const char *payload, size_t len, const char *const *users,
                    size_t nusers, long long inbox_maxlen, long long now_ms) {
     stats.pushes++;
-    if (nusers == 0) return;
+    if (nusers == 0 || shutting_down) return;
     struct push *p = kf_calloc(1, sizeof(*p));
     p->r = r;
     p->payload = kf_malloc(len + 1);

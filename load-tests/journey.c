@@ -335,8 +335,13 @@ static void cust_on_frame(kl_worker *w, journey_state *s, jcust *c, const kl_vie
     } else if (v->req >= REQ_TURN && v->req < REQ_TURN + 64) {
         int turn = (int)(v->req - REQ_TURN);
         if (!is_ok) {
+            char why[160], code[32] = "", msg[96] = "";
+            kl_span_copy(v->code, code, sizeof(code));
+            kl_span_copy(v->message, msg, sizeof(msg));
+            snprintf(why, sizeof(why), "msg.send of turn %d answered %s: %s (state %d)", turn, code,
+                     msg, c->st);
             kl_count(w, KC_failed, 1);
-            journey_fail(w, c, "msg.send failed");
+            journey_fail(w, c, why);
             return;
         }
         kl_count(w, KC_acked, 1);
@@ -404,8 +409,20 @@ static void on_queue(kl_worker *w, journey_state *s, const kl_view *v) {
         unsigned long idx = strtoul(num, NULL, 10);
         jagent *a = free_agent(s, w->o);
         if (!a) return;
-        int orphan = idx >= s->nc || s->cu[idx].st != CS_WAITING || strcmp(s->cu[idx].conv, conv) != 0;
-        if (!orphan && s->cu[idx].accept_pending) continue;
+        /* The page may be newer than the customer's conv.open answer, or older than an accept
+         * already answered: only a conversation its customer gave up is an orphan. */
+        jcust *owner = idx < s->nc ? &s->cu[idx] : NULL;
+        int orphan;
+        if (!owner)
+            orphan = 1;
+        else if (owner->st == CS_CONNECTING || owner->st == CS_OPENING)
+            continue; /* perhaps the one being opened: decide on a later poll */
+        else if (strcmp(owner->conv, conv) != 0 || owner->st == CS_IDLE || owner->st == CS_LEAVING)
+            orphan = 1;
+        else if (owner->st != CS_WAITING || owner->accept_pending)
+            continue;
+        else
+            orphan = 0;
         field f[] = {{"type", "conv.accept", 0},
                      {"req", NULL, orphan ? REQ_ORPHAN : REQ_ACCEPT + (int64_t)idx},
                      {"conv", conv, 0}};

@@ -241,6 +241,7 @@ static int run_transcript(kf_bot *b, FILE *f, const char *fname, sim *s) {
     int lineno = 0;
     while (fgets(line, sizeof(line), f)) {
         lineno++;
+        if (lineno == 1 && !strncmp(line, "\xEF\xBB\xBF", 3)) memmove(line, line + 3, strlen(line + 3) + 1);
         size_t l = strlen(line);
         while (l && (line[l - 1] == '\n' || line[l - 1] == '\r')) line[--l] = '\0';
         if (!l || line[0] == '#') continue;

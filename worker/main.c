@@ -252,6 +252,11 @@ int main(int argc, char **argv) {
             wk.opt.redis, kf_redis_nshards(wk.redis));
     event_base_dispatch(wk.base);
     log_stats();
+    /* Pending commands fail while the clients are freed; their callbacks see `stopping`. */
+    wk.stopping = 1;
+    kf_route_shutdown();
+    kf_redis_free(wk.reader);
+    kf_redis_free(wk.redis);
     wk_presence_stop();
     wk_sla_stop();
     wk_assign_stop();
@@ -261,8 +266,6 @@ int main(int argc, char **argv) {
     event_free(term);
     event_free(intr);
     event_free(hup);
-    kf_redis_free(wk.reader);
-    kf_redis_free(wk.redis);
     event_base_free(wk.base);
     kf_config_free(wk_option_table, &wk.opt);
     return 0;

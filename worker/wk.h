@@ -81,6 +81,7 @@ typedef struct wk_worker {
     kf_redis *redis;  /* every command */
     kf_redis *reader; /* only the blocking XREADGROUP, which would hold up a shared connection */
     char consumer[128];
+    int stopping; /* set before the Redis clients are freed: callbacks issue nothing more */
     wk_stats stats;
 } wk_worker;
 

@@ -25,4 +25,8 @@ void kf_route_push(kf_redis *r, const char *payload, size_t len, const char *con
 
 const kf_route_stats *kf_route_get_stats(void);
 
+/** From now on pushes whose lookups are still outstanding are dropped instead of written: call
+ * before freeing the Redis client, whose failing callbacks must not issue new commands. */
+void kf_route_shutdown(void);
+
 #endif

@@ -81,8 +81,8 @@ static inline void kf_key_staff_agent(char *k, const char *agent) {
 static inline void kf_key_staff_load(char *k, const char *agent) {
     snprintf(k, KF_KEY_MAX, KF_STAFF_PREFIX "load:%s", agent);
 }
-/* SLA deadlines (member "<conv>|<kind>|<seq>|<step>|<deadline>", score deadline ms), the ones
- * being fired (score = lease expiry) and the breach log. */
+/* SLA deadlines (member "<conv>|<kind>|<seq>|<step>|<deadline>|<due>", score = due ms), the
+ * ones being fired (score = lease expiry) and the breach log. */
 #define KF_KEY_SLA_TIMERS "kefu:{sla}:timers"
 #define KF_KEY_SLA_FIRING "kefu:{sla}:firing"
 #define KF_KEY_SLA_BREACHES "kefu:{sla}:breaches"

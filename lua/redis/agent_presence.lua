@@ -3,7 +3,7 @@
 -- no new conversations) and, after the grace period, offline; one that is back is unmarked.
 -- KEYS[1] kefu:{staff}:config
 -- ARGV: "list"
---    or "apply", now (ms), grace (ms), then pairs: agent, connected (1 | 0)
+--    or "apply", now (ms), grace (ms), lines "<agent>\t<connected: 1 | 0>\n"...
 -- Returns list: {agent...}; apply: {"S", json {changed: [state...], monitors}}.
 local P = 'kefu:{staff}:'
 if ARGV[1] == 'list' then
@@ -17,8 +17,7 @@ end
 local now, grace = tonumber(ARGV[2]), tonumber(ARGV[3])
 local defmax = tonumber(redis.call('HGET', KEYS[1], 'default_max_chats') or '5') or 5
 local changed = {}
-for i = 4, #ARGV - 1, 2 do
-  local id, conn = ARGV[i], ARGV[i + 1]
+for id, conn in string.gmatch(ARGV[4] or '', '([^\t\n]+)\t([01])\n') do
   local akey = P .. 'agent:' .. id
   local s = redis.call('HMGET', akey, 'status', 'gone_since')
   local gone = tonumber(s[2] or '0') or 0

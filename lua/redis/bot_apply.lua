@@ -7,7 +7,7 @@
 --       then handoff reason ('' = none), finish resolution ('' = none)
 -- Returns {"R"} when another event changed the state first (re-run), {"E", code[, state]},
 -- or {"S", state now, customer, agent, group, R, id..., sup...}.
-local st = redis.call('HMGET', KEYS[1], 'state', 'customer', 'agent', 'group')
+local st = redis.call('HMGET', KEYS[1], 'state', 'customer', 'agent', 'group', 'sups')
 if not st[1] then return {'E', 'not_found'} end
 local v = tonumber(redis.call('HGET', KEYS[3], 'v') or '0') or 0
 if v ~= tonumber(ARGV[1]) then return {'R'} end
@@ -20,7 +20,6 @@ for i = 1, r do
   ids[i] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'from', 'bot', 'role', 'bot',
     'name', ARGV[4], 'text', ARGV[7 + i], 'cid', 'bot-' .. (v + 1) .. '-' .. i)
 end
-if r > 0 then redis.call('HSET', KEYS[1], 'last_id', ids[r]) end
 local k = 8 + r
 local f = tonumber(ARGV[k])
 for i = 1, f do
@@ -49,7 +48,6 @@ if finish ~= '' and state ~= 'closed' then
 end
 local out = {'S', state, st[2] or '', st[3] or '', group, r}
 for i = 1, r do out[#out + 1] = ids[i] end
-for _, key in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(key, 1, 4) == 'sup:' then out[#out + 1] = string.sub(key, 5) end
-end
+-- joined supervisors: '\n'-joined in "sups" (as conv_join.lua keeps them)
+for s in string.gmatch(st[5] or '', '[^\n]+') do out[#out + 1] = s end
 return out

@@ -16,6 +16,19 @@ local user, role = ARGV[1], ARGV[2]
 if role == 'customer' then return {'E', 'forbidden'} end
 if role == 'agent' and m.agent ~= user then return {'E', 'forbidden'} end
 if m.state == 'closed' then return {'E', 'conflict'} end
+-- The first response enters the record lazily (sla_fire.lua, or here at the latest), with the
+-- time and sender of the message itself.
+if m.first_response and not m.fr_logged then
+  local msgs = string.sub(KEYS[1], 1, -5) .. 'msgs'
+  local e = redis.call('XRANGE', msgs, m.first_response, m.first_response)
+  local by = ''
+  if e[1] then
+    for k = 1, #e[1][2], 2 do if e[1][2][k] == 'from' then by = e[1][2][k + 1] end end
+  end
+  redis.call('XADD', logkey, '*', 'ev', 'first_response', 'by', by,
+    'ts', string.match(m.first_response, '^(%d+)'), 'id', m.first_response)
+  redis.call('HSET', KEYS[1], 'fr_logged', '1')
+end
 redis.call('HSET', KEYS[1], 'state', 'closed', 'resolution', ARGV[3], 'closed_by', user,
   'closed_at', ARGV[4])
 local category = ARGV[5] or ''

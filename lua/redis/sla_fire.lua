@@ -5,7 +5,8 @@
 -- ARGV: kind (fr | respond | resolve), seq (assignment; 0 = from queueing), step
 --       (fr: 0 warn, 1 alert, 2 reassign), now (ms), deadline (ms), reason
 -- Returns {"F", agent, customer, ticket, group, priority, channel, sups (comma-joined),
---          overdue ms} | {"C"} answered | {"X", why} stale | {"D"} fired before
+--          overdue ms} | {"R", same fields}: reassign now (fr step 2; not recorded here, the
+--          requeue is) | {"C"} answered | {"X", why} stale | {"D"} fired before
 local kind, seq, step = ARGV[1], ARGV[2], ARGV[3]
 local now, deadline = tonumber(ARGV[4]), tonumber(ARGV[5])
 local m = redis.call('HMGET', KEYS[1], 'state', 'agent', 'customer', 'assign_seq', 'assigned_at',
@@ -41,18 +42,23 @@ else
   answered = false
 end
 if answered then return {'C'} end
-if redis.call('HSETNX', KEYS[1], 'sla:' .. kind .. ':' .. seq .. ':' .. step, now) == 0 then
-  return {'D'}
-end
 local overdue = now - deadline
-local ev = (kind == 'fr' and step == '1') and 'sla.alert' or
-  ((kind == 'fr' and step == '2') and 'sla.reassign' or 'sla.breach')
-redis.call('XADD', KEYS[3], '*', 'ev', ev, 'by', 'worker', 'ts', now, 'kind', kind,
-  'agent', m[2] or '', 'reason', ARGV[6], 'overdue_ms', overdue, 'seq', seq)
-if ev == 'sla.breach' then redis.call('HINCRBY', KEYS[1], 'breaches', 1) end
 local sups = {}
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(f, 1, 4) == 'sup:' then sups[#sups + 1] = string.sub(f, 5) end
 end
-return {'F', m[2] or '', m[3] or '', m[7] or '', m[8] or 'default', m[9] or 'medium',
+local out = {'F', m[2] or '', m[3] or '', m[7] or '', m[8] or 'default', m[9] or 'medium',
   m[10] or '', table.concat(sups, ','), tostring(overdue)}
+-- The reassignment step is made idempotent by the requeue itself (it checks seq and answer).
+if kind == 'fr' and step == '2' then
+  out[1] = 'R'
+  return out
+end
+if redis.call('HSETNX', KEYS[1], 'sla:' .. kind .. ':' .. seq .. ':' .. step, now) == 0 then
+  return {'D'}
+end
+local ev = (kind == 'fr' and step == '1') and 'sla.alert' or 'sla.breach'
+redis.call('XADD', KEYS[3], '*', 'ev', ev, 'by', 'worker', 'ts', now, 'kind', kind,
+  'agent', m[2] or '', 'reason', ARGV[6], 'overdue_ms', overdue, 'seq', seq)
+if ev == 'sla.breach' then redis.call('HINCRBY', KEYS[1], 'breaches', 1) end
+return out

@@ -30,8 +30,8 @@ class Cluster:
 
 
 class Spawner:
-    """Starts redis shards and gateways; stops them at teardown and reports sanitizer output
-    and bad exit statuses."""
+    """Starts redis shards, gateways and workers; stops them at teardown and reports sanitizer
+    output and bad exit statuses."""
 
     def __init__(self, workdir, request=None):
         self.request = request
@@ -39,6 +39,7 @@ class Spawner:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.redises = []
         self.gateways = []
+        self.workers = []
 
     def redis(self, port=None):
         r = H.Redis(self.workdir / "redis", port=port).start()
@@ -53,14 +54,22 @@ class Spawner:
         self.gateways.append(g)
         return g.start(ready=ready)
 
+    def worker(self, shards, name="w", ready=True, **opts):
+        """A kefu-worker on these shards (unique consumer name); ready once it published its
+        configuration."""
+        name = f"{name}-{uuid.uuid4().hex[:6]}"
+        w = H.Worker(self.workdir, shards, name=name, **opts)
+        self.workers.append(w)
+        return w.start(ready=ready)
+
     def teardown(self):
         problems = []
         rep = getattr(self.request.node, "rep_call", None) if self.request else None
         if rep is not None and rep.failed:
-            for g in self.gateways:
+            for g in self.gateways + self.workers:
                 if g.proc.p is not None:
                     print(f"\n--- {g.proc.name} log tail ---\n{g.proc.tail(40)}")
-        for g in self.gateways:
+        for g in self.workers + self.gateways:
             p = g.proc
             if p.p is None:
                 continue
@@ -81,6 +90,7 @@ class Spawner:
             if r in H.LIVE:
                 H.LIVE.remove(r)
         self.gateways.clear()
+        self.workers.clear()
         self.redises.clear()
         if problems:
             pytest.fail("\n\n".join(problems), pytrace=False)

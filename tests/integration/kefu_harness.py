@@ -1,5 +1,5 @@
-"""Process harness for the kefu integration tests: redis-server shards, gateway nodes, HTTP
-probes, Prometheus metrics, JWT minting, sanitizer scanning of the process logs."""
+"""Process harness for the kefu integration tests: redis-server shards, gateway nodes, workers,
+HTTP probes, Prometheus metrics, JWT minting, sanitizer scanning of the process logs."""
 
 import base64
 import hashlib
@@ -345,6 +345,93 @@ class Gateway:
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
         return self.proc.stop(sig, timeout) if self.proc else None
 
+
+# ---------------------------------------------------------------------------------------------
+# Redis commands with parsed replies, and kefu-worker processes
+
+def _resp_read(f):
+    line = f.readline()
+    if not line:
+        raise EOFError("redis closed the connection")
+    t, rest = line[:1], line[1:-2]
+    if t == b"+":
+        return rest.decode()
+    if t == b"-":
+        raise RuntimeError(rest.decode())
+    if t == b":":
+        return int(rest)
+    if t == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            return data
+    if t == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise RuntimeError(f"unexpected RESP {line!r}")
+
+
+def redis_call(addr, *args, timeout=5.0):
+    """Runs one command on the redis at addr ("host:port") and returns the parsed reply
+    (str, int, None, lists; error replies raise RuntimeError)."""
+    host, port = addr.rsplit(":", 1)
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(out)
+        with s.makefile("rb") as f:
+            return _resp_read(f)
+
+
+def shard_addr(addrs, tag):
+    """The address of the shard holding keys tagged {tag}."""
+    addrs = [a.addr if hasattr(a, "addr") else a for a in addrs]
+    return addrs[key_shard(tag, len(addrs))]
+
+
+class Worker:
+    """One kefu-worker process. start() waits until it has published its configuration
+    (kefu:{staff}:config published_by == its consumer name), so gateways route with it."""
+
+    def __init__(self, workdir, redis_addrs, name="w1", env=None, extra_args=(), **opts):
+        self.name = name
+        self.redis_addrs = [a.addr if hasattr(a, "addr") else a for a in redis_addrs]
+        self.opts = {"redis": ",".join(self.redis_addrs), "consumer": name, "log_level": "debug",
+                     "stats_interval_s": 0}
+        self.opts.update(opts)
+        argv = [find_bin("kefu-worker")]
+        for k, v in self.opts.items():
+            if v is not None:
+                argv += ["--" + k.replace("_", "-"), str(v)]
+        argv += list(extra_args)
+        self.proc = Proc(f"worker:{name}", argv, Path(workdir) / f"worker-{name}.log", env=env)
+
+    def published(self):
+        addr = shard_addr(self.redis_addrs, "staff")
+        return redis_call(addr, "HGET", "kefu:{staff}:config", "published_by") == self.name
+
+    def start(self, ready=True, timeout=10.0):
+        self.proc.start()
+        if ready:
+            deadline = time.monotonic() + timeout
+            while not self.published():
+                if not self.proc.alive():
+                    raise AssertionError(f"{self.proc.name} exited with {self.proc.p.returncode}:"
+                                         f"\n{self.proc.tail()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{self.proc.name} not ready after {timeout}s:\n"
+                                         f"{self.proc.tail()}")
+                time.sleep(0.02)
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        return self.proc.stop(sig, timeout)
 
 # ---------------------------------------------------------------------------------------------
 # Tokens

@@ -40,8 +40,10 @@ def test_chat_flow_two_nodes(cluster, cproto, aproto):
         q = await agent.ok("queue.list")
         order = [e["conv"] for e in q["convs"]]
         assert conv in order and conv2 in order
-        created = [e["created"] for e in q["convs"]]
-        assert created == sorted(created), "queue.list is not oldest first"
+        # queue order (issue 4): priority, then customer level (VIP first), then oldest first
+        rank = {"high": 0, "medium": 1, "low": 2}
+        keys = [(rank.get(e["priority"], 1), -e["level"], e["created"]) for e in q["convs"]]
+        assert keys == sorted(keys), "queue.list is not in queue order"
         e = q["convs"][order.index(conv)]
         assert (e["ticket"], e["channel"], e["topic"], e["customer"]) == \
             (r["ticket"], "web", "退款 refund", cust.user), e
