@@ -43,6 +43,7 @@ typedef struct gw_options {
     long long inbox_maxlen;
     long long inbox_batch;
     long long presence_ttl_ms;
+    long long presence_cache_ms;
     long long cid_ttl_s;
     long long redis_timeout_ms;
     long long drain_timeout_ms;
@@ -251,6 +252,7 @@ typedef struct gw_metrics {
     int64_t inbox_lag_ms;
     uint64_t outq_dropped;
     uint64_t accept_rejected, accept_errors;
+    uint64_t presence_cache_hits;
     int64_t node_index;
     /* bots */
     uint64_t bot_runs, bot_errors, bot_budget_kills, bot_memory_kills;

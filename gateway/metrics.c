@@ -113,6 +113,7 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
     COUNTER("kefu_accept_rejected_total", "Connections refused at accept (draining or max_connections).", accept_rejected);
     COUNTER("kefu_accept_errors_total", "accept() failures (e.g. out of file descriptors).", accept_errors);
     COUNTER("kefu_slow_consumer_drops_total", "Frames refused because an output queue was full (connection then closed).", outq_dropped);
+    COUNTER("kefu_presence_cache_hits_total", "Routing presence lookups answered from the local cache.", presence_cache_hits);
     COUNTER("kefu_redis_commands_total", "Redis commands answered.", redis_commands);
     COUNTER("kefu_redis_failures_total", "Redis commands failed (unavailable or timeout).", redis_failures);
     sb_printf(&b, "# HELP kefu_errors_total Error answers by code.\n# TYPE kefu_errors_total counter\n");

@@ -31,6 +31,7 @@ const kf_option gw_option_table[] = {
     {"inbox_maxlen", KF_OPT_INT, O(inbox_maxlen), "1000000", 100, BIG, 1, "most entries a node inbox keeps (read entries are trimmed every second; this bounds a dead node's inbox)"},
     {"inbox_batch", KF_OPT_INT, O(inbox_batch), "512", 1, 100000, 1, "inbox entries read per XREAD"},
     {"presence_ttl_ms", KF_OPT_INT, O(presence_ttl_ms), "30000", 1000, 3600000, 0, "presence expiry; refreshed every third of it"},
+    {"presence_cache_ms", KF_OPT_INT, O(presence_cache_ms), "100", 0, 10000, 0, "how long a node reuses a user's looked-up nodes when routing; a user's first connection on a node is welcomed that much later so nothing is missed (0 = no cache)"},
     {"cid_ttl_s", KF_OPT_INT, O(cid_ttl_s), "86400", 1, 31536000, 1, "how long a cid keeps msg.send idempotent"},
     {"redis_timeout_ms", KF_OPT_INT, O(redis_timeout_ms), "2000", 50, 600000, 0, "Redis connect/command timeout; then unavailable and reconnect"},
     {"drain_timeout_ms", KF_OPT_INT, O(drain_timeout_ms), "5000", 0, 600000, 1, "on SIGTERM, longest wait for pending work before exit"},

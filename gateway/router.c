@@ -72,15 +72,54 @@ static void user_remove(gw_user *u) {
 struct attach_req {
     gw_conn *c;
     void (*done)(gw_conn *c, const char *err);
+    struct event *delay;             /* welcome delay timer, when one runs */
+    struct attach_req *prev, *next;  /* delayed attaches, so shutdown can finish them */
 };
+
+static struct attach_req *delayed;
+
+static void attach_finish(struct attach_req *a, const char *err) {
+    a->done(a->c, err);
+    gw_conn_unref(a->c);
+    kf_free(a);
+}
+
+static void delayed_unlink(struct attach_req *a) {
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        delayed = a->next;
+    if (a->next) a->next->prev = a->prev;
+    event_free(a->delay);
+}
+
+static void on_attach_delay(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    struct attach_req *a = arg;
+    delayed_unlink(a);
+    attach_finish(a, NULL);
+}
 
 static void on_presence_stored(const redisReply *reply, const char *err, void *priv) {
     struct attach_req *a = priv;
     if (!err && reply->type == REDIS_REPLY_ERROR) err = "redis error";
+    int first = a->c->user && !a->c->user->presence_ok;
     if (!err && a->c->user) a->c->user->presence_ok = 1;
-    a->done(a->c, err);
-    gw_conn_unref(a->c);
-    kf_free(a);
+    if (!err && first && gw->opt.presence_cache_ms > 0) {
+        /* Other nodes may route with a presence list cached before this registration for up
+         * to presence_cache_ms. Welcoming only after that long means anything they route
+         * without this node was stored before the client's first history call. */
+        long long ms = gw->opt.presence_cache_ms;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        a->delay = evtimer_new(gw->base, on_attach_delay, a);
+        a->prev = NULL;
+        a->next = delayed;
+        if (delayed) delayed->prev = a;
+        delayed = a;
+        evtimer_add(a->delay, &tv);
+        return;
+    }
+    attach_finish(a, err);
 }
 
 static void presence_store(const char *user, kf_redis_cb *cb, void *priv) {
@@ -99,7 +138,7 @@ void gw_router_attach(gw_conn *c, void (*done)(gw_conn *c, const char *err)) {
     c->user_next = u->conns;
     u->conns = c;
     u->nconns++;
-    struct attach_req *a = kf_malloc(sizeof(*a));
+    struct attach_req *a = kf_calloc(1, sizeof(*a));
     a->c = c;
     a->done = done;
     gw_conn_ref(c);
@@ -127,9 +166,97 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
                      (long long)gw_now_ms(), gw->node);
 }
 
+/* ---- presence cache: user -> nodes, for presence_cache_ms (see on_presence_stored) ---- */
+
+typedef struct pcache {
+    char *user;
+    char *nodes;          /* '\n'-joined node ids */
+    uint32_t fetched;     /* gw_clock_ms() when the lookup was sent */
+    struct pcache *next;
+} pcache;
+
+static pcache **pc_buckets;
+static size_t pc_cap, pc_n;
+
+static pcache *pc_find(const char *user, pcache ***slot) {
+    if (!pc_cap) return NULL;
+    pcache **pp = &pc_buckets[hash_str(user) & (pc_cap - 1)];
+    for (; *pp; pp = &(*pp)->next)
+        if (strcmp((*pp)->user, user) == 0) break;
+    if (slot) *slot = pp;
+    return *pp;
+}
+
+static void pc_free_entry(pcache *e) {
+    kf_free(e->user);
+    kf_free(e->nodes);
+    kf_free(e);
+}
+
+/* Drops every entry older than the cache lifetime (once a second, bounds the memory). */
+static void pc_expire(void) {
+    uint32_t now = gw_clock_ms();
+    for (size_t i = 0; i < pc_cap; i++) {
+        for (pcache **pp = &pc_buckets[i]; *pp;) {
+            pcache *e = *pp;
+            if ((uint32_t)(now - e->fetched) >= (uint64_t)gw->opt.presence_cache_ms) {
+                *pp = e->next;
+                pc_free_entry(e);
+                pc_n--;
+            } else {
+                pp = &e->next;
+            }
+        }
+    }
+}
+
+static void pc_store(const char *user, const redisReply *reply, uint32_t fetched) {
+    if (gw->opt.presence_cache_ms <= 0) return;
+    if (pc_n + 1 > pc_cap * 2) {
+        size_t cap = pc_cap ? pc_cap * 2 : 1024;
+        pcache **nb = kf_calloc(cap, sizeof(*nb));
+        for (size_t i = 0; i < pc_cap; i++)
+            for (pcache *e = pc_buckets[i], *next; e; e = next) {
+                next = e->next;
+                size_t b = hash_str(e->user) & (cap - 1);
+                e->next = nb[b];
+                nb[b] = e;
+            }
+        kf_free(pc_buckets);
+        pc_buckets = nb;
+        pc_cap = cap;
+    }
+    size_t len = 0;
+    for (size_t i = 0; i < reply->elements; i++) len += reply->element[i]->len + 1;
+    char *nodes = kf_malloc(len + 1), *p = nodes;
+    for (size_t i = 0; i < reply->elements; i++) {
+        memcpy(p, reply->element[i]->str, reply->element[i]->len);
+        p += reply->element[i]->len;
+        *p++ = '\n';
+    }
+    *p = '\0';
+    pcache **slot, *e = pc_find(user, &slot);
+    if (e) {
+        if ((int32_t)(fetched - e->fetched) < 0) { /* an older lookup answered late */
+            kf_free(nodes);
+            return;
+        }
+        kf_free(e->nodes);
+    } else {
+        e = kf_calloc(1, sizeof(*e));
+        e->user = kf_strdup(user);
+        *slot = e;
+        pc_n++;
+    }
+    e->nodes = nodes;
+    e->fetched = fetched;
+}
+
 /* ---- routing a push: presence lookups, then one XADD per node ---- */
 
 struct route {
+    struct route *next;     /* routes go out in the order they were asked for */
+    int ready;              /* every presence lookup answered */
     char *payload;          /* JSON text */
     size_t payload_len;
     char *users;            /* '\n'-separated */
@@ -175,16 +302,48 @@ static void route_send(struct route *rt) {
     kf_free(rt);
 }
 
+static struct route *routes_head, *routes_tail;
+
+/* Sends every route at the head of the line whose lookups are done, so the pushes of one
+ * conversation leave in the order their messages were stored even when some lookups are
+ * answered from the cache and others wait for Redis. */
+static void routes_flush(void) {
+    while (routes_head && routes_head->ready) {
+        struct route *rt = routes_head;
+        routes_head = rt->next;
+        if (!routes_head) routes_tail = NULL;
+        route_send(rt);
+    }
+}
+
+static void route_ready(struct route *rt) {
+    rt->ready = 1;
+    routes_flush();
+}
+
+struct lookup {
+    struct route *rt;
+    uint32_t sent;
+    char user[];
+};
+
 static void on_presence(const redisReply *reply, const char *err, void *priv) {
-    struct route *rt = priv;
+    struct lookup *lk = priv;
+    struct route *rt = lk->rt;
     if (!err && reply->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i < reply->elements; i++)
+        int all_strings = 1;
+        for (size_t i = 0; i < reply->elements; i++) {
             if (reply->element[i]->type == REDIS_REPLY_STRING)
                 route_add_node(rt, reply->element[i]->str, reply->element[i]->len);
+            else
+                all_strings = 0;
+        }
+        if (all_strings) pc_store(lk->user, reply, lk->sent);
     } else if (err) {
         kf_warn("presence lookup failed: %s (pushes to that user wait for its history call)", err);
     }
-    if (--rt->pending == 0) route_send(rt);
+    kf_free(lk);
+    if (--rt->pending == 0) route_ready(rt);
 }
 
 void gw_route_push(json_t *payload, const char *const *users, size_t nusers, const gw_conn *skip) {
@@ -209,17 +368,39 @@ void gw_route_push(json_t *payload, const char *const *users, size_t nusers, con
     *p = '\0';
     if (skip) snprintf(rt->skip, sizeof(rt->skip), "%s/%llu", gw->node, (unsigned long long)skip->id);
     rt->pending = (int)nusers;
+    if (routes_tail)
+        routes_tail->next = rt;
+    else
+        routes_head = rt;
+    routes_tail = rt;
     if (nusers == 0) {
-        route_send(rt);
+        route_ready(rt);
         return;
     }
     char now[24];
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
+    uint32_t clk = gw_clock_ms();
+    size_t lookups = 0;
     for (size_t i = 0; i < nusers; i++) {
+        pcache *e = gw->opt.presence_cache_ms > 0 ? pc_find(users[i], NULL) : NULL;
+        if (e && (uint32_t)(clk - e->fetched) < (uint64_t)gw->opt.presence_cache_ms) {
+            for (const char *n = e->nodes, *nl; (nl = strchr(n, '\n')); n = nl + 1)
+                route_add_node(rt, n, (size_t)(nl - n));
+            GW_M->presence_cache_hits++;
+            rt->pending--;
+            continue;
+        }
+        size_t ul = strlen(users[i]);
+        struct lookup *lk = kf_malloc(sizeof(*lk) + ul + 1);
+        lk->rt = rt;
+        lk->sent = clk;
+        memcpy(lk->user, users[i], ul + 1);
         char key[KF_KEY_MAX];
         kf_key_user_nodes(key, users[i]);
-        kf_redis_cmd_key(gw->redis, key, on_presence, rt, "ZRANGEBYSCORE %s %s +inf", key, now);
+        kf_redis_cmd_key(gw->redis, key, on_presence, lk, "ZRANGEBYSCORE %s %s +inf", key, now);
+        lookups++;
     }
+    if (lookups == 0) route_ready(rt);
 }
 
 /* ---- the inbox reader: its own connection, since XREAD BLOCK holds it ---- */
@@ -403,6 +584,7 @@ static void on_shard_state(kf_redis *r, unsigned shard, int up, void *priv) {
 }
 
 void gw_router_check(void) {
+    pc_expire();
     /* Entries already read are trimmed by their id, so MAXLEN only bounds a dead reader's inbox
      * and a lagging reader never loses what it has not read yet. */
     static char trimmed[48];
@@ -439,6 +621,11 @@ void gw_router_start(void) {
 }
 
 void gw_router_stop(void) {
+    while (delayed) {
+        struct attach_req *a = delayed;
+        delayed_unlink(a);
+        attach_finish(a, "shutdown");
+    }
     if (gw->inbox_ac) {
         redisAsyncContext *ac = gw->inbox_ac;
         gw->draining = 1;
@@ -455,5 +642,13 @@ void gw_router_stop(void) {
         }
     kf_free(gw->users);
     gw->users = NULL;
+    for (size_t i = 0; i < pc_cap; i++)
+        for (pcache *e = pc_buckets[i], *next; e; e = next) {
+            next = e->next;
+            pc_free_entry(e);
+        }
+    kf_free(pc_buckets);
+    pc_buckets = NULL;
+    pc_cap = pc_n = 0;
     gw->users_cap = gw->nusers = 0;
 }
