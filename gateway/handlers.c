@@ -627,12 +627,33 @@ static void h_conv_list(gw_conn *c, json_t *msg) {
 
 static void h_queue_list(gw_conn *c, json_t *msg) {
     long long limit;
+    const char *group;
     if (gw_get_int(c, msg, "limit", 100, 1, 1000, &limit) < 0) return;
+    if (gw_get_str(c, msg, "group", 0, 32, &group) < 0) return;
+    if (!group) group = "default";
+    if (!id_chars_ok(group)) {
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", "field 'group' is not a group name");
+        return;
+    }
+    if (c->ident.role == KF_ROLE_AGENT && strcmp(group, "default") != 0) {
+        int mine = 0;
+        const char *sk = c->ident.skills ? c->ident.skills : "";
+        size_t gl = strlen(group);
+        for (const char *p = sk; *p;) {
+            size_t n = strcspn(p, ",");
+            if (n == gl && strncmp(p, group, n) == 0) mine = 1;
+            p += n + (p[n] == ',');
+        }
+        if (!mine) {
+            gw_reply_error(c, json_object_get(msg, "req"), "forbidden", "not one of your skill groups");
+            return;
+        }
+    }
     req_ctx *x = gw_ctx_new(c, json_object_get(msg, "req"));
     x->done = list_done;
     x->limit = -1;
     char key[KF_KEY_MAX];
-    kf_key_queue(key, "default");
+    kf_key_queue(key, group);
     kf_redis_cmd_key(gw->redis, key, on_list_ids, x, "ZRANGE %s 0 %lld", key, limit - 1);
 }
 

@@ -5,7 +5,7 @@
 
 #include "kefu/redis.h"
 
-#define MAX_SCRIPTS 32
+#define MAX_SCRIPTS 64
 
 static struct {
     char name[48];

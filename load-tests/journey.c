@@ -335,7 +335,7 @@ static void cust_on_frame(kl_worker *w, journey_state *s, jcust *c, const kl_vie
     } else if (v->req >= REQ_TURN && v->req < REQ_TURN + 64) {
         int turn = (int)(v->req - REQ_TURN);
         if (!is_ok) {
-            char why[160], code[32] = "", msg[96] = "";
+            char why[256], code[32] = "", msg[96] = "";
             kl_span_copy(v->code, code, sizeof(code));
             kl_span_copy(v->message, msg, sizeof(msg));
             snprintf(why, sizeof(why), "msg.send of turn %d answered %s: %s (state %d)", turn, code,
@@ -549,7 +549,8 @@ static void agent_tick(kl_worker *w, journey_state *s, jagent *a, int64_t now) {
 /* ---- callbacks ---- */
 
 static int is_agent(journey_state *s, kl_client *c) {
-    return (void *)c >= (void *)s->ag && (void *)c < (void *)(s->ag + s->na);
+    (void)s;
+    return c->role == KF_ROLE_AGENT;
 }
 
 static void j_on_ready(kl_worker *w, kl_client *kc) {

@@ -159,6 +159,8 @@ struct srv {
     int port;
     char got[256];     /* unmasked payload of the client's first frame */
     int got_len;
+    char frag[64];     /* the fragmented message, reassembled */
+    int frag_len;
     int close_code;    /* from the client's close frame */
 };
 
@@ -189,8 +191,8 @@ static void send_frame(int fd, int fin, int op, const void *p, size_t n) {
     if (n) CHECK(write(fd, p, n) == (ssize_t)n);
 }
 
-/* Reads one masked client frame; returns its opcode and unmasks into out. */
-static int read_frame(int fd, char *out, int *len) {
+/* Reads one masked client frame; returns its opcode and unmasks into out (fin into *fin). */
+static int read_frame_fin(int fd, char *out, int *len, int *fin) {
     uint8_t h[2], m[4];
     if (read_full(fd, h, 2) < 0) return -1;
     CHECK(h[1] & 0x80);
@@ -199,7 +201,13 @@ static int read_frame(int fd, char *out, int *len) {
     if (read_full(fd, m, 4) < 0 || read_full(fd, out, (size_t)n) < 0) return -1;
     for (int i = 0; i < n; i++) out[i] ^= (char)m[i & 3];
     *len = n;
+    *fin = h[0] >> 7;
     return h[0] & 0x0f;
+}
+
+static int read_frame(int fd, char *out, int *len) {
+    int fin;
+    return read_frame_fin(fd, out, len, &fin);
 }
 
 static void *server(void *arg) {
@@ -233,15 +241,25 @@ static void *server(void *arg) {
     send_frame(fd, 1, 0, "world", 5);
     char pong[16];
     int pl;
-    int op = read_frame(fd, pong, &pl);
-    CHECK(op == 10 && pl == 2 && memcmp(pong, "p1", 2) == 0);
-    if (op != 10) fprintf(stderr, "op %d len %d\n", op, pl);
+    CHECK(read_frame(fd, pong, &pl) == 10 && pl == 2 && memcmp(pong, "p1", 2) == 0);
     static char big[70000];
     memset(big, 'b', sizeof(big));
     send_frame(fd, 1, 2, big, 300);
     send_frame(fd, 1, 2, big, sizeof(big));
     s->got_len = 0;
     CHECK(read_frame(fd, s->got, &s->got_len) == 1);
+    /* then the same text in fragments of 2 bytes: "ec" "ho" "!" */
+    char part[16];
+    int pl2, fin, fop, nfrag = 0;
+    s->frag_len = 0;
+    do {
+        fop = read_frame_fin(fd, part, &pl2, &fin);
+        CHECK(fop == (nfrag ? 0 : 1));
+        memcpy(s->frag + s->frag_len, part, (size_t)pl2);
+        s->frag_len += pl2;
+        nfrag++;
+    } while (!fin && fop >= 0 && nfrag < 8);
+    CHECK(nfrag == 3);
     send_frame(fd, 1, 8, "\x03\xe8" "done", 6);
     char cl[16];
     int cll;
@@ -272,7 +290,10 @@ static void c_msg(ws_conn *c, void *ud, int binary, const char *d, size_t n) {
     }
     if (x->msgs < 4) x->sizes[x->msgs] = n;
     x->msgs++;
-    if (x->msgs == 3) CHECK(ws_send(c, WS_OP_TEXT, "echo!", 5) == 0);
+    if (x->msgs == 3) {
+        CHECK(ws_send(c, WS_OP_TEXT, "echo!", 5) == 0);
+        CHECK(ws_send_fragmented(c, WS_OP_TEXT, "echo!", 5, 2) == 0);
+    }
 }
 
 static void c_close(ws_conn *c, void *ud, const ws_close_info *ci) {
@@ -317,6 +338,7 @@ static void test_client(void) {
     CHECK(x.msgs == 3 && strcmp(x.first, "hello world") == 0);
     CHECK(x.sizes[1] == 300 && x.sizes[2] == 70000);
     CHECK(s.got_len == 5 && memcmp(s.got, "echo!", 5) == 0);
+    CHECK(s.frag_len == 5 && memcmp(s.frag, "echo!", 5) == 0);
     CHECK(x.closed == 1 && x.ci.clean && x.ci.code == 1000 && strcmp(x.ci.text, "done") == 0);
     CHECK(s.close_code == 1000);
     CHECK(ws_ctx_count(ctx) == 0);

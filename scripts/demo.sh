@@ -39,7 +39,7 @@ pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 export KEFU_REDIS="127.0.0.1:$redis_port" KEFU_JWT_SECRETS="$secret"
-build/kefu-worker --log-level warn 2>"$run/worker.log" &
+build/kefu-worker --log-level warn --routes 'topic:refund=general/high,*=general' 2>"$run/worker.log" &
 pids+=($!)
 build/kefu-gateway --bind 127.0.0.1 --port "$gw_port" --node-name demo 2>"$run/gateway.log" &
 pids+=($!)

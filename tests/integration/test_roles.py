@@ -141,3 +141,17 @@ def test_unknown_conversation_not_found(cluster):
         for c in (cust, agent, sup):
             await c.ping()
     run(body())
+
+
+def test_queue_list_by_group(cluster):
+    """queue.list takes a skill group: an agent may list its own groups, not others';
+    a supervisor may list any."""
+    async def body():
+        agent = await connect(cluster.n1, "agent", "json", skills=["billing"])
+        q = await agent.ok("queue.list", group="billing")
+        assert isinstance(q["convs"], list)
+        await agent.err("forbidden", "queue.list", group="vip-desk")
+        await agent.err("bad_request", "queue.list", group="no spaces")
+        sup = await connect(cluster.n2, "supervisor", "msgpack")
+        await sup.ok("queue.list", group="vip-desk")
+    run(body())
