@@ -93,9 +93,12 @@ kefu demo is running.
 Connect as a customer and as an agent (two terminals; type JSON frames, see docs/protocol.md):
   $PY -m websockets 'ws://127.0.0.1:$gw_port/ws?token=$cust'
   $PY -m websockets 'ws://127.0.0.1:$gw_port/ws?token=$agent'
-Then, as the customer:  {"type":"conv.open","req":1,"topic":"refund"}
-as the agent:           {"type":"queue.list","req":1}   then {"type":"conv.accept","req":2,"conv":"<id>"}
-and both:               {"type":"msg.send","req":3,"conv":"<id>","text":"你好","cid":"m1"}
+As the agent, sign in:  {"type":"agent.status","req":1,"status":"available"}
+As the customer:        {"type":"conv.open","req":1,"topic":"refund"}
+  the worker assigns it to the agent (a conv.assigned push; refund topics go to the
+  "general" group with high priority; or pick by hand: queue.list with "group":"general",
+  then {"type":"conv.accept","req":2,"conv":"<id>"})
+Both:                   {"type":"msg.send","req":3,"conv":"<id>","text":"你好","cid":"m1"}
 More tokens: build/kefu-token --secret $secret --sub NAME --role customer|agent|supervisor
 
 Ctrl-C stops the demo.
