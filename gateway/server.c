@@ -19,6 +19,7 @@
 #include "gateway.h"
 #include "kefu/alloc.h"
 #include "kefu/log.h"
+#include "kefu/mask.h"
 #include "kefu/redis.h"
 #include "kefu/utf8.h"
 
@@ -379,7 +380,13 @@ int gw_conn_authenticate(gw_conn *c, const char *token, size_t len, const json_t
     c->authed = 1;
     c->state = CONN_READY;
     if (req && !json_is_null(req)) c->hello_req = json_incref((json_t *)req);
-    kf_info("conn %llu: authenticated as a %s", (unsigned long long)c->id, kf_role_name(cl.role));
+    if (kf_log_level <= KF_LOG_INFO) {
+        /* User ids are often phone numbers or e-mail addresses: log them masked. */
+        char masked[KF_SUB_MAX + 16];
+        kf_mask_pii(masked, sizeof(masked), cl.sub);
+        kf_info("conn %llu: authenticated as %s (%s)", (unsigned long long)c->id, masked,
+                kf_role_name(cl.role));
+    }
     gw_router_attach(c, on_attached);
     return 0;
 }

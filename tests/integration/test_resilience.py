@@ -129,3 +129,22 @@ def test_new_device_misses_nothing_with_presence_cache(spawn, cluster, welcome_d
         else:
             assert missing, "without the welcome delay the stale cache should have hidden some"
     run(body(), timeout=60)
+
+
+def test_logs_mask_personal_data(spawn, cluster):
+    """The log names who authenticated, with phone numbers and e-mail addresses masked, and
+    never prints a token."""
+    g = spawn.gateway(cluster.shards, name="mask", log_level="info")
+
+    async def body():
+        phone = await connect(g, "customer", "json", sub="13812345678")
+        mail = await connect(g, "customer", "json", sub="jane.doe@example.com")
+        await phone.ping()
+        await mail.ping()
+        H.wait_until(lambda: "j***@example.com" in g.proc.log_text(), timeout=5,
+                     what="the masked e-mail in the log")
+        log = g.proc.log_text()
+        assert "138****5678" in log
+        assert "13812345678" not in log and "jane.doe@example.com" not in log
+        assert phone.token not in log and mail.token not in log
+    run(body())
