@@ -1,7 +1,7 @@
 #!/bin/sh
 # Smoke test of kefu-load: a redis-server and two gateway nodes on free ports, then a tiny run of
 # each scenario (idle, relay in JSON and msgpack, journey with reconnects). Fails when anything
-# is lost, duplicated or fails, or a process reports a sanitizer error. Bounded to about a minute.
+# is lost, duplicated or fails, or a process reports a sanitizer error. About 15 s; at most ~90 s.
 # Usage: load-tests/smoke.sh      Env: KEFU_BIN_DIR (default <repo>/build), KEFU_SMOKE_KEEP=1 keeps
 # the logs, REDIS_SERVER (default redis-server).
 set -eu
@@ -79,7 +79,8 @@ run() { # name, kefu-load arguments...
     shift
     printf 'smoke: %-16s ' "$name"
     # shellcheck disable=SC2086
-    if timeout -k 5 40 "$load" "$@" $urls --secret "$secret" --quiet --json "$work/$name.json" \
+    if timeout -k 5 20 "$load" "$@" $urls --secret "$secret" --quiet --json "$work/$name.json" \
+        --setup-timeout 10 --drain 3 \
         >"$work/$name.out" 2>&1; then
         echo ok
     else
