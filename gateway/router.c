@@ -158,10 +158,35 @@ void gw_router_detach(gw_conn *c) {
     user_remove(u);
 }
 
+/* Refreshes presence in slices: every second a share of the user index, so that each user is
+ * refreshed once per third of presence_ttl_ms without a burst of commands (and of output
+ * buffer memory) every few seconds. */
+static size_t hb_cursor;
+
+static void presence_refresh(const char *user) {
+    char key[KF_KEY_MAX];
+    kf_key_user_nodes(key, user);
+    long long ttl = gw->opt.presence_ttl_ms, now = (long long)gw_now_ms();
+    unsigned shard = kf_redis_shard(gw->redis, key);
+    kf_redis_cmd(gw->redis, shard, NULL, NULL, "ZADD %s %lld %s", key, now + ttl, gw->node);
+    kf_redis_cmd(gw->redis, shard, NULL, NULL, "PEXPIRE %s %lld", key, ttl * 2);
+}
+
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
-    (void)fd, (void)what, (void)arg;
-    for (size_t i = 0; i < gw->users_cap; i++)
-        for (gw_user *u = gw->users[i]; u; u = u->hnext) presence_store(u->id, NULL, NULL);
+    (void)fd, (void)arg;
+    if (what == 0 || !gw->users_cap) {
+        /* fd -1, what 0: a shard came back: everything at once */
+        for (size_t i = 0; i < gw->users_cap; i++)
+            for (gw_user *u = gw->users[i]; u; u = u->hnext) presence_store(u->id, NULL, NULL);
+    } else {
+        long long period_s = gw->opt.presence_ttl_ms / 3000;
+        if (period_s < 1) period_s = 1;
+        size_t slice = (gw->users_cap + (size_t)period_s - 1) / (size_t)period_s;
+        for (size_t n = 0; n < slice; n++, hb_cursor++) {
+            if (hb_cursor >= gw->users_cap) hb_cursor = 0;
+            for (gw_user *u = gw->users[hb_cursor]; u; u = u->hnext) presence_refresh(u->id);
+        }
+    }
     kf_redis_cmd_key(gw->redis, KF_KEY_NODES, NULL, NULL, "ZADD %s %lld %s", KF_KEY_NODES,
                      (long long)gw_now_ms(), gw->node);
 }
@@ -614,7 +639,7 @@ void gw_router_start(void) {
     kf_redis_on_state(gw->redis, on_shard_state, NULL);
     gw->inbox_retry_ev = evtimer_new(gw->base, on_inbox_retry, NULL);
     gw->heartbeat_ev = event_new(gw->base, -1, EV_PERSIST, on_heartbeat, NULL);
-    long long every = gw->opt.presence_ttl_ms / 3;
+    long long every = gw->opt.presence_ttl_ms / 3 < 1000 ? gw->opt.presence_ttl_ms / 3 : 1000;
     struct timeval tv = {every / 1000, (every % 1000) * 1000};
     event_add(gw->heartbeat_ev, &tv);
     inbox_connect();

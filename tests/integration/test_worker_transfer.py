@@ -49,10 +49,13 @@ def test_transfer_to_agent_and_group(spawn):
         assert m["queued_us"] == queued_us and m["group"] == "billing" and "agent" not in m
         assert conv not in load_of(wc, b.user)
         await billing.ok("agent.status", status="available")
-        first = await billing.next_push("conv.assigned", timeout=5)
-        assert first["conv"] == conv, "the transferred conversation keeps its waiting time"
-        second = await billing.next_push("conv.assigned", timeout=5)
-        assert second["conv"] == newer
+        # Other tests may leave older billing conversations waiting in the shared queue: what
+        # matters is that ours comes before the newer one.
+        order = []
+        while newer not in order:
+            order.append((await billing.next_push("conv.assigned", timeout=5))["conv"])
+        assert conv in order and order.index(conv) < order.index(newer), \
+            f"the transferred conversation keeps its waiting time: {order}"
         evs = [e["ev"] for e in record(wc, conv)]
         assert evs[:3] == ["opened", "queued", "assigned"]
         assert evs.count("transferred") == 2 and evs[-1] == "assigned"
