@@ -16,7 +16,7 @@
 #define KL_SRC_MAX 20000     /* source addresses 127.0.1.2 .. 127.0.80.251 */
 
 /* ---- options (main.c) ---- */
-typedef enum { SC_IDLE, SC_RELAY, SC_JOURNEY } kl_scenario;
+typedef enum { SC_IDLE, SC_RELAY, SC_JOURNEY, SC_WORKER } kl_scenario;
 
 typedef struct kl_opts {
     kl_scenario scenario;
@@ -58,6 +58,8 @@ typedef struct kl_opts {
     int queue_poll_ms;
     int pause_ms;
     int step_timeout_ms;
+    /* worker */
+    int max_chats;         /* the agents' max_chats claim */
 } kl_opts;
 
 /* ---- shared statistics (one slot per worker, written by it, read by the parent) ---- */
@@ -69,7 +71,7 @@ typedef struct kl_opts {
     X(out_of_order) X(server_dups) X(sched_late) X(convs_opened) X(convs_accepted)                \
     X(accept_conflicts) X(convs_closed) X(queue_polls) X(journeys_started) X(journeys_done)       \
     X(journeys_failed) X(reconnects) X(history_calls) X(history_msgs) X(resume_missing)           \
-    X(step_timeouts) X(error_frames) X(bad_frames) X(frames_in) X(frames_out) X(bytes_in)          \
+    X(step_timeouts) X(convs_assigned) X(never_assigned) X(foreign_assigned) X(error_frames) X(bad_frames) X(frames_in) X(frames_out) X(bytes_in)          \
     X(bytes_out)
 
 #define KL_ENUM(n) KC_##n,
@@ -92,6 +94,7 @@ typedef struct kl_slot {
     uint64_t target;        /* connections (idle) or pairs (relay) this worker sets up */
     int64_t first_connect_ns, last_welcome_ns; /* span of the connection set-up */
     int64_t run_end_ns;     /* when the run phase ended */
+    int64_t first_open_ns, last_assign_ns; /* worker scenario: first conv.open, last assignment */
     uint64_t c[KC__COUNT];
     kl_hist h[KH__COUNT];
     char last_error[160];   /* the first failure, for the report */
@@ -213,6 +216,6 @@ typedef struct kl_scenario_def {
     void (*free)(kl_worker *w);
 } kl_scenario_def;
 
-extern const kl_scenario_def kl_idle, kl_relay, kl_journey;
+extern const kl_scenario_def kl_idle, kl_relay, kl_journey, kl_assign;
 
 #endif

@@ -37,6 +37,12 @@ static const char usage_text[] =
     "  journey   --customers open conversations, --agents poll queue.list and accept them,\n"
     "            they chat (--msgs turns), the agent closes; --reconnect-pct of the journeys\n"
     "            drop the connection mid-chat, reconnect and resume with history after=\n"
+    "  worker    automatic assignment by kefu-worker (run it with --routes '*=general'):\n"
+    "            --agents sign in (agent.status available) on the second --url, --customers\n"
+    "            each send one conv.open on the first, open-loop at --rate opens/s; reports\n"
+    "            opened, assigned, never assigned within --drain, assignments/s and the\n"
+    "            conv.open to conv.assigned latency; an agent at capacity closes its oldest\n"
+    "            conversation. One process (--procs 1)\n"
     "\n"
     "Common options:\n"
     "  --url URL            gateway node, ws://127.0.0.x:PORT/ws; repeat for more nodes\n"
@@ -72,11 +78,15 @@ static const char usage_text[] =
     "          (default 50)   --reconnect-pct P (default 20)  --reconnect-ms T (default 200)\n"
     "          --queue-poll-ms T (default 100)  --pause-ms T between journeys (default 500)\n"
     "          --step-timeout-ms T a journey step's limit (default 10000)\n"
+    "worker:   --customers C (default 50) --agents A (default C/5, at least 1)\n"
+    "          --rate R conv.open per second in total (default 1000)\n"
+    "          --max-chats N the agents' max_chats claim (default 5); skills [\"general\"]\n"
     "\n"
     "Latencies (ms; p50 p90 p99 p99.9 max): connect = TCP connect to welcome; ping = ping to\n"
     "pong; ack = scheduled send to the ok; e2e = scheduled send to delivery at the agent\n"
     "(relay) or customer message to agent (journey); e2e_back = agent to customer; assign =\n"
-    "conv.open to the assigned push; history = history round trip after a reconnect.\n"
+    "conv.open to the assigned push (journey: conv.state at the customer; worker:\n"
+    "conv.assigned at the agent); history = history round trip after a reconnect.\n"
     "\n"
     "Exit status: 0 when every connection, message and journey succeeded (nothing lost or\n"
     "duplicated), 1 when something failed, 2 on bad usage.\n"
@@ -109,7 +119,7 @@ enum {
     OPT_URL = 256, OPT_FORMAT, OPT_AUTH, OPT_SECRET, OPT_PROCS, OPT_SRC, OPT_DURATION, OPT_CRATE,
     OPT_INFLIGHT, OPT_SETUP, OPT_DRAIN, OPT_JSON, OPT_PLOT, OPT_READY, OPT_QUIET, OPT_CONNS,
     OPT_PING, OPT_PAIRS, OPT_RATE, OPT_SIZE, OPT_BOTH, OPT_CUST, OPT_AGENTS, OPT_ACHATS, OPT_MSGS,
-    OPT_THINK, OPT_ADELAY, OPT_RECPCT, OPT_RECMS, OPT_QPOLL, OPT_PAUSE, OPT_STEP,
+    OPT_THINK, OPT_ADELAY, OPT_RECPCT, OPT_RECMS, OPT_QPOLL, OPT_PAUSE, OPT_STEP, OPT_MAXCHATS,
 };
 
 static void parse(int argc, char **argv) {
@@ -126,17 +136,18 @@ static void parse(int argc, char **argv) {
         {"think-ms", 1, 0, OPT_THINK}, {"agent-delay-ms", 1, 0, OPT_ADELAY},
         {"reconnect-pct", 1, 0, OPT_RECPCT}, {"reconnect-ms", 1, 0, OPT_RECMS},
         {"queue-poll-ms", 1, 0, OPT_QPOLL}, {"pause-ms", 1, 0, OPT_PAUSE},
-        {"step-timeout-ms", 1, 0, OPT_STEP}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"step-timeout-ms", 1, 0, OPT_STEP}, {"max-chats", 1, 0, OPT_MAXCHATS}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             fputs(usage_text, stdout);
             exit(0);
         }
-    if (argc < 2 || argv[1][0] == '-') die("%s", "a scenario is required: idle, relay or journey");
+    if (argc < 2 || argv[1][0] == '-') die("%s", "a scenario is required: idle, relay, journey or worker");
     if (!strcmp(argv[1], "idle")) O.scenario = SC_IDLE;
     else if (!strcmp(argv[1], "relay")) O.scenario = SC_RELAY;
     else if (!strcmp(argv[1], "journey")) O.scenario = SC_JOURNEY;
-    else die("unknown scenario '%s' (idle, relay, journey)", argv[1]);
+    else if (!strcmp(argv[1], "worker")) O.scenario = SC_WORKER;
+    else die("unknown scenario '%s' (idle, relay, journey, worker)", argv[1]);
 
     O.procs = 1;
     O.duration_s = 10;
@@ -159,6 +170,7 @@ static void parse(int argc, char **argv) {
     O.queue_poll_ms = 100;
     O.pause_ms = 500;
     O.step_timeout_ms = 10000;
+    O.max_chats = 5;
     O.src_ips = -1;
     optind = 2;
     int ch;
@@ -207,6 +219,7 @@ static void parse(int argc, char **argv) {
         case OPT_QPOLL: O.queue_poll_ms = (int)num("--queue-poll-ms", optarg, 10, 600000); break;
         case OPT_PAUSE: O.pause_ms = (int)num("--pause-ms", optarg, 0, 600000); break;
         case OPT_STEP: O.step_timeout_ms = (int)num("--step-timeout-ms", optarg, 100, 3600000); break;
+        case OPT_MAXCHATS: O.max_chats = (int)num("--max-chats", optarg, 1, 1000); break;
         default: die("%s", "bad option");
         }
     }
@@ -239,6 +252,8 @@ static void parse(int argc, char **argv) {
         die("%s", "--agents must be at least --procs (every worker needs an agent)");
     if (O.scenario == SC_JOURNEY && O.customers < O.procs)
         die("%s", "--customers must be at least --procs");
+    if (O.scenario == SC_WORKER && O.procs != 1)
+        die("%s", "worker runs in one process (--procs 1): it matches opens to assignments");
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         long per = (total + O.procs - 1) / O.procs;
@@ -272,7 +287,7 @@ typedef struct row {
     double t;
     int phase;
     uint64_t open;
-    double conn_rate, sent_rate, acked_rate, deliv_rate, journey_rate;
+    double conn_rate, sent_rate, acked_rate, deliv_rate, journey_rate, assign_rate;
     uint64_t q[KH__COUNT][5]; /* p50 p90 p99 p99.9 max of the interval, ns */
     uint64_t n[KH__COUNT];
 } row;
@@ -297,6 +312,7 @@ static void take(kl_shared *sh, const int *alive, snap *s) {
 
 static int primary_hist(void) {
     if (O.scenario == SC_IDLE) return O.ping_interval_s > 0 ? KH_ping : KH_connect;
+    if (O.scenario == SC_WORKER) return KH_assign;
     return KH_e2e;
 }
 
@@ -319,6 +335,12 @@ static void progress(const row *r, const snap *cur) {
         printf("[%6.1fs] %-5s open %llu sent %.0f/s acked %.0f/s deliv %.0f/s failed %llu dup %llu%s\n",
                r->t, phase_names[r->phase], (unsigned long long)r->open, r->sent_rate, r->acked_rate,
                r->deliv_rate, (unsigned long long)c[KC_failed], (unsigned long long)c[KC_duplicated], lat);
+    } else if (O.scenario == SC_WORKER) {
+        printf("[%6.1fs] %-5s open %llu opened %llu assigned %llu (+%.0f/s) closed %llu failed %llu%s\n",
+               r->t, phase_names[r->phase], (unsigned long long)r->open,
+               (unsigned long long)c[KC_convs_opened], (unsigned long long)c[KC_convs_assigned],
+               r->assign_rate, (unsigned long long)c[KC_convs_closed], (unsigned long long)c[KC_failed],
+               lat);
     } else {
         printf("[%6.1fs] %-5s open %llu journeys %llu done (+%.1f/s) %llu failed, msgs %.0f/s, "
                "reconnects %llu%s\n",
@@ -449,7 +471,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < O.procs; i++)
         for (int h = 0; h < KH__COUNT; h++) kl_hist_init(&sh->slot[i].h[h]);
 
-    static const char *const names[] = {"idle", "relay", "journey"};
+    static const char *const names[] = {"idle", "relay", "journey", "worker"};
     if (!O.quiet) {
         printf("kefu-load %s: run %s, %d worker(s), %s, %s auth, %d url(s)", names[O.scenario],
                O.run_id, O.procs, O.msgpack ? "msgpack" : "json", O.auth_url ? "url" : "hello",
@@ -567,6 +589,7 @@ int main(int argc, char **argv) {
         r->acked_rate = (double)(cur.c[KC_acked] - prev.c[KC_acked]) / dt;
         r->deliv_rate = (double)(cur.c[KC_delivered] - prev.c[KC_delivered]) / dt;
         r->journey_rate = (double)(cur.c[KC_journeys_done] - prev.c[KC_journeys_done]) / dt;
+        r->assign_rate = (double)(cur.c[KC_convs_assigned] - prev.c[KC_convs_assigned]) / dt;
         for (int h = 0; h < KH__COUNT; h++) {
             kl_hist d;
             kl_hist_diff(&d, &cur.h[h], &prev.h[h]);
@@ -583,13 +606,16 @@ int main(int argc, char **argv) {
     for (int i = 0; i < O.procs; i++) alive[i] = 1;
     take(sh, alive, &fin);
     int64_t go = sh->go_ns;
-    int64_t first_connect = 0, last_welcome = 0, run_end = 0;
+    int64_t first_connect = 0, last_welcome = 0, run_end = 0, first_open = 0, last_assign = 0;
     for (int i = 0; i < O.procs; i++) {
         kl_slot *sl = &sh->slot[i];
         if (sl->first_connect_ns && (!first_connect || sl->first_connect_ns < first_connect))
             first_connect = sl->first_connect_ns;
         if (sl->last_welcome_ns > last_welcome) last_welcome = sl->last_welcome_ns;
         if (sl->run_end_ns > run_end) run_end = sl->run_end_ns;
+        if (sl->first_open_ns && (!first_open || sl->first_open_ns < first_open))
+            first_open = sl->first_open_ns;
+        if (sl->last_assign_ns > last_assign) last_assign = sl->last_assign_ns;
     }
     double setup_s = last_welcome > first_connect ? (double)(last_welcome - first_connect) / 1e9 : 0;
     double conn_rate = setup_s > 0 ? (double)conn_ok_at_ready / setup_s : 0;
@@ -598,15 +624,21 @@ int main(int argc, char **argv) {
     double deliv_rate = run_s > 0 ? (double)deliv_at_run_end / run_s : 0;
     double acked_rate = run_s > 0 ? (double)acked_at_run_end / run_s : 0;
     const uint64_t *c = fin.c;
+    /* worker: assignments per second from the first conv.open to the last assignment */
+    double assign_s = first_open && last_assign > first_open ? (double)(last_assign - first_open) / 1e9 : 0;
+    double assign_rate = assign_s > 0 ? (double)c[KC_convs_assigned] / assign_s : 0;
 
     int failed = c[KC_conn_fail] || c[KC_disconnects] || c[KC_lost] || c[KC_duplicated] ||
                  c[KC_unacked] || c[KC_failed] || c[KC_journeys_failed] || c[KC_resume_missing] ||
-                 c[KC_bad_frames] || c[KC_step_timeouts] || c[KC_server_dups];
+                 c[KC_bad_frames] || c[KC_step_timeouts] || c[KC_server_dups] || c[KC_never_assigned];
     for (int i = 0; i < O.procs; i++)
         if (!(WIFEXITED(status[i]) && WEXITSTATUS(status[i]) == 0)) failed = 1;
     if (O.scenario == SC_IDLE && c[KC_conn_ok] < (uint64_t)O.conns) failed = 1;
     if (O.scenario == SC_RELAY && c[KC_convs_accepted] < (uint64_t)O.pairs) failed = 1;
     if (O.scenario == SC_JOURNEY && c[KC_journeys_done] == 0) failed = 1;
+    if (O.scenario == SC_WORKER &&
+        (c[KC_convs_opened] < (uint64_t)O.customers || c[KC_convs_assigned] < c[KC_convs_opened]))
+        failed = 1;
 
     printf("\n== kefu-load %s, run %s: %s ==\n", names[O.scenario], O.run_id, failed ? "FAILED" : "ok");
     printf("connections: %llu ok, %llu failed (socket %llu, connect %llu, upgrade %llu, auth %llu, "
@@ -635,6 +667,14 @@ int main(int argc, char **argv) {
                (unsigned long long)c[KC_resume_missing], (unsigned long long)c[KC_duplicated],
                (unsigned long long)c[KC_sent], (unsigned long long)c[KC_delivered],
                (unsigned long long)c[KC_accept_conflicts], (unsigned long long)c[KC_step_timeouts]);
+    if (O.scenario == SC_WORKER)
+        printf("assignment: %llu opened, %llu assigned, %llu never assigned within %.1f s, %llu "
+               "unanswered opens, %llu failed; %llu closed by agents at capacity, %llu assignments "
+               "of other conversations; %.1f assigned/s over %.2f s\n",
+               (unsigned long long)c[KC_convs_opened], (unsigned long long)c[KC_convs_assigned],
+               (unsigned long long)c[KC_never_assigned], O.drain_s, (unsigned long long)c[KC_unacked],
+               (unsigned long long)c[KC_failed], (unsigned long long)c[KC_convs_closed],
+               (unsigned long long)c[KC_foreign_assigned], assign_rate, assign_s);
     if (O.scenario == SC_IDLE)
         printf("pings: %llu sent, %llu answered\n", (unsigned long long)c[KC_pings],
                (unsigned long long)c[KC_pongs]);
@@ -675,6 +715,10 @@ int main(int argc, char **argv) {
         else if (O.scenario == SC_RELAY)
             json_object_update_new(opts, json_pack("{s:I, s:f, s:i, s:b}", "pairs", (json_int_t)O.pairs,
                                                    "rate", O.rate, "size", O.size, "both", O.both));
+        else if (O.scenario == SC_WORKER)
+            json_object_update_new(opts, json_pack("{s:I, s:I, s:f, s:i}", "customers",
+                                                   (json_int_t)O.customers, "agents", (json_int_t)O.agents,
+                                                   "rate", O.rate, "max_chats", O.max_chats));
         else
             json_object_update_new(opts, json_pack("{s:I, s:I, s:i, s:i, s:i, s:i}", "customers",
                                                    (json_int_t)O.customers, "agents", (json_int_t)O.agents,
@@ -686,9 +730,10 @@ int main(int argc, char **argv) {
         for (int k = 0; k < KC__COUNT; k++) json_object_set_new(cj, kl_counter_names[k], json_integer((json_int_t)c[k]));
         json_object_set_new(root, "counters", cj);
         json_object_set_new(root, "rates",
-                            json_pack("{s:f, s:f, s:f, s:f, s:f, s:f}", "connect_per_s", conn_rate,
-                                      "setup_s", setup_s, "run_s", run_s, "sent_per_s", sent_rate,
-                                      "acked_per_s", acked_rate, "delivered_per_s", deliv_rate));
+                            json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "connect_per_s",
+                                      conn_rate, "setup_s", setup_s, "run_s", run_s, "sent_per_s",
+                                      sent_rate, "acked_per_s", acked_rate, "delivered_per_s",
+                                      deliv_rate, "assigned_per_s", assign_rate, "assign_s", assign_s));
         json_t *lat = json_object();
         for (int h = 0; h < KH__COUNT; h++)
             if (fin.h[h].count) json_object_set_new(lat, kl_hist_names[h], hist_json(&fin.h[h]));

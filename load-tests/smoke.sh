@@ -1,7 +1,8 @@
 #!/bin/sh
 # Smoke test of kefu-load: a redis-server and two gateway nodes on free ports, then a tiny run of
-# each scenario (idle, relay in JSON and msgpack, journey with reconnects). Fails when anything
-# is lost, duplicated or fails, or a process reports a sanitizer error. About 15 s; at most ~90 s.
+# each scenario (idle, relay in JSON and msgpack, journey with reconnects, worker assignment with
+# a kefu-worker). Fails when anything is lost, duplicated, never assigned or fails, or a process
+# reports a sanitizer error. About 20 s; at most ~120 s.
 # Usage: load-tests/smoke.sh      Env: KEFU_BIN_DIR (default <repo>/build), KEFU_SMOKE_KEEP=1 keeps
 # the logs, REDIS_SERVER (default redis-server).
 set -eu
@@ -19,6 +20,7 @@ find_bin() {
 }
 gateway=$(find_bin kefu-gateway)
 load=$(find_bin kefu-load)
+worker=$(find_bin kefu-worker)
 command -v "$redis_server" >/dev/null || { echo "smoke: $redis_server not found" >&2; exit 2; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kefu-smoke.XXXXXX")
@@ -95,13 +97,21 @@ run relay-json relay --pairs 5 --rate 100 --duration 2
 run relay-msgpack relay --pairs 5 --rate 100 --duration 2 --format msgpack --both --auth url
 run journey journey --customers 4 --agents 2 --msgs 4 --think-ms 20 --agent-delay-ms 30 \
     --reconnect-pct 50 --reconnect-ms 100 --pause-ms 100 --duration 3 --step-timeout-ms 5000
+# Last: the worker's routes ('*=general') would send journey's conversations to a group its
+# queue.list-polling agents do not see. Stopped here, and by cleanup on the way out.
+"$worker" --redis "127.0.0.1:$rport" --routes '*=general' --log-level warn >"$work/worker.log" 2>&1 &
+wpid=$!
+pids="$pids $wpid"
+run worker worker --customers 30 --agents 3 --max-chats 3 --rate 30
+kill "$wpid" 2>/dev/null || true
 
 # Every scenario must have had something to count (a broken tool might "succeed" idly).
 python3 - "$work" <<'EOF' || failed=1
 import json, sys
 w = sys.argv[1]
 need = {"idle": ("conn_ok", 50), "relay-json": ("delivered", 150),
-        "relay-msgpack": ("delivered", 150), "journey": ("journeys_done", 2)}
+        "relay-msgpack": ("delivered", 150), "journey": ("journeys_done", 2),
+        "worker": ("convs_assigned", 30)}
 bad = 0
 for name, (counter, least) in need.items():
     try:
@@ -109,6 +119,9 @@ for name, (counter, least) in need.items():
     except OSError:
         continue  # that run failed and was reported above
     c = r["counters"]
+    if name == "worker" and c["convs_assigned"] != c["convs_opened"]:
+        print(f"smoke: worker: assigned={c['convs_assigned']} != opened={c['convs_opened']}")
+        bad = 1
     if c[counter] < least or c["lost"] or c["duplicated"]:
         print(f"smoke: {name}: {counter}={c[counter]} (want >= {least}), lost={c['lost']}, "
               f"duplicated={c['duplicated']}")

@@ -72,6 +72,10 @@ static char *mint(kl_worker *w, const kl_client *c) {
     cl.exp = (long long)time(NULL) + 86400;
     if (c->role == KF_ROLE_CUSTOMER) snprintf(cl.channel, sizeof(cl.channel), "web");
     if (c->role == KF_ROLE_AGENT) cl.max_chats = 1000;
+    if (c->role == KF_ROLE_AGENT && w->o->scenario == SC_WORKER) {
+        cl.max_chats = w->o->max_chats;
+        snprintf(cl.skills, sizeof(cl.skills), "general");
+    }
     return kf_token_mint(w->o->secret, &cl);
 }
 
@@ -303,7 +307,7 @@ static void on_ws_close(ws_conn *ws, void *ud, const ws_close_info *ci) {
 /* ---- phases ---- */
 
 static const kl_scenario_def *def_of(kl_scenario s) {
-    return s == SC_IDLE ? &kl_idle : s == SC_RELAY ? &kl_relay : &kl_journey;
+    return s == SC_IDLE ? &kl_idle : s == SC_RELAY ? &kl_relay : s == SC_WORKER ? &kl_assign : &kl_journey;
 }
 
 struct phase_state {
