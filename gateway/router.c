@@ -301,24 +301,88 @@ static void route_add_node(struct route *rt, const char *node, size_t len) {
 static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen, const char *x,
                           size_t xlen);
 
+/* Pushes for one remote node gathered during a loop iteration; flushed as ONE XADD whose entry
+ * carries the pushes as repeated p/u/x field triples (a reader delivers them in order). */
+#define BATCH_MAX 256
+struct node_batch {
+    char *node;
+    int n;
+    char *p[BATCH_MAX], *u[BATCH_MAX], *x[BATCH_MAX];
+    size_t plen[BATCH_MAX];
+    struct node_batch *next;
+};
+static struct node_batch *batches;
+static struct event *flush_ev;
+static int flush_armed;
+
+static void batch_send(struct node_batch *b) {
+    if (b->n == 0) return;
+    char key[KF_KEY_MAX], maxlen[24];
+    kf_key_node_inbox(key, b->node);
+    snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.inbox_maxlen);
+    int argc = 6 + 6 * b->n;
+    const char **argv = kf_malloc(sizeof(char *) * (size_t)argc);
+    size_t *lens = kf_malloc(sizeof(size_t) * (size_t)argc);
+    const char *head[6] = {"XADD", key, "MAXLEN", "~", maxlen, "*"};
+    for (int k = 0; k < 6; k++) argv[k] = head[k], lens[k] = strlen(head[k]);
+    for (int i = 0; i < b->n; i++) {
+        int k = 6 + 6 * i;
+        argv[k] = "p", lens[k] = 1;
+        argv[k + 1] = b->p[i], lens[k + 1] = b->plen[i];
+        argv[k + 2] = "u", lens[k + 2] = 1;
+        argv[k + 3] = b->u[i], lens[k + 3] = strlen(b->u[i]);
+        argv[k + 4] = "x", lens[k + 4] = 1;
+        argv[k + 5] = b->x[i], lens[k + 5] = strlen(b->x[i]);
+    }
+    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, key), NULL, NULL, argc, argv, lens);
+    for (int i = 0; i < b->n; i++) {
+        kf_free(b->p[i]);
+        kf_free(b->u[i]);
+        kf_free(b->x[i]);
+    }
+    b->n = 0;
+    kf_free(argv);
+    kf_free(lens);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    flush_armed = 0;
+    for (struct node_batch *b = batches; b; b = b->next) batch_send(b);
+}
+
+static void batch_add(const char *node, const struct route *rt) {
+    struct node_batch *b = batches;
+    while (b && strcmp(b->node, node) != 0) b = b->next;
+    if (!b) {
+        b = kf_calloc(1, sizeof(*b));
+        b->node = kf_strdup(node);
+        b->next = batches;
+        batches = b;
+    }
+    if (b->n == BATCH_MAX) batch_send(b);
+    b->p[b->n] = kf_malloc(rt->payload_len + 1);
+    memcpy(b->p[b->n], rt->payload, rt->payload_len + 1);
+    b->plen[b->n] = rt->payload_len;
+    b->u[b->n] = kf_strdup(rt->users);
+    b->x[b->n] = kf_strdup(rt->skip);
+    b->n++;
+    if (!flush_armed) {
+        /* Runs after the callbacks already active in this loop iteration. */
+        flush_armed = 1;
+        event_active(flush_ev, EV_TIMEOUT, 0);
+    }
+}
+
 static void route_send(struct route *rt) {
     for (size_t i = 0; i < rt->nnodes; i++) {
-        char key[KF_KEY_MAX], maxlen[24];
         if (strcmp(rt->nodes[i], gw->node) == 0) {
             /* Our own connections need no round trip through our inbox. */
             inbox_deliver(rt->payload, rt->payload_len, rt->users, strlen(rt->users), rt->skip,
                           strlen(rt->skip));
-            kf_free(rt->nodes[i]);
-            continue;
+        } else {
+            batch_add(rt->nodes[i], rt);
         }
-        kf_key_node_inbox(key, rt->nodes[i]);
-        snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.inbox_maxlen);
-        const char *argv[] = {"XADD", key, "MAXLEN", "~", maxlen, "*", "p", rt->payload, "u",
-                              rt->users, "x", rt->skip};
-        size_t lens[12];
-        for (int k = 0; k < 12; k++) lens[k] = strlen(argv[k]);
-        lens[7] = rt->payload_len;
-        kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, key), NULL, NULL, 12, argv, lens);
         kf_free(rt->nodes[i]);
     }
     kf_free(rt->nodes);
@@ -492,13 +556,6 @@ static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen
     if (obj) json_decref(obj);
 }
 
-static const redisReply *field(const redisReply *kv, const char *name) {
-    for (size_t i = 0; i + 1 < kv->elements; i += 2)
-        if (kv->element[i]->type == REDIS_REPLY_STRING && strcmp(kv->element[i]->str, name) == 0)
-            return kv->element[i + 1];
-    return NULL;
-}
-
 static void on_inbox(redisAsyncContext *ac, void *r, void *priv) {
     (void)ac, (void)priv;
     redisReply *reply = r;
@@ -518,10 +575,20 @@ static void on_inbox(redisAsyncContext *ac, void *r, void *priv) {
             if (e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING) continue;
             snprintf(gw->inbox_last_id, sizeof(gw->inbox_last_id), "%s", e->element[0]->str);
             GW_M->inbox_entries++;
-            const redisReply *kv = e->element[1], *p = field(kv, "p"), *u = field(kv, "u"),
-                             *x = field(kv, "x");
-            if (!p || !u) continue;
-            inbox_deliver(p->str, p->len, u->str, u->len, x ? x->str : "", x ? x->len : 0);
+            /* One or more pushes, each a p/u/x triple in that order. */
+            const redisReply *kv = e->element[1], *p = NULL, *u = NULL, *x = NULL;
+            for (size_t f = 0; f + 1 < kv->elements; f += 2) {
+                const redisReply *k = kv->element[f];
+                if (k && k->type == REDIS_REPLY_STRING && k->len == 1 && k->str[0] == 'p') {
+                    if (p && u) inbox_deliver(p->str, p->len, u->str, u->len, x ? x->str : "", x ? x->len : 0);
+                    p = kv->element[f + 1], u = x = NULL;
+                } else if (k && k->type == REDIS_REPLY_STRING && k->len == 1 && k->str[0] == 'u') {
+                    u = kv->element[f + 1];
+                } else if (k && k->type == REDIS_REPLY_STRING && k->len == 1 && k->str[0] == 'x') {
+                    x = kv->element[f + 1];
+                }
+            }
+            if (p && u) inbox_deliver(p->str, p->len, u->str, u->len, x ? x->str : "", x ? x->len : 0);
         }
         GW_M->inbox_lag_ms = gw_now_ms() - strtoll(gw->inbox_last_id, NULL, 10);
     } else {
@@ -636,6 +703,7 @@ void gw_router_check(void) {
 }
 
 void gw_router_start(void) {
+    flush_ev = event_new(gw->base, -1, 0, on_flush, NULL);
     kf_redis_on_state(gw->redis, on_shard_state, NULL);
     gw->inbox_retry_ev = evtimer_new(gw->base, on_inbox_retry, NULL);
     gw->heartbeat_ev = event_new(gw->base, -1, EV_PERSIST, on_heartbeat, NULL);
@@ -646,6 +714,15 @@ void gw_router_start(void) {
 }
 
 void gw_router_stop(void) {
+    for (struct node_batch *b = batches, *next; b; b = next) {
+        next = b->next;
+        batch_send(b);
+        kf_free(b->node);
+        kf_free(b);
+    }
+    batches = NULL;
+    if (flush_ev) event_free(flush_ev);
+    flush_ev = NULL;
     while (delayed) {
         struct attach_req *a = delayed;
         delayed_unlink(a);
