@@ -28,26 +28,14 @@
 
 static unsigned staff_shard(void) { return kf_redis_shard(gw->redis, KF_KEY_STAFF_CONFIG); }
 
-/* EVALSHA of a {staff} script: KEYS[1] is the configuration hash, argv the ARGV. */
 static void staff_script(const char *name, kf_redis_cb *cb, void *priv, int argc,
                          const char **argv) {
-    const char *av[24];
-    av[0] = KF_KEY_STAFF_CONFIG;
-    for (int i = 0; i < argc && i < 23; i++) av[1 + i] = argv[i];
-    kf_redis_script(gw->redis, staff_shard(), name, cb, priv, 1, argc + 1, av, NULL);
+    kf_staff_script(gw->redis, name, cb, priv, argc, argv);
 }
 
-/* EVALSHA of a conversation script with its meta, messages and record streams as KEYS. */
 static void conv_script(const char *conv, const char *name, kf_redis_cb *cb, void *priv,
                         int argc, const char **argv) {
-    char meta[KF_KEY_MAX], msgs[KF_KEY_MAX], log[KF_KEY_MAX];
-    kf_key_conv_meta(meta, conv);
-    kf_key_conv_msgs(msgs, conv);
-    kf_key_conv_log(log, conv);
-    const char *av[24] = {meta, msgs, log};
-    for (int i = 0; i < argc && i < 21; i++) av[3 + i] = argv[i];
-    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, meta), name, cb, priv, 3, argc + 3, av,
-                    NULL);
+    kf_conv_script(gw->redis, conv, name, cb, priv, argc, argv);
 }
 
 static void now_str(char out[24]) { snprintf(out, 24, "%lld", (long long)gw_now_ms()); }

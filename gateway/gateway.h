@@ -206,6 +206,8 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
 void gw_conn_send_buf(gw_conn *c, gw_buf *b);
 /** Encodes obj in the connection's format and queues it. Does not steal obj. */
 void gw_conn_send(gw_conn *c, const json_t *obj);
+/** Verifies a token against the configured secrets, now, and the leeway. */
+kf_token_result gw_token_verify(const char *token, size_t len, kf_claims *cl);
 /** Verifies a token and makes the connection READY (the welcome follows once its presence is
  * stored). On failure answers `unauthorized` to req (when given: a hello frame) and closes with
  * 4401/4402. Returns 0 or -1. */

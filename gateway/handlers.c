@@ -247,9 +247,7 @@ static void h_hello(gw_conn *c, json_t *msg) {
     /* Already authenticated: a fresh token for the same user extends the session. */
     if (gw_get_str(c, msg, "token", 1, 4096, &token) < 0) return;
     kf_claims cl;
-    kf_token_result r = kf_token_verify(token, strlen(token), (const char *const *)gw->secrets,
-                                        gw->nsecrets, (long long)(gw_now_ms() / 1000),
-                                        gw->opt.jwt_leeway_s, &cl);
+    kf_token_result r = gw_token_verify(token, strlen(token), &cl);
     if (r != KF_TOKEN_OK) {
         gw_reply_error(c, req, "unauthorized", kf_token_result_str(r));
         return;

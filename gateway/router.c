@@ -13,6 +13,7 @@
 #include "kefu/keys.h"
 #include "kefu/log.h"
 #include "kefu/redis.h"
+#include "kefu/route.h"
 
 /* ---- local user index: open hashing by user id ---- */
 
@@ -444,17 +445,7 @@ void gw_route_push(json_t *payload, const char *const *users, size_t nusers, con
         return;
     }
     rt->payload_len = strlen(rt->payload);
-    size_t ulen = 0;
-    for (size_t i = 0; i < nusers; i++) ulen += strlen(users[i]) + 1;
-    rt->users = kf_malloc(ulen + 1);
-    char *p = rt->users;
-    for (size_t i = 0; i < nusers; i++) {
-        size_t l = strlen(users[i]);
-        memcpy(p, users[i], l);
-        p += l;
-        *p++ = '\n';
-    }
-    *p = '\0';
+    rt->users = kf_join_lines(users, nusers);
     if (skip) snprintf(rt->skip, sizeof(rt->skip), "%s/%llu", gw->node, (unsigned long long)skip->id);
     rt->pending = (int)nusers;
     if (routes_tail)

@@ -349,13 +349,16 @@ static void on_attached(gw_conn *c, const char *err) {
     json_decref(w);
 }
 
+kf_token_result gw_token_verify(const char *token, size_t len, kf_claims *cl) {
+    return kf_token_verify(token, len, (const char *const *)gw->secrets, gw->nsecrets,
+                           (long long)(gw_now_ms() / 1000), gw->opt.jwt_leeway_s, cl);
+}
+
 /* Verifies a token and, when good, makes the connection READY (welcome follows once presence is
  * stored). Returns 0, or -1 after asking for the 44xx close. */
 int gw_conn_authenticate(gw_conn *c, const char *token, size_t len, const json_t *req) {
     kf_claims cl;
-    kf_token_result r =
-        kf_token_verify(token, len, (const char *const *)gw->secrets, gw->nsecrets,
-                        (long long)(gw_now_ms() / 1000), gw->opt.jwt_leeway_s, &cl);
+    kf_token_result r = gw_token_verify(token, len, &cl);
     if (r != KF_TOKEN_OK) {
         static char reasons[8][48];
         snprintf(reasons[r & 7], sizeof(reasons[0]), "invalid token: %s", kf_token_result_str(r));

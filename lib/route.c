@@ -72,6 +72,20 @@ static void on_presence(const redisReply *reply, const char *err, void *priv) {
     if (--p->pending == 0) send_entries(p);
 }
 
+char *kf_join_lines(const char *const *items, size_t n) {
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) len += strlen(items[i]) + 1;
+    char *out = kf_malloc(len + 1), *w = out;
+    for (size_t i = 0; i < n; i++) {
+        size_t l = strlen(items[i]);
+        memcpy(w, items[i], l);
+        w += l;
+        *w++ = '\n';
+    }
+    *w = '\0';
+    return out;
+}
+
 void kf_route_push(kf_redis *r, const char *payload, size_t len, const char *const *users,
                    size_t nusers, long long inbox_maxlen, long long now_ms) {
     stats.pushes++;
@@ -83,17 +97,7 @@ void kf_route_push(kf_redis *r, const char *payload, size_t len, const char *con
     p->payload[len] = '\0';
     p->len = len;
     p->maxlen = inbox_maxlen;
-    size_t ulen = 0;
-    for (size_t i = 0; i < nusers; i++) ulen += strlen(users[i]) + 1;
-    p->users = kf_malloc(ulen + 1);
-    char *w = p->users;
-    for (size_t i = 0; i < nusers; i++) {
-        size_t l = strlen(users[i]);
-        memcpy(w, users[i], l);
-        w += l;
-        *w++ = '\n';
-    }
-    *w = '\0';
+    p->users = kf_join_lines(users, nusers);
     p->pending = (int)nusers;
     char now[24];
     snprintf(now, sizeof(now), "%lld", now_ms);

@@ -2,6 +2,8 @@
  * per-key values. */
 #include "kefu/service.h"
 
+#include "kefu/redis.h"
+
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,4 +253,26 @@ size_t kf_json_strings(const json_t *arr, const char **out, size_t max) {
         if (n < max && json_is_string(v)) out[n++] = json_string_value(v);
     }
     return n;
+}
+
+void kf_staff_script(kf_redis *r, const char *name, kf_redis_cb *cb, void *priv, int argc,
+                     const char **argv) {
+    const char *av[24];
+    if (argc > 23) abort();
+    av[0] = KF_KEY_STAFF_CONFIG;
+    for (int i = 0; i < argc; i++) av[1 + i] = argv[i];
+    kf_redis_script(r, kf_redis_shard(r, KF_KEY_STAFF_CONFIG), name, cb, priv, 1, argc + 1, av,
+                    NULL);
+}
+
+void kf_conv_script(kf_redis *r, const char *conv, const char *name, kf_redis_cb *cb, void *priv,
+                    int argc, const char **argv) {
+    char meta[KF_KEY_MAX], msgs[KF_KEY_MAX], log[KF_KEY_MAX];
+    if (argc > 21) abort();
+    kf_key_conv_meta(meta, conv);
+    kf_key_conv_msgs(msgs, conv);
+    kf_key_conv_log(log, conv);
+    const char *av[24] = {meta, msgs, log};
+    for (int i = 0; i < argc; i++) av[3 + i] = argv[i];
+    kf_redis_script(r, kf_redis_shard(r, meta), name, cb, priv, 3, argc + 3, av, NULL);
 }

@@ -14,23 +14,12 @@
 #include "wk.h"
 
 void wk_staff_script(const char *name, kf_redis_cb *cb, void *priv, int argc, const char **argv) {
-    const char *av[24];
-    av[0] = KF_KEY_STAFF_CONFIG;
-    for (int i = 0; i < argc && i < 23; i++) av[1 + i] = argv[i];
-    kf_redis_script(wk.redis, kf_redis_shard(wk.redis, KF_KEY_STAFF_CONFIG), name, cb, priv, 1,
-                    argc + 1, av, NULL);
+    kf_staff_script(wk.redis, name, cb, priv, argc, argv);
 }
 
 void wk_conv_script(const char *conv, const char *name, kf_redis_cb *cb, void *priv, int argc,
                     const char **argv) {
-    char meta[KF_KEY_MAX], msgs[KF_KEY_MAX], log[KF_KEY_MAX];
-    kf_key_conv_meta(meta, conv);
-    kf_key_conv_msgs(msgs, conv);
-    kf_key_conv_log(log, conv);
-    const char *av[24] = {meta, msgs, log};
-    for (int i = 0; i < argc && i < 21; i++) av[3 + i] = argv[i];
-    kf_redis_script(wk.redis, kf_redis_shard(wk.redis, meta), name, cb, priv, 3, argc + 3, av,
-                    NULL);
+    kf_conv_script(wk.redis, conv, name, cb, priv, argc, argv);
 }
 
 char wk_script_json(const redisReply *r, const char *err, json_t **json) {

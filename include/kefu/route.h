@@ -25,6 +25,10 @@ void kf_route_push(kf_redis *r, const char *payload, size_t len, const char *con
 
 const kf_route_stats *kf_route_get_stats(void);
 
+/** The n strings each followed by '\n', in one malloc'd NUL-terminated string (the inbox `u`
+ * field). */
+char *kf_join_lines(const char *const *items, size_t n);
+
 /** From now on pushes whose lookups are still outstanding are dropped instead of written: call
  * before freeing the Redis client, whose failing callbacks must not issue new commands. */
 void kf_route_shutdown(void);

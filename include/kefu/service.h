@@ -102,4 +102,18 @@ static inline void kf_key_queue_exclude(char *k, const char *group) {
     snprintf(k, KF_KEY_MAX, "kefu:{q:%s}:exclude", group);
 }
 
+typedef struct kf_redis kf_redis;
+typedef struct redisReply redisReply;
+
+/** EVALSHA of a {staff} script on r: KEYS[1] is KF_KEY_STAFF_CONFIG, argv (at most 23) ARGV.
+ * Shared by the gateway and the worker. */
+void kf_staff_script(kf_redis *r, const char *name,
+                     void (*cb)(const redisReply *, const char *, void *), void *priv, int argc,
+                     const char **argv);
+/** EVALSHA of a conversation script on r: KEYS are the conversation's meta hash, messages
+ * stream and record stream; argv (at most 21) ARGV. */
+void kf_conv_script(kf_redis *r, const char *conv, const char *name,
+                    void (*cb)(const redisReply *, const char *, void *), void *priv, int argc,
+                    const char **argv);
+
 #endif
