@@ -559,7 +559,7 @@ static void on_applied(const redisReply *r, const char *err, void *priv) {
         job_done(bc);
         return;
     }
-    if (r->elements < 6) {
+    if (r->elements < 7) {
         job_done(bc);
         return;
     }
@@ -571,20 +571,23 @@ static void on_applied(const redisReply *r, const char *err, void *priv) {
     size_t nu = 0;
     if (*customer) users[nu++] = customer;
     if (*agent) users[nu++] = agent;
-    for (size_t i = 6 + nr; i < r->elements && nu < 64; i++)
+    for (size_t i = 7 + nr; i < r->elements && nu < 64; i++)
         if (r->element[i]->type == REDIS_REPLY_STRING) users[nu++] = r->element[i]->str;
     /* replies, in order, like any chat message */
     const char *name = B.bot ? kf_bot_name(B.bot) : "bot";
     size_t k = 0;
-    for (size_t i = 0; i < bc->res.nacts && k < nr && 6 + k < r->elements; i++) {
+    const char *prev = r->element[6]->type == REDIS_REPLY_STRING ? r->element[6]->str : "";
+    for (size_t i = 0; i < bc->res.nacts && k < nr && 7 + k < r->elements; i++) {
         if (bc->res.acts[i].kind != KF_BOT_ACT_REPLY) continue;
-        const char *id = r->element[6 + k]->str;
+        const char *id = r->element[7 + k]->str;
         char cid[48];
         snprintf(cid, sizeof(cid), "bot-%lld-%zu", bc->version + 1, k + 1);
         json_t *push = json_pack("{s:s, s:s, s:s, s:{s:s, s:s, s:s}, s:s, s:I, s:s}", "type", "msg",
                                  "conv", bc->id, "id", id, "from", "id", "bot", "role", "bot", "name",
                                  name, "text", bc->res.acts[i].value, "ts", (json_int_t)atoll(id),
                                  "cid", cid);
+        json_object_set_new(push, "prev", json_string(prev));
+        prev = id;
         gw_route_push(push, users, nu, NULL);
         GW_M->bot_replies++;
         k++;

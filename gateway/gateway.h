@@ -48,6 +48,9 @@ typedef struct gw_options {
     long long redis_timeout_ms;
     long long drain_timeout_ms;
     long long max_connections;
+    long long redis_inflight_max;
+    long long route_retry_ms;
+    long long route_queue_max;
     /* bots (gateway/bot.c, docs/bots.md) */
     char *bots_dir;
     long long bot_instruction_budget;
@@ -94,6 +97,7 @@ typedef enum {
     CLOSE_SLOW_CONSUMER,
     CLOSE_PEER,
     CLOSE_INTERNAL,
+    CLOSE_PROTOCOL,      /* 1002 from lws: a WebSocket protocol violation */
     CLOSE__COUNT
 } gw_close_reason;
 
@@ -132,6 +136,7 @@ typedef struct gw_conn {
     uint8_t seen_frame;       /* a frame was handled (the first one decides 4400) */
     uint8_t want_ping;
     uint8_t rx_binary;
+    uint8_t rx_paused;        /* reading stopped by backpressure (gw_conn_rx_check) */
     uint8_t close_reason;     /* gw_close_reason */
     uint16_t close_code;
     /* input: a message being reassembled from fragments */
@@ -238,6 +243,11 @@ void gw_router_detach(gw_conn *c);
  * the connection skip (may be NULL). Routed through the node inboxes. Steals payload. */
 void gw_route_push(json_t *payload, const char *const *users, size_t nusers, const gw_conn *skip);
 gw_user *gw_user_find(const char *id);
+/** Routes queued (waiting for presence lookups or for earlier routes). */
+size_t gw_route_backlog(void);
+/** Leaves a resync notice for a conversation's users: they get {"type":"resync","conv":...}
+ * once Redis is healthy (within about a second). */
+void gw_route_resync(const char *conv, const char *const *users, size_t nusers);
 
 /* metrics.c */
 typedef struct gw_metrics {
@@ -255,6 +265,14 @@ typedef struct gw_metrics {
     uint64_t outq_dropped;
     uint64_t accept_rejected, accept_errors;
     uint64_t presence_cache_hits;
+    /* delivery (router.c) and backpressure (server.c) */
+    uint64_t push_lost[3];    /* by cause: presence, inbox, overflow */
+    uint64_t push_retries;    /* routes whose lookups were tried again */
+    uint64_t resync_sent;     /* resync notices routed (one per conversation and user list) */
+    int64_t resync_pending;   /* notices waiting for Redis */
+    int64_t route_queue;      /* routes waiting for lookups or for the routes before them */
+    int64_t rx_paused;        /* connections not read because Redis work is over the bound */
+    uint64_t rx_pauses;
     int64_t node_index;
     /* bots */
     uint64_t bot_runs, bot_errors, bot_budget_kills, bot_memory_kills;

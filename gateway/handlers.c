@@ -43,6 +43,8 @@ void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char 
     if (!gw_conn_alive(c) && c->state != CONN_AUTHENTICATING) return;
     json_t *e = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
     if (req && !json_is_null(req)) json_object_set(e, "req", (json_t *)req);
+    /* how long to wait before trying again: about one reconnection attempt of the Redis client */
+    if (!strcmp(code, "unavailable")) json_object_set_new(e, "retry_ms", json_integer(1000));
     gw_conn_send(c, e);
     json_decref(e);
 }
@@ -146,12 +148,20 @@ int gw_get_int(gw_conn *c, const json_t *msg, const char *name, long long def, l
     return 0;
 }
 
+/* Digits of one part of a stream id, at most UINT64_MAX (what Redis accepts). */
+static int u64_digits_ok(const char *p, size_t n) {
+    static const char max[] = "18446744073709551615";
+    if (n == 0 || n > 20) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isdigit((unsigned char)p[i])) return 0;
+    return n < 20 || memcmp(p, max, 20) <= 0;
+}
+
+/* "<ms>-<seq>", both unsigned 64-bit decimals. */
 static int stream_id_ok(const char *s) {
     const char *dash = strchr(s, '-');
-    if (!dash || dash == s || !dash[1] || strlen(s) > 41) return 0;
-    for (const char *p = s; *p; p++)
-        if (!isdigit((unsigned char)*p) && p != dash) return 0;
-    return 1;
+    if (!dash) return 0;
+    return u64_digits_ok(s, (size_t)(dash - s)) && u64_digits_ok(dash + 1, strlen(dash + 1));
 }
 
 /* ---- helpers around scripts and pushes ---- */
@@ -670,17 +680,27 @@ static void on_msg_stored(const redisReply *r, const char *err, void *priv) {
         gw_reply_failure(x);
         goto out;
     }
-    const char *id = r->element[1]->str;
+    if (r->elements < 3 || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[2]->type != REDIS_REPLY_STRING) {
+        x->err_code = kf_strdup("internal");
+        gw_reply_failure(x);
+        goto out;
+    }
+    const char *id = r->element[1]->str, *prev = r->element[2]->str;
     int dup = r->element[0]->str[0] == 'D';
     long long ts = atoll(id);
     gw_reply_ok(x->c, x->req, json_pack("{s:s, s:I, s:b}", "id", id, "ts", (json_int_t)ts, "dup", dup));
-    if (!dup) {
+    const char *users[64];
+    size_t n = gw_members(r, 3, NULL, users, 64);
+    if (dup) {
+        /* A retry of a message stored before: the first attempt's answer was lost (timeout,
+         * dropped connection), and with it maybe its push. The other participants re-check. */
+        gw_route_resync(x->conv, users, n);
+    } else {
         GW_M->messages_stored++;
-        const char *users[64];
-        size_t n = gw_members(r, 2, NULL, users, 64);
-        json_t *push = json_pack("{s:s, s:s, s:s, s:o, s:s, s:I, s:s}", "type", "msg", "conv",
-                                 x->conv, "id", id, "from", gw_from_obj(x->c), "text", sa->text, "ts",
-                                 (json_int_t)ts, "cid", sa->cid);
+        json_t *push = json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:s}", "type", "msg", "conv",
+                                 x->conv, "id", id, "prev", prev, "from", gw_from_obj(x->c), "text",
+                                 sa->text, "ts", (json_int_t)ts, "cid", sa->cid);
         gw_route_push(push, users, n, x->c);
         /* the bot answers the customer while it has the conversation (gateway/bot.c) */
         if (x->c->ident.role == KF_ROLE_CUSTOMER && gw_bot_enabled())
@@ -721,6 +741,15 @@ static void on_history_access(const redisReply *r, const char *err, void *priv) 
     x->access_ok = gw_script_result(x, r, err) == 0;
 }
 
+/* The message before a history page: the newest at or before `after`. */
+static void on_history_prev(const redisReply *r, const char *err, void *priv) {
+    req_ctx *x = priv;
+    if (!err && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->type == REDIS_REPLY_ARRAY && r->element[0]->elements == 2 &&
+        r->element[0]->element[0]->type == REDIS_REPLY_STRING)
+        snprintf(x->prev, sizeof(x->prev), "%s", r->element[0]->element[0]->str);
+}
+
 static json_t *entry_to_msg(const char *conv, const redisReply *e) {
     if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) return NULL;
     const redisReply *kv = e->element[1];
@@ -743,15 +772,24 @@ static void on_history_range(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
     if (!x->access_ok || err || r->type != REDIS_REPLY_ARRAY) {
         if (!x->err && err) x->err = err;
+        if (x->access_ok && !err) {
+            /* Redis refused the range: a bug of ours, not an outage */
+            kf_error("history XRANGE: %s", r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+            x->err_code = kf_strdup("internal");
+        }
         gw_reply_failure(x);
         gw_ctx_free(x);
         return;
     }
     json_t *msgs = json_array();
     size_t n = r->elements > (size_t)x->limit ? (size_t)x->limit : r->elements;
+    const char *prev = x->prev;
     for (size_t i = 0; i < n; i++) {
         json_t *m = entry_to_msg(x->conv, r->element[i]);
-        if (m) json_array_append_new(msgs, m);
+        if (!m) continue;
+        json_object_set_new(m, "prev", json_string(prev));
+        prev = json_string_value(json_object_get(m, "id"));
+        json_array_append_new(msgs, m);
     }
     gw_reply_ok(x->c, x->req, json_pack("{s:s, s:o, s:b}", "conv", x->conv, "msgs", msgs, "more",
                                      r->elements > (size_t)x->limit));
@@ -773,13 +811,18 @@ static void h_history(gw_conn *c, json_t *msg) {
     char meta[KF_KEY_MAX], msgs[KF_KEY_MAX], start[48];
     kf_key_conv_meta(meta, x->conv);
     kf_key_conv_msgs(msgs, x->conv);
-    if (after && *after)
+    if (after && !strcmp(after, "18446744073709551615-18446744073709551615"))
+        snprintf(start, sizeof(start), "%s", after); /* nothing can follow the largest id */
+    else if (after && *after)
         snprintf(start, sizeof(start), "(%s", after);
     else
         snprintf(start, sizeof(start), "-");
     const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), "read"};
-    /* Both go to the same shard and connection, so the access answer arrives first. */
+    /* All go to the same shard and connection, so they are answered in this order. */
     gw_conv_script(x, "conv_access", meta, on_history_access, 3, argv, NULL);
+    if (after && *after)
+        kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, meta), on_history_prev, x,
+                     "XREVRANGE %s %s - COUNT 1", msgs, after);
     kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, meta), on_history_range, x,
                  "XRANGE %s %s + COUNT %lld", msgs, start, limit + 1);
 }

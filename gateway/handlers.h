@@ -45,6 +45,7 @@ typedef struct req_ctx {
     char group[64];
     int access_ok;
     int limit;
+    char prev[48];   /* history: id of the message before the page ("" when none) */
     void (*done)(struct req_ctx *ctx);
 } req_ctx;
 

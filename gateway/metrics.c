@@ -116,6 +116,24 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
     COUNTER("kefu_presence_cache_hits_total", "Routing presence lookups answered from the local cache.", presence_cache_hits);
     COUNTER("kefu_redis_commands_total", "Redis commands answered.", redis_commands);
     COUNTER("kefu_redis_failures_total", "Redis commands failed (unavailable or timeout).", redis_failures);
+    COUNTER("kefu_push_retries_total", "Routes whose failed presence lookups were tried again.", push_retries);
+    COUNTER("kefu_resync_sent_total", "Resync notices sent (a conversation's users told to fetch its history).", resync_sent);
+    COUNTER("kefu_rx_pauses_total", "Times a connection stopped being read because Redis work was over redis_inflight_max.", rx_pauses);
+    sb_printf(&b, "# HELP kefu_push_lost_total Pushes not delivered live, by cause; their users got a resync notice.\n# TYPE kefu_push_lost_total counter\n");
+    static const char *const lost_causes[3] = {"presence", "inbox", "overflow"};
+    for (int k = 0; k < 3; k++) {
+        uint64_t sum = 0;
+        EACH sum += all[i].push_lost[k];
+        sb_printf(&b, "kefu_push_lost_total{cause=\"%s\"} %llu\n", lost_causes[k], (unsigned long long)sum);
+    }
+#define GAUGE(name, help, field)                                                          \
+    do {                                                                                  \
+        sb_printf(&b, "# HELP " name " " help "\n# TYPE " name " gauge\n");                \
+        EACH sb_printf(&b, name "{" P("") "} %lld\n", i, (long long)all[i].field);         \
+    } while (0)
+    GAUGE("kefu_route_queue", "Pushes waiting for presence lookups or for the pushes before them.", route_queue);
+    GAUGE("kefu_resync_pending", "Resync notices waiting for Redis to be healthy.", resync_pending);
+    GAUGE("kefu_rx_paused", "Connections not being read (backpressure).", rx_paused);
     sb_printf(&b, "# HELP kefu_errors_total Error answers by code.\n# TYPE kefu_errors_total counter\n");
     for (int e = 0; e < 9; e++) {
         uint64_t sum = 0;

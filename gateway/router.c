@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "handlers.h"
 #include "kefu/alloc.h"
 #include "kefu/keys.h"
 #include "kefu/log.h"
@@ -278,19 +279,119 @@ static void pc_store(const char *user, const redisReply *reply, uint32_t fetched
     e->fetched = fetched;
 }
 
-/* ---- routing a push: presence lookups, then one XADD per node ---- */
+/* ---- routing a push: presence lookups, then one XADD per node ----
+ *
+ * Nothing is dropped quietly. A presence lookup that fails is retried (the route keeps its place
+ * in line, so a conversation's pushes still leave in order) for route_retry_ms; a push that
+ * finally cannot be routed, an inbox XADD that fails, and a route refused because the line is
+ * full each leave a "resync notice" for the conversation's users. Notices go out as
+ * {"type":"resync","conv":...} pushes once Redis is healthy again, telling each client which
+ * conversation to fetch with `history after=<last id seen>` (docs/protocol.md). */
 
 struct route {
-    struct route *next;     /* routes go out in the order they were asked for */
-    int ready;              /* every presence lookup answered */
-    char *payload;          /* JSON text */
+    struct route *next;      /* routes go out in the order they were asked for */
+    struct route *retry_next;
+    int ready;               /* every presence lookup answered */
+    int pending;
+    char *payload;           /* JSON text */
     size_t payload_len;
-    char *users;            /* '\n'-separated */
-    char skip[160];         /* "<node>/<conn id>" or "" */
+    char *users;             /* '\n'-separated */
+    char *retry;             /* '\n'-separated users whose lookup failed, or NULL */
+    char conv[CONV_ID_MAX + 1]; /* "" when the push concerns no conversation */
+    uint8_t signal;          /* a lost copy must be signalled (everything but typing) */
+    uint32_t asked_ms;       /* gw_clock_ms() when asked for */
+    char skip[160];          /* "<node>/<conn id>" or "" */
     char **nodes;
     size_t nnodes;
-    int pending;
 };
+
+static struct route *routes_head, *routes_tail;
+static size_t nroutes;
+static struct route *retry_list;
+static int router_stopping;
+static struct event *retry_ev, *local_resync_ev;
+
+size_t gw_route_backlog(void) { return nroutes; }
+
+/* Losses are logged once per cause, then summed up at most every 10 s. */
+enum { LOST_PRESENCE, LOST_INBOX, LOST_OVERFLOW, LOST__COUNT };
+static const char *const lost_what[LOST__COUNT] = {
+    "presence lookups kept failing for route_retry_ms",
+    "the XADD into a node inbox failed",
+    "the route queue was full (route_queue_max)"};
+static uint64_t lost_logged[LOST__COUNT];
+static uint32_t lost_logged_ms[LOST__COUNT];
+
+static void lost_count(int cause, size_t pushes) {
+    GW_M->push_lost[cause] += pushes;
+    uint32_t now = gw_clock_ms();
+    if (lost_logged[cause] == 0 || (uint32_t)(now - lost_logged_ms[cause]) >= 10000) {
+        kf_warn("%llu push(es) not delivered so far because %s; their users get a resync notice "
+                "for each conversation", (unsigned long long)GW_M->push_lost[cause],
+                lost_what[cause]);
+        lost_logged[cause] = GW_M->push_lost[cause];
+        lost_logged_ms[cause] = now;
+    }
+}
+
+/* ---- resync notices: (conversation, users) to tell, kept until Redis can carry them ---- */
+
+#define NOTICE_MAX 8192
+#define NOTICE_BUCKETS 1024
+struct notice {
+    struct notice *next, *hnext;
+    char *users;
+    char conv[];
+};
+static struct notice *notices, **notices_tail = &notices, *notice_hash[NOTICE_BUCKETS];
+static size_t nnotices;
+static int resync_everyone;  /* too many notices: every client of every node re-checks all */
+
+static void notice_add(const char *conv, const char *users, size_t ulen) {
+    if (ulen == 0) return;
+    if (resync_everyone) return;
+    uint64_t h = hash_str(conv);
+    for (size_t i = 0; i < ulen; i++) h = (h ^ (unsigned char)users[i]) * 1099511628211ull;
+    struct notice **b = &notice_hash[h & (NOTICE_BUCKETS - 1)];
+    for (struct notice *n = *b; n; n = n->hnext)
+        if (strcmp(n->conv, conv) == 0 && strlen(n->users) == ulen && !memcmp(n->users, users, ulen))
+            return;
+    if (nnotices >= NOTICE_MAX) {
+        kf_warn("more than %d conversations to resync: every client will re-check all of its "
+                "conversations", NOTICE_MAX);
+        resync_everyone = 1;
+        return;
+    }
+    size_t cl = strlen(conv);
+    struct notice *n = kf_malloc(sizeof(*n) + cl + 1);
+    memcpy(n->conv, conv, cl + 1);
+    n->users = kf_strndup(users, ulen);
+    n->next = NULL;
+    n->hnext = *b;
+    *b = n;
+    *notices_tail = n;
+    notices_tail = &n->next;
+    nnotices++;
+    GW_M->resync_pending = (int64_t)nnotices;
+}
+
+static void notices_clear(void) {
+    for (struct notice *n = notices, *next; n; n = next) {
+        next = n->next;
+        kf_free(n->users);
+        kf_free(n);
+    }
+    notices = NULL;
+    notices_tail = &notices;
+    memset(notice_hash, 0, sizeof(notice_hash));
+    nnotices = 0;
+    GW_M->resync_pending = 0;
+}
+
+static void route_lost(const struct route *rt, const char *users, size_t ulen, int cause) {
+    lost_count(cause, 1);
+    if (rt->signal) notice_add(rt->conv, users, ulen);
+}
 
 static void route_add_node(struct route *rt, const char *node, size_t len) {
     for (size_t i = 0; i < rt->nnodes; i++)
@@ -305,16 +406,45 @@ static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen
 /* Pushes for one remote node gathered during a loop iteration; flushed as ONE XADD whose entry
  * carries the pushes as repeated p/u/x field triples (a reader delivers them in order). */
 #define BATCH_MAX 256
+struct batch_push {
+    char *p, *u, *x;
+    size_t plen;
+    char *conv;              /* NULL: nothing to signal when lost */
+};
 struct node_batch {
     char *node;
     int n;
-    char *p[BATCH_MAX], *u[BATCH_MAX], *x[BATCH_MAX];
-    size_t plen[BATCH_MAX];
+    struct batch_push push[BATCH_MAX];
     struct node_batch *next;
 };
 static struct node_batch *batches;
 static struct event *flush_ev;
 static int flush_armed;
+
+/* What an XADD in flight carries, to signal its pushes if it fails. */
+struct sent_batch {
+    int n;
+    struct batch_push push[];
+};
+
+static void sent_batch_free(struct sent_batch *sb) {
+    for (int i = 0; i < sb->n; i++) {
+        kf_free(sb->push[i].u);
+        kf_free(sb->push[i].conv);
+    }
+    kf_free(sb);
+}
+
+static void on_batch_stored(const redisReply *reply, const char *err, void *priv) {
+    struct sent_batch *sb = priv;
+    if (!router_stopping && (err || reply->type == REDIS_REPLY_ERROR)) {
+        for (int i = 0; i < sb->n; i++) {
+            lost_count(LOST_INBOX, 1);
+            if (sb->push[i].conv) notice_add(sb->push[i].conv, sb->push[i].u, strlen(sb->push[i].u));
+        }
+    }
+    sent_batch_free(sb);
+}
 
 static void batch_send(struct node_batch *b) {
     if (b->n == 0) return;
@@ -327,19 +457,23 @@ static void batch_send(struct node_batch *b) {
     const char *head[6] = {"XADD", key, "MAXLEN", "~", maxlen, "*"};
     for (int k = 0; k < 6; k++) argv[k] = head[k], lens[k] = strlen(head[k]);
     for (int i = 0; i < b->n; i++) {
+        const struct batch_push *bp = &b->push[i];
         int k = 6 + 6 * i;
         argv[k] = "p", lens[k] = 1;
-        argv[k + 1] = b->p[i], lens[k + 1] = b->plen[i];
+        argv[k + 1] = bp->p, lens[k + 1] = bp->plen;
         argv[k + 2] = "u", lens[k + 2] = 1;
-        argv[k + 3] = b->u[i], lens[k + 3] = strlen(b->u[i]);
+        argv[k + 3] = bp->u, lens[k + 3] = strlen(bp->u);
         argv[k + 4] = "x", lens[k + 4] = 1;
-        argv[k + 5] = b->x[i], lens[k + 5] = strlen(b->x[i]);
+        argv[k + 5] = bp->x, lens[k + 5] = strlen(bp->x);
     }
-    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, key), NULL, NULL, argc, argv, lens);
+    struct sent_batch *sb = kf_malloc(sizeof(*sb) + sizeof(sb->push[0]) * (size_t)b->n);
+    sb->n = b->n;
+    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, key), on_batch_stored, sb, argc, argv, lens);
     for (int i = 0; i < b->n; i++) {
-        kf_free(b->p[i]);
-        kf_free(b->u[i]);
-        kf_free(b->x[i]);
+        sb->push[i] = b->push[i];
+        kf_free(b->push[i].p);
+        kf_free(b->push[i].x);
+        sb->push[i].p = sb->push[i].x = NULL;
     }
     b->n = 0;
     kf_free(argv);
@@ -352,7 +486,8 @@ static void on_flush(evutil_socket_t fd, short what, void *arg) {
     for (struct node_batch *b = batches; b; b = b->next) batch_send(b);
 }
 
-static void batch_add(const char *node, const struct route *rt) {
+static void batch_add(const char *node, const char *p, size_t plen, const char *u, const char *x,
+                      const char *conv) {
     struct node_batch *b = batches;
     while (b && strcmp(b->node, node) != 0) b = b->next;
     if (!b) {
@@ -362,17 +497,27 @@ static void batch_add(const char *node, const struct route *rt) {
         batches = b;
     }
     if (b->n == BATCH_MAX) batch_send(b);
-    b->p[b->n] = kf_malloc(rt->payload_len + 1);
-    memcpy(b->p[b->n], rt->payload, rt->payload_len + 1);
-    b->plen[b->n] = rt->payload_len;
-    b->u[b->n] = kf_strdup(rt->users);
-    b->x[b->n] = kf_strdup(rt->skip);
-    b->n++;
+    struct batch_push *bp = &b->push[b->n++];
+    bp->p = kf_malloc(plen + 1);
+    memcpy(bp->p, p, plen + 1);
+    bp->plen = plen;
+    bp->u = kf_strdup(u);
+    bp->x = kf_strdup(x);
+    bp->conv = conv ? kf_strdup(conv) : NULL;
     if (!flush_armed) {
         /* Runs after the callbacks already active in this loop iteration. */
         flush_armed = 1;
         event_active(flush_ev, EV_TIMEOUT, 0);
     }
+}
+
+static void route_free(struct route *rt) {
+    for (size_t i = 0; i < rt->nnodes; i++) kf_free(rt->nodes[i]);
+    kf_free(rt->nodes);
+    kf_free(rt->payload);
+    kf_free(rt->users);
+    kf_free(rt->retry);
+    kf_free(rt);
 }
 
 static void route_send(struct route *rt) {
@@ -382,17 +527,12 @@ static void route_send(struct route *rt) {
             inbox_deliver(rt->payload, rt->payload_len, rt->users, strlen(rt->users), rt->skip,
                           strlen(rt->skip));
         } else {
-            batch_add(rt->nodes[i], rt);
+            batch_add(rt->nodes[i], rt->payload, rt->payload_len, rt->users, rt->skip,
+                      rt->signal ? rt->conv : NULL);
         }
-        kf_free(rt->nodes[i]);
     }
-    kf_free(rt->nodes);
-    kf_free(rt->payload);
-    kf_free(rt->users);
-    kf_free(rt);
+    route_free(rt);
 }
-
-static struct route *routes_head, *routes_tail;
 
 /* Sends every route at the head of the line whose lookups are done, so the pushes of one
  * conversation leave in the order their messages were stored even when some lookups are
@@ -402,13 +542,10 @@ static void routes_flush(void) {
         struct route *rt = routes_head;
         routes_head = rt->next;
         if (!routes_head) routes_tail = NULL;
+        nroutes--;
         route_send(rt);
     }
-}
-
-static void route_ready(struct route *rt) {
-    rt->ready = 1;
-    routes_flush();
+    GW_M->route_queue = (int64_t)nroutes;
 }
 
 struct lookup {
@@ -417,9 +554,79 @@ struct lookup {
     char user[];
 };
 
+static void on_presence(const redisReply *reply, const char *err, void *priv);
+
+static void lookup_send(struct route *rt, const char *user, size_t ul, const char *now) {
+    struct lookup *lk = kf_malloc(sizeof(*lk) + ul + 1);
+    lk->rt = rt;
+    lk->sent = gw_clock_ms();
+    memcpy(lk->user, user, ul);
+    lk->user[ul] = '\0';
+    char key[KF_KEY_MAX];
+    kf_key_user_nodes(key, lk->user);
+    kf_redis_cmd_key(gw->redis, key, on_presence, lk, "ZRANGEBYSCORE %s %s +inf", key, now);
+}
+
+/* Every lookup of the route answered: send it, or try the failed ones again later, or give up
+ * on those users and leave a resync notice for them. */
+static void route_lookups_done(struct route *rt) {
+    if (rt->retry) {
+        if ((uint32_t)(gw_clock_ms() - rt->asked_ms) < (uint64_t)gw->opt.route_retry_ms) {
+            GW_M->push_retries++;
+            rt->retry_next = retry_list;
+            retry_list = rt;
+            if (!evtimer_pending(retry_ev, NULL)) {
+                struct timeval tv = {0, 200000};
+                evtimer_add(retry_ev, &tv);
+            }
+            return;
+        }
+        route_lost(rt, rt->retry, strlen(rt->retry), LOST_PRESENCE);
+        kf_free(rt->retry);
+        rt->retry = NULL;
+    }
+    rt->ready = 1;
+    routes_flush();
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    struct route *list = retry_list;
+    retry_list = NULL;
+    char now[24];
+    snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
+    for (struct route *rt = list, *next; rt; rt = next) {
+        next = rt->retry_next;
+        char *users = rt->retry;
+        rt->retry = NULL;
+        rt->pending = 1; /* held while the lookups go out */
+        for (const char *u = users; *u;) {
+            size_t l = strcspn(u, "\n");
+            rt->pending++;
+            lookup_send(rt, u, l, now);
+            u += l;
+            if (*u == '\n') u++;
+        }
+        kf_free(users);
+        if (--rt->pending == 0) route_lookups_done(rt);
+    }
+}
+
+static void retry_add(struct route *rt, const char *user) {
+    size_t ul = strlen(user), old = rt->retry ? strlen(rt->retry) : 0;
+    rt->retry = kf_realloc(rt->retry, old + ul + 2);
+    if (old) rt->retry[old++] = '\n';
+    memcpy(rt->retry + old, user, ul + 1);
+}
+
 static void on_presence(const redisReply *reply, const char *err, void *priv) {
     struct lookup *lk = priv;
     struct route *rt = lk->rt;
+    if (router_stopping) {
+        kf_free(lk);
+        if (--rt->pending == 0) route_free(rt);
+        return;
+    }
     if (!err && reply->type == REDIS_REPLY_ARRAY) {
         int all_strings = 1;
         for (size_t i = 0; i < reply->elements; i++) {
@@ -429,15 +636,19 @@ static void on_presence(const redisReply *reply, const char *err, void *priv) {
                 all_strings = 0;
         }
         if (all_strings) pc_store(lk->user, reply, lk->sent);
-    } else if (err) {
-        kf_warn("presence lookup failed: %s (pushes to that user wait for its history call)", err);
+    } else {
+        retry_add(rt, lk->user);
     }
     kf_free(lk);
-    if (--rt->pending == 0) route_ready(rt);
+    if (--rt->pending == 0) route_lookups_done(rt);
 }
 
 void gw_route_push(json_t *payload, const char *const *users, size_t nusers, const gw_conn *skip) {
     struct route *rt = kf_calloc(1, sizeof(*rt));
+    const char *conv = json_string_value(json_object_get(payload, "conv"));
+    const char *type = json_string_value(json_object_get(payload, "type"));
+    if (conv) snprintf(rt->conv, sizeof(rt->conv), "%s", conv);
+    rt->signal = !type || strcmp(type, "typing") != 0;
     rt->payload = json_dumps(payload, JSON_COMPACT);
     json_decref(payload);
     if (!rt->payload) {
@@ -446,41 +657,107 @@ void gw_route_push(json_t *payload, const char *const *users, size_t nusers, con
     }
     rt->payload_len = strlen(rt->payload);
     rt->users = kf_join_lines(users, nusers);
+    rt->asked_ms = gw_clock_ms();
+    if (nroutes >= (size_t)gw->opt.route_queue_max) {
+        route_lost(rt, rt->users, strlen(rt->users), LOST_OVERFLOW);
+        route_free(rt);
+        return;
+    }
     if (skip) snprintf(rt->skip, sizeof(rt->skip), "%s/%llu", gw->node, (unsigned long long)skip->id);
-    rt->pending = (int)nusers;
+    rt->pending = 1; /* held while the lookups go out */
     if (routes_tail)
         routes_tail->next = rt;
     else
         routes_head = rt;
     routes_tail = rt;
-    if (nusers == 0) {
-        route_ready(rt);
-        return;
-    }
+    nroutes++;
     char now[24];
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
-    uint32_t clk = gw_clock_ms();
-    size_t lookups = 0;
+    uint32_t clk = rt->asked_ms;
     for (size_t i = 0; i < nusers; i++) {
         pcache *e = gw->opt.presence_cache_ms > 0 ? pc_find(users[i], NULL) : NULL;
         if (e && (uint32_t)(clk - e->fetched) < (uint64_t)gw->opt.presence_cache_ms) {
             for (const char *n = e->nodes, *nl; (nl = strchr(n, '\n')); n = nl + 1)
                 route_add_node(rt, n, (size_t)(nl - n));
             GW_M->presence_cache_hits++;
-            rt->pending--;
             continue;
         }
-        size_t ul = strlen(users[i]);
-        struct lookup *lk = kf_malloc(sizeof(*lk) + ul + 1);
-        lk->rt = rt;
-        lk->sent = clk;
-        memcpy(lk->user, users[i], ul + 1);
-        char key[KF_KEY_MAX];
-        kf_key_user_nodes(key, users[i]);
-        kf_redis_cmd_key(gw->redis, key, on_presence, lk, "ZRANGEBYSCORE %s %s +inf", key, now);
-        lookups++;
+        rt->pending++;
+        lookup_send(rt, users[i], strlen(users[i]), now);
     }
-    if (lookups == 0) route_ready(rt);
+    if (--rt->pending == 0) route_lookups_done(rt);
+}
+
+/* ---- sending the notices, and resyncs for everyone ---- */
+
+static void on_nodes_for_resync(const redisReply *reply, const char *err, void *priv) {
+    (void)priv;
+    if (router_stopping) return;
+    if (err || reply->type != REDIS_REPLY_ARRAY) {
+        resync_everyone = 1; /* try again at the next check */
+        return;
+    }
+    static const char p[] = "{\"type\":\"resync\",\"reason\":\"routing\"}";
+    for (size_t i = 0; i < reply->elements; i++) {
+        const redisReply *n = reply->element[i];
+        if (n->type != REDIS_REPLY_STRING || strcmp(n->str, gw->node) == 0) continue;
+        batch_add(n->str, p, sizeof(p) - 1, "*", "", NULL);
+    }
+    inbox_deliver(p, sizeof(p) - 1, "*", 1, "", 0);
+}
+
+/* Once Redis is healthy and the line is short: every pending notice becomes a resync push. */
+static void notices_send(void) {
+    if (!kf_redis_all_up(gw->redis) || nroutes > (size_t)gw->opt.route_queue_max / 2) return;
+    if (resync_everyone) {
+        resync_everyone = 0;
+        notices_clear();
+        char since[24];
+        snprintf(since, sizeof(since), "%lld", (long long)(gw_now_ms() - 3 * gw->opt.presence_ttl_ms));
+        kf_redis_cmd_key(gw->redis, KF_KEY_NODES, on_nodes_for_resync, NULL,
+                         "ZRANGEBYSCORE %s %s +inf", KF_KEY_NODES, since);
+        GW_M->resync_sent++;
+        return;
+    }
+    struct notice *list = notices;
+    notices = NULL;
+    notices_tail = &notices;
+    memset(notice_hash, 0, sizeof(notice_hash));
+    nnotices = 0;
+    GW_M->resync_pending = 0;
+    for (struct notice *n = list, *next; n; n = next) {
+        next = n->next;
+        const char *users[64];
+        size_t nu = 0;
+        for (char *u = n->users; u && *u && nu < 64;) {
+            char *nl = strchr(u, '\n');
+            users[nu++] = u;
+            if (!nl) break;
+            *nl = '\0';
+            u = nl + 1;
+        }
+        json_t *push = json_pack("{s:s, s:s, s:s}", "type", "resync", "conv", n->conv, "reason",
+                                 "routing");
+        if (!n->conv[0]) json_object_del(push, "conv");
+        gw_route_push(push, users, nu, NULL);
+        GW_M->resync_sent++;
+        kf_free(n->users);
+        kf_free(n);
+    }
+}
+
+void gw_route_resync(const char *conv, const char *const *users, size_t nusers) {
+    char *joined = kf_join_lines(users, nusers);
+    notice_add(conv, joined, strlen(joined));
+    kf_free(joined);
+}
+
+/* Tells every local connection to re-check all of its conversations. */
+static void on_local_resync(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    static const char p[] = "{\"type\":\"resync\",\"reason\":\"redis_restart\"}";
+    inbox_deliver(p, sizeof(p) - 1, "*", 1, "", 0);
+    GW_M->resync_sent++;
 }
 
 /* ---- the inbox reader: its own connection, since XREAD BLOCK holds it ---- */
@@ -508,6 +785,28 @@ static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen
     size_t nodelen = strlen(gw->node);
     if (xlen > nodelen + 1 && memcmp(x, gw->node, nodelen) == 0 && x[nodelen] == '/')
         skip_id = strtoull(x + nodelen + 1, NULL, 10);
+    if (ulen == 1 && u[0] == '*') {
+        /* every authenticated connection of this node (a resync for everyone) */
+        for (gw_conn *c = gw->conns; c; c = c->next) {
+            if (!gw_conn_alive(c)) continue;
+            int f = c->fmt == KF_FMT_MSGPACK;
+            if (!bufs[f]) {
+                json_t *o = json_loadb(p, plen, 0, NULL);
+                char *d;
+                size_t dl;
+                if (!o || kf_codec_encode((kf_format)c->fmt, o, LWS_PRE, &d, &dl) < 0) {
+                    if (o) json_decref(o);
+                    kf_error("inbox entry cannot be re-encoded");
+                    return;
+                }
+                json_decref(o);
+                bufs[f] = gw_buf_new(d, dl, f);
+            }
+            gw_conn_send_buf(c, bufs[f]);
+            GW_M->inbox_deliveries++;
+        }
+        ulen = 0;
+    }
     const char *end = u + ulen;
     while (u < end) {
         const char *nl = memchr(u, '\n', (size_t)(end - u));
@@ -663,11 +962,23 @@ static void inbox_connect(void) {
  * local user's presence again at once rather than at the next heartbeat. */
 static void on_shard_state(kf_redis *r, unsigned shard, int up, void *priv) {
     (void)r, (void)shard, (void)priv;
-    if (up) on_heartbeat(-1, 0, NULL);
+    if (!up) return;
+    on_heartbeat(-1, 0, NULL);
+    if (up == KF_REDIS_UP_RESTARTED) {
+        /* The server restarted: inbox entries, presence and messages it had not persisted may
+         * be gone, and with them pushes meant for our clients. Once our presence is back (and
+         * other nodes' cached lookups made before it have expired), every local client
+         * re-checks its conversations. */
+        long long ms = gw->opt.presence_cache_ms + 500;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        event_del(local_resync_ev);
+        evtimer_add(local_resync_ev, &tv);
+    }
 }
 
 void gw_router_check(void) {
     pc_expire();
+    if (nnotices || resync_everyone) notices_send();
     /* Entries already read are trimmed by their id, so MAXLEN only bounds a dead reader's inbox
      * and a lagging reader never loses what it has not read yet. */
     static char trimmed[48];
@@ -695,6 +1006,8 @@ void gw_router_check(void) {
 
 void gw_router_start(void) {
     flush_ev = event_new(gw->base, -1, 0, on_flush, NULL);
+    retry_ev = evtimer_new(gw->base, on_retry, NULL);
+    local_resync_ev = evtimer_new(gw->base, on_local_resync, NULL);
     kf_redis_on_state(gw->redis, on_shard_state, NULL);
     gw->inbox_retry_ev = evtimer_new(gw->base, on_inbox_retry, NULL);
     gw->heartbeat_ev = event_new(gw->base, -1, EV_PERSIST, on_heartbeat, NULL);
@@ -714,6 +1027,22 @@ void gw_router_stop(void) {
     batches = NULL;
     if (flush_ev) event_free(flush_ev);
     flush_ev = NULL;
+    /* Routes whose lookups are still out are freed by their callbacks, which run when the
+     * Redis client is freed after us; the others go now. */
+    router_stopping = 1;
+    retry_list = NULL;
+    while (routes_head) {
+        struct route *rt = routes_head;
+        routes_head = rt->next;
+        if (rt->pending == 0) route_free(rt);
+    }
+    routes_tail = NULL;
+    nroutes = 0;
+    notices_clear();
+    if (retry_ev) event_free(retry_ev);
+    retry_ev = NULL;
+    if (local_resync_ev) event_free(local_resync_ev);
+    local_resync_ev = NULL;
     while (delayed) {
         struct attach_req *a = delayed;
         delayed_unlink(a);

@@ -1,5 +1,6 @@
 /* One gateway process: libwebsockets on a libevent loop, connections, output queues, timers,
  * HTTP endpoints, signals and draining. */
+#include <ctype.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/listener.h>
@@ -29,7 +30,7 @@ gw_server *gw;
 const char *const gw_close_reason_names[CLOSE__COUNT] = {
     "none",         "normal",        "shutdown",     "invalid_utf8",   "too_large",
     "auth_invalid", "auth_expired",  "auth_timeout", "hello_expected", "idle_timeout",
-    "rate_abuse",   "slow_consumer", "peer",         "internal"};
+    "rate_abuse",   "slow_consumer", "peer",         "internal",       "protocol"};
 
 /* Per-session data lws allocates for every connection: just a pointer to our struct, which
  * outlives the wsi while Redis replies for it are pending. */
@@ -183,16 +184,26 @@ static gw_conn *conn_new(struct lws *wsi) {
 }
 
 /* lws is done with the connection: count the close, leave the indexes, drop lws's reference. */
-static void conn_gone(struct pss *pss) {
+static void conn_gone(struct pss *pss, struct lws *wsi) {
     gw_conn *c = pss->c;
     if (!c) return;
     pss->c = NULL;
+    if (c->close_reason == CLOSE_NONE && wsi && lws_get_close_length(wsi) >= 2) {
+        /* lws put a close status of its own in the close buffer: a protocol violation (1002:
+         * unmasked or reserved bits, bad opcode or fragment, ...) */
+        const unsigned char *cp = lws_get_close_payload(wsi);
+        if ((cp[0] << 8 | cp[1]) == LWS_CLOSE_STATUS_PROTOCOL_ERR) c->close_reason = CLOSE_PROTOCOL;
+    }
     if (c->close_reason == CLOSE_NONE) c->close_reason = CLOSE_PEER;
     GW_M->closes[c->close_reason]++;
     GW_M->conns_by_role[c->ident.role]--;
     kf_debug("conn %llu: closed (%s)", (unsigned long long)c->id,
              gw_close_reason_names[c->close_reason]);
     if (c->user) gw_router_detach(c);
+    if (c->rx_paused) {
+        c->rx_paused = 0;
+        GW_M->rx_paused--;
+    }
     c->wsi = NULL;
     c->state = CONN_CLOSED;
     outq_clear(c);
@@ -225,6 +236,44 @@ static int rate_allow(gw_conn *c) {
     return 0;
 }
 
+/* ---- backpressure: stop reading clients while Redis work is over the bound ----
+ * Commands in flight plus routes waiting to go out: above redis_inflight_max, a connection that
+ * delivers a request stops being read (TCP then pushes back on its sender) until the backlog is
+ * under half the bound. Only connections that actually send are paused. */
+
+static struct event *rx_resume_ev;
+
+static size_t backlog(void) { return kf_redis_pending(gw->redis) + gw_route_backlog(); }
+
+static void rx_resume_arm(void) {
+    struct timeval tv = {0, 1000};
+    evtimer_add(rx_resume_ev, &tv);
+}
+
+static void rx_maybe_pause(gw_conn *c) {
+    if (c->rx_paused || !c->wsi || backlog() <= (size_t)gw->opt.redis_inflight_max) return;
+    if (lws_rx_flow_control(c->wsi, 0) < 0) return;
+    c->rx_paused = 1;
+    GW_M->rx_paused++;
+    GW_M->rx_pauses++;
+    if (!evtimer_pending(rx_resume_ev, NULL)) rx_resume_arm();
+}
+
+static void on_rx_resume(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    if (!GW_M->rx_paused) return;
+    if (backlog() > (size_t)gw->opt.redis_inflight_max / 2) {
+        rx_resume_arm();
+        return;
+    }
+    for (gw_conn *c = gw->conns; c && GW_M->rx_paused > 0; c = c->next) {
+        if (!c->rx_paused) continue;
+        c->rx_paused = 0;
+        GW_M->rx_paused--;
+        if (c->wsi) lws_rx_flow_control(c->wsi, 1);
+    }
+}
+
 /* A complete message arrived. Returns -1 when lws must close the connection now. */
 static int conn_on_message(gw_conn *c, const char *data, size_t len, int binary) {
     GW_M->frames_in++;
@@ -252,10 +301,13 @@ static int conn_on_message(gw_conn *c, const char *data, size_t len, int binary)
         return 0;
     }
     if (!msg) {
-        gw_reply_error(c, NULL, "bad_request", err ? err : "cannot decode frame");
+        json_t *req = kf_codec_recover_req((kf_format)c->fmt, data, len);
+        gw_reply_error(c, req, "bad_request", err ? err : "cannot decode frame");
+        if (req) json_decref(req);
         return 0;
     }
     gw_handle_frame(c, msg);
+    rx_maybe_pause(c);
     return 0;
 }
 
@@ -448,6 +500,23 @@ static int http_request(struct lws *wsi, struct http_pss *hp, const char *uri) {
 
 /* ---- the lws protocol callback ---- */
 
+/* RFC 6455 4.2.1: what an opening handshake must carry beyond what lws checks. Returns the
+ * 400 answer's body, or NULL when the request is acceptable. */
+static const char *upgrade_fault(struct lws *wsi) {
+    char v[8], key[64];
+    if (lws_hdr_copy(wsi, v, sizeof(v), WSI_TOKEN_VERSION) <= 0 || strcmp(v, "13") != 0)
+        return "unsupported Sec-WebSocket-Version (13 required)\n";
+    /* The key is 16 random bytes in base64: 22 symbols and "==". */
+    int n = lws_hdr_copy(wsi, key, sizeof(key), WSI_TOKEN_KEY);
+    if (n != 24 || key[22] != '=' || key[23] != '=') return "bad Sec-WebSocket-Key\n";
+    for (int i = 0; i < 22; i++)
+        if (!isalnum((unsigned char)key[i]) && key[i] != '+' && key[i] != '/')
+            return "bad Sec-WebSocket-Key\n";
+    /* the last symbol carries 2 bits of the 16th byte and 4 zero bits */
+    if (!strchr("AQgw", key[21])) return "bad Sec-WebSocket-Key\n";
+    return NULL;
+}
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len) {
     struct pss *pss = user;
@@ -455,19 +524,25 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: {
         char uri[64];
         unsigned status = 0;
+        const char *body = NULL;
         if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0)
-            status = 404;
+            status = 404, body = "not found\n";
+        else if ((body = upgrade_fault(wsi)))
+            status = 400;
         else if (gw->draining)
-            status = 503;
+            status = 503, body = "draining\n";
         if (!status) return 0;
         /* lws has not parsed the HTTP version yet here and would answer HTTP/1.0, which some
          * WebSocket clients refuse; the answer is small, so write it whole. */
-        char resp[LWS_PRE + 160];
+        char resp[LWS_PRE + 256];
         int n = snprintf(resp + LWS_PRE, sizeof(resp) - LWS_PRE,
-                         "HTTP/1.1 %u %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-                         "connection: close\r\n\r\n%s",
-                         status, status == 404 ? "Not Found" : "Service Unavailable",
-                         status == 404 ? 10 : 9, status == 404 ? "not found\n" : "draining\n");
+                         "HTTP/1.1 %u %s\r\ncontent-type: text/plain\r\ncontent-length: %zu\r\n"
+                         "%sconnection: close\r\n\r\n%s",
+                         status,
+                         status == 404   ? "Not Found"
+                         : status == 400 ? "Bad Request"
+                                         : "Service Unavailable",
+                         strlen(body), status == 400 ? "sec-websocket-version: 13\r\n" : "", body);
         lws_write(wsi, (unsigned char *)resp + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
         return -1;
     }
@@ -505,7 +580,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         if (pss->c && pss->c->close_reason == CLOSE_NONE) pss->c->close_reason = CLOSE_PEER;
         return 0;
     case LWS_CALLBACK_CLOSED:
-        conn_gone(pss);
+        conn_gone(pss, wsi);
         return 0;
     case LWS_CALLBACK_HTTP: {
         struct http_pss *hp = user;
@@ -531,7 +606,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
     }
     case LWS_CALLBACK_WSI_DESTROY:
-        if (pss) conn_gone(pss);
+        if (pss) conn_gone(pss, NULL);
         return 0;
     default:
         return 0;
@@ -822,6 +897,7 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     }
     if (listen_start(opt) < 0) return 1;
 
+    rx_resume_ev = evtimer_new(gw->base, on_rx_resume, NULL);
     gw_router_start();
     gw_bot_start();
     gw->sweep_ev = event_new(gw->base, -1, EV_PERSIST, on_sweep, NULL);
@@ -844,11 +920,13 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     lws_context_destroy(gw->lws);
     while (gw->conns) {
         struct pss p = {gw->conns};
-        conn_gone(&p);
+        conn_gone(&p, NULL);
     }
     gw_bot_stop();
     gw_router_stop();
     event_free(gw->sweep_ev);
+    event_free(rx_resume_ev);
+    rx_resume_ev = NULL;
     event_free(gw->sig_term_ev);
     event_free(gw->sig_int_ev);
     event_free(gw->sig_hup_ev);

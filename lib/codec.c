@@ -83,6 +83,7 @@ static json_t *decode_json(const char *buf, size_t len, const char **err) {
 typedef struct {
     const unsigned char *p, *end;
     const char *err;
+    int allow_nul; /* kf_codec_recover_req: strings may hold NUL */
 } mp_reader;
 
 static json_t *mp_value(mp_reader *r, int depth);
@@ -117,7 +118,7 @@ static const char *mp_str_body(mp_reader *r, size_t n) {
         r->err = E_UTF8;
         return NULL;
     }
-    if (memchr(s, '\0', n)) {
+    if (!r->allow_nul && memchr(s, '\0', n)) {
         r->err = E_NUL;
         return NULL;
     }
@@ -283,8 +284,8 @@ static json_t *mp_value(mp_reader *r, int depth) {
     }
 }
 
-static json_t *decode_msgpack(const char *buf, size_t len, const char **err) {
-    mp_reader r = {(const unsigned char *)buf, (const unsigned char *)buf + len, NULL};
+static json_t *decode_msgpack(const char *buf, size_t len, const char **err, int allow_nul) {
+    mp_reader r = {(const unsigned char *)buf, (const unsigned char *)buf + len, NULL, allow_nul};
 
     if (len == 0) {
         *err = E_TRUNCATED;
@@ -318,9 +319,30 @@ json_t *kf_codec_decode(kf_format fmt, const char *buf, size_t len, const char *
     }
     if (!buf) buf = "";
     if (fmt == KF_FMT_JSON) return decode_json(buf, len, err);
-    if (fmt == KF_FMT_MSGPACK) return decode_msgpack(buf, len, err);
+    if (fmt == KF_FMT_MSGPACK) return decode_msgpack(buf, len, err, 0);
     *err = "unknown format";
     return NULL;
+}
+
+json_t *kf_codec_recover_req(kf_format fmt, const char *buf, size_t len) {
+    json_t *j = NULL;
+    const char *err;
+    if (!buf) return NULL;
+    if (fmt == KF_FMT_JSON) {
+        /* The only rejection a lenient parse can get past is a NUL inside a string. */
+        if (json_depth_ok(buf, len))
+            j = json_loadb(buf, len, JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, NULL);
+    } else if (fmt == KF_FMT_MSGPACK) {
+        j = decode_msgpack(buf, len, &err, 1);
+    }
+    if (!j) return NULL;
+    json_t *req = json_object_get(j, "req"), *out = NULL;
+    if (req && (json_is_integer(req) ||
+                (json_is_string(req) && !memchr(json_string_value(req), '\0',
+                                                json_string_length(req)))))
+        out = json_incref(req);
+    json_decref(j);
+    return out;
 }
 
 /* ---- encoding ---- */

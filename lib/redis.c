@@ -37,6 +37,9 @@ struct shard {
     int scripts_pending;
     int backoff_ms;
     uint64_t connect_started_us;
+    uint64_t progress_us;     /* last reply, or when the queue last went from empty to busy */
+    char run_id[48];          /* the server's run_id: a new one means it restarted */
+    int restarted;            /* the current connection reached a restarted server */
     const char *drop_reason;  /* set while we tear the context down ourselves */
     struct event *reconnect_ev;
 };
@@ -69,10 +72,13 @@ static void set_state(struct shard *s, enum shard_state st) {
     int up = st == SHARD_UP;
     if (was_up != up) {
         if (up)
-            kf_info("redis shard %u (%s) up", s->idx, s->addr);
+            kf_info("redis shard %u (%s) up%s", s->idx, s->addr,
+                    s->restarted ? " (the server restarted: it may have lost recent writes)" : "");
         else
             kf_warn("redis shard %u (%s) down", s->idx, s->addr);
-        if (s->r->state_cb) s->r->state_cb(s->r, s->idx, up, s->r->state_priv);
+        int how = up ? (s->restarted ? KF_REDIS_UP_RESTARTED : KF_REDIS_UP) : KF_REDIS_DOWN;
+        s->restarted = 0;
+        if (s->r->state_cb) s->r->state_cb(s->r, s->idx, how, s->r->state_priv);
     }
 }
 
@@ -97,6 +103,7 @@ static struct req *pop_req(struct shard *s, struct req *expect) {
     s->head = q->next;
     if (!s->head) s->tail = NULL;
     s->npending--;
+    s->progress_us = now_us();
     return q;
 }
 
@@ -162,10 +169,12 @@ static void send_formatted(struct shard *s, kf_redis_cb *cb, void *priv, const c
         fail_later(s->r, cb, priv, "unavailable");
         return;
     }
-    if (s->tail)
+    if (s->tail) {
         s->tail->next = q;
-    else
+    } else {
         s->head = q;
+        s->progress_us = q->t0_us;
+    }
     s->tail = q;
     s->npending++;
 }
@@ -201,6 +210,22 @@ static void on_script_loaded(const redisReply *reply, const char *err, void *pri
     }
 }
 
+/* INFO server, sent first on every connection: remembers the run_id, which changes when the
+ * server restarts (and may then have lost what it had not persisted). */
+static void on_server_info(const redisReply *reply, const char *err, void *priv) {
+    struct shard *s = priv;
+    if (err || !reply || reply->type != REDIS_REPLY_STRING)
+        return;
+    const char *p = strstr(reply->str, "run_id:");
+    if (!p) return;
+    p += 7;
+    size_t n = strcspn(p, "\r\n");
+    if (n >= sizeof(s->run_id)) n = sizeof(s->run_id) - 1;
+    if (s->run_id[0] && (strlen(s->run_id) != n || memcmp(s->run_id, p, n) != 0)) s->restarted = 1;
+    memcpy(s->run_id, p, n);
+    s->run_id[n] = '\0';
+}
+
 static void on_connect(const redisAsyncContext *ac, int status) {
     struct shard *s = ac->data;
     if (status != REDIS_OK) {
@@ -212,6 +237,13 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     }
     s->state = SHARD_LOADING;
     s->scripts_pending = 0;
+    {
+        char *cmd;
+        int n = redisFormatCommand(&cmd, "INFO server");
+        if (n < 0) abort();
+        send_formatted(s, on_server_info, s, cmd, (size_t)n, 1);
+        redisFreeCommand(cmd);
+    }
     for (int i = 0; kf_script_name_at(i); i++) {
         size_t len;
         const char *src = kf_script_source(kf_script_name_at(i), &len);
@@ -273,9 +305,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
             s->drop_reason = NULL;
             s->state = SHARD_DOWN;
             schedule_reconnect(s);
-        } else if (s->head && now - s->head->t0_us > limit) {
-            kf_warn("redis shard %u (%s): command timed out after %d ms, reconnecting", s->idx,
-                    s->addr, r->timeout_ms);
+        } else if (s->head && now - s->progress_us > limit) {
+            /* No reply at all for timeout_ms while commands wait: dead, not merely busy. A slow
+             * server that keeps answering keeps its connection, however long the queue. */
+            kf_warn("redis shard %u (%s): no reply for %d ms with %zu commands pending, "
+                    "reconnecting", s->idx, s->addr, r->timeout_ms, s->npending);
             shard_drop(s, "timeout");
         }
     }
@@ -438,4 +472,8 @@ void kf_redis_script(kf_redis *r, unsigned shard, const char *name, kf_redis_cb 
         al[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
     }
     kf_redis_argv(r, shard, cb, priv, argc + 3, av, al);
+}
+
+size_t kf_redis_shard_pending(const kf_redis *r, unsigned shard) {
+    return shard < r->n ? r->shards[shard].npending : 0;
 }

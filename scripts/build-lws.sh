@@ -12,9 +12,14 @@ prefix="$work/install"
 LWS_TRIM="-DLWS_WITH_HTTP2=OFF -DLWS_WITHOUT_CLIENT=ON -DLWS_WITH_UDP=OFF -DLWS_UNIX_SOCK=OFF
  -DLWS_ROLE_RAW_FILE=OFF -DLWS_WITH_HTTP_UNCOMMON_HEADERS=OFF -DLWS_WITH_CUSTOM_HEADERS=OFF
  -DLWS_WITH_SYS_SMD=OFF -DLWS_IPV6=OFF"
+# Our patches on top of Debian's (scripts/lws-patches/*.patch, applied in name order): a strict
+# wire (RFC 6455 masking and RSV bits, CRLF-only HTTP headers).
+patches_dir=$(cd "$(dirname "$0")" && pwd)/lws-patches
+PATCH_SUM=$(cat "$patches_dir"/*.patch 2>/dev/null | cksum | cut -d' ' -f1)
+BUILD_ID="$LWS_TRIM patches:$PATCH_SUM"
 stamp="$prefix/kefu-build-options"
 if [ -f "$prefix/lib/libwebsockets.a" ] && [ -f "$prefix/include/lws_config.h" ] &&
-    [ "$(cat "$stamp" 2>/dev/null)" = "$LWS_TRIM" ]; then
+    [ "$(cat "$stamp" 2>/dev/null)" = "$BUILD_ID" ]; then
     exit 0
 fi
 apt_dir="$work/apt"
@@ -38,7 +43,13 @@ if [ ! -d "$src" ] || [ -z "$(ls -d "$src"/libwebsockets-*/ 2>/dev/null)" ]; the
     (cd "$src" && apt-get $APT_OPTS -q source --download-only libwebsockets >"$work/apt-source.log" 2>&1 &&
         dpkg-source --no-check -x ./*.dsc >/dev/null)
 fi
+# A fresh tree every build, so each patch applies exactly once.
+(cd "$src" && rm -rf ./libwebsockets-*/ && dpkg-source --no-check -x ./*.dsc >/dev/null)
 lws_src=$(ls -d "$src"/libwebsockets-*/ | head -n1)
+for p in "$patches_dir"/*.patch; do
+    [ -f "$p" ] || continue
+    patch -s -p1 -d "$lws_src" < "$p" || { echo "cannot apply $p"; exit 1; }
+done
 rm -rf "$work/build" && mkdir -p "$work/build"
 cmake -S "$lws_src" -B "$work/build" -DCMAKE_INSTALL_PREFIX="$prefix" \
     -DCMAKE_BUILD_TYPE=Release -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
@@ -49,5 +60,5 @@ cmake -S "$lws_src" -B "$work/build" -DCMAKE_INSTALL_PREFIX="$prefix" \
     $LWS_TRIM >"$work/cmake.log" 2>&1 || { tail -30 "$work/cmake.log"; exit 1; }
 cmake --build "$work/build" -j"$(nproc)" >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
 cmake --install "$work/build" >/dev/null
-printf '%s' "$LWS_TRIM" > "$stamp"
+printf '%s' "$BUILD_ID" > "$stamp"
 echo "libwebsockets built into $prefix"

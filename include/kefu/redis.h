@@ -18,7 +18,12 @@ typedef struct kf_redis kf_redis;
  * freed when the callback returns. */
 typedef void kf_redis_cb(const redisReply *reply, const char *err, void *priv);
 
-/** Called when a shard becomes usable (connected, scripts loaded) or drops. */
+/** How a shard changed (the `up` argument of kf_redis_state_cb; non-zero means usable). */
+enum { KF_REDIS_DOWN = 0, KF_REDIS_UP = 1, KF_REDIS_UP_RESTARTED = 2 };
+
+/** Called when a shard becomes usable (connected, scripts loaded) or drops. up is
+ * KF_REDIS_UP_RESTARTED when the server's run_id changed since the last connection: it
+ * restarted and may have lost writes it had not persisted. */
 typedef void kf_redis_state_cb(kf_redis *r, unsigned shard, int up, void *priv);
 
 typedef struct kf_redis_stats {
@@ -31,9 +36,10 @@ typedef struct kf_redis_stats {
 
 extern const double kf_redis_latency_bounds_s[11];
 
-/** Creates shards from "host:port,host:port,..." and starts connecting. A command that has not
- * been answered after timeout_ms makes its connection be dropped and re-established (every
- * command pending on it fails with "timeout"). Returns NULL with err set on a bad address list. */
+/** Creates shards from "host:port,host:port,..." and starts connecting. A connection with
+ * commands pending that gets no reply at all for timeout_ms is dropped and re-established (every
+ * command pending on it fails with "timeout"); a busy server that keeps answering is never
+ * dropped, however long its queue. Returns NULL with err set on a bad address list. */
 kf_redis *kf_redis_new(struct event_base *base, const char *addrs, int timeout_ms,
                        char *err, size_t errlen);
 void kf_redis_free(kf_redis *r);
@@ -52,6 +58,8 @@ void kf_redis_hostport(const kf_redis *r, unsigned shard, const char **host, int
 const kf_redis_stats *kf_redis_get_stats(const kf_redis *r);
 /** Commands sent and not yet answered, over all shards. */
 size_t kf_redis_pending(const kf_redis *r);
+/** Commands sent and not yet answered on one shard. */
+size_t kf_redis_shard_pending(const kf_redis *r, unsigned shard);
 
 /** Sends a command (binary-safe argv) to a shard. Commands issued in one loop iteration are
  * written together (pipelined). */

@@ -6,8 +6,9 @@
 --       [7] R = number of replies, then R texts, then F = number of meta fields, then F pairs,
 --       then handoff reason ('' = none), finish resolution ('' = none)
 -- Returns {"R"} when another event changed the state first (re-run), {"E", code[, state]},
--- or {"S", state now, customer, agent, group, R, id..., sup...}.
-local st = redis.call('HMGET', KEYS[1], 'state', 'customer', 'agent', 'group', 'sups')
+-- or {"S", state now, customer, agent, group, R, prev, id..., sup...} (prev: the message before
+-- the first reply, '' for none; meta "last" keeps the newest id, as msg_send.lua does).
+local st = redis.call('HMGET', KEYS[1], 'state', 'customer', 'agent', 'group', 'sups', 'last')
 if not st[1] then return {'E', 'not_found'} end
 local v = tonumber(redis.call('HGET', KEYS[3], 'v') or '0') or 0
 if v ~= tonumber(ARGV[1]) then return {'R'} end
@@ -16,10 +17,16 @@ local state, group = st[1], st[4] or 'default'
 local now = ARGV[5]
 local r = tonumber(ARGV[7])
 local ids = {}
+local prev = st[6]
+if not prev and r > 0 then
+  local tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  prev = tail[1] and tail[1][1] or ''
+end
 for i = 1, r do
   ids[i] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'from', 'bot', 'role', 'bot',
     'name', ARGV[4], 'text', ARGV[7 + i], 'cid', 'bot-' .. (v + 1) .. '-' .. i)
 end
+if r > 0 then redis.call('HSET', KEYS[1], 'last', ids[r]) end
 local k = 8 + r
 local f = tonumber(ARGV[k])
 for i = 1, f do
@@ -46,7 +53,7 @@ if finish ~= '' and state ~= 'closed' then
     'closed_at', now)
   redis.call('XADD', KEYS[4], '*', 'ev', 'closed', 'by', 'bot', 'ts', now, 'resolution', finish)
 end
-local out = {'S', state, st[2] or '', st[3] or '', group, r}
+local out = {'S', state, st[2] or '', st[3] or '', group, r, prev or ''}
 for i = 1, r do out[#out + 1] = ids[i] end
 -- joined supervisors: '\n'-joined in "sups" (as conv_join.lua keeps them)
 for s in string.gmatch(st[5] or '', '[^\n]+') do out[#out + 1] = s end

@@ -1,0 +1,311 @@
+"""Delivery that never goes silent (issue 8): every push names the message before it (gaps are
+visible), pushes whose routing fails are retried and else signalled with a resync notice, a
+restarted Redis makes every client re-check, backpressure pauses reading instead of timing out,
+and the wire is strict (RFC 6455 framing and handshake, NUL strings, stream ids)."""
+
+import asyncio
+import os
+import signal
+import socket
+import struct
+import time
+
+import msgpack
+
+import kefu_harness as H
+from kefu_client import (OP_TEXT, Client, RawWS, connect, new_id, open_assigned, open_conv, run,
+                         send_msg)
+
+
+def fast_gateway(spawn, shards, name, **opts):
+    """A dedicated gateway that looks presence up on every push and gives up on Redis fast."""
+    o = {"presence_cache_ms": 0, "redis_timeout_ms": 300, "rate_per_s": 100000,
+         "rate_burst": 100000}
+    o.update(opts)
+    return spawn.gateway(shards, name=name, **o)
+
+
+def agent_on_other_shard(conv, shards):
+    """An agent id whose presence key lives on another shard than the conversation."""
+    cs = H.conv_shard(conv, len(shards))
+    while True:
+        sub = new_id("agen")
+        if H.key_shard("u:" + sub, len(shards)) != cs:
+            return sub, shards[H.key_shard("u:" + sub, len(shards))]
+
+
+# ---- gap detection: prev on pushes and history ----
+
+def test_push_and_history_carry_prev(spawn, cluster):
+    g = fast_gateway(spawn, cluster.shards, "prev", presence_cache_ms=100)
+
+    async def body():
+        cust = await connect(g, "customer")
+        agent = await connect(g, "agent")
+        conv = await open_assigned(cust, agent)
+        ids = []
+        for i in range(4):
+            mid, _, _ = await send_msg(cust, conv, f"m{i}")
+            ids.append(mid)
+        pushes = [await agent.next_push("msg", conv=conv, id=mid) for mid in ids]
+        assert [p["prev"] for p in pushes] == [""] + ids[:-1]
+        page = await agent.ok("history", conv=conv)
+        assert [m["id"] for m in page["msgs"]] == ids
+        assert [m["prev"] for m in page["msgs"]] == [""] + ids[:-1]
+        # a page after a cursor starts with the cursor as prev
+        page = await agent.ok("history", conv=conv, after=ids[1])
+        assert [m["prev"] for m in page["msgs"]] == ids[1:-1]
+        # the agent's reply chains on the customer's last message
+        rid, _, _ = await send_msg(agent, conv, "reply")
+        p = await cust.next_push("msg", conv=conv, id=rid)
+        assert p["prev"] == ids[-1]
+    run(body())
+
+
+def test_duplicate_send_signals_resync(spawn, cluster):
+    """A retried msg.send (same cid) stores nothing; its first push may have been lost with the
+    first answer, so the other participants are told to re-check the conversation."""
+    g = fast_gateway(spawn, cluster.shards, "dupres", presence_cache_ms=100)
+
+    async def body():
+        cust = await connect(g, "customer")
+        agent = await connect(g, "agent")
+        conv = await open_assigned(cust, agent)
+        mid, _, cid = await send_msg(cust, conv, "once")
+        await agent.next_push("msg", conv=conv, id=mid)
+        r = await cust.ok("msg.send", conv=conv, text="once", cid=cid)
+        assert r["dup"] is True and r["id"] == mid
+        rs = await agent.next_push("resync", conv=conv)
+        assert rs["reason"] == "routing"
+        assert g.metrics().get("kefu_resync_sent_total") >= 1
+    run(body())
+
+
+# ---- faults on the routing path ----
+
+def test_gap_signalled_after_shard_stop(spawn):
+    """The agent's presence shard stops; the customer's message is stored (its shard is up) but
+    cannot be routed. Once the shard is back the agent gets a resync for the conversation,
+    though no later message arrives, and history heals the gap."""
+    shards = [spawn.redis(), spawn.redis()]
+    g = fast_gateway(spawn, shards, "gapstop", route_retry_ms=300)
+
+    async def body():
+        cust = await connect(g, "customer")
+        conv, _ = await open_conv(cust)
+        sub, victim = agent_on_other_shard(conv, shards)
+        agent = await connect(g, "agent", sub=sub)
+        a = await agent.ok("conv.accept", conv=conv)
+        assert a["state"] == "assigned"
+        last = (await agent.ok("history", conv=conv))["msgs"]
+        last_id = last[-1]["id"] if last else None
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            mid, _, _ = await send_msg(cust, conv, "while the agent's shard is stopped")
+            H.wait_until(lambda: g.metrics().get("kefu_push_lost_total", cause="presence") >= 1,
+                         timeout=10, what="the push given up")
+            assert g.metrics().get("kefu_resync_pending") >= 1
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        rs = await agent.next_push("resync", conv=conv, timeout=10)
+        assert rs["reason"] == "routing"
+        fields = {"conv": conv}
+        if last_id:
+            fields["after"] = last_id
+        page = await agent.ok("history", **fields)
+        assert mid in [m["id"] for m in page["msgs"]]
+        assert g.metrics().get("kefu_resync_pending") == 0
+    run(body(), timeout=40)
+
+
+def test_no_push_lost_across_short_redis_stop(spawn):
+    """A lookup that fails is retried in order while route_retry_ms lasts: the push arrives
+    live after the shard answers again, nothing is given up."""
+    shards = [spawn.redis(), spawn.redis()]
+    g = fast_gateway(spawn, shards, "retry", route_retry_ms=15000)
+
+    async def body():
+        cust = await connect(g, "customer")
+        conv, _ = await open_conv(cust)
+        sub, victim = agent_on_other_shard(conv, shards)
+        agent = await connect(g, "agent", sub=sub)
+        await agent.ok("conv.accept", conv=conv)
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            ids = [(await send_msg(cust, conv, f"during {i}"))[0] for i in range(3)]
+            await asyncio.sleep(1.0)          # > redis_timeout_ms: the lookups fail
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        pushes = [await agent.next_push("msg", conv=conv, id=mid, timeout=10) for mid in ids]
+        assert [p["prev"] for p in pushes[1:]] == ids[:-1]       # in order
+        m = g.metrics()
+        assert m.get("kefu_push_retries_total") >= 1
+        assert sum(m.get("kefu_push_lost_total", cause=c)
+                   for c in ("presence", "inbox", "overflow")) == 0
+    run(body(), timeout=40)
+
+
+def test_redis_restart_tells_every_client_to_resync(spawn):
+    """A restarted Redis (new run_id) may have lost what it had not persisted: every connected
+    client gets a resync (no conv: re-check everything) once presence is registered again."""
+    r = spawn.redis()
+    g = fast_gateway(spawn, [r], "restart", redis_timeout_ms=1000, presence_cache_ms=100)
+
+    async def body():
+        cust = await connect(g, "customer")
+        agent = await connect(g, "agent", proto="msgpack")
+        await cust.no_push("resync", within=0.3)
+        os.kill(r.pid, signal.SIGKILL)
+        r.wait(5)
+        r.start()
+        for c in (cust, agent):
+            rs = await c.next_push("resync", timeout=10)
+            assert "conv" not in rs and rs["reason"] == "redis_restart"
+        # and after it the connection works as before
+        await cust.ok("conv.open")
+    run(body(), timeout=40)
+
+
+def test_overload_pauses_reads_and_loses_nothing(spawn):
+    """With a tiny in-flight bound the gateway stops reading the sender instead of queueing: every
+    message is acknowledged and pushed, none fails, the Redis connection is never reset."""
+    r = spawn.redis()
+    g = fast_gateway(spawn, [r], "bp", redis_inflight_max=16, presence_cache_ms=100,
+                     redis_timeout_ms=5000)
+    n = 1500
+
+    async def body():
+        cust = await connect(g, "customer")
+        agent = await connect(g, "agent")
+        conv = await open_assigned(cust, agent)
+        tok = H.make_token(cust.user, "customer")
+        raw = RawWS(g, query="token=" + tok, protocol="kefu.v1.json")
+        assert raw.recv_obj("json")["type"] == "welcome"
+        frames = [(OP_TEXT, ('{"type":"msg.send","req":%d,"conv":"%s","text":"load %d",'
+                             '"cid":"bp-%d"}' % (i, conv, i, i)).encode()) for i in range(n)]
+        raw.send_frames(frames)
+        acked = set()
+        deadline = time.monotonic() + 30
+        while len(acked) < n and time.monotonic() < deadline:
+            m = raw.recv_obj("json", timeout=10)
+            if m.get("type") == "ok":
+                acked.add(m["req"])
+            elif m.get("type") == "error":
+                raise AssertionError(f"refused under backpressure: {m}")
+        assert len(acked) == n
+        seen, prev = 0, None
+        while seen < n:
+            p = await agent.next_push("msg", conv=conv, timeout=10)
+            if prev is not None:
+                assert p["prev"] == prev, "gap in the live pushes"
+            prev = p["id"]
+            seen += 1
+        m = g.metrics()
+        assert m.get("kefu_rx_pauses_total") >= 1
+        assert m.get("kefu_redis_failures_total") == 0
+        assert m.get("kefu_rx_paused") == 0
+        assert "reconnecting" not in g.proc.log_text()
+    run(body(), timeout=60)
+
+
+# ---- strict wire ----
+
+def raw_upgrade(g, request):
+    """Sends a hand-written upgrade request; returns (status, response bytes)."""
+    with socket.create_connection((g.host, g.port), timeout=5) as s:
+        s.sendall(request)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+    status = int(buf.split(b" ", 2)[1]) if buf.startswith(b"HTTP/1.") else None
+    return status, buf
+
+
+def upgrade_request(g, version="13", key=None, eol=b"\r\n"):
+    key = key if key is not None else "dGhlIHNhbXBsZSBub25jZQ=="
+    lines = [b"GET /ws HTTP/1.1", b"Host: %s:%d" % (g.host.encode(), g.port),
+             b"Upgrade: websocket", b"Connection: Upgrade",
+             b"Sec-WebSocket-Key: " + key.encode(), b"Sec-WebSocket-Version: " + version.encode()]
+    return eol.join(lines) + eol + eol
+
+
+def test_upgrade_is_strict(cluster):
+    g = cluster.n1
+    assert raw_upgrade(g, upgrade_request(g))[0] == 101
+    status, resp = raw_upgrade(g, upgrade_request(g, version="8"))
+    assert status == 400 and b"sec-websocket-version: 13" in resp.lower()
+    assert raw_upgrade(g, upgrade_request(g, key="c2hvcnQ="))[0] == 400       # 5 bytes
+    assert raw_upgrade(g, upgrade_request(g, key="dGhlIHNhbXBsZSBub25jZQ"))[0] == 400
+    assert raw_upgrade(g, upgrade_request(g, key="dGhlIHNhbXBsZSBub25jZR=="))[0] == 400
+    status, _ = raw_upgrade(g, upgrade_request(g, eol=b"\n"))
+    assert status == 400
+
+
+def frame_unmasked(opcode, payload):
+    return struct.pack("!BB", 0x80 | opcode, len(payload)) + payload
+
+
+def test_unmasked_and_rsv_frames_close_1002(spawn, cluster):
+    g = spawn.gateway(cluster.shards, name="strict")
+    tok = H.make_token(new_id("cust"), "customer")
+    before = g.metrics().get("kefu_closes_total", reason="protocol")
+    cases = [frame_unmasked(OP_TEXT, b'{"type":"ping"}')]
+    rsv1 = bytearray(RawWS.frame(OP_TEXT, b'{"type":"ping"}'))
+    rsv1[0] |= 0x40
+    cases.append(bytes(rsv1))
+    for data in cases:
+        raw = RawWS(g, query="token=" + tok, protocol="kefu.v1.json")
+        assert raw.recv_obj("json")["type"] == "welcome"
+        raw.sock.sendall(data)
+        code, reason, _ = raw.read_until_close(timeout=5)
+        assert code == 1002, (data, code, reason)
+    H.wait_until(lambda: g.metrics().get("kefu_closes_total", reason="protocol") == before + 2,
+                 timeout=5, what="protocol closes counted")
+    assert g.metrics().get("kefu_closes_total", reason="peer") == 0
+
+
+def test_nul_in_string_answers_with_req(cluster):
+    async def body():
+        c = await connect(cluster.n1, "customer")
+        await c.send_raw('{"type":"msg.send","req":"n1","conv":"x","text":"a\\u0000b","cid":"c"}')
+        e = await c.answer("n1")
+        assert e["type"] == "error" and e["code"] == "bad_request" and "NUL" in e["message"]
+        m = await connect(cluster.n1, "customer", proto="msgpack")
+        await m.send_raw(msgpack.packb({"type": "ping", "req": 9, "x": "a\x00b"}))
+        e = await m.answer(9)
+        assert e["code"] == "bad_request"
+        await c.ping()
+    run(body())
+
+
+def test_history_after_out_of_range_is_bad_request(cluster):
+    async def body():
+        cust = await connect(cluster.n1, "customer")
+        conv, _ = await open_conv(cust)
+        before = cluster.n1.metrics().get("kefu_errors_total", code="unavailable")
+        for bad in ("99999999999999999999-0", "1-18446744073709551616", "-1", "1-"):
+            e = await cust.err("bad_request", "history", conv=conv, after=bad)
+            assert "after" in e["message"]
+        ok = await cust.ok("history", conv=conv, after="18446744073709551615-18446744073709551615")
+        assert ok["msgs"] == []
+        assert cluster.n1.metrics().get("kefu_errors_total", code="unavailable") == before
+    run(body())
+
+
+def test_unavailable_carries_retry_hint(spawn):
+    r = spawn.redis()
+    g = fast_gateway(spawn, [r], "hint")
+
+    async def body():
+        cust = await connect(g, "customer")
+        conv, _ = await open_conv(cust)
+        os.kill(r.pid, signal.SIGSTOP)
+        try:
+            e = await cust.err("unavailable", "msg.send", conv=conv, text="x", cid="h1")
+            assert e["retry_ms"] > 0
+        finally:
+            os.kill(r.pid, signal.SIGCONT)
+    run(body(), timeout=30)
