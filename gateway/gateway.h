@@ -137,6 +137,8 @@ typedef struct gw_conn {
     uint8_t want_ping;
     uint8_t rx_binary;
     uint8_t rx_paused;        /* reading stopped by backpressure (gw_conn_rx_check) */
+    uint8_t in_flush;         /* on the end-of-iteration write list */
+    struct gw_conn *flush_next;
     uint8_t close_reason;     /* gw_close_reason */
     uint16_t close_code;
     /* input: a message being reassembled from fragments */
@@ -273,6 +275,7 @@ typedef struct gw_metrics {
     int64_t route_queue;      /* routes waiting for lookups or for the routes before them */
     int64_t rx_paused;        /* connections not read because Redis work is over the bound */
     uint64_t rx_pauses;
+    uint64_t welcome_delayed; /* welcomes held back for another node's cached lookup */
     int64_t node_index;
     /* bots */
     uint64_t bot_runs, bot_errors, bot_budget_kills, bot_memory_kills;

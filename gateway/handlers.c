@@ -689,7 +689,9 @@ static void on_msg_stored(const redisReply *r, const char *err, void *priv) {
     const char *id = r->element[1]->str, *prev = r->element[2]->str;
     int dup = r->element[0]->str[0] == 'D';
     long long ts = atoll(id);
-    gw_reply_ok(x->c, x->req, json_pack("{s:s, s:I, s:b}", "id", id, "ts", (json_int_t)ts, "dup", dup));
+    json_t *ok = json_pack("{s:s, s:I, s:b}", "id", id, "ts", (json_int_t)ts, "dup", dup);
+    if (!dup) json_object_set_new(ok, "prev", json_string(prev));
+    gw_reply_ok(x->c, x->req, ok);
     const char *users[64];
     size_t n = gw_members(r, 3, NULL, users, 64);
     if (dup) {

@@ -104,14 +104,20 @@ static void on_attach_delay(evutil_socket_t fd, short what, void *arg) {
 
 static void on_presence_stored(const redisReply *reply, const char *err, void *priv) {
     struct attach_req *a = priv;
-    if (!err && reply->type == REDIS_REPLY_ERROR) err = "redis error";
+    if (!err && reply->type == REDIS_REPLY_ERROR) {
+        kf_error("presence_attach: %s", reply->str);
+        err = "redis error";
+    }
     int first = a->c->user && !a->c->user->presence_ok;
     if (!err && a->c->user) a->c->user->presence_ok = 1;
-    if (!err && first && gw->opt.presence_cache_ms > 0) {
-        /* Other nodes may route with a presence list cached before this registration for up
-         * to presence_cache_ms. Welcoming only after that long means anything they route
-         * without this node was stored before the client's first history call. */
-        long long ms = gw->opt.presence_cache_ms;
+    long long ms = !err && reply->type == REDIS_REPLY_INTEGER ? reply->integer : 0;
+    if (ms > 10000) ms = 10000; /* the largest presence_cache_ms; guards against clock jumps */
+    if (!err && first && ms > 0) {
+        /* Another node may route with a presence list it looked up before this registration
+         * for `ms` more (presence_attach.lua). Welcoming only after that means anything it
+         * routes without this node was stored before the client's first history call. Most
+         * users have no such lookup and are welcomed at once. */
+        GW_M->welcome_delayed++;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         a->delay = evtimer_new(gw->base, on_attach_delay, a);
         a->prev = NULL;
@@ -125,13 +131,16 @@ static void on_presence_stored(const redisReply *reply, const char *err, void *p
 }
 
 static void presence_store(const char *user, kf_redis_cb *cb, void *priv) {
-    char key[KF_KEY_MAX];
+    char key[KF_KEY_MAX], cached[KF_KEY_MAX], now_s[24], exp_s[24], ttl_s[24];
     kf_key_user_nodes(key, user);
+    kf_key_user_cached(cached, user);
     long long ttl = gw->opt.presence_ttl_ms, now = (long long)gw_now_ms();
-    unsigned shard = kf_redis_shard(gw->redis, key);
-    kf_redis_cmd(gw->redis, shard, NULL, NULL, "ZREMRANGEBYSCORE %s -inf %lld", key, now);
-    kf_redis_cmd(gw->redis, shard, NULL, NULL, "ZADD %s %lld %s", key, now + ttl, gw->node);
-    kf_redis_cmd(gw->redis, shard, cb, priv, "PEXPIRE %s %lld", key, ttl * 2);
+    snprintf(now_s, sizeof(now_s), "%lld", now);
+    snprintf(exp_s, sizeof(exp_s), "%lld", now + ttl);
+    snprintf(ttl_s, sizeof(ttl_s), "%lld", ttl * 2);
+    const char *argv[] = {key, cached, now_s, gw->node, exp_s, ttl_s};
+    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, key), "presence_attach", cb, priv, 2, 6,
+                    argv, NULL);
 }
 
 void gw_router_attach(gw_conn *c, void (*done)(gw_conn *c, const char *err)) {
@@ -564,7 +573,18 @@ static void lookup_send(struct route *rt, const char *user, size_t ul, const cha
     lk->user[ul] = '\0';
     char key[KF_KEY_MAX];
     kf_key_user_nodes(key, lk->user);
-    kf_redis_cmd_key(gw->redis, key, on_presence, lk, "ZRANGEBYSCORE %s %s +inf", key, now);
+    if (gw->opt.presence_cache_ms <= 0) {
+        kf_redis_cmd_key(gw->redis, key, on_presence, lk, "ZRANGEBYSCORE %s %s +inf", key, now);
+        return;
+    }
+    /* the answer will be reused: say until when (see presence_attach.lua) */
+    char cached[KF_KEY_MAX], until[24], ttl[24];
+    kf_key_user_cached(cached, lk->user);
+    snprintf(until, sizeof(until), "%lld", atoll(now) + gw->opt.presence_cache_ms);
+    snprintf(ttl, sizeof(ttl), "%lld", gw->opt.presence_cache_ms * 2 + 1000);
+    const char *argv[] = {key, cached, now, gw->node, until, ttl};
+    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, key), "presence_lookup", on_presence, lk,
+                    2, 6, argv, NULL);
 }
 
 /* Every lookup of the route answered: send it, or try the failed ones again later, or give up

@@ -131,6 +131,100 @@ void gw_conn_close(gw_conn *c, gw_close_reason why, uint16_t code, const char *t
     /* A peer that stops reading must not keep the socket: the sweep cuts it after 3 s. */
 }
 
+/* ---- output: frames queued during a loop iteration go out together at its end ----
+ * Each connection's queued frames are framed here (server frames are unmasked: a 2, 4 or 10
+ * byte header) into one buffer and written with ONE send(), straight from the end-of-iteration
+ * event: no writable callback, so no POLLOUT toggling, for a socket that takes it all. What the
+ * socket does not take, libwebsockets keeps and the writable callback continues. */
+
+static gw_conn *flush_list;
+static struct event *flush_ev;
+static int flush_armed;
+
+#define WBUF_MAX 65536
+static unsigned char wbuf[LWS_PRE + WBUF_MAX];
+
+static size_t frame_header(unsigned char *h, int binary, size_t len) {
+    h[0] = (unsigned char)(0x80 | (binary ? 2 : 1));
+    if (len < 126) {
+        h[1] = (unsigned char)len;
+        return 2;
+    }
+    if (len < 65536) {
+        h[1] = 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+        return 4;
+    }
+    h[1] = 127;
+    for (int i = 0; i < 8; i++) h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    return 10;
+}
+
+static void outq_pop(gw_conn *c) {
+    gw_outq_item *it = c->outq_head;
+    c->outq_head = it->next;
+    if (!c->outq_head) c->outq_tail = NULL;
+    c->outq_msgs--;
+    c->outq_bytes -= it->buf->len;
+    gw_buf_unref(it->buf);
+    kf_free(it);
+}
+
+/* Writes queued frames while the socket takes them whole. Returns -1 when the connection must
+ * close (a write failed), else 0; frames left mean the caller asks for the writable callback. */
+static int outq_write(gw_conn *c, struct lws *wsi) {
+    while (c->outq_head && !lws_partial_buffered(wsi)) {
+        gw_buf *b = c->outq_head->buf;
+        if (b->len + 10 > WBUF_MAX) {
+            /* larger than the gathering buffer: alone, framed by lws */
+            int w = lws_write(wsi, (unsigned char *)b->data + LWS_PRE, b->len,
+                              b->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
+            outq_pop(c);
+            if (w < 0) return -1;
+            GW_M->frames_out++;
+            continue;
+        }
+        size_t n = 0;
+        unsigned char *out = wbuf + LWS_PRE;
+        while (c->outq_head) {
+            b = c->outq_head->buf;
+            if (n + b->len + 10 > WBUF_MAX) break;
+            n += frame_header(out + n, b->binary, b->len);
+            memcpy(out + n, b->data + LWS_PRE, b->len);
+            n += b->len;
+            outq_pop(c);
+            GW_M->frames_out++;
+        }
+        if (lws_write(wsi, out, n, LWS_WRITE_RAW) < 0) return -1;
+    }
+    return 0;
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    flush_armed = 0;
+    gw_conn *list = flush_list;
+    flush_list = NULL;
+    while (list) {
+        gw_conn *c = list;
+        list = c->flush_next;
+        c->in_flush = 0;
+        if (c->wsi && c->outq_head) {
+            if (c->want_ping || lws_partial_buffered(c->wsi)) {
+                lws_callback_on_writable(c->wsi);
+            } else if (outq_write(c, c->wsi) < 0) {
+                /* lws closes it at the next service of the socket */
+                outq_clear(c);
+                conn_cut(c);
+            } else if (c->outq_head || c->state == CONN_CLOSING) {
+                lws_callback_on_writable(c->wsi);
+            }
+        }
+        gw_conn_unref(c);
+    }
+}
+
 void gw_conn_send_buf(gw_conn *c, gw_buf *b) {
     if (!c->wsi || c->state == CONN_CLOSING || c->state == CONN_CLOSED) return;
     /* A frame larger than the byte limit (a full history page) still goes out alone. */
@@ -152,7 +246,17 @@ void gw_conn_send_buf(gw_conn *c, gw_buf *b) {
     c->outq_msgs++;
     c->outq_bytes += b->len;
     GW_M->bytes_out += b->len;
-    if (c->outq_msgs == 1) lws_callback_on_writable(c->wsi);
+    if (!c->in_flush) {
+        /* written at the end of this loop iteration, with everything else queued meanwhile */
+        c->in_flush = 1;
+        gw_conn_ref(c);
+        c->flush_next = flush_list;
+        flush_list = c;
+        if (!flush_armed) {
+            flush_armed = 1;
+            event_active(flush_ev, EV_TIMEOUT, 0);
+        }
+    }
 }
 
 void gw_conn_send(gw_conn *c, const json_t *obj) {
@@ -363,22 +467,7 @@ static int conn_on_writeable(gw_conn *c, struct lws *wsi) {
         if (c->outq_head) lws_callback_on_writable(wsi);
         return 0;
     }
-    /* Several frames per wake-up while the socket takes them whole. */
-    for (int n = 0; c->outq_head && n < 32; n++) {
-        gw_outq_item *it = c->outq_head;
-        gw_buf *b = it->buf;
-        int w = lws_write(wsi, (unsigned char *)b->data + LWS_PRE, b->len,
-                          b->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
-        c->outq_head = it->next;
-        if (!c->outq_head) c->outq_tail = NULL;
-        c->outq_msgs--;
-        c->outq_bytes -= b->len;
-        gw_buf_unref(b);
-        kf_free(it);
-        if (w < 0) return -1;
-        GW_M->frames_out++;
-        if (lws_send_pipe_choked(wsi)) break;
-    }
+    if (outq_write(c, wsi) < 0) return -1;
     if (c->outq_head || c->state == CONN_CLOSING) lws_callback_on_writable(wsi);
     return 0;
 }
@@ -898,6 +987,7 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     if (listen_start(opt) < 0) return 1;
 
     rx_resume_ev = evtimer_new(gw->base, on_rx_resume, NULL);
+    flush_ev = event_new(gw->base, -1, 0, on_flush, NULL);
     gw_router_start();
     gw_bot_start();
     gw->sweep_ev = event_new(gw->base, -1, EV_PERSIST, on_sweep, NULL);
@@ -927,6 +1017,9 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     event_free(gw->sweep_ev);
     event_free(rx_resume_ev);
     rx_resume_ev = NULL;
+    on_flush(-1, 0, NULL); /* drop the references of connections still listed */
+    event_free(flush_ev);
+    flush_ev = NULL;
     event_free(gw->sig_term_ev);
     event_free(gw->sig_int_ev);
     event_free(gw->sig_hup_ev);

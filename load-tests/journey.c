@@ -33,9 +33,6 @@ enum { CS_IDLE, CS_CONNECTING, CS_OPENING, CS_WAITING, CS_CHAT, CS_THINK, CS_DRO
 #define REQ_CLOSE 4000000    /* + customer */
 #define REQ_ORPHAN_CLOSE 5000000
 
-typedef struct sid {
-    uint64_t ms, seq;
-} sid;
 
 typedef struct jcust {
     kl_client cl;
@@ -47,8 +44,8 @@ typedef struct jcust {
     uint8_t failed;
     uint32_t journey;
     uint64_t replies;         /* bit per turn: the agent's answer was seen */
-    sid *reply_ids;           /* id of each answer, [msgs] */
-    sid last_id, hist_after;  /* greatest id seen; the after= of the history call in flight */
+    kl_sid *reply_ids;           /* id of each answer, [msgs] */
+    kl_sid last_id, hist_after;  /* greatest id seen; the after= of the history call in flight */
     int64_t due, deadline, t_open, t_sent, t_hist;
     char conv[48];
 } jcust;
@@ -90,25 +87,8 @@ static uint32_t rnd(journey_state *s, uint32_t n) {
     return n ? (uint32_t)(s->rng % n) : 0;
 }
 
-static int sid_parse(kl_span sp, sid *out) {
-    char b[48];
-    if (kl_span_copy(sp, b, sizeof(b)) < 0) return -1;
-    char *dash = strchr(b, '-'), *e;
-    if (!dash) return -1;
-    out->ms = strtoull(b, &e, 10);
-    if (e != dash) return -1;
-    out->seq = strtoull(dash + 1, &e, 10);
-    return *e ? -1 : 0;
-}
-
-static int sid_cmp(sid a, sid b) {
-    if (a.ms != b.ms) return a.ms < b.ms ? -1 : 1;
-    if (a.seq != b.seq) return a.seq < b.seq ? -1 : 1;
-    return 0;
-}
-
-static void see_id(jcust *c, sid id) {
-    if (sid_cmp(id, c->last_id) > 0) c->last_id = id;
+static void see_id(jcust *c, kl_sid id) {
+    if (kl_sid_cmp(id, c->last_id) > 0) c->last_id = id;
 }
 
 /* ---- sending ---- */
@@ -189,8 +169,8 @@ static void start_journey(kl_worker *w, journey_state *s, jcust *c) {
     c->failed = 0;
     c->accept_pending = 0;
     c->replies = 0;
-    memset(c->reply_ids, 0, sizeof(sid) * (size_t)w->o->msgs);
-    c->last_id = c->hist_after = (sid){0, 0};
+    memset(c->reply_ids, 0, sizeof(kl_sid) * (size_t)w->o->msgs);
+    c->last_id = c->hist_after = (kl_sid){0, 0};
     c->conv[0] = '\0';
     c->drop_turn = 0xff;
     if (w->o->msgs >= 2 && rnd(s, 100) < (uint32_t)w->o->reconnect_pct)
@@ -229,13 +209,13 @@ static int take_reply(kl_worker *w, journey_state *s, jcust *c, const kl_view *v
     tail[n] = '\0';
     if (sscanf(tail, "%u.%u.%u", &idx, &journey, &turn) != 3) return -1;
     if (idx != c->cl.index || journey != c->journey || turn >= (unsigned)w->o->msgs) return -1;
-    sid id;
-    if (sid_parse(v->id, &id) < 0) return -1;
+    kl_sid id;
+    if (kl_sid_parse(v->id, &id) < 0) return -1;
     see_id(c, id);
     if ((c->replies >> turn) & 1) {
         /* Seen before: the same id is the allowed overlap of pushes and a history page;
          * another id means the answer was stored or delivered twice. */
-        if (sid_cmp(c->reply_ids[turn], id) != 0) kl_count(w, KC_duplicated, 1);
+        if (kl_sid_cmp(c->reply_ids[turn], id) != 0) kl_count(w, KC_duplicated, 1);
         return 0;
     }
     c->replies |= 1ull << turn;
@@ -278,11 +258,11 @@ static void on_history(kl_worker *w, journey_state *s, jcust *c, const kl_view *
     }
     while ((r = kl_iter_next(&it, &m)) == 1) {
         kl_count(w, KC_history_msgs, 1);
-        sid id;
-        if (sid_parse(m.id, &id) == 0 && sid_cmp(id, c->hist_after) <= 0)
+        kl_sid id;
+        if (kl_sid_parse(m.id, &id) == 0 && kl_sid_cmp(id, c->hist_after) <= 0)
             kl_count(w, KC_duplicated, 1); /* history after=X returned X or older */
         if (take_reply(w, s, c, &m, 0) < 0) kl_count(w, KC_bad_frames, 1);
-        else if (sid_parse(m.id, &id) == 0) see_id(c, id);
+        else if (kl_sid_parse(m.id, &id) == 0) see_id(c, id);
     }
     if (r < 0) kl_count(w, KC_bad_frames, 1);
     if (v->more == 1) {
@@ -346,8 +326,8 @@ static void cust_on_frame(kl_worker *w, journey_state *s, jcust *c, const kl_vie
         }
         kl_count(w, KC_acked, 1);
         if (turn == c->turn) kl_record(w, KH_ack, now - c->t_sent);
-        sid id;
-        if (sid_parse(v->id, &id) == 0) see_id(c, id);
+        kl_sid id;
+        if (kl_sid_parse(v->id, &id) == 0) see_id(c, id);
         if (turn == c->drop_turn && !c->dropped && c->st == CS_CHAT) {
             /* Drop while the agent is still typing its answer. */
             c->dropped = 1;
@@ -686,7 +666,7 @@ static int j_setup(kl_worker *w) {
         c->cl.owner = c;
         c->cl.role = KF_ROLE_CUSTOMER;
         snprintf(c->cl.sub, sizeof(c->cl.sub), "%s%u", s->sub_prefix, i);
-        c->reply_ids = kf_calloc((size_t)o->msgs, sizeof(sid));
+        c->reply_ids = kf_calloc((size_t)o->msgs, sizeof(kl_sid));
         c->st = CS_IDLE;
     }
     for (uint32_t i = 0; i < s->na; i++) {

@@ -68,7 +68,7 @@ typedef struct kl_opts {
     X(conn_attempts) X(conn_ok) X(conn_fail) X(conn_fail_socket) X(conn_fail_connect)             \
     X(conn_fail_upgrade) X(conn_fail_auth) X(conn_fail_closed) X(disconnects) X(closed_ok)        \
     X(pings) X(pongs) X(sent) X(acked) X(failed) X(delivered) X(duplicated) X(lost) X(unacked)    \
-    X(out_of_order) X(server_dups) X(sched_late) X(convs_opened) X(convs_accepted)                \
+    X(out_of_order) X(gaps) X(healed) X(resyncs) X(server_dups) X(sched_late) X(convs_opened) X(convs_accepted)                \
     X(accept_conflicts) X(convs_closed) X(queue_polls) X(journeys_started) X(journeys_done)       \
     X(journeys_failed) X(reconnects) X(history_calls) X(history_msgs) X(resume_missing)           \
     X(step_timeouts) X(convs_assigned) X(never_assigned) X(foreign_assigned) X(error_frames) X(bad_frames) X(frames_in) X(frames_out) X(bytes_in)          \

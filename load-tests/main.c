@@ -33,7 +33,9 @@ static const char usage_text[] =
     "  relay     --pairs customer/agent pairs: the customer opens a conversation on the first\n"
     "            --url, its agent accepts it on the second; then msg.send open-loop at --rate\n"
     "            messages/s in total for --duration; end-to-end latency and counts of sent,\n"
-    "            acked, delivered, lost and duplicated messages (by cid)\n"
+    "            acked, delivered live, healed by history (the client rules of\n"
+    "            docs/protocol.md: prev gaps and resync notices), never seen and\n"
+    "            duplicated messages (by cid)\n"
     "  journey   --customers open conversations, --agents poll queue.list and accept them,\n"
     "            they chat (--msgs turns), the agent closes; --reconnect-pct of the journeys\n"
     "            drop the connection mid-chat, reconnect and resume with history after=\n"
@@ -649,14 +651,16 @@ int main(int argc, char **argv) {
            (unsigned long long)c[KC_conn_fail_closed], (unsigned long long)c[KC_disconnects],
            conn_rate, setup_s);
     if (O.scenario == SC_RELAY)
-        printf("messages: %llu sent, %llu acked, %llu delivered, %llu lost, %llu duplicated, "
-               "%llu unacked, %llu failed, %llu out of order; run %.2f s: %.0f sent/s, %.0f acked/s, "
+        printf("messages: %llu sent, %llu acked, %llu delivered live, %llu healed by history, "
+               "%llu never seen, %llu duplicated, %llu unacked, %llu failed, %llu out of order; "
+               "%llu gaps, %llu resync notices; run %.2f s: %.0f sent/s, %.0f acked/s, "
                "%.0f delivered/s\n",
                (unsigned long long)c[KC_sent], (unsigned long long)c[KC_acked],
-               (unsigned long long)c[KC_delivered], (unsigned long long)c[KC_lost],
-               (unsigned long long)c[KC_duplicated], (unsigned long long)c[KC_unacked],
-               (unsigned long long)c[KC_failed], (unsigned long long)c[KC_out_of_order], run_s,
-               sent_rate, acked_rate, deliv_rate);
+               (unsigned long long)c[KC_delivered], (unsigned long long)c[KC_healed],
+               (unsigned long long)c[KC_lost], (unsigned long long)c[KC_duplicated],
+               (unsigned long long)c[KC_unacked], (unsigned long long)c[KC_failed],
+               (unsigned long long)c[KC_out_of_order], (unsigned long long)c[KC_gaps],
+               (unsigned long long)c[KC_resyncs], run_s, sent_rate, acked_rate, deliv_rate);
     if (O.scenario == SC_JOURNEY)
         printf("journeys: %llu started, %llu done, %llu failed; %llu reconnects, %llu history calls "
                "(%llu msgs), %llu replies missing after resume, %llu duplicated; %llu msgs sent, %llu "

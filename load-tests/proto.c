@@ -1,6 +1,7 @@
 /* Protocol frame views and request writer (see proto.h). */
 #include "proto.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_DEPTH 16
@@ -8,7 +9,7 @@
 /* ---- field dispatch, shared by both formats ---- */
 
 enum { F_NONE, F_TYPE, F_CODE, F_MESSAGE, F_CONV, F_ID, F_CID, F_TEXT, F_STATE, F_TICKET, F_USER,
-       F_CUSTOMER, F_AGENT, F_FROM, F_MSGS, F_CONVS, F_REQ, F_TS, F_DUP, F_MORE };
+       F_CUSTOMER, F_AGENT, F_FROM, F_MSGS, F_CONVS, F_REQ, F_TS, F_DUP, F_MORE, F_PREV };
 
 static int field_of(const char *k, size_t n) {
     switch (n) {
@@ -30,6 +31,7 @@ static int field_of(const char *k, size_t n) {
         if (!memcmp(k, "from", 4)) return F_FROM;
         if (!memcmp(k, "msgs", 4)) return F_MSGS;
         if (!memcmp(k, "more", 4)) return F_MORE;
+        if (!memcmp(k, "prev", 4)) return F_PREV;
         break;
     case 5:
         if (!memcmp(k, "state", 5)) return F_STATE;
@@ -63,6 +65,7 @@ static kl_span *span_of(kl_view *v, int f) {
     case F_USER: return &v->user;
     case F_CUSTOMER: return &v->customer;
     case F_AGENT: return &v->agent;
+    case F_PREV: return &v->prev;
     default: return NULL;
     }
 }
@@ -406,6 +409,23 @@ int kl_iter_next(kl_iter *it, kl_view *v) {
     else return -1;
     it->p = e;
     return 1;
+}
+
+int kl_sid_parse(kl_span sp, kl_sid *out) {
+    char b[48];
+    if (kl_span_copy(sp, b, sizeof(b)) < 0) return -1;
+    char *dash = strchr(b, '-'), *e;
+    if (!dash) return -1;
+    out->ms = strtoull(b, &e, 10);
+    if (e != dash) return -1;
+    out->seq = strtoull(dash + 1, &e, 10);
+    return *e ? -1 : 0;
+}
+
+int kl_sid_cmp(kl_sid a, kl_sid b) {
+    if (a.ms != b.ms) return a.ms < b.ms ? -1 : 1;
+    if (a.seq != b.seq) return a.seq < b.seq ? -1 : 1;
+    return 0;
 }
 
 int kl_span_eq(kl_span s, const char *str) {

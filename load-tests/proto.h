@@ -18,7 +18,7 @@ typedef struct kl_span {
  * p == NULL; absent booleans are -1. */
 typedef struct kl_view {
     kl_span type, code, message, conv, id, cid, text, state, ticket, user, customer, agent;
-    kl_span from_id;
+    kl_span from_id, prev;
     kl_span msgs, convs;   /* raw arrays (history, conv.list / queue.list) */
     int64_t req, ts;
     uint8_t has_req, has_ts;
@@ -38,6 +38,16 @@ typedef struct kl_iter {
 int kl_iter_init(kl_iter *it, int msgpack, kl_span arr);
 /** 1 with *v filled, 0 at the end, -1 on malformed input. */
 int kl_iter_next(kl_iter *it, kl_view *v);
+
+/** A message (stream) id, "<ms>-<seq>". */
+typedef struct kl_sid {
+    uint64_t ms, seq;
+} kl_sid;
+
+/** Parses a stream id; -1 when the span is not one. */
+int kl_sid_parse(kl_span sp, kl_sid *out);
+/** <0, 0, >0 as a is older than, the same as, newer than b. */
+int kl_sid_cmp(kl_sid a, kl_sid b);
 
 /** 1 when the span holds exactly the string s. */
 int kl_span_eq(kl_span s, const char *str);

@@ -15,6 +15,21 @@
 
 enum { P_CONNECTING, P_OPENING, P_ACCEPTING, P_READY, P_FAILED };
 enum { REQ_OPEN = 1, REQ_ACCEPT = 2 };
+#define REQ_HISTORY (-2) /* msg.send reqs are the sequence numbers, >= 0 */
+
+/* What one side of a pair knows of its conversation, by the client rules of docs/protocol.md
+ * ("Missed pushes"): the newest id held in order; a push (or an own msg.send answer) whose prev
+ * is not it reveals a gap, healed by history after=last; so does a resync notice. */
+#define CHAIN_BUF 32
+typedef struct chain {
+    kl_sid last;
+    char last_str[48];     /* "" before the first message */
+    uint8_t fetching;      /* a history call is in flight */
+    uint8_t again;         /* the buffer overflowed while it was: call again after it */
+    uint8_t nbuf;          /* live messages that arrived during the call, applied after it */
+    kl_sid buf_id[CHAIN_BUF], buf_prev[CHAIN_BUF];
+    uint8_t buf_first[CHAIN_BUF]; /* prev was "" */
+} chain;
 
 typedef struct rdir {
     uint32_t sent, acked, failed;
@@ -29,6 +44,7 @@ typedef struct pair {
     uint8_t ready;          /* bit 0 customer, bit 1 agent */
     char conv[48];
     rdir d[2];              /* 0: customer -> agent, 1: agent -> customer */
+    chain ch[2];            /* 0: the customer's view, 1: the agent's */
 } pair;
 
 typedef struct relay_state {
@@ -38,7 +54,7 @@ typedef struct relay_state {
     double ns_per_msg;
     uint64_t k_next, k_total;
     uint32_t seq_cap;
-    uint64_t sent, acked, failed, delivered;
+    uint64_t sent, acked, failed, delivered, healed;
     int64_t t0;
     struct event *tick;
     char prefix[40];        /* "<run>.<worker>." */
@@ -96,6 +112,112 @@ static int bit_test_set(uint8_t *bits, uint32_t i) {
     return was;
 }
 
+static void chain_fetch(kl_worker *w, pair *p, int side) {
+    chain *ch = &p->ch[side];
+    if (ch->fetching) {
+        ch->again = 1;
+        return;
+    }
+    ch->fetching = 1;
+    ch->nbuf = 0;
+    kl_client *c = side ? &p->agent : &p->cust;
+    char buf[256];
+    kl_enc e;
+    int after = ch->last_str[0] != 0;
+    kl_enc_begin(&e, w->o->msgpack, buf, sizeof(buf), after ? 5 : 4);
+    kl_enc_str(&e, "type", "history", 7);
+    kl_enc_int(&e, "req", REQ_HISTORY);
+    kl_enc_str(&e, "conv", p->conv, strlen(p->conv));
+    kl_enc_int(&e, "limit", 200);
+    if (after) kl_enc_str(&e, "after", ch->last_str, strlen(ch->last_str));
+    size_t n = kl_enc_end(&e);
+    kl_count(w, KC_history_calls, 1);
+    if (!n || kl_client_send(w, c, buf, n) < 0) ch->fetching = 0;
+}
+
+static void chain_set(chain *ch, kl_sid id) {
+    ch->last = id;
+    snprintf(ch->last_str, sizeof(ch->last_str), "%llu-%llu", (unsigned long long)id.ms,
+             (unsigned long long)id.seq);
+}
+
+/* Applies one message known live: in order, already held, or a gap (then history). */
+static void chain_apply(kl_worker *w, pair *p, int side, kl_sid id, int first, kl_sid prev) {
+    chain *ch = &p->ch[side];
+    if (ch->last_str[0] && kl_sid_cmp(id, ch->last) <= 0) return;
+    if (ch->last_str[0] ? !first && kl_sid_cmp(prev, ch->last) == 0 : first) {
+        chain_set(ch, id);
+        return;
+    }
+    kl_count(w, KC_gaps, 1);
+    chain_fetch(w, p, side);
+}
+
+/* A message (id, prev) reached this side live. Returns 1 when it is already held (older than or
+ * the same as the newest in order), 0 otherwise. During a history call it is buffered and
+ * applied after it. */
+static int chain_see(kl_worker *w, pair *p, int side, kl_span id_span, kl_span prev_span) {
+    chain *ch = &p->ch[side];
+    kl_sid id, prev = {0, 0};
+    if (kl_sid_parse(id_span, &id) < 0) return 0;
+    if (ch->last_str[0] && kl_sid_cmp(id, ch->last) <= 0) return 1;
+    int first = !prev_span.p || prev_span.n == 0 || kl_sid_parse(prev_span, &prev) < 0;
+    if (ch->fetching) {
+        if (ch->nbuf < CHAIN_BUF) {
+            ch->buf_id[ch->nbuf] = id;
+            ch->buf_prev[ch->nbuf] = prev;
+            ch->buf_first[ch->nbuf++] = (uint8_t)first;
+        } else {
+            ch->again = 1;
+        }
+        return 0;
+    }
+    chain_apply(w, p, side, id, first, prev);
+    return 0;
+}
+
+static int parse_cid(const relay_state *s, kl_span cid, uint32_t *pi, int *dir, uint32_t *seq);
+
+/* A history page for this side: everything in it is held now; messages not seen live are
+ * counted as healed. */
+static void on_history_page(kl_worker *w, relay_state *s, pair *p, int side, const kl_view *v) {
+    chain *ch = &p->ch[side];
+    ch->fetching = 0;
+    if (!kl_span_eq(v->type, "ok")) {
+        kl_note_error(w, "history failed; trying again");
+        chain_fetch(w, p, side);
+        return;
+    }
+    kl_iter it;
+    kl_view m;
+    int r;
+    if (kl_iter_init(&it, w->o->msgpack, v->msgs) < 0) return;
+    while ((r = kl_iter_next(&it, &m)) == 1) {
+        kl_sid id;
+        if (kl_sid_parse(m.id, &id) < 0) continue;
+        if (!ch->last_str[0] || kl_sid_cmp(id, ch->last) > 0) chain_set(ch, id);
+        uint32_t pi, seq;
+        int dir;
+        /* the other side's messages are what this side expects to receive */
+        if (parse_cid(s, m.cid, &pi, &dir, &seq) < 0 || &s->p[pi] != p || dir != 1 - side) continue;
+        rdir *d = &p->d[dir];
+        if (!bit_test_set(d->seen_bits, seq)) {
+            kl_count(w, KC_healed, 1);
+            s->healed++;
+        }
+    }
+    if (v->more == 1 || ch->again) {
+        ch->again = 0;
+        chain_fetch(w, p, side);
+        return;
+    }
+    /* the live messages buffered meanwhile, in arrival order */
+    uint8_t n = ch->nbuf;
+    ch->nbuf = 0;
+    for (uint8_t i = 0; i < n && !ch->fetching; i++)
+        chain_apply(w, p, side, ch->buf_id[i], ch->buf_first[i], ch->buf_prev[i]);
+}
+
 static void on_ack(kl_worker *w, relay_state *s, pair *p, int dir, const kl_view *v) {
     rdir *d = &p->d[dir];
     if (!v->has_req || v->req < 0 || v->req >= s->seq_cap) return;
@@ -103,6 +225,8 @@ static void on_ack(kl_worker *w, relay_state *s, pair *p, int dir, const kl_view
     int is_ok = kl_span_eq(v->type, "ok");
     if (bit_test_set(d->acked_bits, seq)) return; /* answered twice: ignore */
     if (is_ok) {
+        /* the sender's own message is part of its chain too */
+        if (v->id.p) chain_see(w, p, dir, v->id, v->prev);
         d->acked++;
         s->acked++;
         kl_count(w, KC_acked, 1);
@@ -157,8 +281,10 @@ static void on_delivery(kl_worker *w, relay_state *s, kl_client *c, const kl_vie
         return;
     }
     rdir *d = &p->d[dir];
+    int held = chain_see(w, p, 1 - dir, v->id, v->prev);
     if (bit_test_set(d->seen_bits, seq)) {
-        kl_count(w, KC_duplicated, 1);
+        /* a push of a message history already gave is expected; twice live is not */
+        if (!held) kl_count(w, KC_duplicated, 1);
         return;
     }
     s->delivered++;
@@ -178,6 +304,17 @@ static void relay_on_frame(kl_worker *w, kl_client *c, const kl_view *v, const c
     int is_cust = c == &p->cust;
     if (kl_span_eq(v->type, "msg")) {
         on_delivery(w, s, c, v);
+        return;
+    }
+    if (kl_span_eq(v->type, "resync")) {
+        /* a notice (for this conversation, or for all): heal with history */
+        kl_count(w, KC_resyncs, 1);
+        if (p->state == P_READY && (!v->conv.p || kl_span_eq(v->conv, p->conv)))
+            chain_fetch(w, p, is_cust ? 0 : 1);
+        return;
+    }
+    if (v->has_req && v->req == REQ_HISTORY) {
+        on_history_page(w, s, p, is_cust ? 0 : 1, v);
         return;
     }
     int is_ok = kl_span_eq(v->type, "ok"), is_err = kl_span_eq(v->type, "error");
@@ -317,7 +454,7 @@ static int relay_run_over(kl_worker *w, int64_t now) {
 
 static int relay_drained(kl_worker *w) {
     relay_state *s = w->sc;
-    return s->acked + s->failed >= s->sent && s->delivered >= s->acked;
+    return s->acked + s->failed >= s->sent && s->delivered + s->healed >= s->acked;
 }
 
 static void relay_finish(kl_worker *w) {

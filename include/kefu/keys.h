@@ -29,6 +29,11 @@ static inline void kf_key_user_convs(char *k, const char *user) {
 static inline void kf_key_user_nodes(char *k, const char *user) {
     snprintf(k, KF_KEY_MAX, "kefu:{u:%s}:nodes", user);
 }
+/* Nodes that cached a lookup of the presence above: sorted set node -> until (unix ms), so a
+ * new registration knows how long stale copies may be used (presence_attach.lua). */
+static inline void kf_key_user_cached(char *k, const char *user) {
+    snprintf(k, KF_KEY_MAX, "kefu:{u:%s}:cachedby", user);
+}
 /* A node's inbox stream. */
 static inline void kf_key_node_inbox(char *k, const char *node) {
     snprintf(k, KF_KEY_MAX, "kefu:{n:%s}:inbox", node);
