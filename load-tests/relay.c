@@ -45,6 +45,7 @@ typedef struct pair {
     char conv[48];
     rdir d[2];              /* 0: customer -> agent, 1: agent -> customer */
     chain ch[2];            /* 0: the customer's view, 1: the agent's */
+    uint8_t down;           /* bit 0 customer, bit 1 agent: lost after set-up, reconnecting */
 } pair;
 
 typedef struct relay_state {
@@ -54,9 +55,9 @@ typedef struct relay_state {
     double ns_per_msg;
     uint64_t k_next, k_total;
     uint32_t seq_cap;
-    uint64_t sent, acked, failed, delivered, healed;
+    uint64_t sent, acked, failed, delivered, healed, abandoned;
     int64_t t0;
-    struct event *tick;
+    struct event *tick, *reconnect_tick;
     char prefix[40];        /* "<run>.<worker>." */
     size_t prefix_len;
 } relay_state;
@@ -84,8 +85,19 @@ static int send_req(kl_worker *w, kl_client *c, const char *type, int64_t req, c
     return n ? kl_client_send(w, c, buf, n) : -1;
 }
 
+static void chain_fetch(kl_worker *w, pair *p, int side);
+
 static void relay_on_ready(kl_worker *w, kl_client *c) {
     pair *p = c->owner;
+    int side = c == &p->cust ? 0 : 1;
+    if (p->state == P_READY) {
+        /* back after a lost connection: resume with history after the last id held */
+        kl_count(w, KC_reconnects, 1);
+        p->down &= (uint8_t)~(1u << side);
+        p->ch[side].fetching = 0;
+        chain_fetch(w, p, side);
+        return;
+    }
     p->ready |= c == &p->cust ? 1 : 2;
     if (p->ready == 3 && p->state == P_CONNECTING) {
         p->state = P_OPENING;
@@ -93,9 +105,38 @@ static void relay_on_ready(kl_worker *w, kl_client *c) {
     }
 }
 
+/* A connection of a set-up pair was lost (a gateway killed, say): its unanswered msg.send are
+ * abandoned (not acknowledged, so nothing is expected of them) and it reconnects. */
+static void pair_lost(kl_worker *w, pair *p, kl_client *c) {
+    relay_state *s = w->sc;
+    int side = c == &p->cust ? 0 : 1;
+    rdir *d = &p->d[side];
+    uint32_t out = d->sent - d->acked - d->failed;
+    d->failed += out;
+    s->abandoned += out;
+    p->down |= (uint8_t)(1u << side);
+}
+
 static void relay_on_failed(kl_worker *w, kl_client *c) {
     pair *p = c->owner;
+    if (p->state == P_READY) {
+        p->down |= (uint8_t)(1u << (c == &p->cust ? 0 : 1));
+        return;
+    }
     settle(w, p, 0, "connection failed");
+}
+
+static void on_reconnect_tick(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    kl_worker *w = arg;
+    relay_state *s = w->sc;
+    if (w->stopping) return;
+    for (uint32_t i = 0; i < s->n; i++) {
+        pair *p = &s->p[i];
+        if (p->state != P_READY || !p->down) continue;
+        if ((p->down & 1) && p->cust.state == CL_IDLE) kl_client_connect(w, &p->cust);
+        if ((p->down & 2) && p->agent.state == CL_IDLE) kl_client_connect(w, &p->agent);
+    }
 }
 
 static int64_t sched_of(const relay_state *s, uint64_t k) {
@@ -338,7 +379,12 @@ static void relay_on_frame(kl_worker *w, kl_client *c, const kl_view *v, const c
 }
 
 static void relay_on_closed(kl_worker *w, kl_client *c, int was_ready, int ok) {
-    (void)was_ready, (void)ok;
+    (void)was_ready;
+    pair *p = c->owner;
+    if (p->state == P_READY && !ok) {
+        pair_lost(w, p, c);
+        return;
+    }
     settle(w, c->owner, 0, "connection closed during set-up");
 }
 
@@ -444,6 +490,7 @@ static void relay_go(kl_worker *w) {
     relay_state *s = w->sc;
     s->t0 = w->go_ns;
     s->tick = kl_timer(w, 1, on_tick, w);
+    s->reconnect_tick = kl_timer(w, 200, on_reconnect_tick, w);
 }
 
 static int relay_run_over(kl_worker *w, int64_t now) {
@@ -454,12 +501,18 @@ static int relay_run_over(kl_worker *w, int64_t now) {
 
 static int relay_drained(kl_worker *w) {
     relay_state *s = w->sc;
-    return s->acked + s->failed >= s->sent && s->delivered + s->healed >= s->acked;
+    if (s->acked + s->failed < s->sent) return 0;
+    /* every acknowledged message seen, live or healed, and nobody still reconnecting */
+    if (s->delivered + s->healed < s->acked) return 0;
+    for (uint32_t i = 0; i < s->n; i++)
+        if (s->p[i].down || s->p[i].ch[0].fetching || s->p[i].ch[1].fetching) return 0;
+    return 1;
 }
 
 static void relay_finish(kl_worker *w) {
     relay_state *s = w->sc;
     if (s->tick) event_del(s->tick);
+    if (s->reconnect_tick) event_del(s->reconnect_tick);
     uint64_t lost = 0, unacked = 0;
     for (uint32_t i = 0; i < s->n; i++) {
         pair *p = &s->p[i];
@@ -491,6 +544,7 @@ static void relay_free(kl_worker *w) {
         }
     }
     if (s->tick) event_free(s->tick);
+    if (s->reconnect_tick) event_free(s->reconnect_tick);
     kf_free(s->p);
     kf_free(s);
     w->sc = NULL;
