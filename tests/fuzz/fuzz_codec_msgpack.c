@@ -16,6 +16,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     json_t *j = kf_codec_decode(KF_FMT_MSGPACK, (const char *)data, size, &err);
     if (!j) {
         if (!err) abort();
+        /* the req of a refused frame, for its error answer: an integer or a NUL-free string */
+        json_t *req = kf_codec_recover_req(KF_FMT_MSGPACK, (const char *)data, size);
+        if (req && !json_is_integer(req) &&
+            !(json_is_string(req) && !memchr(json_string_value(req), 0, json_string_length(req))))
+            abort();
+        if (req) json_decref(req);
         return 0;
     }
     if (!json_is_object(j)) abort();
