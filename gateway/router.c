@@ -784,6 +784,8 @@ static void on_local_resync(evutil_socket_t fd, short what, void *arg) {
 
 static void inbox_connect(void);
 static void inbox_read(void);
+static void inbox_trim(void);
+static uint32_t inbox_untrimmed;
 
 static void inbox_retry_later(void) {
     gw->inbox_ready = 0;
@@ -887,6 +889,7 @@ static void on_inbox(redisAsyncContext *ac, void *r, void *priv) {
             GW_M->inbox_entries++;
             /* One or more pushes, each a p/u/x triple in that order. */
             const redisReply *kv = e->element[1], *p = NULL, *u = NULL, *x = NULL;
+            inbox_untrimmed += (uint32_t)(kv->elements / 6 + 1);
             for (size_t f = 0; f + 1 < kv->elements; f += 2) {
                 const redisReply *k = kv->element[f];
                 if (k && k->type == REDIS_REPLY_STRING && k->len == 1 && k->str[0] == 'p') {
@@ -901,10 +904,27 @@ static void on_inbox(redisAsyncContext *ac, void *r, void *priv) {
             if (p && u) inbox_deliver(p->str, p->len, u->str, u->len, x ? x->str : "", x ? x->len : 0);
         }
         GW_M->inbox_lag_ms = gw_now_ms() - strtoll(gw->inbox_last_id, NULL, 10);
+        if (inbox_untrimmed >= 1024) inbox_trim();
     } else {
         GW_M->inbox_lag_ms = 0;
     }
     if (!gw->draining || gw->nconns) inbox_read();
+}
+
+/* Entries already read are trimmed by their id, so MAXLEN only bounds a dead reader's inbox and
+ * a lagging reader never loses what it has not read yet. Trimmed every 1024 pushes read (and
+ * every second): one large XTRIM a second held Redis for milliseconds at high rates. */
+static char inbox_trimmed[48];
+
+static void inbox_trim(void) {
+    if (!gw->inbox_last_id[0] || strcmp(inbox_trimmed, gw->inbox_last_id) == 0 ||
+        strcmp(gw->inbox_last_id, "0-0") == 0)
+        return;
+    char key[KF_KEY_MAX];
+    kf_key_node_inbox(key, gw->node);
+    kf_redis_cmd_key(gw->redis, key, NULL, NULL, "XTRIM %s MINID ~ %s", key, gw->inbox_last_id);
+    snprintf(inbox_trimmed, sizeof(inbox_trimmed), "%s", gw->inbox_last_id);
+    inbox_untrimmed = 0;
 }
 
 static void inbox_read(void) {
@@ -999,17 +1019,7 @@ static void on_shard_state(kf_redis *r, unsigned shard, int up, void *priv) {
 void gw_router_check(void) {
     pc_expire();
     if (nnotices || resync_everyone) notices_send();
-    /* Entries already read are trimmed by their id, so MAXLEN only bounds a dead reader's inbox
-     * and a lagging reader never loses what it has not read yet. */
-    static char trimmed[48];
-    if (gw->inbox_last_id[0] && strcmp(trimmed, gw->inbox_last_id) != 0 &&
-        strcmp(gw->inbox_last_id, "0-0") != 0) {
-        char key[KF_KEY_MAX];
-        kf_key_node_inbox(key, gw->node);
-        kf_redis_cmd_key(gw->redis, key, NULL, NULL, "XTRIM %s MINID ~ %s", key,
-                         gw->inbox_last_id);
-        snprintf(trimmed, sizeof(trimmed), "%s", gw->inbox_last_id);
-    }
+    inbox_trim();
     /* XREAD blocks 1 s at most: an answer overdue by redis_timeout_ms means a dead link. */
     if (gw->inbox_ac && gw->inbox_reading &&
         gw_now_ms() - gw->inbox_read_ms > 1000 + gw->opt.redis_timeout_ms) {

