@@ -226,7 +226,33 @@ void gw_conn_ref(gw_conn *c);
 void gw_conn_unref(gw_conn *c);
 static inline int gw_conn_alive(const gw_conn *c) { return c->wsi && c->state == CONN_READY; }
 
+/* fastpath.c */
+/** Handles a JSON msg.send frame of a READY connection in one pass when it has the common, valid
+ * shape; returns 1 when it did, 0 to leave the frame to the general decoder. */
+int gw_fast_msg_send(gw_conn *c, const char *buf, size_t len);
+
+/** JSON text written directly (answers and pushes on the hot path). */
+typedef struct gw_json {
+    char *buf;
+    size_t len, cap;
+} gw_json;
+/** Starts a buffer with `headroom` bytes reserved in front (LWS_PRE for a frame). */
+void gw_json_init(gw_json *j, size_t headroom, size_t cap);
+void gw_json_raw(gw_json *j, const char *s, size_t n);
+#define GW_JSON_LIT(j, lit) gw_json_raw((j), (lit), sizeof(lit) - 1)
+/** A JSON string, escaped as jansson does (quotes, backslash, control characters). */
+void gw_json_str(gw_json *j, const char *s, size_t n);
+void gw_json_int(gw_json *j, long long v);
+/** A request's req (integer or string). */
+void gw_json_req(gw_json *j, const json_t *req);
+
 /* handlers.c */
+/** 1 when the connection's token expired (beyond the leeway); requests then get unauthorized. */
+int gw_token_expired(const gw_conn *c);
+/** msg.send with validated fields: stores it, answers, routes the push. Steals text (malloc'd,
+ * text_len bytes plus a NUL). req may be NULL. */
+void gw_msg_send(gw_conn *c, const json_t *req, const char *conv, char *text, size_t text_len,
+                 const char *cid);
 /** Handles one decoded frame of a connection. Steals msg. */
 void gw_handle_frame(gw_conn *c, json_t *msg);
 /** Sends {"type":"error",...} for a request. */
@@ -244,6 +270,10 @@ void gw_router_detach(gw_conn *c);
 /** Delivers a push to every connection of the given users, on whatever node they are, except
  * the connection skip (may be NULL). Routed through the node inboxes. Steals payload. */
 void gw_route_push(json_t *payload, const char *const *users, size_t nusers, const gw_conn *skip);
+/** The same with the push already written as JSON text (stolen, malloc'd): conv is its
+ * conversation ("" for none), signal 0 for a push whose loss needs no resync (typing). */
+void gw_route_push_text(char *json, size_t len, const char *conv, int signal,
+                        const char *const *users, size_t nusers, const gw_conn *skip);
 gw_user *gw_user_find(const char *id);
 /** Routes queued (waiting for presence lookups or for earlier routes). */
 size_t gw_route_backlog(void);

@@ -7,6 +7,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <libwebsockets.h>
+
 #include "agent.h"
 #include "bot.h"
 #include "gateway.h"
@@ -670,8 +672,72 @@ static void h_queue_list(gw_conn *c, json_t *msg) {
 struct send_args {
     req_ctx *x;
     char *text;
+    size_t text_len;
     char cid[CID_MAX + 1];
 };
+
+/* {"type":"ok","req":..,"id":..,"prev":..,"ts":..,"dup":..} written directly for JSON clients */
+static void reply_sent(req_ctx *x, const char *id, const char *prev, long long ts, int dup) {
+    gw_conn *c = x->c;
+    if (!gw_conn_alive(c)) return;
+    if (c->fmt != KF_FMT_JSON) {
+        json_t *ok = json_pack("{s:s, s:I, s:b}", "id", id, "ts", (json_int_t)ts, "dup", dup);
+        if (!dup) json_object_set_new(ok, "prev", json_string(prev));
+        gw_reply_ok(c, x->req, ok);
+        return;
+    }
+    gw_json j;
+    gw_json_init(&j, LWS_PRE, 160);
+    GW_JSON_LIT(&j, "{\"type\":\"ok\"");
+    if (x->req) {
+        GW_JSON_LIT(&j, ",\"req\":");
+        gw_json_req(&j, x->req);
+    }
+    GW_JSON_LIT(&j, ",\"id\":");
+    gw_json_str(&j, id, strlen(id));
+    if (!dup) {
+        GW_JSON_LIT(&j, ",\"prev\":");
+        gw_json_str(&j, prev, strlen(prev));
+    }
+    GW_JSON_LIT(&j, ",\"ts\":");
+    gw_json_int(&j, ts);
+    if (dup)
+        GW_JSON_LIT(&j, ",\"dup\":true}");
+    else
+        GW_JSON_LIT(&j, ",\"dup\":false}");
+    gw_buf *b = gw_buf_new(j.buf, j.len - LWS_PRE, 0);
+    gw_conn_send_buf(c, b);
+    gw_buf_unref(b);
+}
+
+/* The msg push as JSON text (the routing format whatever the recipients speak). */
+static void push_sent(req_ctx *x, struct send_args *sa, const char *id, const char *prev,
+                      long long ts, const char *const *users, size_t n) {
+    const gw_conn *c = x->c;
+    const char *role = kf_role_name((kf_role)c->ident.role);
+    gw_json j;
+    gw_json_init(&j, 0, 192 + sa->text_len + strlen(c->ident.name));
+    GW_JSON_LIT(&j, "{\"type\":\"msg\",\"conv\":");
+    gw_json_str(&j, x->conv, strlen(x->conv));
+    GW_JSON_LIT(&j, ",\"id\":");
+    gw_json_str(&j, id, strlen(id));
+    GW_JSON_LIT(&j, ",\"prev\":");
+    gw_json_str(&j, prev, strlen(prev));
+    GW_JSON_LIT(&j, ",\"from\":{\"id\":");
+    gw_json_str(&j, c->ident.sub, strlen(c->ident.sub));
+    GW_JSON_LIT(&j, ",\"role\":");
+    gw_json_str(&j, role, strlen(role));
+    GW_JSON_LIT(&j, ",\"name\":");
+    gw_json_str(&j, c->ident.name, strlen(c->ident.name));
+    GW_JSON_LIT(&j, "},\"text\":");
+    gw_json_str(&j, sa->text, sa->text_len);
+    GW_JSON_LIT(&j, ",\"ts\":");
+    gw_json_int(&j, ts);
+    GW_JSON_LIT(&j, ",\"cid\":");
+    gw_json_str(&j, sa->cid, strlen(sa->cid));
+    gw_json_raw(&j, "}", 2); /* with the NUL the route's copies rely on */
+    gw_route_push_text(j.buf, j.len - 1, x->conv, 1, users, n, c);
+}
 
 static void on_msg_stored(const redisReply *r, const char *err, void *priv) {
     struct send_args *sa = priv;
@@ -689,21 +755,16 @@ static void on_msg_stored(const redisReply *r, const char *err, void *priv) {
     const char *id = r->element[1]->str, *prev = r->element[2]->str;
     int dup = r->element[0]->str[0] == 'D';
     long long ts = atoll(id);
-    json_t *ok = json_pack("{s:s, s:I, s:b}", "id", id, "ts", (json_int_t)ts, "dup", dup);
-    if (!dup) json_object_set_new(ok, "prev", json_string(prev));
-    gw_reply_ok(x->c, x->req, ok);
+    reply_sent(x, id, prev, ts, dup);
     const char *users[64];
     size_t n = gw_members(r, 3, NULL, users, 64);
     if (dup) {
         /* A retry of a message stored before: the first attempt's answer was lost (timeout,
-         * dropped connection), and with it maybe its push. The other participants re-check. */
+         * dropped connection), and with it maybe its push. The participants re-check. */
         gw_route_resync(x->conv, users, n);
     } else {
         GW_M->messages_stored++;
-        json_t *push = json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:s}", "type", "msg", "conv",
-                                 x->conv, "id", id, "prev", prev, "from", gw_from_obj(x->c), "text",
-                                 sa->text, "ts", (json_int_t)ts, "cid", sa->cid);
-        gw_route_push(push, users, n, x->c);
+        push_sent(x, sa, id, prev, ts, users, n);
         /* the bot answers the customer while it has the conversation (gateway/bot.c) */
         if (x->c->ident.role == KF_ROLE_CUSTOMER && gw_bot_enabled())
             gw_bot_customer_message(x->conv, sa->text);
@@ -714,15 +775,14 @@ out:
     kf_free(sa);
 }
 
-static void h_msg_send(gw_conn *c, json_t *msg) {
-    const char *text, *cid;
-    if (gw_get_str(c, msg, "text", 1, (size_t)gw->opt.max_text_bytes, &text) < 0) return;
-    if (gw_get_str(c, msg, "cid", 1, CID_MAX, &cid) < 0) return;
-    req_ctx *x;
-    if (gw_get_conv(c, msg, &x) < 0) return;
+void gw_msg_send(gw_conn *c, const json_t *req, const char *conv, char *text, size_t text_len,
+                 const char *cid) {
+    req_ctx *x = gw_ctx_new(c, req);
+    snprintf(x->conv, sizeof(x->conv), "%s", conv);
     struct send_args *sa = kf_malloc(sizeof(*sa));
     sa->x = x;
-    sa->text = kf_strdup(text);
+    sa->text = text;
+    sa->text_len = text_len;
     snprintf(sa->cid, sizeof(sa->cid), "%s", cid);
     char meta[KF_KEY_MAX], msgs[KF_KEY_MAX], cidk[KF_KEY_MAX], maxlen[24], ttl[24];
     kf_key_conv_meta(meta, x->conv);
@@ -732,8 +792,24 @@ static void h_msg_send(gw_conn *c, json_t *msg) {
     snprintf(ttl, sizeof(ttl), "%lld", gw->opt.cid_ttl_s);
     const char *argv[] = {meta, msgs, cidk, c->ident.sub, kf_role_name((kf_role)c->ident.role),
                           c->ident.name, sa->text, sa->cid, maxlen, ttl};
+    size_t lens[] = {strlen(meta), strlen(msgs), strlen(cidk), strlen(c->ident.sub),
+                     strlen(argv[4]), strlen(c->ident.name), text_len, strlen(sa->cid),
+                     strlen(maxlen), strlen(ttl)};
     kf_redis_script(gw->redis, kf_redis_shard(gw->redis, meta), "msg_send", on_msg_stored, sa, 3,
-                    10, argv, NULL);
+                    10, argv, lens);
+}
+
+static void h_msg_send(gw_conn *c, json_t *msg) {
+    const char *text, *cid;
+    if (gw_get_str(c, msg, "text", 1, (size_t)gw->opt.max_text_bytes, &text) < 0) return;
+    if (gw_get_str(c, msg, "cid", 1, CID_MAX, &cid) < 0) return;
+    req_ctx *x;
+    if (gw_get_conv(c, msg, &x) < 0) return;
+    size_t tl = json_string_length(json_object_get(msg, "text"));
+    char *t = kf_malloc(tl + 1);
+    memcpy(t, text, tl + 1);
+    gw_msg_send(c, x->req, x->conv, t, tl, cid);
+    gw_ctx_free(x);
 }
 
 /* ---- history: access check and range, pipelined on the conversation's shard ---- */
@@ -1082,6 +1158,11 @@ const gw_handler gw_handlers_core[] = {
 /* Every module's request table; a type is looked up in order. */
 static const gw_handler *const handler_tables[] = {gw_handlers_core, gw_handlers_agent, NULL};
 
+int gw_token_expired(const gw_conn *c) {
+    /* now - leeway cannot overflow; exp + leeway could (a signed exp of INT64_MAX) */
+    return gw_now_ms() / 1000 - gw->opt.jwt_leeway_s > c->ident.exp;
+}
+
 void gw_handle_frame(gw_conn *c, json_t *msg) {
     json_t *type = json_object_get(msg, "type");
     json_t *req = json_object_get(msg, "req");
@@ -1113,7 +1194,7 @@ void gw_handle_frame(gw_conn *c, json_t *msg) {
         goto out;
     }
     if (c->state != CONN_READY) goto out;
-    if (gw_now_ms() / 1000 > c->ident.exp + gw->opt.jwt_leeway_s) {
+    if (gw_token_expired(c)) {
         gw_reply_error(c, req, "unauthorized", "token expired: send hello with a fresh token");
         goto out;
     }

@@ -36,7 +36,7 @@ const kf_option gw_option_table[] = {
     {"redis_timeout_ms", KF_OPT_INT, O(redis_timeout_ms), "5000", 50, 600000, 0, "Redis connect timeout, and how long a connection with commands pending may go without any reply before it is dropped (requests then answer unavailable) and re-established"},
     {"drain_timeout_ms", KF_OPT_INT, O(drain_timeout_ms), "5000", 0, 600000, 1, "on SIGTERM, longest wait for pending work before exit"},
     {"max_connections", KF_OPT_INT, O(max_connections), "0", 0, 10000000, 0, "connections per process (0 = file descriptor limit less a reserve)"},
-    {"redis_inflight_max", KF_OPT_INT, O(redis_inflight_max), "20000", 16, 10000000, 1, "Redis commands in flight plus queued routes per process above which client sockets are no longer read (backpressure); reading resumes below half of it"},
+    {"redis_inflight_max", KF_OPT_INT, O(redis_inflight_max), "5000", 16, 10000000, 1, "Redis commands in flight plus queued routes per process above which client sockets are no longer read (backpressure); reading resumes below half of it"},
     {"route_retry_ms", KF_OPT_INT, O(route_retry_ms), "15000", 0, 600000, 1, "how long a push whose presence lookup failed is retried (in order) before its users get a resync notice instead"},
     {"route_queue_max", KF_OPT_INT, O(route_queue_max), "100000", 16, 100000000, 1, "pushes queued for routing per process; a push beyond it is not queued and its users get a resync notice"},
     {"bots_dir", KF_OPT_STR, O(bots_dir), "", 0, 0, 0, "bot rule directory (*.lua, docs/bots.md); empty = no bots, conversations queue for humans at once"},

@@ -664,18 +664,22 @@ static void on_presence(const redisReply *reply, const char *err, void *priv) {
 }
 
 void gw_route_push(json_t *payload, const char *const *users, size_t nusers, const gw_conn *skip) {
-    struct route *rt = kf_calloc(1, sizeof(*rt));
     const char *conv = json_string_value(json_object_get(payload, "conv"));
     const char *type = json_string_value(json_object_get(payload, "type"));
-    if (conv) snprintf(rt->conv, sizeof(rt->conv), "%s", conv);
-    rt->signal = !type || strcmp(type, "typing") != 0;
-    rt->payload = json_dumps(payload, JSON_COMPACT);
+    char *text = json_dumps(payload, JSON_COMPACT);
+    if (text)
+        gw_route_push_text(text, strlen(text), conv ? conv : "", !type || strcmp(type, "typing") != 0,
+                           users, nusers, skip);
     json_decref(payload);
-    if (!rt->payload) {
-        kf_free(rt);
-        return;
-    }
-    rt->payload_len = strlen(rt->payload);
+}
+
+void gw_route_push_text(char *json, size_t len, const char *conv, int signal,
+                        const char *const *users, size_t nusers, const gw_conn *skip) {
+    struct route *rt = kf_calloc(1, sizeof(*rt));
+    snprintf(rt->conv, sizeof(rt->conv), "%s", conv);
+    rt->signal = (uint8_t)signal;
+    rt->payload = json;
+    rt->payload_len = len;
     rt->users = kf_join_lines(users, nusers);
     rt->asked_ms = gw_clock_ms();
     if (nroutes >= (size_t)gw->opt.route_queue_max) {

@@ -389,6 +389,15 @@ static int conn_on_message(gw_conn *c, const char *data, size_t len, int binary)
                          (unsigned char *)"invalid utf-8", 13);
         return -1;
     }
+    if (!binary && c->fmt == KF_FMT_JSON && c->state == CONN_READY && len > 40 &&
+        c->tokens >= 1.0f && memmem(data, len, "\"msg.send\"", 10)) {
+        /* the hot request, in one pass (gateway/fastpath.c); anything unusual falls through */
+        if (gw_fast_msg_send(c, data, len)) {
+            rate_allow(c); /* a token is there (checked above): take it */
+            rx_maybe_pause(c);
+            return 0;
+        }
+    }
     json_t *msg = NULL;
     const char *err = NULL;
     if (binary == (c->fmt == KF_FMT_MSGPACK)) msg = kf_codec_decode(c->fmt, data, len, &err);

@@ -329,9 +329,8 @@ json_t *kf_codec_recover_req(kf_format fmt, const char *buf, size_t len) {
     const char *err;
     if (!buf) return NULL;
     if (fmt == KF_FMT_JSON) {
-        /* The only rejection a lenient parse can get past is a NUL inside a string. */
-        if (json_depth_ok(buf, len))
-            j = json_loadb(buf, len, JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, NULL);
+        /* A lenient parse gets past a NUL inside a string and repeated keys (the last wins). */
+        if (json_depth_ok(buf, len)) j = json_loadb(buf, len, JSON_ALLOW_NUL, NULL);
     } else if (fmt == KF_FMT_MSGPACK) {
         j = decode_msgpack(buf, len, &err, 1);
     }

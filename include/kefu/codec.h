@@ -25,8 +25,8 @@ typedef enum {
  * losslessly in either format. */
 json_t *kf_codec_decode(kf_format fmt, const char *buf, size_t len, const char **err);
 /** For the error answer to a frame kf_codec_decode refused: its "req" (a new reference) when the
- * frame is an object whose only fault is a NUL inside a string and whose req is a string without
- * NUL or an integer; NULL otherwise. */
+ * frame is an object whose only faults are NULs inside strings or (JSON) repeated keys, and whose
+ * req is a string without NUL or an integer; NULL otherwise. */
 json_t *kf_codec_recover_req(kf_format fmt, const char *buf, size_t len);
 
 /** Encodes obj (any JSON value; protocol uses objects) as compact JSON text without a NUL, or as

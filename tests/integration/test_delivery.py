@@ -309,3 +309,72 @@ def test_unavailable_carries_retry_hint(spawn):
         finally:
             os.kill(r.pid, signal.SIGCONT)
     run(body(), timeout=30)
+
+
+# ---- the one-pass msg.send reader (gateway/fastpath.c) agrees with the general decoder ----
+
+def test_fast_msg_send_matches_general_path(spawn, cluster):
+    g = fast_gateway(spawn, cluster.shards, "fast", presence_cache_ms=100)
+
+    async def body():
+        cust = await connect(g, "customer")
+        agent = await connect(g, "agent")
+        conv = await open_assigned(cust, agent)
+        mp = await connect(g, "agent", proto="msgpack", sub=agent.user)   # the agent's 2nd device
+        # escapes of every kind, Chinese as UTF-8 and as \\u, a surrogate pair, quotes in req
+        texts = [
+            ('"plain"', "plain"),
+            ('"line\\nbreak \\"quoted\\" back\\\\slash\\/ tab\\t"', 'line\nbreak "quoted" back\\slash/ tab\t'),
+            ('"\\u4f60\\u597d \u4e16\u754c"', "\u4f60\u597d \u4e16\u754c"),
+            ('"emoji \\ud83d\\ude00"', "emoji \U0001F600"),
+            ('"ctl \\u0001\\b\\f\\r"', "ctl \x01\b\f\r"),
+        ]
+        for i, (raw, want) in enumerate(texts):
+            for req in (f'{100 + i}', f'"r-{i} \\"q\\""', None):
+                cid = new_id("cid")
+                fields = ['"type":"msg.send"', f'"conv":"{conv}"', f'"text":{raw}', f'"cid":"{cid}"']
+                if req is not None:
+                    fields.insert(1, f'"req":{req}')
+                await cust.send_raw("{" + ", ".join(fields) + "}")
+                if req is not None:
+                    ans = await cust.answer(json_value(req))
+                else:
+                    ans = await cust.take_any(["ok"])
+                assert ans["type"] == "ok" and ans["dup"] is False and "prev" in ans, ans
+                p = await agent.next_push("msg", conv=conv, id=ans["id"])
+                assert p["text"] == want and p["cid"] == cid and p["prev"] == ans["prev"]
+                assert p["from"]["id"] == cust.user and p["from"]["role"] == "customer"
+        page = await agent.ok("history", conv=conv, limit=200)
+        assert [m["text"] for m in page["msgs"]][-3:] == [texts[-1][1]] * 3
+        # frames the one-pass reader leaves to the general decoder keep their precise errors
+        cases = [
+            ('{"type":"msg.send","req":1,"conv":"%s","text":"","cid":"c"}' % conv, "bad_request"),
+            ('{"type":"msg.send","req":2,"conv":"%s","text":"a\\u0000b","cid":"c"}' % conv, "bad_request"),
+            ('{"type":"msg.send","req":3,"conv":"%s","text":"a","text":"b","cid":"c"}' % conv, "bad_request"),
+            ('{"type":"msg.send","req":4,"conv":"%s","text":"%s","cid":"c"}' % (conv, "x" * 9000), "too_large"),
+            ('{"type":"msg.send","req":5,"conv":"bad conv!","text":"a","cid":"c"}', "bad_request"),
+            ('{"type":"msg.send","req":6,"conv":"%s","text":"a","cid":"%s"}' % (conv, "c" * 65), "too_large"),
+            ('{"type":"msg.send","req":7,"conv":"%s","text":"a","cid":"c","x":{"y":1}}' % conv, None),
+        ]
+        for frame, code in cases:
+            await cust.send_raw(frame)
+            req = json_value(frame.split('"req":', 1)[1].split(",", 1)[0])
+            ans = await cust.answer(req)
+            if code:
+                assert ans["type"] == "error" and ans["code"] == code, (frame[:80], ans)
+            else:
+                assert ans["type"] == "ok", ans     # unknown fields are ignored, as before
+        # the msgpack agent got every push too, re-encoded from the same JSON text
+        for _ in range(50):
+            got = [m for m in mp.pushes("msg") if m.get("conv") == conv]
+            if len(got) >= len(texts) * 3 + 1:
+                break
+            await asyncio.sleep(0.1)
+        assert len(got) == len(texts) * 3 + 1
+        assert got[-2]["text"] == texts[-1][1]
+    run(body())
+
+
+def json_value(s):
+    import json
+    return json.loads(s)
