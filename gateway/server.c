@@ -741,6 +741,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
      * the peer's delayed ACK (up to 40 ms). */
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* A fixed send buffer (the kernel doubles it: 128 KiB) instead of autotuning up to
+     * tcp_wmem's 4 MiB: what a client does not read then stays in our output queue, where
+     * outq_max_bytes / outq_max_msgs bound it and find the slow consumer. */
+    int sndbuf = 65536;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     if (!lws_adopt_socket_vhost(vhost, fd)) {
         GW_M->accept_rejected++;
         kf_warn("libwebsockets did not adopt a connection");

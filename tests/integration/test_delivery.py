@@ -83,6 +83,18 @@ def test_duplicate_send_signals_resync(spawn, cluster):
 
 # ---- faults on the routing path ----
 
+async def pair_across_shards(g, shards):
+    """A customer and an assigned agent whose presence lives on the other shard than the
+    conversation. Returns (cust, agent, conv, the agent's shard)."""
+    cust = await connect(g, "customer")
+    conv, _ = await open_conv(cust)
+    sub, victim = agent_on_other_shard(conv, shards)
+    agent = await connect(g, "agent", sub=sub)
+    a = await agent.ok("conv.accept", conv=conv)
+    assert a["state"] == "assigned"
+    return cust, agent, conv, victim
+
+
 def test_gap_signalled_after_shard_stop(spawn):
     """The agent's presence shard stops; the customer's message is stored (its shard is up) but
     cannot be routed. Once the shard is back the agent gets a resync for the conversation,
@@ -91,12 +103,7 @@ def test_gap_signalled_after_shard_stop(spawn):
     g = fast_gateway(spawn, shards, "gapstop", route_retry_ms=300)
 
     async def body():
-        cust = await connect(g, "customer")
-        conv, _ = await open_conv(cust)
-        sub, victim = agent_on_other_shard(conv, shards)
-        agent = await connect(g, "agent", sub=sub)
-        a = await agent.ok("conv.accept", conv=conv)
-        assert a["state"] == "assigned"
+        cust, agent, conv, victim = await pair_across_shards(g, shards)
         last = (await agent.ok("history", conv=conv))["msgs"]
         last_id = last[-1]["id"] if last else None
         os.kill(victim.pid, signal.SIGSTOP)
@@ -125,11 +132,7 @@ def test_no_push_lost_across_short_redis_stop(spawn):
     g = fast_gateway(spawn, shards, "retry", route_retry_ms=15000)
 
     async def body():
-        cust = await connect(g, "customer")
-        conv, _ = await open_conv(cust)
-        sub, victim = agent_on_other_shard(conv, shards)
-        agent = await connect(g, "agent", sub=sub)
-        await agent.ok("conv.accept", conv=conv)
+        cust, agent, conv, victim = await pair_across_shards(g, shards)
         os.kill(victim.pid, signal.SIGSTOP)
         try:
             ids = [(await send_msg(cust, conv, f"during {i}"))[0] for i in range(3)]
