@@ -569,3 +569,66 @@ async def history_all(c, conv, after=None, limit=None, max_pages=100):
         assert r["msgs"], f"more true with an empty page: {r}"
         after = r["msgs"][-1]["id"]
         assert pages < max_pages, "history paging does not end"
+
+
+def sid(msg_id):
+    """A message id as a comparable (ms, seq) pair."""
+    ms, _, seq = msg_id.partition("-")
+    return int(ms), int(seq)
+
+
+class Follower:
+    """Follows one conversation by the client rules of docs/protocol.md ("Missed pushes"): holds
+    the newest id it has in order (`last`); a msg push whose prev is not `last`, and a resync
+    notice, are healed with history after=last. `live` holds the ids pushed to it, `healed` the
+    ids only history gave it, so a test can tell "healed by history" from "never seen"."""
+
+    def __init__(self, client, conv, last=""):
+        self.c, self.conv, self.last = client, conv, last
+        self.held = {}                 # id -> message
+        self.live, self.from_history = set(), set()
+        self.gaps = self.resyncs = 0
+
+    @property
+    def healed(self):
+        return self.from_history - self.live
+
+    async def heal(self):
+        while True:
+            fields = {"conv": self.conv, "limit": 200}
+            if self.last:
+                fields["after"] = self.last
+            page = await self.c.ok("history", **fields)
+            for m in page["msgs"]:
+                self.held.setdefault(m["id"], m)
+                self.from_history.add(m["id"])
+                if not self.last or sid(m["id"]) > sid(self.last):
+                    self.last = m["id"]
+            if not page["more"]:
+                return
+
+    async def apply(self, m):
+        if m["type"] == "resync":
+            self.resyncs += 1
+            await self.heal()
+            return
+        self.live.add(m["id"])
+        self.held.setdefault(m["id"], m)
+        if self.last and sid(m["id"]) <= sid(self.last):
+            return                         # already held
+        if m.get("prev", "") != self.last:
+            self.gaps += 1
+            await self.heal()
+        if not self.last or sid(m["id"]) > sid(self.last):
+            self.last = m["id"]
+
+    async def pump(self, within=0.2):
+        """Applies, in arrival order, the msg and resync pushes for this conversation (a resync
+        without conv counts) received so far, waiting `within` seconds first."""
+        await asyncio.sleep(within)
+        while True:
+            f = self.c._take(None, lambda f: f["type"] in ("msg", "resync") and
+                             f.get("conv", self.conv) == self.conv)
+            if f is None:
+                return
+            await self.apply(f)
