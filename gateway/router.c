@@ -384,17 +384,27 @@ static void notice_add(const char *conv, const char *users, size_t ulen) {
     GW_M->resync_pending = (int64_t)nnotices;
 }
 
-static void notices_clear(void) {
-    for (struct notice *n = notices, *next; n; n = next) {
-        next = n->next;
-        kf_free(n->users);
-        kf_free(n);
-    }
+/* Hands over every pending notice (the caller frees them) and empties the set. */
+static struct notice *notices_take(void) {
+    struct notice *list = notices;
     notices = NULL;
     notices_tail = &notices;
     memset(notice_hash, 0, sizeof(notice_hash));
     nnotices = 0;
     GW_M->resync_pending = 0;
+    return list;
+}
+
+static void notice_free(struct notice *n) {
+    kf_free(n->users);
+    kf_free(n);
+}
+
+static void notices_clear(void) {
+    for (struct notice *n = notices_take(), *next; n; n = next) {
+        next = n->next;
+        notice_free(n);
+    }
 }
 
 static void route_lost(const struct route *rt, const char *users, size_t ulen, int cause) {
@@ -747,13 +757,7 @@ static void notices_send(void) {
         GW_M->resync_sent++;
         return;
     }
-    struct notice *list = notices;
-    notices = NULL;
-    notices_tail = &notices;
-    memset(notice_hash, 0, sizeof(notice_hash));
-    nnotices = 0;
-    GW_M->resync_pending = 0;
-    for (struct notice *n = list, *next; n; n = next) {
+    for (struct notice *n = notices_take(), *next; n; n = next) {
         next = n->next;
         const char *users[64];
         size_t nu = 0;
@@ -769,8 +773,7 @@ static void notices_send(void) {
         if (!n->conv[0]) json_object_del(push, "conv");
         gw_route_push(push, users, nu, NULL);
         GW_M->resync_sent++;
-        kf_free(n->users);
-        kf_free(n);
+        notice_free(n);
     }
 }
 
@@ -806,35 +809,49 @@ static void on_inbox_retry(evutil_socket_t fd, short what, void *arg) {
     inbox_connect();
 }
 
-/* Delivers one inbox entry: payload p to every local connection of the users in u but x. */
+/* One inbox entry being delivered: the payload (JSON text) and its frames, each format encoded
+ * at most once, on first need. */
+struct delivery {
+    const char *p;
+    size_t plen;
+    gw_buf *bufs[2]; /* JSON, msgpack */
+    json_t *obj;     /* the payload parsed, for msgpack */
+};
+
+static void deliver_to(struct delivery *d, gw_conn *c) {
+    int f = c->fmt == KF_FMT_MSGPACK;
+    if (!d->bufs[f]) {
+        if (f == KF_FMT_JSON) {
+            char *b = kf_malloc(LWS_PRE + d->plen);
+            memcpy(b + LWS_PRE, d->p, d->plen);
+            d->bufs[f] = gw_buf_new(b, d->plen, 0);
+        } else {
+            if (!d->obj) d->obj = json_loadb(d->p, d->plen, 0, NULL);
+            char *b;
+            size_t bl;
+            if (!d->obj || kf_codec_encode(KF_FMT_MSGPACK, d->obj, LWS_PRE, &b, &bl) < 0) {
+                kf_error("inbox entry cannot be re-encoded");
+                return;
+            }
+            d->bufs[f] = gw_buf_new(b, bl, 1);
+        }
+    }
+    gw_conn_send_buf(c, d->bufs[f]);
+    GW_M->inbox_deliveries++;
+}
+
+/* Delivers one inbox entry: payload p to every local connection of the users in u but x; u "*"
+ * means every authenticated connection of this node (a resync for everyone). */
 static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen, const char *x,
                           size_t xlen) {
-    gw_buf *bufs[2] = {NULL, NULL}; /* JSON, msgpack: each encoded at most once */
-    json_t *obj = NULL;
+    struct delivery d = {p, plen, {NULL, NULL}, NULL};
     unsigned long long skip_id = 0;
     size_t nodelen = strlen(gw->node);
     if (xlen > nodelen + 1 && memcmp(x, gw->node, nodelen) == 0 && x[nodelen] == '/')
         skip_id = strtoull(x + nodelen + 1, NULL, 10);
     if (ulen == 1 && u[0] == '*') {
-        /* every authenticated connection of this node (a resync for everyone) */
-        for (gw_conn *c = gw->conns; c; c = c->next) {
-            if (!gw_conn_alive(c)) continue;
-            int f = c->fmt == KF_FMT_MSGPACK;
-            if (!bufs[f]) {
-                json_t *o = json_loadb(p, plen, 0, NULL);
-                char *d;
-                size_t dl;
-                if (!o || kf_codec_encode((kf_format)c->fmt, o, LWS_PRE, &d, &dl) < 0) {
-                    if (o) json_decref(o);
-                    kf_error("inbox entry cannot be re-encoded");
-                    return;
-                }
-                json_decref(o);
-                bufs[f] = gw_buf_new(d, dl, f);
-            }
-            gw_conn_send_buf(c, bufs[f]);
-            GW_M->inbox_deliveries++;
-        }
+        for (gw_conn *c = gw->conns; c; c = c->next)
+            if (c->id != skip_id && gw_conn_alive(c)) deliver_to(&d, c);
         ulen = 0;
     }
     const char *end = u + ulen;
@@ -846,34 +863,14 @@ static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen
             memcpy(id, u, l);
             id[l] = '\0';
             gw_user *usr = gw_user_find(id);
-            for (gw_conn *c = usr ? usr->conns : NULL; c; c = c->user_next) {
-                if (c->id == skip_id || !gw_conn_alive(c)) continue;
-                int f = c->fmt == KF_FMT_MSGPACK;
-                if (!bufs[f]) {
-                    if (f == KF_FMT_JSON) {
-                        char *d = kf_malloc(LWS_PRE + plen);
-                        memcpy(d + LWS_PRE, p, plen);
-                        bufs[f] = gw_buf_new(d, plen, 0);
-                    } else {
-                        if (!obj) obj = json_loadb(p, plen, 0, NULL);
-                        char *d;
-                        size_t dl;
-                        if (!obj || kf_codec_encode(KF_FMT_MSGPACK, obj, LWS_PRE, &d, &dl) < 0) {
-                            kf_error("inbox entry cannot be re-encoded");
-                            continue;
-                        }
-                        bufs[f] = gw_buf_new(d, dl, 1);
-                    }
-                }
-                gw_conn_send_buf(c, bufs[f]);
-                GW_M->inbox_deliveries++;
-            }
+            for (gw_conn *c = usr ? usr->conns : NULL; c; c = c->user_next)
+                if (c->id != skip_id && gw_conn_alive(c)) deliver_to(&d, c);
         }
         u += l + 1;
     }
-    if (bufs[0]) gw_buf_unref(bufs[0]);
-    if (bufs[1]) gw_buf_unref(bufs[1]);
-    if (obj) json_decref(obj);
+    if (d.bufs[0]) gw_buf_unref(d.bufs[0]);
+    if (d.bufs[1]) gw_buf_unref(d.bufs[1]);
+    if (d.obj) json_decref(d.obj);
 }
 
 static void on_inbox(redisAsyncContext *ac, void *r, void *priv) {
