@@ -25,15 +25,20 @@ def fast_gateway(spawn, shards, name, **opts):
     return spawn.gateway(shards, name=name, **o)
 
 
+async def assigned_pair(g):
+    """A customer, an agent, and the customer's conversation the agent accepted."""
+    cust = await connect(g, "customer")
+    agent = await connect(g, "agent")
+    return cust, agent, await open_assigned(cust, agent)
+
+
 # ---- gap detection: prev on pushes and history ----
 
 def test_push_and_history_carry_prev(spawn, cluster):
     g = fast_gateway(spawn, cluster.shards, "prev", presence_cache_ms=100)
 
     async def body():
-        cust = await connect(g, "customer")
-        agent = await connect(g, "agent")
-        conv = await open_assigned(cust, agent)
+        cust, agent, conv = await assigned_pair(g)
         ids = []
         for i in range(4):
             mid, _, _ = await send_msg(cust, conv, f"m{i}")
@@ -59,9 +64,7 @@ def test_duplicate_send_signals_resync(spawn, cluster):
     g = fast_gateway(spawn, cluster.shards, "dupres", presence_cache_ms=100)
 
     async def body():
-        cust = await connect(g, "customer")
-        agent = await connect(g, "agent")
-        conv = await open_assigned(cust, agent)
+        cust, agent, conv = await assigned_pair(g)
         mid, _, cid = await send_msg(cust, conv, "once")
         await agent.next_push("msg", conv=conv, id=mid)
         r = await cust.ok("msg.send", conv=conv, text="once", cid=cid)
@@ -155,6 +158,56 @@ def test_no_push_lost_across_short_redis_stop(spawn):
     run(body(), timeout=40)
 
 
+def test_route_queue_overflow_is_signalled(spawn):
+    """Routes wait in line while the users' shard is frozen; beyond route_queue_max a push is not
+    queued but its users get a resync, and with the client rules nothing is missed."""
+    shards = [spawn.redis(), spawn.redis()]
+    g = fast_gateway(spawn, shards, "overflow", route_queue_max=16, route_retry_ms=15000)
+
+    async def body():
+        cust, agent, conv, victim = await pair_across_shards(g, shards)
+        f = Follower(agent, conv)
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            ids = [(await send_msg(cust, conv, f"queued {i}"))[0] for i in range(24)]
+            m = g.metrics()
+            assert m.get("kefu_push_lost_total", cause="overflow") >= 1
+            assert m.get("kefu_route_queue") <= 16
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        for _ in range(50):
+            await f.pump(0.2)
+            if f.resyncs and all(i in f.held for i in ids):
+                break
+        assert f.resyncs >= 1
+        assert all(i in f.held for i in ids), "a message was never seen"
+        assert f.healed, "the overflowed pushes came back through history"
+    run(body(), timeout=60)
+
+
+def test_welcome_waits_only_for_a_cached_lookup(spawn, cluster):
+    """A first connection is welcomed at once unless another node cached a lookup of the user
+    that may still be used; then the welcome waits for it (kefu_welcome_delayed_total)."""
+    opts = {"presence_cache_ms": 2000}
+    g1 = fast_gateway(spawn, cluster.shards, "wel1", **opts)
+    g2 = fast_gateway(spawn, cluster.shards, "wel2", **opts)
+    g3 = fast_gateway(spawn, cluster.shards, "wel3", **opts)
+
+    async def body():
+        cust = await connect(g1, "customer")            # nobody looked this user up yet
+        assert g1.metrics().get("kefu_welcome_delayed_total") == 0
+        conv, _ = await open_conv(cust)
+        agent = await connect(g2, "agent")
+        await agent.ok("conv.accept", conv=conv)
+        mid, _, _ = await send_msg(agent, conv, "g2 looks the customer up and caches it")
+        await cust.next_push("msg", conv=conv, id=mid)
+        second = await connect(g3, "customer", sub=cust.user)   # the customer's 2nd device
+        assert g3.metrics().get("kefu_welcome_delayed_total") == 1
+        page = await second.ok("history", conv=conv)
+        assert mid in [m["id"] for m in page["msgs"]]
+    run(body(), timeout=40)
+
+
 def test_redis_restart_tells_every_client_to_resync(spawn):
     """A restarted Redis (new run_id) may have lost what it had not persisted: every connected
     client gets a resync (no conv: re-check everything) once presence is registered again."""
@@ -185,9 +238,7 @@ def test_overload_pauses_reads_and_loses_nothing(spawn):
     n = 1500
 
     async def body():
-        cust = await connect(g, "customer")
-        agent = await connect(g, "agent")
-        conv = await open_assigned(cust, agent)
+        cust, agent, conv = await assigned_pair(g)
         tok = H.make_token(cust.user, "customer")
         raw = RawWS(g, query="token=" + tok, protocol="kefu.v1.json")
         assert raw.recv_obj("json")["type"] == "welcome"
@@ -327,9 +378,7 @@ def test_fast_msg_send_matches_general_path(spawn, cluster):
     g = fast_gateway(spawn, cluster.shards, "fast", presence_cache_ms=100)
 
     async def body():
-        cust = await connect(g, "customer")
-        agent = await connect(g, "agent")
-        conv = await open_assigned(cust, agent)
+        cust, agent, conv = await assigned_pair(g)
         mp = await connect(g, "agent", proto="msgpack", sub=agent.user)   # the agent's 2nd device
         # escapes of every kind, Chinese as UTF-8 and as \\u, a surrogate pair, quotes in req
         texts = [
