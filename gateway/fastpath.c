@@ -227,7 +227,9 @@ int gw_fast_msg_send(gw_conn *c, const char *buf, size_t len) {
         c->seen_frame = 1;
         return 1;
     }
-    gw_msg_send(c, req, conv, text, text_len, cid);
+    req_ctx *x = gw_ctx_new(c, req);
+    memcpy(x->conv, conv, sizeof(conv));
+    gw_msg_send(x, text, text_len, cid);
     if (req) json_decref(req);
     c->seen_frame = 1;
     return 1;

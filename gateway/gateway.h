@@ -249,10 +249,7 @@ void gw_json_req(gw_json *j, const json_t *req);
 /* handlers.c */
 /** 1 when the connection's token expired (beyond the leeway); requests then get unauthorized. */
 int gw_token_expired(const gw_conn *c);
-/** msg.send with validated fields: stores it, answers, routes the push. Steals text (malloc'd,
- * text_len bytes plus a NUL). req may be NULL. */
-void gw_msg_send(gw_conn *c, const json_t *req, const char *conv, char *text, size_t text_len,
-                 const char *cid);
+
 /** Handles one decoded frame of a connection. Steals msg. */
 void gw_handle_frame(gw_conn *c, json_t *msg);
 /** Sends {"type":"error",...} for a request. */

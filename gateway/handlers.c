@@ -775,10 +775,8 @@ out:
     kf_free(sa);
 }
 
-void gw_msg_send(gw_conn *c, const json_t *req, const char *conv, char *text, size_t text_len,
-                 const char *cid) {
-    req_ctx *x = gw_ctx_new(c, req);
-    snprintf(x->conv, sizeof(x->conv), "%s", conv);
+void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
+    gw_conn *c = x->c;
     struct send_args *sa = kf_malloc(sizeof(*sa));
     sa->x = x;
     sa->text = text;
@@ -808,8 +806,7 @@ static void h_msg_send(gw_conn *c, json_t *msg) {
     size_t tl = json_string_length(json_object_get(msg, "text"));
     char *t = kf_malloc(tl + 1);
     memcpy(t, text, tl + 1);
-    gw_msg_send(c, x->req, x->conv, t, tl, cid);
-    gw_ctx_free(x);
+    gw_msg_send(x, t, tl, cid);
 }
 
 /* ---- history: access check and range, pipelined on the conversation's shard ---- */

@@ -49,6 +49,10 @@ typedef struct req_ctx {
     void (*done)(struct req_ctx *ctx);
 } req_ctx;
 
+/** msg.send with validated fields: stores it, answers, routes the push. Steals x (its conv
+ * set) and text (malloc'd, text_len bytes plus a NUL). */
+void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid);
+
 /** New context holding a reference on c and on req (may be NULL). */
 req_ctx *gw_ctx_new(gw_conn *c, const json_t *req);
 void gw_ctx_free(req_ctx *x);
