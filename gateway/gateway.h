@@ -136,7 +136,7 @@ typedef struct gw_conn {
     uint8_t seen_frame;       /* a frame was handled (the first one decides 4400) */
     uint8_t want_ping;
     uint8_t rx_binary;
-    uint8_t rx_paused;        /* reading stopped by backpressure (gw_conn_rx_check) */
+    uint8_t rx_paused;        /* reading stopped by backpressure (rx_maybe_pause in server.c) */
     uint8_t in_flush;         /* on the end-of-iteration write list */
     struct gw_conn *flush_next;
     uint8_t close_reason;     /* gw_close_reason */

@@ -210,6 +210,23 @@ static void on_script_loaded(const redisReply *reply, const char *err, void *pri
     }
 }
 
+/* Formats (hiredis printf-style) and queues a command; internal ones may run while scripts load. */
+static void send_vfmt(struct shard *s, kf_redis_cb *cb, void *priv, int internal, const char *fmt,
+                      va_list ap) {
+    char *cmd;
+    int n = redisvFormatCommand(&cmd, fmt, ap);
+    if (n < 0) abort();
+    send_formatted(s, cb, priv, cmd, (size_t)n, internal);
+    redisFreeCommand(cmd);
+}
+
+static void send_internal(struct shard *s, kf_redis_cb *cb, void *priv, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    send_vfmt(s, cb, priv, 1, fmt, ap);
+    va_end(ap);
+}
+
 /* INFO server, sent first on every connection: remembers the run_id, which changes when the
  * server restarts (and may then have lost what it had not persisted). */
 static void on_server_info(const redisReply *reply, const char *err, void *priv) {
@@ -237,22 +254,12 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     }
     s->state = SHARD_LOADING;
     s->scripts_pending = 0;
-    {
-        char *cmd;
-        int n = redisFormatCommand(&cmd, "INFO server");
-        if (n < 0) abort();
-        send_formatted(s, on_server_info, s, cmd, (size_t)n, 1);
-        redisFreeCommand(cmd);
-    }
+    send_internal(s, on_server_info, s, "INFO server");
     for (int i = 0; kf_script_name_at(i); i++) {
         size_t len;
         const char *src = kf_script_source(kf_script_name_at(i), &len);
-        char *cmd;
-        int n = redisFormatCommand(&cmd, "SCRIPT LOAD %b", src, len);
-        if (n < 0) abort();
         s->scripts_pending++;
-        send_formatted(s, on_script_loaded, s, cmd, (size_t)n, 1);
-        redisFreeCommand(cmd);
+        send_internal(s, on_script_loaded, s, "SCRIPT LOAD %b", src, len);
     }
     if (s->scripts_pending == 0) {
         s->backoff_ms = 100;
@@ -428,11 +435,7 @@ void kf_redis_argv(kf_redis *r, unsigned shard, kf_redis_cb *cb, void *priv, int
 
 static void vcmd(kf_redis *r, unsigned shard, kf_redis_cb *cb, void *priv, const char *fmt,
                  va_list ap) {
-    char *cmd;
-    int n = redisvFormatCommand(&cmd, fmt, ap);
-    if (n < 0) abort();
-    send_formatted(&r->shards[shard], cb, priv, cmd, (size_t)n, 0);
-    redisFreeCommand(cmd);
+    send_vfmt(&r->shards[shard], cb, priv, 0, fmt, ap);
 }
 
 void kf_redis_cmd(kf_redis *r, unsigned shard, kf_redis_cb *cb, void *priv, const char *fmt,
@@ -472,8 +475,4 @@ void kf_redis_script(kf_redis *r, unsigned shard, const char *name, kf_redis_cb 
         al[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
     }
     kf_redis_argv(r, shard, cb, priv, argc + 3, av, al);
-}
-
-size_t kf_redis_shard_pending(const kf_redis *r, unsigned shard) {
-    return shard < r->n ? r->shards[shard].npending : 0;
 }

@@ -58,8 +58,6 @@ void kf_redis_hostport(const kf_redis *r, unsigned shard, const char **host, int
 const kf_redis_stats *kf_redis_get_stats(const kf_redis *r);
 /** Commands sent and not yet answered, over all shards. */
 size_t kf_redis_pending(const kf_redis *r);
-/** Commands sent and not yet answered on one shard. */
-size_t kf_redis_shard_pending(const kf_redis *r, unsigned shard);
 
 /** Sends a command (binary-safe argv) to a shard. Commands issued in one loop iteration are
  * written together (pipelined). */
