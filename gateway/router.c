@@ -594,8 +594,11 @@ static void lookup_send(struct route *rt, const char *user, size_t ul, const cha
     char cached[KF_KEY_MAX];
     kf_key_user_cached(cached, lk->user);
     unsigned shard = kf_redis_shard(gw->redis, key);
+    /* + 2 ms: the copy is reused while the monotonic clock (whole ms) says it is younger than
+     * presence_cache_ms, and `now` is the wall clock truncated to the ms; the two truncations
+     * may let it live up to 2 ms past now + presence_cache_ms. */
     kf_redis_cmd(gw->redis, shard, NULL, NULL, "ZADD %s %lld %s", cached,
-                 atoll(now) + gw->opt.presence_cache_ms, gw->node);
+                 atoll(now) + gw->opt.presence_cache_ms + 2, gw->node);
     kf_redis_cmd(gw->redis, shard, NULL, NULL, "PEXPIRE %s %lld", cached,
                  gw->opt.presence_cache_ms * 2 + 1000);
     kf_redis_cmd(gw->redis, shard, on_presence, lk, "ZRANGEBYSCORE %s %s +inf", key, now);
