@@ -302,7 +302,7 @@ typedef struct gw_metrics {
     int64_t route_queue;      /* routes waiting for lookups or for the routes before them */
     int64_t rx_paused;        /* connections not read because Redis work is over the bound */
     uint64_t rx_pauses;
-    uint64_t welcome_delayed; /* welcomes held back for another node's cached lookup */
+    uint64_t welcome_resync; /* first connections told to resync for another node's cached lookup */
     int64_t node_index;
     /* bots */
     uint64_t bot_runs, bot_errors, bot_budget_kills, bot_memory_kills;

@@ -31,7 +31,7 @@ const kf_option gw_option_table[] = {
     {"inbox_maxlen", KF_OPT_INT, O(inbox_maxlen), "1000000", 100, BIG, 1, "most entries a node inbox keeps (read entries are trimmed every second; this bounds a dead node's inbox)"},
     {"inbox_batch", KF_OPT_INT, O(inbox_batch), "4096", 1, 100000, 1, "inbox entries read per XREAD"},
     {"presence_ttl_ms", KF_OPT_INT, O(presence_ttl_ms), "30000", 1000, 3600000, 0, "presence expiry; refreshed every third of it"},
-    {"presence_cache_ms", KF_OPT_INT, O(presence_cache_ms), "100", 0, 10000, 0, "how long a node reuses a user's looked-up nodes when routing (0 = no cache); a user's first connection on a node is welcomed at once unless another node cached a lookup of that user within this time, then when that copy expires"},
+    {"presence_cache_ms", KF_OPT_INT, O(presence_cache_ms), "1000", 0, 10000, 0, "how long a node reuses a user's looked-up nodes when routing (0 = no cache); when another node may still route from a copy made before a user's first connection on this node, that connection gets a resync once the copy has expired"},
     {"cid_ttl_s", KF_OPT_INT, O(cid_ttl_s), "86400", 1, 31536000, 1, "how long a cid keeps msg.send idempotent"},
     {"redis_timeout_ms", KF_OPT_INT, O(redis_timeout_ms), "5000", 50, 600000, 0, "Redis connect timeout, and how long a connection with commands pending may go without any reply before it is dropped (requests then answer unavailable) and re-established"},
     {"drain_timeout_ms", KF_OPT_INT, O(drain_timeout_ms), "5000", 0, 600000, 1, "on SIGTERM, longest wait for pending work before exit"},

@@ -74,32 +74,34 @@ static void user_remove(gw_user *u) {
 struct attach_req {
     gw_conn *c;
     void (*done)(gw_conn *c, const char *err);
-    struct event *delay;             /* welcome delay timer, when one runs */
-    struct attach_req *prev, *next;  /* delayed attaches, so shutdown can finish them */
+    struct event *later;             /* the resync timer, when one runs */
+    struct attach_req *prev, *next;  /* pending resyncs, so shutdown can free them */
 };
 
-static struct attach_req *delayed;
+static struct attach_req *pending_resyncs;
 
-static void attach_finish(struct attach_req *a, const char *err) {
-    a->done(a->c, err);
+static void deliver_one(gw_conn *c, const char *p, size_t plen);
+
+static void resync_unlink(struct attach_req *a) {
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        pending_resyncs = a->next;
+    if (a->next) a->next->prev = a->prev;
+    event_free(a->later);
     gw_conn_unref(a->c);
     kf_free(a);
 }
 
-static void delayed_unlink(struct attach_req *a) {
-    if (a->prev)
-        a->prev->next = a->next;
-    else
-        delayed = a->next;
-    if (a->next) a->next->prev = a->prev;
-    event_free(a->delay);
-}
-
-static void on_attach_delay(evutil_socket_t fd, short what, void *arg) {
+static void on_attach_resync(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     struct attach_req *a = arg;
-    delayed_unlink(a);
-    attach_finish(a, NULL);
+    if (gw_conn_alive(a->c)) {
+        static const char p[] = "{\"type\":\"resync\",\"reason\":\"presence\"}";
+        deliver_one(a->c, p, sizeof(p) - 1);
+        GW_M->resync_sent++;
+    }
+    resync_unlink(a);
 }
 
 static void on_presence_stored(const redisReply *reply, const char *err, void *priv) {
@@ -112,22 +114,25 @@ static void on_presence_stored(const redisReply *reply, const char *err, void *p
     if (!err && a->c->user) a->c->user->presence_ok = 1;
     long long ms = !err && reply->type == REDIS_REPLY_INTEGER ? reply->integer : 0;
     if (ms > 10000) ms = 10000; /* the largest presence_cache_ms; guards against clock jumps */
+    a->done(a->c, err);
     if (!err && first && ms > 0) {
-        /* Another node may route with a presence list it looked up before this registration
-         * for `ms` more (presence_attach.lua). Welcoming only after that means anything it
-         * routes without this node was stored before the client's first history call. Most
-         * users have no such lookup and are welcomed at once. */
-        GW_M->welcome_delayed++;
+        /* Another node may route this user's pushes for `ms` more from a node list it looked up
+         * before this registration (presence_attach.lua), so a message stored after the
+         * client's first history call could miss this connection. The welcome is not held for
+         * that: once such copies have expired, the connection gets a resync (re-check every
+         * conversation), and its history call then covers whatever they routed elsewhere. */
+        GW_M->welcome_resync++;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-        a->delay = evtimer_new(gw->base, on_attach_delay, a);
+        a->later = evtimer_new(gw->base, on_attach_resync, a);
         a->prev = NULL;
-        a->next = delayed;
-        if (delayed) delayed->prev = a;
-        delayed = a;
-        evtimer_add(a->delay, &tv);
+        a->next = pending_resyncs;
+        if (pending_resyncs) pending_resyncs->prev = a;
+        pending_resyncs = a;
+        evtimer_add(a->later, &tv);
         return;
     }
-    attach_finish(a, err);
+    gw_conn_unref(a->c);
+    kf_free(a);
 }
 
 static void presence_store(const char *user, kf_redis_cb *cb, void *priv) {
@@ -843,6 +848,14 @@ static void deliver_to(struct delivery *d, gw_conn *c) {
     GW_M->inbox_deliveries++;
 }
 
+static void deliver_one(gw_conn *c, const char *p, size_t plen) {
+    struct delivery d = {p, plen, {NULL, NULL}, NULL};
+    deliver_to(&d, c);
+    if (d.bufs[0]) gw_buf_unref(d.bufs[0]);
+    if (d.bufs[1]) gw_buf_unref(d.bufs[1]);
+    if (d.obj) json_decref(d.obj);
+}
+
 /* Delivers one inbox entry: payload p to every local connection of the users in u but x; u "*"
  * means every authenticated connection of this node (a resync for everyone). */
 static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen, const char *x,
@@ -1081,11 +1094,7 @@ void gw_router_stop(void) {
     retry_ev = NULL;
     if (local_resync_ev) event_free(local_resync_ev);
     local_resync_ev = NULL;
-    while (delayed) {
-        struct attach_req *a = delayed;
-        delayed_unlink(a);
-        attach_finish(a, "shutdown");
-    }
+    while (pending_resyncs) resync_unlink(pending_resyncs);
     if (gw->inbox_ac) {
         redisAsyncContext *ac = gw->inbox_ac;
         gw->draining = 1;
