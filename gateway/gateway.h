@@ -258,6 +258,9 @@ void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char 
 /* router.c */
 void gw_router_start(void);
 void gw_router_stop(void);
+/* msg.send batches (handlers.c): messages gathered or in flight; send what is gathered at exit */
+size_t gw_send_backlog(void);
+void gw_msg_send_stop(void);
 /** Once a second: reconnects the inbox reader when its XREAD is overdue. */
 void gw_router_check(void);
 /** Adds an authenticated connection to the user index and registers presence; calls done(c, err)
@@ -302,6 +305,7 @@ typedef struct gw_metrics {
     int64_t route_queue;      /* routes waiting for lookups or for the routes before them */
     int64_t rx_paused;        /* connections not read because Redis work is over the bound */
     uint64_t rx_pauses;
+    uint64_t presence_drops; /* cached presence copies dropped on another node's registration */
     uint64_t welcome_resync; /* first connections told to resync for another node's cached lookup */
     int64_t node_index;
     /* bots */

@@ -7,6 +7,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <event2/event.h>
 #include <libwebsockets.h>
 
 #include "agent.h"
@@ -775,26 +776,123 @@ out:
     kf_free(sa);
 }
 
+/* ---- msg.send batches: one EVALSHA msg_send per Redis server per loop iteration ----
+ * The requests a loop iteration brings are stored by one script call per shard (at most
+ * SEND_BATCH_MAX each), in arrival order: the script's fixed cost (the call, its KEYS and ARGV
+ * tables, one request to parse and one reply to write) is paid once for all of them. The
+ * messages of one batch may belong to different conversations: fine for a stand-alone server,
+ * whose scripts may touch any key. */
+#define SEND_BATCH_MAX 128
+struct send_batch {
+    int n;
+    struct send_args *sa[SEND_BATCH_MAX];
+};
+static struct send_batch *send_batches; /* one per shard */
+static unsigned send_nshards;
+static struct event *send_flush_ev;
+static size_t send_pending; /* messages gathered or in flight */
+
+size_t gw_send_backlog(void) { return send_pending; }
+
+struct sent_msgs {
+    int n;
+    struct send_args *sa[];
+};
+
+static void on_batch_stored(const redisReply *r, const char *err, void *priv) {
+    struct sent_msgs *sm = priv;
+    send_pending -= (size_t)sm->n;
+    int ok = !err && r->type == REDIS_REPLY_ARRAY && r->elements == (size_t)sm->n;
+    if (!err && !ok && r->type != REDIS_REPLY_ERROR) {
+        kf_error("msg_send: unexpected reply");
+        err = "protocol error";
+    }
+    for (int i = 0; i < sm->n; i++) on_msg_stored(ok ? r->element[i] : r, err, sm->sa[i]);
+    kf_free(sm);
+}
+
+static void send_batch_flush(unsigned shard) {
+    struct send_batch *b = &send_batches[shard];
+    if (b->n == 0) return;
+    char maxlen[24], ttl[24], nkeys[16];
+    snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.history_maxlen);
+    snprintf(ttl, sizeof(ttl), "%lld", gw->opt.cid_ttl_s);
+    snprintf(nkeys, sizeof(nkeys), "%d", 3 * b->n);
+    int argc = 5 + 8 * b->n;
+    const char **av = kf_malloc(sizeof(char *) * (size_t)argc);
+    size_t *al = kf_malloc(sizeof(size_t) * (size_t)argc);
+    char (*keys)[3][KF_KEY_MAX] = kf_malloc(sizeof(*keys) * (size_t)b->n);
+#define ARG(str, len) (av[k] = (str), al[k] = (len), k++)
+    int k = 0;
+    ARG("EVALSHA", 7);
+    ARG(kf_script_sha("msg_send"), 40);
+    ARG(nkeys, strlen(nkeys));
+    for (int i = 0; i < b->n; i++) {
+        struct send_args *sa = b->sa[i];
+        kf_key_conv_meta(keys[i][0], sa->x->conv);
+        kf_key_conv_msgs(keys[i][1], sa->x->conv);
+        kf_key_conv_cid(keys[i][2], sa->x->conv, sa->x->c->ident.sub, sa->cid);
+        for (int j = 0; j < 3; j++) ARG(keys[i][j], strlen(keys[i][j]));
+    }
+    ARG(maxlen, strlen(maxlen));
+    ARG(ttl, strlen(ttl));
+    for (int i = 0; i < b->n; i++) {
+        struct send_args *sa = b->sa[i];
+        const gw_conn *c = sa->x->c;
+        const char *role = kf_role_name((kf_role)c->ident.role);
+        ARG(c->ident.sub, strlen(c->ident.sub));
+        ARG(role, strlen(role));
+        ARG(c->ident.name, strlen(c->ident.name));
+        ARG(sa->text, sa->text_len);
+        ARG(sa->cid, strlen(sa->cid));
+    }
+#undef ARG
+    struct sent_msgs *sm = kf_malloc(sizeof(*sm) + sizeof(sm->sa[0]) * (size_t)b->n);
+    sm->n = b->n;
+    memcpy(sm->sa, b->sa, sizeof(sm->sa[0]) * (size_t)b->n);
+    b->n = 0;
+    kf_redis_argv(gw->redis, shard, on_batch_stored, sm, argc, av, al);
+    kf_free(keys);
+    kf_free(av);
+    kf_free(al);
+}
+
+static void on_send_flush(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    for (unsigned i = 0; i < send_nshards; i++) send_batch_flush(i);
+}
+
 void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
-    gw_conn *c = x->c;
     struct send_args *sa = kf_malloc(sizeof(*sa));
     sa->x = x;
     sa->text = text;
     sa->text_len = text_len;
     snprintf(sa->cid, sizeof(sa->cid), "%s", cid);
-    char meta[KF_KEY_MAX], msgs[KF_KEY_MAX], cidk[KF_KEY_MAX], maxlen[24], ttl[24];
+    if (!send_batches) {
+        send_nshards = kf_redis_nshards(gw->redis);
+        send_batches = kf_calloc(send_nshards, sizeof(*send_batches));
+        send_flush_ev = event_new(gw->base, -1, 0, on_send_flush, NULL);
+    }
+    char meta[KF_KEY_MAX];
     kf_key_conv_meta(meta, x->conv);
-    kf_key_conv_msgs(msgs, x->conv);
-    kf_key_conv_cid(cidk, x->conv, c->ident.sub, cid);
-    snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.history_maxlen);
-    snprintf(ttl, sizeof(ttl), "%lld", gw->opt.cid_ttl_s);
-    const char *argv[] = {meta, msgs, cidk, c->ident.sub, kf_role_name((kf_role)c->ident.role),
-                          c->ident.name, sa->text, sa->cid, maxlen, ttl};
-    size_t lens[] = {strlen(meta), strlen(msgs), strlen(cidk), strlen(c->ident.sub),
-                     strlen(argv[4]), strlen(c->ident.name), text_len, strlen(sa->cid),
-                     strlen(maxlen), strlen(ttl)};
-    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, meta), "msg_send", on_msg_stored, sa, 3,
-                    10, argv, lens);
+    unsigned shard = kf_redis_shard(gw->redis, meta);
+    struct send_batch *b = &send_batches[shard];
+    if (b->n == SEND_BATCH_MAX) send_batch_flush(shard);
+    b->sa[b->n++] = sa;
+    send_pending++;
+    /* runs after the callbacks already active in this loop iteration */
+    event_active(send_flush_ev, EV_TIMEOUT, 0);
+}
+
+/* Sends what is gathered and forgets the batches (shutdown: Redis then fails what is in
+ * flight, and each request is answered). */
+void gw_msg_send_stop(void) {
+    if (!send_batches) return;
+    on_send_flush(-1, 0, NULL);
+    event_free(send_flush_ev);
+    kf_free(send_batches);
+    send_batches = NULL;
+    send_flush_ev = NULL;
 }
 
 static void h_msg_send(gw_conn *c, json_t *msg) {

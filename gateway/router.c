@@ -1,7 +1,6 @@
 /* Message routing between nodes: the local user index, presence in Redis, one XADD per
  * destination node inbox, and the blocking inbox reader that delivers to local connections. */
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <libwebsockets.h>
 #include <stdio.h>
@@ -80,6 +79,9 @@ struct attach_req {
 
 static struct attach_req *pending_resyncs;
 
+static void batch_add(const char *node, const char *p, size_t plen, const char *u, const char *x,
+                      const char *conv);
+
 static void deliver_one(gw_conn *c, const char *p, size_t plen);
 
 static void resync_unlink(struct attach_req *a) {
@@ -112,7 +114,15 @@ static void on_presence_stored(const redisReply *reply, const char *err, void *p
     }
     int first = a->c->user && !a->c->user->presence_ok;
     if (!err && a->c->user) a->c->user->presence_ok = 1;
-    long long ms = !err && reply->type == REDIS_REPLY_INTEGER ? reply->integer : 0;
+    long long ms = 0;
+    if (!err && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+        reply->element[0]->type == REDIS_REPLY_INTEGER) {
+        ms = reply->element[0]->integer;
+        /* those nodes drop their copy when they read this (usually within milliseconds) */
+        for (size_t i = 1; first && i < reply->elements; i++)
+            if (reply->element[i]->type == REDIS_REPLY_STRING)
+                batch_add(reply->element[i]->str, NULL, 0, a->c->user->id, "", NULL);
+    }
     if (ms > 10000) ms = 10000; /* the largest presence_cache_ms; guards against clock jumps */
     a->done(a->c, err);
     if (!err && first && ms > 0) {
@@ -249,6 +259,16 @@ static void pc_expire(void) {
             }
         }
     }
+}
+
+/* Another node registered this user: the copy lacks it (see on_presence_stored). */
+static void pc_drop(const char *user) {
+    pcache **pp, *e = pc_find(user, &pp);
+    if (!e) return;
+    *pp = e->next;
+    pc_free_entry(e);
+    pc_n--;
+    GW_M->presence_drops++;
 }
 
 static void pc_store(const char *user, const redisReply *reply, uint32_t fetched) {
@@ -434,6 +454,7 @@ struct batch_push {
     char *p, *u, *x;
     size_t plen;
     char *conv;              /* NULL: nothing to signal when lost */
+    uint8_t drop;            /* not a push: "drop your cached presence of user u" */
 };
 struct node_batch {
     char *node;
@@ -463,6 +484,7 @@ static void on_batch_stored(const redisReply *reply, const char *err, void *priv
     struct sent_batch *sb = priv;
     if (!router_stopping && (err || reply->type == REDIS_REPLY_ERROR)) {
         for (int i = 0; i < sb->n; i++) {
+            if (sb->push[i].drop) continue; /* that node's copy expires by itself */
             lost_count(LOST_INBOX, 1);
             if (sb->push[i].conv) notice_add(sb->push[i].conv, sb->push[i].u, strlen(sb->push[i].u));
         }
@@ -480,16 +502,25 @@ static void batch_send(struct node_batch *b) {
     size_t *lens = kf_malloc(sizeof(size_t) * (size_t)argc);
     const char *head[6] = {"XADD", key, "MAXLEN", "~", maxlen, "*"};
     for (int k = 0; k < 6; k++) argv[k] = head[k], lens[k] = strlen(head[k]);
+    int k = 6;
     for (int i = 0; i < b->n; i++) {
         const struct batch_push *bp = &b->push[i];
-        int k = 6 + 6 * i;
+        if (bp->drop) {
+            /* "drop your cached presence of this user" (see on_presence_stored) */
+            argv[k] = "d", lens[k] = 1;
+            argv[k + 1] = bp->u, lens[k + 1] = strlen(bp->u);
+            k += 2;
+            continue;
+        }
         argv[k] = "p", lens[k] = 1;
         argv[k + 1] = bp->p, lens[k + 1] = bp->plen;
         argv[k + 2] = "u", lens[k + 2] = 1;
         argv[k + 3] = bp->u, lens[k + 3] = strlen(bp->u);
         argv[k + 4] = "x", lens[k + 4] = 1;
         argv[k + 5] = bp->x, lens[k + 5] = strlen(bp->x);
+        k += 6;
     }
+    argc = k;
     struct sent_batch *sb = kf_malloc(sizeof(*sb) + sizeof(sb->push[0]) * (size_t)b->n);
     sb->n = b->n;
     kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, key), on_batch_stored, sb, argc, argv, lens);
@@ -522,8 +553,12 @@ static void batch_add(const char *node, const char *p, size_t plen, const char *
     }
     if (b->n == BATCH_MAX) batch_send(b);
     struct batch_push *bp = &b->push[b->n++];
+    bp->drop = p == NULL;
     bp->p = kf_malloc(plen + 1);
-    memcpy(bp->p, p, plen + 1);
+    if (p)
+        memcpy(bp->p, p, plen + 1);
+    else
+        bp->p[0] = '\0';
     bp->plen = plen;
     bp->u = kf_strdup(u);
     bp->x = kf_strdup(x);
@@ -920,6 +955,9 @@ static void on_inbox(redisAsyncContext *ac, void *r, void *priv) {
                     u = kv->element[f + 1];
                 } else if (k && k->type == REDIS_REPLY_STRING && k->len == 1 && k->str[0] == 'x') {
                     x = kv->element[f + 1];
+                } else if (k && k->type == REDIS_REPLY_STRING && k->len == 1 && k->str[0] == 'd' &&
+                           kv->element[f + 1]->type == REDIS_REPLY_STRING) {
+                    pc_drop(kv->element[f + 1]->str);
                 }
             }
             if (p && u) inbox_deliver(p->str, p->len, u->str, u->len, x ? x->str : "", x ? x->len : 0);
@@ -1014,7 +1052,7 @@ static void inbox_connect(void) {
         return;
     }
     gw->inbox_ac = ac;
-    redisLibeventAttach(ac, gw->base);
+    kf_redis_attach(ac, gw->base);
     redisAsyncSetConnectCallback(ac, on_inbox_connect);
     redisAsyncSetDisconnectCallback(ac, on_inbox_disconnect);
 }

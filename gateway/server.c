@@ -341,13 +341,16 @@ static int rate_allow(gw_conn *c) {
 }
 
 /* ---- backpressure: stop reading clients while Redis work is over the bound ----
- * Commands in flight plus routes waiting to go out: above redis_inflight_max, a connection that
+ * Commands in flight plus routes waiting to go out plus messages gathered or in flight in msg.send
+ * batches: above redis_inflight_max, a connection that
  * delivers a request stops being read (TCP then pushes back on its sender) until the backlog is
  * under half the bound. Only connections that actually send are paused. */
 
 static struct event *rx_resume_ev;
 
-static size_t backlog(void) { return kf_redis_pending(gw->redis) + gw_route_backlog(); }
+static size_t backlog(void) {
+    return kf_redis_pending(gw->redis) + gw_route_backlog() + gw_send_backlog();
+}
 
 static void rx_resume_arm(void) {
     struct timeval tv = {0, 1000};
@@ -1029,6 +1032,7 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
         conn_gone(&p, NULL);
     }
     gw_bot_stop();
+    gw_msg_send_stop();
     gw_router_stop();
     event_free(gw->sweep_ev);
     event_free(rx_resume_ev);

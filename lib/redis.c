@@ -2,7 +2,6 @@
 #include "kefu/redis.h"
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -267,6 +266,117 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     }
 }
 
+/* ---- the hiredis <-> libevent adapter ----
+ * hiredis' own libevent adapter re-adds a one-shot read event after every read and adds and
+ * deletes the write event around every write: two to four epoll_ctl calls per loop iteration
+ * per connection. Here the read event persists, and the commands of a loop iteration are
+ * written at its end, straight away (one write, no write event); the write event is armed only
+ * while connecting and when the socket's buffer is full. */
+struct kf_ev {
+    redisAsyncContext *ac;
+    struct event *rev, *wev, *flush;
+    unsigned reading : 1, flushing : 1, writing : 1, in_cb : 1, dead : 1;
+};
+
+static void kf_ev_free(struct kf_ev *e) {
+    event_free(e->rev);
+    event_free(e->wev);
+    event_free(e->flush);
+    kf_free(e);
+}
+
+/* Runs one hiredis handler; the context (and with it e) may be freed inside it. */
+static void kf_ev_handle(struct kf_ev *e, void (*handler)(redisAsyncContext *)) {
+    int nested = e->in_cb;
+    e->in_cb = 1;
+    handler(e->ac);
+    if (nested) return;
+    if (e->dead) {
+        kf_ev_free(e);
+        return;
+    }
+    e->in_cb = e->writing = 0;
+}
+
+static void kf_ev_on_read(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    kf_ev_handle(arg, redisAsyncHandleRead);
+}
+
+static void kf_ev_write(struct kf_ev *e) {
+    e->writing = 1;
+    kf_ev_handle(e, redisAsyncHandleWrite);
+    /* e may be gone: kf_ev_handle freed it when the context died (then dead was set) */
+}
+
+static void kf_ev_on_write(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    kf_ev_write(arg);
+}
+
+static void kf_ev_on_flush(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    struct kf_ev *e = arg;
+    e->flushing = 0;
+    kf_ev_write(e);
+}
+
+static void kf_ev_add_read(void *p) {
+    struct kf_ev *e = p;
+    if (!e->reading) event_add(e->rev, NULL);
+    e->reading = 1;
+}
+
+static void kf_ev_del_read(void *p) {
+    struct kf_ev *e = p;
+    if (e->reading) event_del(e->rev);
+    e->reading = 0;
+}
+
+static void kf_ev_add_write(void *p) {
+    struct kf_ev *e = p;
+    if (e->writing || !(e->ac->c.flags & REDIS_CONNECTED)) {
+        /* connecting, or a write just left data behind: wait until the socket takes more */
+        event_add(e->wev, NULL);
+    } else if (!e->flushing) {
+        e->flushing = 1;
+        event_active(e->flush, EV_TIMEOUT, 0); /* after the callbacks active in this iteration */
+    }
+}
+
+static void kf_ev_del_write(void *p) {
+    struct kf_ev *e = p;
+    event_del(e->wev);
+}
+
+static void kf_ev_cleanup(void *p) {
+    struct kf_ev *e = p;
+    if (e->in_cb) {
+        event_del(e->rev);
+        event_del(e->wev);
+        event_del(e->flush);
+        e->dead = 1; /* freed when the handler returns */
+        return;
+    }
+    kf_ev_free(e);
+}
+
+void kf_redis_attach(redisAsyncContext *ac, struct event_base *base) {
+    struct kf_ev *e = kf_calloc(1, sizeof(*e));
+    e->ac = ac;
+    e->rev = event_new(base, ac->c.fd, EV_READ | EV_PERSIST, kf_ev_on_read, e);
+    e->wev = event_new(base, ac->c.fd, EV_WRITE, kf_ev_on_write, e);
+    e->flush = event_new(base, -1, 0, kf_ev_on_flush, e);
+    ac->ev.addRead = kf_ev_add_read;
+    ac->ev.delRead = kf_ev_del_read;
+    ac->ev.addWrite = kf_ev_add_write;
+    ac->ev.delWrite = kf_ev_del_write;
+    ac->ev.cleanup = kf_ev_cleanup;
+    ac->ev.data = e;
+    kf_ev_add_read(e);
+    event_add(e->wev, NULL); /* the connect completes when the socket is writable */
+}
+
 static void on_disconnect(const redisAsyncContext *ac, int status) {
     struct shard *s = ac->data;
     (void)status;
@@ -289,7 +399,7 @@ static void shard_connect(struct shard *s) {
     s->ac = ac;
     s->state = SHARD_CONNECTING;
     s->connect_started_us = now_us();
-    redisLibeventAttach(ac, s->r->base);
+    kf_redis_attach(ac, s->r->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
 }

@@ -56,6 +56,12 @@ const char *kf_redis_addr(const kf_redis *r, unsigned shard);
 /** Host and port of a shard. */
 void kf_redis_hostport(const kf_redis *r, unsigned shard, const char **host, int *port);
 const kf_redis_stats *kf_redis_get_stats(const kf_redis *r);
+/** Attaches a hiredis async context to a libevent loop (in place of hiredis' adapter): the
+ * read event persists, and commands are written at the end of the loop iteration that issued
+ * them, without a write event unless the socket is full. */
+struct redisAsyncContext;
+struct event_base;
+void kf_redis_attach(struct redisAsyncContext *ac, struct event_base *base);
 /** Commands sent and not yet answered, over all shards. */
 size_t kf_redis_pending(const kf_redis *r);
 
