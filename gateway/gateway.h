@@ -305,7 +305,7 @@ typedef struct gw_metrics {
     int64_t route_queue;      /* routes waiting for lookups or for the routes before them */
     int64_t rx_paused;        /* connections not read because Redis work is over the bound */
     uint64_t rx_pauses;
-    uint64_t presence_drops; /* cached presence copies dropped on another node's registration */
+    uint64_t presence_drops; /* cached presence copies dropped on a registration */
     uint64_t welcome_resync; /* first connections told to resync for another node's cached lookup */
     int64_t node_index;
     /* bots */

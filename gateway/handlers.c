@@ -862,6 +862,13 @@ static void on_send_flush(evutil_socket_t fd, short what, void *arg) {
     for (unsigned i = 0; i < send_nshards; i++) send_batch_flush(i);
 }
 
+/* Any other command for a shard goes out after the messages gathered before it: a conv.close
+ * after a msg.send on one connection must find the message stored. */
+static void before_send(kf_redis *r, unsigned shard, void *priv) {
+    (void)r, (void)priv;
+    if (shard < send_nshards && send_batches[shard].n) send_batch_flush(shard);
+}
+
 void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
     struct send_args *sa = kf_malloc(sizeof(*sa));
     sa->x = x;
@@ -872,6 +879,7 @@ void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
         send_nshards = kf_redis_nshards(gw->redis);
         send_batches = kf_calloc(send_nshards, sizeof(*send_batches));
         send_flush_ev = event_new(gw->base, -1, 0, on_send_flush, NULL);
+        kf_redis_before_send(gw->redis, before_send, NULL);
     }
     char meta[KF_KEY_MAX];
     kf_key_conv_meta(meta, x->conv);
@@ -889,6 +897,7 @@ void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
 void gw_msg_send_stop(void) {
     if (!send_batches) return;
     on_send_flush(-1, 0, NULL);
+    kf_redis_before_send(gw->redis, NULL, NULL);
     event_free(send_flush_ev);
     kf_free(send_batches);
     send_batches = NULL;

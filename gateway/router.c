@@ -79,6 +79,8 @@ struct attach_req {
 
 static struct attach_req *pending_resyncs;
 
+static void pc_drop(const char *user);
+
 static void batch_add(const char *node, const char *p, size_t plen, const char *u, const char *x,
                       const char *conv);
 
@@ -164,6 +166,7 @@ void gw_router_attach(gw_conn *c, void (*done)(gw_conn *c, const char *err)) {
     c->user_next = u->conns;
     u->conns = c;
     u->nconns++;
+    if (!u->presence_ok) pc_drop(u->id); /* a copy from before lacks this node */
     struct attach_req *a = kf_calloc(1, sizeof(*a));
     a->c = c;
     a->done = done;
@@ -261,7 +264,7 @@ static void pc_expire(void) {
     }
 }
 
-/* Another node registered this user: the copy lacks it (see on_presence_stored). */
+/* A node (this one, or another through our inbox) registered this user: the copy lacks it. */
 static void pc_drop(const char *user) {
     pcache **pp, *e = pc_find(user, &pp);
     if (!e) return;

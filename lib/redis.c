@@ -51,6 +51,8 @@ struct kf_redis {
     struct event *tick;
     kf_redis_state_cb *state_cb;
     void *state_priv;
+    kf_redis_before_cb *before_cb;
+    void *before_priv;
     kf_redis_stats stats;
 };
 
@@ -157,6 +159,7 @@ static void fail_later(kf_redis *r, kf_redis_cb *cb, void *priv, const char *err
 /* Queues a formatted command on a connected context; internal commands bypass the UP check. */
 static void send_formatted(struct shard *s, kf_redis_cb *cb, void *priv, const char *cmd,
                            size_t len, int internal) {
+    if (!internal && s->r->before_cb) s->r->before_cb(s->r, s->idx, s->r->before_priv);
     if (!s->ac || (s->state != SHARD_UP && !(internal && s->state == SHARD_LOADING))) {
         fail_later(s->r, cb, priv, "unavailable");
         return;
@@ -496,6 +499,11 @@ void kf_redis_free(kf_redis *r) {
     event_free(r->tick);
     kf_free(r->shards);
     kf_free(r);
+}
+
+void kf_redis_before_send(kf_redis *r, kf_redis_before_cb *cb, void *priv) {
+    r->before_cb = cb;
+    r->before_priv = priv;
 }
 
 void kf_redis_on_state(kf_redis *r, kf_redis_state_cb *cb, void *priv) {

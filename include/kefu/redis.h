@@ -56,6 +56,11 @@ const char *kf_redis_addr(const kf_redis *r, unsigned shard);
 /** Host and port of a shard. */
 void kf_redis_hostport(const kf_redis *r, unsigned shard, const char **host, int *port);
 const kf_redis_stats *kf_redis_get_stats(const kf_redis *r);
+/** Called before each command is queued for a shard (not before the client's own INFO and SCRIPT
+ * LOAD): a caller that holds commands back to batch them sends them first, so every command of
+ * the process reaches a shard in the order it was issued. */
+typedef void kf_redis_before_cb(kf_redis *r, unsigned shard, void *priv);
+void kf_redis_before_send(kf_redis *r, kf_redis_before_cb *cb, void *priv);
 /** Attaches a hiredis async context to a libevent loop (in place of hiredis' adapter): the
  * read event persists, and commands are written at the end of the loop iteration that issued
  * them, without a write event unless the socket is full. */

@@ -185,6 +185,29 @@ def test_route_queue_overflow_is_signalled(spawn):
     run(body(), timeout=60)
 
 
+def test_requests_of_one_connection_reach_redis_in_order(spawn, cluster):
+    """msg.send requests are gathered per loop iteration and stored by one script call; a
+    request that follows them on the same connection (here conv.close, in the same TCP segment)
+    must still find the message stored, not be run before it."""
+    g = fast_gateway(spawn, cluster.shards, "order")
+
+    async def body():
+        cust, agent, conv = await assigned_pair(g)
+        sock = agent.ws.transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)   # both frames in one segment
+        r1, r2 = agent.next_req(), agent.next_req()
+        await agent.send({"type": "msg.send", "req": r1, "conv": conv, "text": "bye",
+                          "cid": "last-words"})
+        await agent.send({"type": "conv.close", "req": r2, "conv": conv})
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        sent, closed = await agent.answer(r1), await agent.answer(r2)
+        assert sent["type"] == "ok", sent
+        assert closed["type"] == "ok", closed
+        page = await cust.ok("history", conv=conv)
+        assert [m["text"] for m in page["msgs"]][-1] == "bye"
+    run(body(), timeout=30)
+
+
 def test_first_connection_resyncs_after_a_cached_lookup(spawn, cluster):
     """A first connection is welcomed at once. Another node that cached a lookup of the user
     before the registration is told to drop it (so the next push reaches the new connection),
