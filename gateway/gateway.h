@@ -49,6 +49,7 @@ typedef struct gw_options {
     long long drain_timeout_ms;
     long long max_connections;
     long long redis_inflight_max;
+    long long overload_shed_ms;
     long long route_retry_ms;
     long long route_queue_max;
     /* bots (gateway/bot.c, docs/bots.md) */
@@ -137,6 +138,8 @@ typedef struct gw_conn {
     uint8_t want_ping;
     uint8_t rx_binary;
     uint8_t rx_paused;        /* reading stopped by backpressure (rx_maybe_pause in server.c) */
+    uint8_t shed_epoch;       /* overload episode in which its msg.send are refused (0: none) */
+    uint32_t paused_ms;       /* gw_clock_ms() when reading stopped */
     uint8_t in_flush;         /* on the end-of-iteration write list */
     struct gw_conn *flush_next;
     uint8_t close_reason;     /* gw_close_reason */
@@ -260,6 +263,9 @@ void gw_router_start(void);
 void gw_router_stop(void);
 /* msg.send batches (handlers.c): messages gathered or in flight; send what is gathered at exit */
 size_t gw_send_backlog(void);
+/* server.c: 1 when this connection's msg.send must be refused as overloaded (backpressure held
+ * it unread for overload_shed_ms and Redis work is still over the bound) */
+int gw_conn_shed(const gw_conn *c);
 void gw_msg_send_stop(void);
 /** Once a second: reconnects the inbox reader when its XREAD is overdue. */
 void gw_router_check(void);
@@ -282,13 +288,17 @@ size_t gw_route_backlog(void);
 void gw_route_resync(const char *conv, const char *const *users, size_t nusers);
 
 /* metrics.c */
+/* error codes, counted by kefu_errors_total{code} */
+enum { ERR_BAD_REQUEST, ERR_UNAUTHORIZED, ERR_FORBIDDEN, ERR_NOT_FOUND, ERR_CONFLICT, ERR_TOO_LARGE,
+       ERR_RATE_LIMITED, ERR_UNAVAILABLE, ERR_INTERNAL, ERR_OVERLOADED, ERR__COUNT };
+
 typedef struct gw_metrics {
     int64_t pid;
     int64_t ready;
     int64_t conns_by_role[5]; /* index: kf_role (0 = unauthenticated) */
     uint64_t frames_in, frames_out, bytes_in, bytes_out;
     uint64_t messages_stored;
-    uint64_t errors[9];
+    uint64_t errors[ERR__COUNT];
     uint64_t closes[CLOSE__COUNT];
     uint64_t redis_up_mask;
     uint64_t redis_commands, redis_failures, redis_latency_us_sum, redis_latency_bucket[12];
@@ -315,9 +325,7 @@ typedef struct gw_metrics {
     int64_t bot_rules_loaded, bot_memory_bytes;
 } gw_metrics;
 
-extern const char *const gw_error_codes[9];
-enum { ERR_BAD_REQUEST, ERR_UNAUTHORIZED, ERR_FORBIDDEN, ERR_NOT_FOUND, ERR_CONFLICT, ERR_TOO_LARGE,
-       ERR_RATE_LIMITED, ERR_UNAVAILABLE, ERR_INTERNAL };
+extern const char *const gw_error_codes[ERR__COUNT];
 
 /** Maps the shared metrics area for nprocs processes; call before forking. */
 int gw_metrics_init(int nprocs);

@@ -46,8 +46,10 @@ void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char 
     if (!gw_conn_alive(c) && c->state != CONN_AUTHENTICATING) return;
     json_t *e = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
     if (req && !json_is_null(req)) json_object_set(e, "req", (json_t *)req);
-    /* how long to wait before trying again: about one reconnection attempt of the Redis client */
-    if (!strcmp(code, "unavailable")) json_object_set_new(e, "retry_ms", json_integer(1000));
+    /* how long to wait before trying again: about one reconnection attempt of the Redis client,
+     * or for an overloaded gateway to catch up */
+    if (!strcmp(code, "unavailable") || !strcmp(code, "overloaded"))
+        json_object_set_new(e, "retry_ms", json_integer(1000));
     gw_conn_send(c, e);
     json_decref(e);
 }
@@ -870,6 +872,13 @@ static void before_send(kf_redis *r, unsigned shard, void *priv) {
 }
 
 void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
+    if (gw_conn_shed(x->c)) {
+        gw_reply_error(x->c, x->req, "overloaded",
+                       "the gateway is overloaded; nothing was stored, retry later with the same cid");
+        gw_ctx_free(x);
+        kf_free(text);
+        return;
+    }
     struct send_args *sa = kf_malloc(sizeof(*sa));
     sa->x = x;
     sa->text = text;

@@ -9,9 +9,10 @@
 #include "kefu/alloc.h"
 #include "kefu/redis.h"
 
-const char *const gw_error_codes[9] = {"bad_request", "unauthorized", "forbidden",
-                                       "not_found", "conflict", "too_large",
-                                       "rate_limited", "unavailable", "internal"};
+const char *const gw_error_codes[ERR__COUNT] = {"bad_request", "unauthorized", "forbidden",
+                                                "not_found",   "conflict",     "too_large",
+                                                "rate_limited", "unavailable", "internal",
+                                                "overloaded"};
 
 static gw_metrics *slots;
 static int nslots;
@@ -47,7 +48,7 @@ int gw_metrics_all_ready(void) {
 }
 
 int gw_metrics_error_index(const char *code) {
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < ERR__COUNT; i++)
         if (strcmp(gw_error_codes[i], code) == 0) return i;
     return ERR_INTERNAL;
 }
@@ -137,7 +138,7 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
     GAUGE("kefu_resync_pending", "Resync notices waiting for Redis to be healthy.", resync_pending);
     GAUGE("kefu_rx_paused", "Connections not being read (backpressure).", rx_paused);
     sb_printf(&b, "# HELP kefu_errors_total Error answers by code.\n# TYPE kefu_errors_total counter\n");
-    for (int e = 0; e < 9; e++) {
+    for (int e = 0; e < ERR__COUNT; e++) {
         uint64_t sum = 0;
         EACH sum += all[i].errors[e];
         sb_printf(&b, "kefu_errors_total{code=\"%s\"} %llu\n", gw_error_codes[e], (unsigned long long)sum);

@@ -340,6 +340,10 @@ static int rate_allow(gw_conn *c) {
     return 0;
 }
 
+static size_t backlog(void) {
+    return kf_redis_pending(gw->redis) + gw_route_backlog() + gw_send_backlog();
+}
+
 /* ---- backpressure: stop reading clients while Redis work is over the bound ----
  * Commands in flight plus routes waiting to go out plus messages gathered or in flight in msg.send
  * batches: above redis_inflight_max, a connection that
@@ -348,9 +352,50 @@ static int rate_allow(gw_conn *c) {
 
 static struct event *rx_resume_ev;
 
-static size_t backlog(void) {
-    return kf_redis_pending(gw->redis) + gw_route_backlog() + gw_send_backlog();
+/* Connections paused, oldest first (entries whose connection was resumed or re-paused since are
+ * skipped by their time), each holding a reference. */
+struct paused_ent {
+    gw_conn *c;
+    uint32_t ms;
+};
+static struct paused_ent *paused;
+static size_t paused_head, paused_len, paused_cap;
+
+/* An overload episode: from the first connection shed to the backlog falling under half the
+ * bound. Connections shed in it carry its number (1..255). */
+static uint8_t shed_epoch = 1, shedding;
+
+int gw_conn_shed(const gw_conn *c) {
+    return shedding && c->shed_epoch == shed_epoch &&
+           backlog() > (size_t)gw->opt.redis_inflight_max;
 }
+
+static void paused_push(gw_conn *c) {
+    if (paused_len == paused_cap) {
+        size_t cap = paused_cap ? paused_cap * 2 : 256;
+        struct paused_ent *nb = kf_malloc(sizeof(*nb) * cap);
+        for (size_t i = 0; i < paused_len; i++) nb[i] = paused[(paused_head + i) % paused_cap];
+        kf_free(paused);
+        paused = nb;
+        paused_cap = cap;
+        paused_head = 0;
+    }
+    gw_conn_ref(c);
+    paused[(paused_head + paused_len++) % paused_cap] = (struct paused_ent){c, c->paused_ms};
+}
+
+static void paused_pop(void) {
+    gw_conn_unref(paused[paused_head].c);
+    paused_head = (paused_head + 1) % paused_cap;
+    paused_len--;
+}
+
+static void rx_resume_one(gw_conn *c) {
+    c->rx_paused = 0;
+    GW_M->rx_paused--;
+    if (c->wsi) lws_rx_flow_control(c->wsi, 1);
+}
+
 
 static void rx_resume_arm(void) {
     struct timeval tv = {0, 1000};
@@ -359,26 +404,50 @@ static void rx_resume_arm(void) {
 
 static void rx_maybe_pause(gw_conn *c) {
     if (c->rx_paused || !c->wsi || backlog() <= (size_t)gw->opt.redis_inflight_max) return;
+    if (gw_conn_shed(c)) return; /* read on, to refuse what it sends */
     if (lws_rx_flow_control(c->wsi, 0) < 0) return;
     c->rx_paused = 1;
+    c->paused_ms = gw_clock_ms();
     GW_M->rx_paused++;
     GW_M->rx_pauses++;
+    if (gw->opt.overload_shed_ms > 0) paused_push(c);
     if (!evtimer_pending(rx_resume_ev, NULL)) rx_resume_arm();
 }
 
+/* Every millisecond while connections are paused: all of them are read again once the backlog
+ * is under half the bound; before that, those held for overload_shed_ms are read again but
+ * their msg.send refused (overloaded, retry_ms), so what a client sends during a long overload
+ * gets an answer within about that time instead of waiting in its socket. */
 static void on_rx_resume(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    if (!GW_M->rx_paused) return;
-    if (backlog() > (size_t)gw->opt.redis_inflight_max / 2) {
-        rx_resume_arm();
+    if (backlog() <= (size_t)gw->opt.redis_inflight_max / 2) {
+        if (shedding) {
+            shedding = 0;
+            if (++shed_epoch == 0) shed_epoch = 1;
+        }
+        while (paused_len) paused_pop();
+        for (gw_conn *c = gw->conns; c && GW_M->rx_paused > 0; c = c->next)
+            if (c->rx_paused) rx_resume_one(c);
         return;
     }
-    for (gw_conn *c = gw->conns; c && GW_M->rx_paused > 0; c = c->next) {
-        if (!c->rx_paused) continue;
-        c->rx_paused = 0;
-        GW_M->rx_paused--;
-        if (c->wsi) lws_rx_flow_control(c->wsi, 1);
+    uint32_t now = gw_clock_ms();
+    while (paused_len) {
+        struct paused_ent *e = &paused[paused_head];
+        gw_conn *c = e->c;
+        if (c->rx_paused && c->paused_ms == e->ms) {
+            if ((uint32_t)(now - e->ms) < (uint64_t)gw->opt.overload_shed_ms) break;
+            if (!shedding) {
+                shedding = 1;
+                kf_warn("overload: connections held unread for %lld ms; their msg.send are "
+                        "answered overloaded until Redis work is under %lld",
+                        gw->opt.overload_shed_ms, gw->opt.redis_inflight_max / 2);
+            }
+            c->shed_epoch = shed_epoch;
+            rx_resume_one(c);
+        }
+        paused_pop();
     }
+    if (GW_M->rx_paused || shedding) rx_resume_arm();
 }
 
 /* A complete message arrived. Returns -1 when lws must close the connection now. */
@@ -1037,6 +1106,10 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     event_free(gw->sweep_ev);
     event_free(rx_resume_ev);
     rx_resume_ev = NULL;
+    while (paused_len) paused_pop();
+    kf_free(paused);
+    paused = NULL;
+    paused_cap = 0;
     on_flush(-1, 0, NULL); /* drop the references of connections still listed */
     event_free(flush_ev);
     flush_ev = NULL;

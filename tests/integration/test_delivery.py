@@ -271,7 +271,7 @@ def test_overload_pauses_reads_and_loses_nothing(spawn):
     message is acknowledged and pushed, none fails, the Redis connection is never reset."""
     r = spawn.redis()
     g = fast_gateway(spawn, [r], "bp", redis_inflight_max=16, presence_cache_ms=100,
-                     redis_timeout_ms=5000)
+                     redis_timeout_ms=5000, overload_shed_ms=0)
     n = 1500
 
     async def body():
@@ -303,6 +303,54 @@ def test_overload_pauses_reads_and_loses_nothing(spawn):
         assert m.get("kefu_redis_failures_total") == 0
         assert m.get("kefu_rx_paused") == 0
         assert "reconnecting" not in g.proc.log_text()
+    run(body(), timeout=60)
+
+
+def test_long_overload_refuses_instead_of_holding(spawn):
+    """Redis stalls (SIGSTOP) with commands in flight: the sender is held unread, and after
+    overload_shed_ms it is read again and its msg.send refused as overloaded (with retry_ms)
+    rather than left waiting; once Redis answers, what was accepted is acknowledged and
+    pushed, and sending works again."""
+    r = spawn.redis()
+    g = fast_gateway(spawn, [r], "shed", redis_inflight_max=16, presence_cache_ms=100,
+                     redis_timeout_ms=30000, overload_shed_ms=300)
+    n = 200
+
+    async def body():
+        cust, agent, conv = await assigned_pair(g)
+        tok = H.make_token(cust.user, "customer")
+        raw = RawWS(g, query="token=" + tok, protocol="kefu.v1.json")
+        assert raw.recv_obj("json")["type"] == "welcome"
+        frames = [(OP_TEXT, ('{"type":"msg.send","req":%d,"conv":"%s","text":"shed %d",'
+                             '"cid":"shed-%d"}' % (i, conv, i, i)).encode()) for i in range(n)]
+        os.kill(r.pid, signal.SIGSTOP)
+        try:
+            raw.send_frames(frames)
+            refused = {}
+            while len(refused) < n - 64:
+                m = raw.recv_obj("json", timeout=5)
+                assert m.get("type") == "error", m
+                refused[m["req"]] = m
+        finally:
+            os.kill(r.pid, signal.SIGCONT)
+        assert all(m["code"] == "overloaded" and m["retry_ms"] > 0 for m in refused.values())
+        acked = set()
+        while len(acked) + len(refused) < n:
+            m = raw.recv_obj("json", timeout=10)
+            if m.get("type") == "ok":
+                acked.add(m["req"])
+            else:
+                assert m.get("type") == "error" and m["code"] == "overloaded", m
+                refused[m["req"]] = m
+        assert acked, "nothing was accepted before the stall"
+        page = await agent.ok("history", conv=conv, limit=200)
+        stored = {int(m["cid"].split("-")[1]) for m in page["msgs"] if m["cid"].startswith("shed-")}
+        assert stored == acked, "stored and acknowledged differ"
+        mid, _, _ = await send_msg(cust, conv, "after the overload")
+        await agent.next_push("msg", conv=conv, id=mid, timeout=10)
+        m = g.metrics()
+        assert m.get("kefu_errors_total", code="overloaded") == len(refused)
+        assert m.get("kefu_redis_failures_total") == 0
     run(body(), timeout=60)
 
 
