@@ -139,6 +139,7 @@ typedef struct gw_conn {
     uint8_t rx_binary;
     uint8_t rx_paused;        /* reading stopped by backpressure (rx_maybe_pause in server.c) */
     uint8_t shed_epoch;       /* overload episode in which its msg.send are refused (0: none) */
+    uint8_t shed_refused;     /* the request just handled was refused as overloaded */
     uint32_t paused_ms;       /* gw_clock_ms() when reading stopped */
     uint8_t in_flush;         /* on the end-of-iteration write list */
     struct gw_conn *flush_next;
@@ -169,6 +170,7 @@ typedef struct gw_user {
     gw_conn *conns;
     uint32_t nconns;
     uint8_t presence_ok;      /* presence registered in Redis */
+    uint32_t resync_due;      /* gw_clock_ms() of the pending presence resync (0: none) */
 } gw_user;
 
 /* ---- the per-process server ---- */

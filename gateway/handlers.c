@@ -785,8 +785,10 @@ out:
  * messages of one batch may belong to different conversations: fine for a stand-alone server,
  * whose scripts may touch any key. */
 #define SEND_BATCH_MAX 128
+#define SEND_BATCH_BYTES (256 * 1024) /* text per call: a script call holds Redis up */
 struct send_batch {
     int n;
+    size_t bytes;
     struct send_args *sa[SEND_BATCH_MAX];
 };
 static struct send_batch *send_batches; /* one per shard */
@@ -853,6 +855,7 @@ static void send_batch_flush(unsigned shard) {
     sm->n = b->n;
     memcpy(sm->sa, b->sa, sizeof(sm->sa[0]) * (size_t)b->n);
     b->n = 0;
+    b->bytes = 0;
     kf_redis_argv(gw->redis, shard, on_batch_stored, sm, argc, av, al);
     kf_free(keys);
     kf_free(av);
@@ -873,6 +876,7 @@ static void before_send(kf_redis *r, unsigned shard, void *priv) {
 
 void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
     if (gw_conn_shed(x->c)) {
+        x->c->shed_refused = 1;
         gw_reply_error(x->c, x->req, "overloaded",
                        "the gateway is overloaded; nothing was stored, retry later with the same cid");
         gw_ctx_free(x);
@@ -894,18 +898,26 @@ void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
     kf_key_conv_meta(meta, x->conv);
     unsigned shard = kf_redis_shard(gw->redis, meta);
     struct send_batch *b = &send_batches[shard];
-    if (b->n == SEND_BATCH_MAX) send_batch_flush(shard);
+    if (b->n == SEND_BATCH_MAX || (b->n && b->bytes + text_len > SEND_BATCH_BYTES))
+        send_batch_flush(shard);
     b->sa[b->n++] = sa;
+    b->bytes += text_len;
     send_pending++;
     /* runs after the callbacks already active in this loop iteration */
     event_active(send_flush_ev, EV_TIMEOUT, 0);
 }
 
-/* Sends what is gathered and forgets the batches (shutdown: Redis then fails what is in
- * flight, and each request is answered). */
+/* Shutdown: what is gathered is not sent; each request is failed (its connection is gone). */
 void gw_msg_send_stop(void) {
     if (!send_batches) return;
-    on_send_flush(-1, 0, NULL);
+    for (unsigned i = 0; i < send_nshards; i++) {
+        struct send_batch *b = &send_batches[i];
+        for (int k = 0; k < b->n; k++) {
+            send_pending--;
+            on_msg_stored(NULL, "unavailable", b->sa[k]);
+        }
+        b->n = 0;
+    }
     kf_redis_before_send(gw->redis, NULL, NULL);
     event_free(send_flush_ev);
     kf_free(send_batches);

@@ -73,39 +73,45 @@ static void user_remove(gw_user *u) {
 struct attach_req {
     gw_conn *c;
     void (*done)(gw_conn *c, const char *err);
-    struct event *later;             /* the resync timer, when one runs */
-    struct attach_req *prev, *next;  /* pending resyncs, so shutdown can free them */
+    char user[];                     /* the user, to find after c has gone */
 };
 
-static struct attach_req *pending_resyncs;
+/* A presence resync waiting for other nodes' copies to expire (see on_presence_stored). */
+struct resync_timer {
+    struct event *ev;
+    struct resync_timer *prev, *next; /* so shutdown can free them */
+    char user[];
+};
+static struct resync_timer *resync_timers;
 
 static void pc_drop(const char *user);
-
 static void batch_add(const char *node, const char *p, size_t plen, const char *u, const char *x,
                       const char *conv);
+static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen, const char *x,
+                          size_t xlen);
 
-static void deliver_one(gw_conn *c, const char *p, size_t plen);
-
-static void resync_unlink(struct attach_req *a) {
-    if (a->prev)
-        a->prev->next = a->next;
+static void resync_timer_free(struct resync_timer *t) {
+    if (t->prev)
+        t->prev->next = t->next;
     else
-        pending_resyncs = a->next;
-    if (a->next) a->next->prev = a->prev;
-    event_free(a->later);
-    gw_conn_unref(a->c);
-    kf_free(a);
+        resync_timers = t->next;
+    if (t->next) t->next->prev = t->prev;
+    event_free(t->ev);
+    kf_free(t);
 }
 
-static void on_attach_resync(evutil_socket_t fd, short what, void *arg) {
+/* Every local connection of the user re-checks its conversations. */
+static void on_presence_resync(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
-    struct attach_req *a = arg;
-    if (gw_conn_alive(a->c)) {
+    struct resync_timer *t = arg;
+    gw_user *u = gw_user_find(t->user);
+    if (u) {
         static const char p[] = "{\"type\":\"resync\",\"reason\":\"presence\"}";
-        deliver_one(a->c, p, sizeof(p) - 1);
-        GW_M->resync_sent++;
+        u->resync_due = 0;
+        GW_M->resync_sent += u->nconns;
+        inbox_deliver(p, sizeof(p) - 1, u->id, strlen(u->id), "", 0);
     }
-    resync_unlink(a);
+    resync_timer_free(t);
 }
 
 static void on_presence_stored(const redisReply *reply, const char *err, void *priv) {
@@ -114,36 +120,44 @@ static void on_presence_stored(const redisReply *reply, const char *err, void *p
         kf_error("presence_attach: %s", reply->str);
         err = "redis error";
     }
-    int first = a->c->user && !a->c->user->presence_ok;
     if (!err && a->c->user) a->c->user->presence_ok = 1;
+    a->done(a->c, err);
+    gw_conn_unref(a->c);
+    /* {ms, node...}: for ms, a node may route the user's pushes from a node list looked up
+     * before this registration (presence_attach.lua). The listed nodes drop their copy when
+     * they read our note (usually within milliseconds), but a push may be routed from it
+     * before that; so once every such copy has expired, each local connection of the user
+     * gets a resync, and its history call covers whatever was routed without this node. The
+     * welcome does not wait. Handled per user: another connection of the user may have been
+     * welcomed meanwhile (its own answer is {0}), or this one may have gone. */
+    gw_user *u = err ? NULL : gw_user_find(a->user);
     long long ms = 0;
-    if (!err && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+    if (u && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
         reply->element[0]->type == REDIS_REPLY_INTEGER) {
         ms = reply->element[0]->integer;
-        /* those nodes drop their copy when they read this (usually within milliseconds) */
-        for (size_t i = 1; first && i < reply->elements; i++)
+        for (size_t i = 1; i < reply->elements; i++)
             if (reply->element[i]->type == REDIS_REPLY_STRING)
-                batch_add(reply->element[i]->str, NULL, 0, a->c->user->id, "", NULL);
+                batch_add(reply->element[i]->str, NULL, 0, u->id, "", NULL);
     }
     if (ms > 10000) ms = 10000; /* the largest presence_cache_ms; guards against clock jumps */
-    a->done(a->c, err);
-    if (!err && first && ms > 0) {
-        /* Another node may route this user's pushes for `ms` more from a node list it looked up
-         * before this registration (presence_attach.lua), so a message stored after the
-         * client's first history call could miss this connection. The welcome is not held for
-         * that: once such copies have expired, the connection gets a resync (re-check every
-         * conversation), and its history call then covers whatever they routed elsewhere. */
-        GW_M->welcome_resync++;
-        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-        a->later = evtimer_new(gw->base, on_attach_resync, a);
-        a->prev = NULL;
-        a->next = pending_resyncs;
-        if (pending_resyncs) pending_resyncs->prev = a;
-        pending_resyncs = a;
-        evtimer_add(a->later, &tv);
-        return;
+    if (ms > 0) {
+        uint32_t due = gw_clock_ms() + (uint32_t)ms;
+        if (!u->resync_due || (int32_t)(due - u->resync_due) > 0) {
+            /* a timer already due later covers this one */
+            u->resync_due = due;
+            GW_M->welcome_resync++;
+            size_t ul = strlen(u->id);
+            struct resync_timer *t = kf_malloc(sizeof(*t) + ul + 1);
+            memcpy(t->user, u->id, ul + 1);
+            t->ev = evtimer_new(gw->base, on_presence_resync, t);
+            t->prev = NULL;
+            t->next = resync_timers;
+            if (resync_timers) resync_timers->prev = t;
+            resync_timers = t;
+            struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+            evtimer_add(t->ev, &tv);
+        }
     }
-    gw_conn_unref(a->c);
     kf_free(a);
 }
 
@@ -167,7 +181,9 @@ void gw_router_attach(gw_conn *c, void (*done)(gw_conn *c, const char *err)) {
     u->conns = c;
     u->nconns++;
     if (!u->presence_ok) pc_drop(u->id); /* a copy from before lacks this node */
-    struct attach_req *a = kf_calloc(1, sizeof(*a));
+    size_t ul = strlen(u->id);
+    struct attach_req *a = kf_calloc(1, sizeof(*a) + ul + 1);
+    memcpy(a->user, u->id, ul + 1);
     a->c = c;
     a->done = done;
     gw_conn_ref(c);
@@ -886,14 +902,6 @@ static void deliver_to(struct delivery *d, gw_conn *c) {
     GW_M->inbox_deliveries++;
 }
 
-static void deliver_one(gw_conn *c, const char *p, size_t plen) {
-    struct delivery d = {p, plen, {NULL, NULL}, NULL};
-    deliver_to(&d, c);
-    if (d.bufs[0]) gw_buf_unref(d.bufs[0]);
-    if (d.bufs[1]) gw_buf_unref(d.bufs[1]);
-    if (d.obj) json_decref(d.obj);
-}
-
 /* Delivers one inbox entry: payload p to every local connection of the users in u but x; u "*"
  * means every authenticated connection of this node (a resync for everyone). */
 static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen, const char *x,
@@ -1135,7 +1143,7 @@ void gw_router_stop(void) {
     retry_ev = NULL;
     if (local_resync_ev) event_free(local_resync_ev);
     local_resync_ev = NULL;
-    while (pending_resyncs) resync_unlink(pending_resyncs);
+    while (resync_timers) resync_timer_free(resync_timers);
     if (gw->inbox_ac) {
         redisAsyncContext *ac = gw->inbox_ac;
         gw->draining = 1;

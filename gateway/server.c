@@ -365,10 +365,10 @@ static size_t paused_head, paused_len, paused_cap;
  * bound. Connections shed in it carry its number (1..255). */
 static uint8_t shed_epoch = 1, shedding;
 
-int gw_conn_shed(const gw_conn *c) {
-    return shedding && c->shed_epoch == shed_epoch &&
-           backlog() > (size_t)gw->opt.redis_inflight_max;
-}
+/* Sticky for the episode, so that a connection's messages are not accepted and refused by
+ * turns as the backlog crosses the bound (a refused one, retried later, would be stored after
+ * one sent after it). */
+int gw_conn_shed(const gw_conn *c) { return shedding && c->shed_epoch == shed_epoch; }
 
 static void paused_push(gw_conn *c) {
     if (paused_len == paused_cap) {
@@ -404,7 +404,10 @@ static void rx_resume_arm(void) {
 
 static void rx_maybe_pause(gw_conn *c) {
     if (c->rx_paused || !c->wsi || backlog() <= (size_t)gw->opt.redis_inflight_max) return;
-    if (gw_conn_shed(c)) return; /* read on, to refuse what it sends */
+    if (c->shed_refused) {
+        c->shed_refused = 0; /* it sent a msg.send that was refused: read on, to refuse more */
+        return;
+    }
     if (lws_rx_flow_control(c->wsi, 0) < 0) return;
     c->rx_paused = 1;
     c->paused_ms = gw_clock_ms();

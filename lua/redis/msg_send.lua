@@ -54,10 +54,17 @@ local function store(meta, msgs, cidk, user, role, name, text, cid)
   return out
 end
 
+-- A message whose store fails (a wrong key type, out of memory) is answered "internal" alone:
+-- the others of the call, stored before or after it, keep their answers.
 local res = {}
 for i = 0, #KEYS / 3 - 1 do
   local a = 3 + 5 * i
-  res[i + 1] = store(KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3], ARGV[a], ARGV[a + 1],
-    ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+  local ok, r = pcall(store, KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3], ARGV[a],
+    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+  if not ok then
+    redis.log(redis.LOG_WARNING, 'msg_send: ' .. tostring(type(r) == 'table' and r.err or r))
+    r = {'E', 'internal'}
+  end
+  res[i + 1] = r
 end
 return res

@@ -208,11 +208,40 @@ def test_requests_of_one_connection_reach_redis_in_order(spawn, cluster):
     run(body(), timeout=30)
 
 
+def test_a_failing_message_does_not_fail_its_batch(spawn):
+    """Messages read in one loop iteration share one script call; one that cannot be stored
+    (its stream key holds a string) is answered internal alone, the others are stored."""
+    r = spawn.redis()
+    g = fast_gateway(spawn, [r], "batcherr")
+
+    async def body():
+        _, agent, good = await assigned_pair(g)
+        cust2 = await connect(g, "customer")
+        bad = await open_assigned(cust2, agent)
+        H.redis_call(r.addr, "DEL", "kefu:{c:%s}:msgs" % bad)
+        H.redis_call(r.addr, "SET", "kefu:{c:%s}:msgs" % bad, "not a stream")
+        sock = agent.ws.transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)   # one segment, one batch
+        reqs = []
+        for i, conv in enumerate([good, bad, good]):
+            reqs.append(agent.next_req())
+            await agent.send({"type": "msg.send", "req": reqs[-1], "conv": conv,
+                              "text": f"m{i}", "cid": f"batch-{i}"})
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        answers = [await agent.answer(q) for q in reqs]
+        assert [a["type"] for a in answers] == ["ok", "error", "ok"], answers
+        assert answers[1]["code"] == "internal"
+        page = await agent.ok("history", conv=good)
+        assert [m["text"] for m in page["msgs"]][-2:] == ["m0", "m2"]
+    run(body(), timeout=30)
+
+
 def test_first_connection_resyncs_after_a_cached_lookup(spawn, cluster):
     """A first connection is welcomed at once. Another node that cached a lookup of the user
     before the registration is told to drop it (so the next push reaches the new connection),
     and since a push may be routed from that copy before the node reads that, the connection
-    also gets a resync once the copy has expired (kefu_welcome_resync_total)."""
+    also gets a resync once the copy has expired (kefu_welcome_resync_total), and so does any
+    other connection of the user welcomed on that node meanwhile."""
     opts = {"presence_cache_ms": 2000}
     g1 = fast_gateway(spawn, cluster.shards, "wel1", **opts)
     g2 = fast_gateway(spawn, cluster.shards, "wel2", **opts)
@@ -231,6 +260,7 @@ def test_first_connection_resyncs_after_a_cached_lookup(spawn, cluster):
         second = await connect(g3, "customer", sub=cust.user)   # the customer's 2nd device
         assert time.monotonic() - t0 < 1.5, "the welcome waited for the cached copy"
         assert g3.metrics().get("kefu_welcome_resync_total") == 1
+        third = await connect(g3, "customer", sub=cust.user)    # registered already: {0}
         H.wait_until(lambda: g2.metrics().get("kefu_presence_cache_drops_total") == 1,
                      timeout=5, what="g2 to drop its copy of the customer's presence")
         f = Follower(second, conv)
@@ -242,6 +272,8 @@ def test_first_connection_resyncs_after_a_cached_lookup(spawn, cluster):
                 break
         assert mid2 in f.live, "the push after the drop missed the new connection"
         assert f.resyncs == 1, "no resync once the cached copy expired"
+        # the resync is for the user: a connection welcomed during the window gets it too
+        await third.next_push("resync", timeout=5)
     run(body(), timeout=40)
 
 
