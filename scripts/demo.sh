@@ -33,8 +33,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$run" \
-    --logfile "$run/redis.log" &
+# AOF, fsync every second (as deploy/redis-shard.conf.example): a Redis restart keeps the
+# conversations (docs/operations.md, "What each persistence choice can lose")
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly yes \
+    --appendfsync everysec --dir "$run" --logfile "$run/redis.log" &
 pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
@@ -57,7 +59,7 @@ cust=$(build/kefu-token --secret "$secret" --sub demo-customer --role customer -
 agent=$(build/kefu-token --secret "$secret" --sub demo-agent --role agent --name "Demo Agent" --skills general --max-chats 5)
 
 if [ $smoke -eq 1 ]; then
-    $PY - "$gw_port" "$cust" "$agent" <<'PYEOF'
+    conv=$($PY - "$gw_port" "$cust" "$agent" <<'PYEOF'
 import asyncio, json, sys, websockets
 port, cust, agent = sys.argv[1], sys.argv[2], sys.argv[3]
 async def recv(ws, want):
@@ -76,7 +78,40 @@ async def main():
         await recv(c, "ok")
         m = await recv(a, "msg")
         assert m["text"] == "你好", m
-        print("demo smoke: customer -> agent message delivered:", m["id"])
+        print("demo smoke: customer -> agent message delivered:", m["id"], file=sys.stderr)
+        print(conv)
+asyncio.run(main())
+PYEOF
+    )
+    # The demo's Redis keeps its data (AOF): restart it, and the conversation is still there.
+    redis-cli -p "$redis_port" shutdown >/dev/null 2>&1 || true
+    wait "${pids[0]}" 2>/dev/null || true
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly yes \
+        --appendfsync everysec --dir "$run" --logfile "$run/redis.log" &
+    pids[0]=$!
+    for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    $PY - "$gw_port" "$cust" "$conv" <<'PYEOF'
+import asyncio, json, sys, websockets
+port, cust, conv = sys.argv[1], sys.argv[2], sys.argv[3]
+async def main():
+    for _ in range(50):   # the gateway reconnects to the restarted Redis within a few seconds
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token=" + cust) as c:
+                while json.loads(await asyncio.wait_for(c.recv(), 5)).get("type") != "welcome":
+                    pass
+                await c.send(json.dumps({"type": "history", "req": 1, "conv": conv}))
+                while True:
+                    m = json.loads(await asyncio.wait_for(c.recv(), 5))
+                    if m.get("req") == 1: break
+                if m["type"] == "ok":
+                    assert [x["text"] for x in m["msgs"]] == ["你好"], m
+                    print("demo smoke: the conversation survived a Redis restart (AOF)")
+                    return
+                assert m.get("code") == "unavailable", m
+        except (OSError, websockets.exceptions.WebSocketException):
+            pass
+        await asyncio.sleep(0.2)
+    raise SystemExit("demo smoke: the gateway did not serve the conversation after a Redis restart")
 asyncio.run(main())
 PYEOF
     exit $?
