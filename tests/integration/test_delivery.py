@@ -158,6 +158,38 @@ def test_no_push_lost_across_short_redis_stop(spawn):
     run(body(), timeout=40)
 
 
+def test_failed_inbox_write_is_signalled(spawn):
+    """An XADD into a node's inbox that fails (the key holds a string) loses that push; it is
+    counted, and once the inbox works again the recipient gets a resync and, following the
+    client rules, sees the message."""
+    r = spawn.redis()
+    ga = fast_gateway(spawn, [r], "inbA")
+    gb = fast_gateway(spawn, [r], "inbB")
+
+    async def body():
+        cust = await connect(ga, "customer")
+        conv, _ = await open_conv(cust)
+        agent = await connect(gb, "agent")
+        await agent.ok("conv.accept", conv=conv)
+        f = Follower(agent, conv)
+        await f.heal()
+        key = "kefu:{n:%s}:inbox" % agent.node
+        H.redis_call(r.addr, "DEL", key)
+        H.redis_call(r.addr, "SET", key, "not a stream")
+        mid, _, _ = await send_msg(cust, conv, "into a broken inbox")
+        H.wait_until(lambda: ga.metrics().get("kefu_push_lost_total", cause="inbox") >= 1,
+                     timeout=5, what="the failed inbox write counted")
+        H.redis_call(r.addr, "DEL", key)
+        for _ in range(75):
+            await f.pump(0.2)
+            if mid in f.held:
+                break
+        assert mid in f.held, "the message was never seen"
+        assert f.resyncs >= 1 and mid in f.healed, "no resync healed the lost push"
+        assert ga.metrics().get("kefu_resync_sent_total") >= 1
+    run(body(), timeout=40)
+
+
 def test_route_queue_overflow_is_signalled(spawn):
     """Routes wait in line while the users' shard is frozen; beyond route_queue_max a push is not
     queued but its users get a resync, and with the client rules nothing is missed."""
