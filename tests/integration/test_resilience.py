@@ -6,7 +6,7 @@ import signal
 import time
 
 import kefu_harness as H
-from kefu_client import Client, RawWS, connect, new_id, open_assigned, run, send_msg
+from kefu_client import Client, Follower, RawWS, connect, new_id, open_assigned, run, send_msg
 
 
 def test_sighup_keeps_flag_options(spawn, cluster):
@@ -74,22 +74,15 @@ def test_slow_consumer_cut_promptly(spawn, cluster):
     run(body(), timeout=60)
 
 
-import pytest
-
-
-@pytest.mark.parametrize("welcome_delay", [300])
-def test_new_device_misses_nothing_with_presence_cache(spawn, cluster, welcome_delay):
+def test_new_device_misses_nothing_with_presence_cache(spawn, cluster):
     """Nodes cache a user's presence for presence_cache_ms when routing. A device that connects
-    on a node the user was not on, while the other side sends steadily, must get every message
-    either from its first history call or as a push: its welcome waits out the cache. (Run
-    with welcome_delay 0 and it reports missed messages in almost every run; that variant is
-    not kept because it is probabilistic.)"""
-    g1 = spawn.gateway(cluster.shards, name="pc1", presence_cache_ms=300,
-                       rate_per_s=100000, rate_burst=100000)
-    g2 = spawn.gateway(cluster.shards, name="pc2", presence_cache_ms=300,
-                       rate_per_s=100000, rate_burst=100000)
-    g3 = spawn.gateway(cluster.shards, name="pc3", presence_cache_ms=welcome_delay,
-                       rate_per_s=100000, rate_burst=100000)
+    on a node the user was not on, while the other side sends steadily, is welcomed at once;
+    following the client rules (first history call, prev gaps, the `presence` resync sent once
+    older copies have expired) it gets every message, from history or as a push."""
+    opts = {"presence_cache_ms": 300, "rate_per_s": 100000, "rate_burst": 100000}
+    g1 = spawn.gateway(cluster.shards, name="pc1", **opts)
+    g2 = spawn.gateway(cluster.shards, name="pc2", **opts)
+    g3 = spawn.gateway(cluster.shards, name="pc3", **opts)
 
     async def body():
         cust = await connect(g1, "customer", "json")
@@ -109,25 +102,17 @@ def test_new_device_misses_nothing_with_presence_cache(spawn, cluster, welcome_d
         task = asyncio.create_task(sender())
         await asyncio.sleep(0.5)     # g2 now caches the customer's presence: node pc1 only
         dev2 = await connect(g3, "customer", "json", sub=cust.user)
-        page = await dev2.ok("history", conv=conv, limit=200)
-        seen = {m["id"] for m in page["msgs"]}
-        more = page["more"]
-        while more:
-            page = await dev2.ok("history", conv=conv, after=page["msgs"][-1]["id"], limit=200)
-            seen |= {m["id"] for m in page["msgs"]}
-            more = page["more"]
-        await asyncio.sleep(1.0)
+        f = Follower(dev2, conv)
+        await f.heal()
+        for _ in range(10):
+            await f.pump(0.1)
         stop.set()
         await task
-        await asyncio.sleep(0.5)
-        for f in dev2.pushes("msg"):
-            seen.add(f["id"])
-        missing = [i for i in sent if i not in seen]
-        if welcome_delay:
-            assert not missing, f"{len(missing)} of {len(sent)} messages reached neither " \
-                                f"history nor pushes of the new device (first: {missing[:3]})"
-        else:
-            assert missing, "without the welcome delay the stale cache should have hidden some"
+        for _ in range(10):
+            await f.pump(0.1)
+        missing = [i for i in sent if i not in f.held]
+        assert not missing, f"{len(missing)} of {len(sent)} messages reached neither history " \
+                            f"nor pushes of the new device (first: {missing[:3]})"
     run(body(), timeout=60)
 
 
