@@ -13,7 +13,8 @@ LWS_TRIM="-DLWS_WITH_HTTP2=OFF -DLWS_WITHOUT_CLIENT=ON -DLWS_WITH_UDP=OFF -DLWS_
  -DLWS_ROLE_RAW_FILE=OFF -DLWS_WITH_HTTP_UNCOMMON_HEADERS=OFF -DLWS_WITH_CUSTOM_HEADERS=OFF
  -DLWS_WITH_SYS_SMD=OFF -DLWS_IPV6=OFF"
 # Our patches on top of Debian's (scripts/lws-patches/*.patch, applied in name order): a strict
-# wire (RFC 6455 masking and RSV bits, CRLF-only HTTP headers).
+# wire (RFC 6455 masking and RSV bits, CRLF-only HTTP headers); timeouts inserted from the tail
+# of lws' sorted list (each handshake's timeout used to walk past every handshake in flight).
 patches_dir=$(cd "$(dirname "$0")" && pwd)/lws-patches
 PATCH_SUM=$(cat "$patches_dir"/*.patch 2>/dev/null | cksum | cut -d' ' -f1)
 BUILD_ID="$LWS_TRIM patches:$PATCH_SUM"
