@@ -263,12 +263,13 @@ void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char 
 /* router.c */
 void gw_router_start(void);
 void gw_router_stop(void);
-/* msg.send batches (handlers.c): messages gathered or in flight; send what is gathered at exit */
+/* msg.send batches (handlers.c): messages gathered or in flight; at exit, fail what is gathered */
 size_t gw_send_backlog(void);
-/* server.c: 1 when this connection's msg.send must be refused as overloaded (backpressure held
- * it unread for overload_shed_ms and Redis work is still over the bound) */
-int gw_conn_shed(const gw_conn *c);
 void gw_msg_send_stop(void);
+/* server.c: 1 when this connection's msg.send must be refused as overloaded (backpressure held
+ * it unread for overload_shed_ms, and the overload has not ended: the backlog has not yet
+ * fallen under half of redis_inflight_max) */
+int gw_conn_shed(const gw_conn *c);
 /** Once a second: reconnects the inbox reader when its XREAD is overdue. */
 void gw_router_check(void);
 /** Adds an authenticated connection to the user index and registers presence; calls done(c, err)
@@ -318,7 +319,7 @@ typedef struct gw_metrics {
     int64_t rx_paused;        /* connections not read because Redis work is over the bound */
     uint64_t rx_pauses;
     uint64_t presence_drops; /* cached presence copies dropped on a registration */
-    uint64_t welcome_resync; /* first connections told to resync for another node's cached lookup */
+    uint64_t welcome_resync; /* presence resyncs scheduled for a user (a copy from before lived) */
     int64_t node_index;
     /* bots */
     uint64_t bot_runs, bot_errors, bot_budget_kills, bot_memory_kills;

@@ -818,19 +818,15 @@ static void on_batch_stored(const redisReply *r, const char *err, void *priv) {
 static void send_batch_flush(unsigned shard) {
     struct send_batch *b = &send_batches[shard];
     if (b->n == 0) return;
-    char maxlen[24], ttl[24], nkeys[16];
+    char maxlen[24], ttl[24];
     snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.history_maxlen);
     snprintf(ttl, sizeof(ttl), "%lld", gw->opt.cid_ttl_s);
-    snprintf(nkeys, sizeof(nkeys), "%d", 3 * b->n);
-    int argc = 5 + 8 * b->n;
+    int argc = 2 + 8 * b->n; /* 3 keys per message, 2 shared values, 5 values per message */
     const char **av = kf_malloc(sizeof(char *) * (size_t)argc);
     size_t *al = kf_malloc(sizeof(size_t) * (size_t)argc);
     char (*keys)[3][KF_KEY_MAX] = kf_malloc(sizeof(*keys) * (size_t)b->n);
 #define ARG(str, len) (av[k] = (str), al[k] = (len), k++)
     int k = 0;
-    ARG("EVALSHA", 7);
-    ARG(kf_script_sha("msg_send"), 40);
-    ARG(nkeys, strlen(nkeys));
     for (int i = 0; i < b->n; i++) {
         struct send_args *sa = b->sa[i];
         kf_key_conv_meta(keys[i][0], sa->x->conv);
@@ -856,7 +852,7 @@ static void send_batch_flush(unsigned shard) {
     memcpy(sm->sa, b->sa, sizeof(sm->sa[0]) * (size_t)b->n);
     b->n = 0;
     b->bytes = 0;
-    kf_redis_argv(gw->redis, shard, on_batch_stored, sm, argc, av, al);
+    kf_redis_script(gw->redis, shard, "msg_send", on_batch_stored, sm, 3 * sm->n, argc, av, al);
     kf_free(keys);
     kf_free(av);
     kf_free(al);

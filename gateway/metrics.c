@@ -120,7 +120,7 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
     COUNTER("kefu_push_retries_total", "Routes whose failed presence lookups were tried again.", push_retries);
     COUNTER("kefu_resync_sent_total", "Resync notices sent (a conversation's users told to fetch its history).", resync_sent);
     COUNTER("kefu_presence_cache_drops_total", "Cached presence copies dropped because a node (this one or another) registered that user.", presence_drops);
-    COUNTER("kefu_welcome_resync_total", "First connections of a user on this node sent a resync because another node could still route the user from a lookup cached before the registration.", welcome_resync);
+    COUNTER("kefu_welcome_resync_total", "Users of this node scheduled a presence resync because a node could still route them from a lookup cached before their registration.", welcome_resync);
     COUNTER("kefu_rx_pauses_total", "Times a connection stopped being read because Redis work was over redis_inflight_max.", rx_pauses);
     sb_printf(&b, "# HELP kefu_push_lost_total Pushes not delivered live, by cause; their users got a resync notice.\n# TYPE kefu_push_lost_total counter\n");
     static const char *const lost_causes[3] = {"presence", "inbox", "overflow"};

@@ -647,8 +647,8 @@ static void lookup_send(struct route *rt, const char *user, size_t ul, const cha
         return;
     }
     /* The answer will be reused: say until when (see presence_attach.lua), BEFORE reading. A
-     * registration that runs after the marker sees it and holds its welcome; one that runs
-     * before it is in the list read next. Three plain commands pipelined on the user's shard
+     * registration that runs after the marker sees it (and its connections get a resync once
+     * the copy has expired); one that runs before it is in the list read next. Three plain commands pipelined on the user's shard
      * cost less than a script. */
     char cached[KF_KEY_MAX];
     kf_key_user_cached(cached, lk->user);

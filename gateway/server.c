@@ -345,10 +345,10 @@ static size_t backlog(void) {
 }
 
 /* ---- backpressure: stop reading clients while Redis work is over the bound ----
- * Commands in flight plus routes waiting to go out plus messages gathered or in flight in msg.send
- * batches: above redis_inflight_max, a connection that
- * delivers a request stops being read (TCP then pushes back on its sender) until the backlog is
- * under half the bound. Only connections that actually send are paused. */
+ * Commands in flight plus routes waiting to go out plus messages gathered or in flight in
+ * msg.send batches: above redis_inflight_max, a connection that delivers a request stops being
+ * read (TCP then pushes back on its sender) until the backlog is under half the bound. Only
+ * connections that actually send are paused. */
 
 static struct event *rx_resume_ev;
 
@@ -395,7 +395,6 @@ static void rx_resume_one(gw_conn *c) {
     GW_M->rx_paused--;
     if (c->wsi) lws_rx_flow_control(c->wsi, 1);
 }
-
 
 static void rx_resume_arm(void) {
     struct timeval tv = {0, 1000};

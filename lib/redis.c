@@ -579,11 +579,16 @@ void kf_redis_script(kf_redis *r, unsigned shard, const char *name, kf_redis_cb 
         kf_error("unknown redis script %s", name);
         abort();
     }
-    enum { MAXARGS = 32 };
-    const char *av[MAXARGS + 3];
-    size_t al[MAXARGS + 3];
+    enum { MAXARGS = 32 }; /* on the stack up to this; a batch call gets the heap */
+    const char *sav[MAXARGS + 3];
+    size_t sal[MAXARGS + 3];
+    const char **av = sav;
+    size_t *al = sal;
+    if (argc > MAXARGS) {
+        av = kf_malloc(sizeof(*av) * ((size_t)argc + 3));
+        al = kf_malloc(sizeof(*al) * ((size_t)argc + 3));
+    }
     char nk[16];
-    if (argc > MAXARGS) abort();
     snprintf(nk, sizeof(nk), "%d", nkeys);
     av[0] = "EVALSHA", al[0] = 7;
     av[1] = sha, al[1] = 40;
@@ -593,4 +598,8 @@ void kf_redis_script(kf_redis *r, unsigned shard, const char *name, kf_redis_cb 
         al[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
     }
     kf_redis_argv(r, shard, cb, priv, argc + 3, av, al);
+    if (av != sav) {
+        kf_free(av);
+        kf_free(al);
+    }
 }

@@ -4,6 +4,7 @@ restarted Redis makes every client re-check, backpressure pauses reading instead
 and the wire is strict (RFC 6455 framing and handshake, NUL strings, stream ids)."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -23,6 +24,18 @@ def fast_gateway(spawn, shards, name, **opts):
          "rate_burst": 100000}
     o.update(opts)
     return spawn.gateway(shards, name=name, **o)
+
+
+@contextlib.contextmanager
+def one_segment(client):
+    """Frames sent inside the block reach the gateway in one TCP segment, so it reads them in
+    one loop iteration (and gathers their msg.send into one script call)."""
+    sock = client.ws.transport.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    try:
+        yield
+    finally:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
 
 async def assigned_pair(g):
@@ -225,13 +238,11 @@ def test_requests_of_one_connection_reach_redis_in_order(spawn, cluster):
 
     async def body():
         cust, agent, conv = await assigned_pair(g)
-        sock = agent.ws.transport.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)   # both frames in one segment
         r1, r2 = agent.next_req(), agent.next_req()
-        await agent.send({"type": "msg.send", "req": r1, "conv": conv, "text": "bye",
-                          "cid": "last-words"})
-        await agent.send({"type": "conv.close", "req": r2, "conv": conv})
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        with one_segment(agent):
+            await agent.send({"type": "msg.send", "req": r1, "conv": conv, "text": "bye",
+                              "cid": "last-words"})
+            await agent.send({"type": "conv.close", "req": r2, "conv": conv})
         sent, closed = await agent.answer(r1), await agent.answer(r2)
         assert sent["type"] == "ok", sent
         assert closed["type"] == "ok", closed
@@ -252,14 +263,12 @@ def test_a_failing_message_does_not_fail_its_batch(spawn):
         bad = await open_assigned(cust2, agent)
         H.redis_call(r.addr, "DEL", "kefu:{c:%s}:msgs" % bad)
         H.redis_call(r.addr, "SET", "kefu:{c:%s}:msgs" % bad, "not a stream")
-        sock = agent.ws.transport.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)   # one segment, one batch
         reqs = []
-        for i, conv in enumerate([good, bad, good]):
-            reqs.append(agent.next_req())
-            await agent.send({"type": "msg.send", "req": reqs[-1], "conv": conv,
-                              "text": f"m{i}", "cid": f"batch-{i}"})
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        with one_segment(agent):
+            for i, conv in enumerate([good, bad, good]):
+                reqs.append(agent.next_req())
+                await agent.send({"type": "msg.send", "req": reqs[-1], "conv": conv,
+                                  "text": f"m{i}", "cid": f"batch-{i}"})
         answers = [await agent.answer(q) for q in reqs]
         assert [a["type"] for a in answers] == ["ok", "error", "ok"], answers
         assert answers[1]["code"] == "internal"
