@@ -26,7 +26,7 @@
 
 /* ---- helpers ---- */
 
-static unsigned staff_shard(void) { return kf_redis_shard(gw->redis, KF_KEY_STAFF_CONFIG); }
+static unsigned staff_shard(void) { return kf_redis_slot(gw->redis, KF_KEY_STAFF_CONFIG); }
 
 static void staff_script(const char *name, kf_redis_cb *cb, void *priv, int argc,
                          const char **argv) {
@@ -534,7 +534,7 @@ static void on_rate_window(const redisReply *r, const char *err, void *priv) {
     kf_key_conv_log(log, x->conv);
     const char *argv[] = {meta, log, x->c->ident.sub, stars, rt->comment ? rt->comment : "", now,
                           win};
-    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, meta), "conv_rate", on_rated, rt, 2, 7,
+    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, meta), "conv_rate", on_rated, rt, 2, 7,
                     argv, NULL);
 }
 
@@ -602,7 +602,7 @@ static void h_conv_record(gw_conn *c, json_t *msg) {
     const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), "read"};
     /* Same shard, same connection: the access answer comes first. */
     gw_conv_script(x, "conv_access", meta, on_record_access, 3, argv, NULL);
-    kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, meta), on_record, x,
+    kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, meta), on_record, x,
                  "XRANGE %s - + COUNT 1000", log);
 }
 

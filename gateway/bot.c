@@ -321,7 +321,7 @@ static void job_start(bot_conv *bc) {
     char meta[KF_KEY_MAX], botk[KF_KEY_MAX];
     kf_key_conv_meta(meta, bc->id);
     key_conv_bot(botk, bc->id);
-    unsigned shard = kf_redis_shard(gw->redis, meta);
+    unsigned shard = kf_redis_slot(gw->redis, meta);
     const char *argv[2 + NFIELDS] = {"HMGET", meta};
     for (int i = 0; i < NFIELDS; i++) argv[2 + i] = meta_fields[i];
     kf_redis_argv(gw->redis, shard, on_meta, bc, 2 + NFIELDS, argv, NULL);
@@ -446,7 +446,7 @@ static void job_run(bot_conv *bc) {
     lens[nf_at] = strlen(nfields);
     ARG(handoff), ARG(finish);
 #undef ARG
-    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, meta), "bot_apply", on_applied, bc, 4,
+    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, meta), "bot_apply", on_applied, bc, 4,
                     (int)n, argv, lens);
     kf_free(argv);
     kf_free(lens);
@@ -478,7 +478,7 @@ static void staff_script(const char *mode, const char *group, kf_redis_cb *cb, v
     char now[24];
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
     const char *argv[] = {KF_KEY_STAFF_CONFIG, mode, now, group ? group : ""};
-    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, KF_KEY_STAFF_CONFIG), "bot_staff", cb,
+    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_CONFIG), "bot_staff", cb,
                     priv, 1, 4, argv, NULL);
 }
 
@@ -695,12 +695,12 @@ static void scan_staff(int64_t now) {
             argv[n++] = score;
             argv[n++] = u->id;
             if (n == (int)(sizeof(argv) / sizeof(argv[0]))) {
-                kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, KEY_SUPERVISORS), NULL, NULL, n, argv, NULL);
+                kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KEY_SUPERVISORS), NULL, NULL, n, argv, NULL);
                 n = 2;
             }
         }
     }
-    if (n > 2) kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, KEY_SUPERVISORS), NULL, NULL, n, argv, NULL);
+    if (n > 2) kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KEY_SUPERVISORS), NULL, NULL, n, argv, NULL);
     if (now - B.last_trim_ms > 60000) {
         B.last_trim_ms = now;
         kf_redis_cmd_key(gw->redis, KEY_SUPERVISORS, NULL, NULL, "ZREMRANGEBYSCORE %s -inf %lld",

@@ -46,6 +46,7 @@ typedef struct gw_options {
     long long presence_cache_ms;
     long long cid_ttl_s;
     long long redis_timeout_ms;
+    long long ack_replicas, ack_timeout_ms;
     long long drain_timeout_ms;
     long long max_connections;
     long long redis_inflight_max;
@@ -194,7 +195,7 @@ typedef struct gw_server {
     gw_user **users;
     size_t users_cap, nusers;
     /* inbox */
-    struct redisAsyncContext *inbox_ac;
+    struct kf_redis *reader; /* the inbox reader's own client (XREAD BLOCK holds it) */
     char inbox_last_id[48];
     int inbox_reading;
     int64_t inbox_read_ms;    /* when the pending XREAD was sent */
@@ -303,7 +304,8 @@ typedef struct gw_metrics {
     uint64_t messages_stored;
     uint64_t errors[ERR__COUNT];
     uint64_t closes[CLOSE__COUNT];
-    uint64_t redis_up_mask;
+    int64_t redis_slots_up, redis_masters, redis_masters_up;
+    uint64_t redis_moved, redis_ask, redis_retried, redis_map_refreshes, redis_unreplicated;
     uint64_t redis_commands, redis_failures, redis_latency_us_sum, redis_latency_bucket[12];
     uint64_t inbox_entries, inbox_deliveries;
     int64_t inbox_lag_ms;

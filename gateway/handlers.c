@@ -222,7 +222,7 @@ void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char
     int argc = 14;
     if (k1) argv[argc++] = k1, argv[argc++] = v1;
     if (k2) argv[argc++] = k2, argv[argc++] = v2;
-    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, KF_KEY_LIFECYCLE), NULL, NULL, argc, argv,
+    kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_LIFECYCLE), NULL, NULL, argc, argv,
                   NULL);
 }
 
@@ -241,7 +241,7 @@ void gw_conv_script(req_ctx *x, const char *script, const char *key, kf_redis_cb
         av[1 + i] = argv[i];
         al[1 + i] = lens ? lens[i] : strlen(argv[i]);
     }
-    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, key), script, cb, x, 1, argc + 1, av, al);
+    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, key), script, cb, x, 1, argc + 1, av, al);
 }
 
 /* ---- hello / ping ---- */
@@ -336,7 +336,7 @@ static void on_enqueue_meta(const redisReply *r, const char *err, void *priv) {
     snprintf(ts, sizeof(ts), "%lld", (long long)gw_now_ms());
     const char *argv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "queued",
                           "conv", ea->conv, "by", "", "ts", ts, "group", ea->group};
-    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, KF_KEY_LIFECYCLE), NULL, NULL, 16, argv,
+    kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_LIFECYCLE), NULL, NULL, 16, argv,
                   NULL);
     kf_free(ea);
 }
@@ -448,7 +448,7 @@ static void open_store(struct open_args *oa) {
                           "level", level, "group", oa->group, "priority", prio,
                           "queued_us", bot ? "0" : queued, "assign_seq", "0"};
     x->pending = bot ? 4 : 6; /* a bot conversation is queued at its handoff (gateway/bot.c) */
-    unsigned shard = kf_redis_shard(gw->redis, meta);
+    unsigned shard = kf_redis_slot(gw->redis, meta);
     kf_redis_argv(gw->redis, shard, open_step_done, x, 26, argv, NULL);
     const char *oargv[] = {"XADD", log, "*", "ev", "opened", "by", c->ident.sub, "ts", now,
                            "channel", oa->channel, "ticket", x->ticket};
@@ -462,7 +462,7 @@ static void open_store(struct open_args *oa) {
                            "conv", id, "by", c->ident.sub, "ts", now, "channel", oa->channel,
                            "ticket", x->ticket, "level", level, "group", oa->group,
                            "priority", prio};
-    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, KF_KEY_LIFECYCLE), open_step_done, x, 24,
+    kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_LIFECYCLE), open_step_done, x, 24,
                   largv, NULL);
     x = NULL;
 out:
@@ -521,9 +521,9 @@ static void h_conv_open(gw_conn *c, json_t *msg) {
     snprintf(tag, sizeof(tag), "%s-%s", channel, oa->day);
     kf_key_ticket_seq(key, tag);
     const char *argv[] = {key};
-    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, key), "ticket_next", on_ticket, oa, 1, 1,
+    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, key), "ticket_next", on_ticket, oa, 1, 1,
                     argv, NULL);
-    kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, KF_KEY_STAFF_CONFIG), on_open_config, oa,
+    kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_CONFIG), on_open_config, oa,
                  "HMGET %s routes default_group default_priority", KF_KEY_STAFF_CONFIG);
 }
 
@@ -618,14 +618,14 @@ static void on_list_ids(const redisReply *r, const char *err, void *priv) {
         kf_key_conv_meta(meta, id);
         const char *argv[2 + NLIST_FIELDS] = {"HMGET", meta};
         for (int f = 0; f < NLIST_FIELDS; f++) argv[2 + f] = list_fields[f];
-        kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, meta), on_list_item, li,
+        kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, meta), on_list_item, li,
                       2 + NLIST_FIELDS, argv, NULL);
         char msgs[KF_KEY_MAX];
         kf_key_conv_msgs(msgs, id);
         struct list_item *ll = kf_malloc(sizeof(*ll));
         ll->x = x;
         ll->index = i;
-        kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, msgs), on_list_last, ll,
+        kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, msgs), on_list_last, ll,
                      "XREVRANGE %s + - COUNT 1", msgs);
     }
 }
@@ -745,6 +745,13 @@ static void push_sent(req_ctx *x, struct send_args *sa, const char *id, const ch
 static void on_msg_stored(const redisReply *r, const char *err, void *priv) {
     struct send_args *sa = priv;
     req_ctx *x = sa->x;
+    if (err && strcmp(err, "unreplicated") == 0) {
+        /* stored on the master, not confirmed by ack_replicas replicas: not acknowledged and
+         * not pushed (a failover now could lose it); a retry with the same cid finds it */
+        gw_reply_error(x->c, x->req, "unavailable",
+                       "stored but not yet confirmed by the replicas; retry with the same cid");
+        goto out;
+    }
     if (gw_script_result(x, r, err) < 0) {
         gw_reply_failure(x);
         goto out;
@@ -778,21 +785,23 @@ out:
     kf_free(sa);
 }
 
-/* ---- msg.send batches: one EVALSHA msg_send per Redis server per loop iteration ----
- * The requests a loop iteration brings are stored by one script call per shard (at most
+/* ---- msg.send batches: one EVALSHA msg_send per batch group per loop iteration ----
+ * The requests a loop iteration brings are stored by one script call per batch group (at most
  * SEND_BATCH_MAX each), in arrival order: the script's fixed cost (the call, its KEYS and ARGV
- * tables, one request to parse and one reply to write) is paid once for all of them. The
- * messages of one batch may belong to different conversations: fine for a stand-alone server,
- * whose scripts may touch any key. */
+ * tables, one request to parse and one reply to write) is paid once for all of them. A group
+ * is the whole server when it is stand-alone (its scripts may touch any key), one slot in a
+ * cluster (a command's keys must share a slot there). The groups with messages gathered sit in
+ * a small table; a group that finds its place taken sends the one there first. */
 #define SEND_BATCH_MAX 128
 #define SEND_BATCH_BYTES (256 * 1024) /* text per call: a script call holds Redis up */
+#define SEND_BATCHES 64
 struct send_batch {
     int n;
+    unsigned group, slot;
     size_t bytes;
     struct send_args *sa[SEND_BATCH_MAX];
 };
-static struct send_batch *send_batches; /* one per shard */
-static unsigned send_nshards;
+static struct send_batch *send_batches; /* SEND_BATCHES places, by group */
 static struct event *send_flush_ev;
 static size_t send_pending; /* messages gathered or in flight */
 
@@ -815,8 +824,7 @@ static void on_batch_stored(const redisReply *r, const char *err, void *priv) {
     kf_free(sm);
 }
 
-static void send_batch_flush(unsigned shard) {
-    struct send_batch *b = &send_batches[shard];
+static void send_batch_flush(struct send_batch *b) {
     if (b->n == 0) return;
     char maxlen[24], ttl[24];
     snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.history_maxlen);
@@ -852,7 +860,9 @@ static void send_batch_flush(unsigned shard) {
     memcpy(sm->sa, b->sa, sizeof(sm->sa[0]) * (size_t)b->n);
     b->n = 0;
     b->bytes = 0;
-    kf_redis_script(gw->redis, shard, "msg_send", on_batch_stored, sm, 3 * sm->n, argc, av, al);
+    /* acknowledged once ack_replicas replicas have it (kf_redis_set_durable; 0: at once) */
+    kf_redis_script_durable(gw->redis, b->slot, "msg_send", on_batch_stored, sm, 3 * sm->n,
+                            argc, av, al);
     kf_free(keys);
     kf_free(av);
     kf_free(al);
@@ -860,14 +870,16 @@ static void send_batch_flush(unsigned shard) {
 
 static void on_send_flush(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    for (unsigned i = 0; i < send_nshards; i++) send_batch_flush(i);
+    for (unsigned i = 0; i < SEND_BATCHES; i++) send_batch_flush(&send_batches[i]);
 }
 
-/* Any other command for a shard goes out after the messages gathered before it: a conv.close
- * after a msg.send on one connection must find the message stored. */
-static void before_send(kf_redis *r, unsigned shard, void *priv) {
-    (void)r, (void)priv;
-    if (shard < send_nshards && send_batches[shard].n) send_batch_flush(shard);
+/* Any other command for a slot goes out after the messages gathered before it for that slot:
+ * a conv.close after a msg.send on one connection must find the message stored. */
+static void before_send(kf_redis *r, unsigned slot, void *priv) {
+    (void)priv;
+    unsigned g = kf_redis_batch_group(r, slot);
+    struct send_batch *b = &send_batches[g % SEND_BATCHES];
+    if (b->n && b->group == g) send_batch_flush(b);
 }
 
 void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
@@ -885,17 +897,19 @@ void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
     sa->text_len = text_len;
     snprintf(sa->cid, sizeof(sa->cid), "%s", cid);
     if (!send_batches) {
-        send_nshards = kf_redis_nshards(gw->redis);
-        send_batches = kf_calloc(send_nshards, sizeof(*send_batches));
+        send_batches = kf_calloc(SEND_BATCHES, sizeof(*send_batches));
         send_flush_ev = event_new(gw->base, -1, 0, on_send_flush, NULL);
         kf_redis_before_send(gw->redis, before_send, NULL);
     }
     char meta[KF_KEY_MAX];
     kf_key_conv_meta(meta, x->conv);
-    unsigned shard = kf_redis_shard(gw->redis, meta);
-    struct send_batch *b = &send_batches[shard];
-    if (b->n == SEND_BATCH_MAX || (b->n && b->bytes + text_len > SEND_BATCH_BYTES))
-        send_batch_flush(shard);
+    unsigned slot = kf_redis_slot(gw->redis, meta);
+    unsigned g = kf_redis_batch_group(gw->redis, slot);
+    struct send_batch *b = &send_batches[g % SEND_BATCHES];
+    if (b->n && (b->group != g || b->n == SEND_BATCH_MAX || b->bytes + text_len > SEND_BATCH_BYTES))
+        send_batch_flush(b);
+    b->group = g;
+    b->slot = slot; /* any slot of the group routes the call */
     b->sa[b->n++] = sa;
     b->bytes += text_len;
     send_pending++;
@@ -906,7 +920,7 @@ void gw_msg_send(req_ctx *x, char *text, size_t text_len, const char *cid) {
 /* Shutdown: what is gathered is not sent; each request is failed (its connection is gone). */
 void gw_msg_send_stop(void) {
     if (!send_batches) return;
-    for (unsigned i = 0; i < send_nshards; i++) {
+    for (unsigned i = 0; i < SEND_BATCHES; i++) {
         struct send_batch *b = &send_batches[i];
         for (int k = 0; k < b->n; k++) {
             send_pending--;
@@ -1020,9 +1034,9 @@ static void h_history(gw_conn *c, json_t *msg) {
     /* All go to the same shard and connection, so they are answered in this order. */
     gw_conv_script(x, "conv_access", meta, on_history_access, 3, argv, NULL);
     if (after && *after)
-        kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, meta), on_history_prev, x,
+        kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, meta), on_history_prev, x,
                      "XREVRANGE %s %s - COUNT 1", msgs, after);
-    kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, meta), on_history_range, x,
+    kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, meta), on_history_range, x,
                  "XRANGE %s %s + COUNT %lld", msgs, start, limit + 1);
 }
 
@@ -1071,7 +1085,7 @@ static void touch(gw_conn *c, json_t *msg, int is_read) {
     kf_key_conv_meta(meta, x->conv);
     const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), "write", ta->id};
     const char *av[5] = {meta, argv[0], argv[1], argv[2], argv[3]};
-    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, meta), "conv_access", on_touch, ta, 1, 5,
+    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, meta), "conv_access", on_touch, ta, 1, 5,
                     av, NULL);
 }
 
@@ -1234,9 +1248,9 @@ static void h_conv_close(gw_conn *c, json_t *msg) {
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
     const char *argv[] = {meta, log, c->ident.sub, kf_role_name((kf_role)c->ident.role),
                           resolution, now, ca->category};
-    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, meta), "conv_close", on_closed, ca, 2, 7,
+    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, meta), "conv_close", on_closed, ca, 2, 7,
                     argv, NULL);
-    kf_redis_cmd(gw->redis, kf_redis_shard(gw->redis, KF_KEY_STAFF_CONFIG), on_close_config, ca,
+    kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_CONFIG), on_close_config, ca,
                  "HMGET %s rate_window_ms survey", KF_KEY_STAFF_CONFIG);
 }
 

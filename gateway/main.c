@@ -68,6 +68,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     kf_log_level = lvl;
+    if (opt.ack_replicas > 0 && opt.ack_timeout_ms >= opt.redis_timeout_ms) {
+        /* a WAIT holds its connection: a longer one would look like a dead server */
+        fprintf(stderr, "kefu-gateway: ack_timeout_ms (%lld) must be below redis_timeout_ms (%lld)\n",
+                opt.ack_timeout_ms, opt.redis_timeout_ms);
+        return 2;
+    }
     if (!opt.node_name[0]) {
         char host[64] = "kefu";
         gethostname(host, sizeof(host) - 1);

@@ -149,10 +149,21 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
         EACH sum += all[i].closes[c];
         sb_printf(&b, "kefu_closes_total{reason=\"%s\"} %llu\n", gw_close_reason_names[c], (unsigned long long)sum);
     }
-    sb_printf(&b, "# HELP kefu_redis_up Redis shard connected (per process).\n# TYPE kefu_redis_up gauge\n");
-    EACH for (int s = 0; s < 64 && gw && (unsigned)s < kf_redis_nshards(gw->redis); s++)
-        sb_printf(&b, "kefu_redis_up{" P(",shard=\"%d\"") "} %d\n", i, s,
-                  (int)((all[i].redis_up_mask >> s) & 1));
+    sb_printf(&b, "# HELP kefu_redis_slots_up Redis Cluster slots (of 16384) whose master this process reaches; 16384 for a reachable stand-alone server.\n# TYPE kefu_redis_slots_up gauge\n");
+    EACH sb_printf(&b, "kefu_redis_slots_up{" P("") "} %lld\n", i, (long long)all[i].redis_slots_up);
+    sb_printf(&b, "# HELP kefu_redis_masters Redis servers that serve slots (1 for a stand-alone server).\n# TYPE kefu_redis_masters gauge\n");
+    EACH sb_printf(&b, "kefu_redis_masters{" P("") "} %lld\n", i, (long long)all[i].redis_masters);
+    sb_printf(&b, "# HELP kefu_redis_masters_up Of those, the ones this process is connected to.\n# TYPE kefu_redis_masters_up gauge\n");
+    EACH sb_printf(&b, "kefu_redis_masters_up{" P("") "} %lld\n", i, (long long)all[i].redis_masters_up);
+    sb_printf(&b, "# HELP kefu_redis_redirects_total Redis Cluster redirections followed, by kind (moved, ask, retry: TRYAGAIN or CLUSTERDOWN).\n# TYPE kefu_redis_redirects_total counter\n");
+    {
+        uint64_t mv = 0, ak = 0, rt = 0;
+        EACH mv += all[i].redis_moved, ak += all[i].redis_ask, rt += all[i].redis_retried;
+        sb_printf(&b, "kefu_redis_redirects_total{kind=\"moved\"} %llu\nkefu_redis_redirects_total{kind=\"ask\"} %llu\nkefu_redis_redirects_total{kind=\"retry\"} %llu\n",
+                  (unsigned long long)mv, (unsigned long long)ak, (unsigned long long)rt);
+    }
+    COUNTER("kefu_redis_map_refreshes_total", "Redis Cluster slot maps read (every 5 s, after a redirection, and every 250 ms while a slot has no reachable master).", redis_map_refreshes);
+    COUNTER("kefu_redis_unreplicated_total", "Messages stored but not confirmed by ack_replicas replicas within ack_timeout_ms (answered unavailable).", redis_unreplicated);
     sb_printf(&b, "# HELP kefu_redis_command_seconds Redis command round-trip time.\n# TYPE kefu_redis_command_seconds histogram\n");
     uint64_t cum = 0, cnt = 0, sumus = 0;
     EACH cnt += all[i].redis_commands, sumus += all[i].redis_latency_us_sum;

@@ -11,6 +11,7 @@
 #include "handlers.h"
 #include "kefu/alloc.h"
 #include "kefu/keys.h"
+#include "kefu/slot.h"
 #include "kefu/log.h"
 #include "kefu/redis.h"
 #include "kefu/route.h"
@@ -170,7 +171,7 @@ static void presence_store(const char *user, kf_redis_cb *cb, void *priv) {
     snprintf(exp_s, sizeof(exp_s), "%lld", now + ttl);
     snprintf(ttl_s, sizeof(ttl_s), "%lld", ttl * 2);
     const char *argv[] = {key, cached, now_s, gw->node, exp_s, ttl_s};
-    kf_redis_script(gw->redis, kf_redis_shard(gw->redis, key), "presence_attach", cb, priv, 2, 6,
+    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, key), "presence_attach", cb, priv, 2, 6,
                     argv, NULL);
 }
 
@@ -212,7 +213,7 @@ static void presence_refresh(const char *user) {
     char key[KF_KEY_MAX];
     kf_key_user_nodes(key, user);
     long long ttl = gw->opt.presence_ttl_ms, now = (long long)gw_now_ms();
-    unsigned shard = kf_redis_shard(gw->redis, key);
+    unsigned shard = kf_redis_slot(gw->redis, key);
     kf_redis_cmd(gw->redis, shard, NULL, NULL, "ZADD %s %lld %s", key, now + ttl, gw->node);
     kf_redis_cmd(gw->redis, shard, NULL, NULL, "PEXPIRE %s %lld", key, ttl * 2);
 }
@@ -542,7 +543,7 @@ static void batch_send(struct node_batch *b) {
     argc = k;
     struct sent_batch *sb = kf_malloc(sizeof(*sb) + sizeof(sb->push[0]) * (size_t)b->n);
     sb->n = b->n;
-    kf_redis_argv(gw->redis, kf_redis_shard(gw->redis, key), on_batch_stored, sb, argc, argv, lens);
+    kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, key), on_batch_stored, sb, argc, argv, lens);
     for (int i = 0; i < b->n; i++) {
         sb->push[i] = b->push[i];
         kf_free(b->push[i].p);
@@ -652,7 +653,7 @@ static void lookup_send(struct route *rt, const char *user, size_t ul, const cha
      * cost less than a script. */
     char cached[KF_KEY_MAX];
     kf_key_user_cached(cached, lk->user);
-    unsigned shard = kf_redis_shard(gw->redis, key);
+    unsigned shard = kf_redis_slot(gw->redis, key);
     /* + 2 ms: the copy is reused while the monotonic clock (whole ms) says it is younger than
      * presence_cache_ms, and `now` is the wall clock truncated to the ms; the two truncations
      * may let it live up to 2 ms past now + presence_cache_ms. */
@@ -808,7 +809,7 @@ static void on_nodes_for_resync(const redisReply *reply, const char *err, void *
 
 /* Once Redis is healthy and the line is short: every pending notice becomes a resync push. */
 static void notices_send(void) {
-    if (!kf_redis_all_up(gw->redis) || nroutes > (size_t)gw->opt.route_queue_max / 2) return;
+    if (kf_redis_slots_up(gw->redis) < KF_SLOTS || nroutes > (size_t)gw->opt.route_queue_max / 2) return;
     if (resync_everyone) {
         resync_everyone = 0;
         notices_clear();
@@ -853,9 +854,9 @@ static void on_local_resync(evutil_socket_t fd, short what, void *arg) {
     GW_M->resync_sent++;
 }
 
-/* ---- the inbox reader: its own connection, since XREAD BLOCK holds it ---- */
+/* ---- the inbox reader: its own Redis client (gw->reader), since XREAD BLOCK holds a
+ * connection; it follows the inbox stream's slot like every other command ---- */
 
-static void inbox_connect(void);
 static void inbox_read(void);
 static void inbox_trim(void);
 static uint32_t inbox_untrimmed;
@@ -868,7 +869,7 @@ static void inbox_retry_later(void) {
 
 static void on_inbox_retry(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    inbox_connect();
+    inbox_read();
 }
 
 /* One inbox entry being delivered: the payload (JSON text) and its frames, each format encoded
@@ -935,16 +936,16 @@ static void inbox_deliver(const char *p, size_t plen, const char *u, size_t ulen
     if (d.obj) json_decref(d.obj);
 }
 
-static void on_inbox(redisAsyncContext *ac, void *r, void *priv) {
-    (void)ac, (void)priv;
-    redisReply *reply = r;
+static void on_inbox(const redisReply *reply, const char *err, void *priv) {
+    (void)priv;
     gw->inbox_reading = 0;
-    if (!reply) return; /* disconnected: the disconnect callback retries */
-    if (reply->type == REDIS_REPLY_ERROR) {
-        kf_error("inbox XREAD: %s", reply->str);
-        redisAsyncDisconnect(gw->inbox_ac);
+    if (!gw->reader) return; /* stopping */
+    if (err || reply->type == REDIS_REPLY_ERROR) {
+        kf_warn("inbox reader: %s; retrying", err ? err : reply->str);
+        inbox_retry_later();
         return;
     }
+    gw->inbox_ready = 1;
     /* [[key, [[id, [f, v, ...]], ...]]] or nil on timeout */
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 &&
         reply->element[0]->elements == 2) {
@@ -997,81 +998,49 @@ static void inbox_trim(void) {
     inbox_untrimmed = 0;
 }
 
-static void inbox_read(void) {
-    if (!gw->inbox_ac || gw->inbox_reading) return;
-    char key[KF_KEY_MAX];
-    kf_key_node_inbox(key, gw->node);
-    gw->inbox_reading = 1;
-    gw->inbox_read_ms = gw_now_ms();
-    redisAsyncCommand(gw->inbox_ac, on_inbox, NULL, "XREAD COUNT %lld BLOCK 1000 STREAMS %s %s",
-                      gw->opt.inbox_batch, key, gw->inbox_last_id);
-}
-
-static void on_inbox_start(redisAsyncContext *ac, void *r, void *priv) {
-    (void)ac, (void)priv;
-    redisReply *reply = r;
-    if (!reply) return;
+static void on_inbox_start(const redisReply *reply, const char *err, void *priv) {
+    (void)priv;
+    gw->inbox_reading = 0;
+    if (!gw->reader) return;
+    if (err || reply->type == REDIS_REPLY_ERROR) {
+        kf_warn("inbox reader: %s; retrying", err ? err : reply->str);
+        inbox_retry_later();
+        return;
+    }
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 &&
         reply->element[0]->elements == 2)
         snprintf(gw->inbox_last_id, sizeof(gw->inbox_last_id), "%s",
                  reply->element[0]->element[0]->str);
-    else if (!gw->inbox_last_id[0])
+    else
         snprintf(gw->inbox_last_id, sizeof(gw->inbox_last_id), "0-0");
     gw->inbox_ready = 1;
     kf_info("inbox reader started after %s", gw->inbox_last_id);
     inbox_read();
 }
 
-static void on_inbox_connect(const redisAsyncContext *ac, int status) {
-    if (status != REDIS_OK) {
-        gw->inbox_ac = NULL;
-        kf_debug("inbox connect failed: %s", ac->errstr);
-        inbox_retry_later();
-        return;
-    }
+/* Reads the inbox after the last entry read, so a reconnect misses nothing; the first read
+ * starts after the newest entry (older ones were meant for a previous run of this node). A
+ * dead link is noticed by the reader's client: no answer for 1 s (the BLOCK) plus
+ * redis_timeout_ms drops and re-establishes its connection, and the read fails and is tried
+ * again. */
+static void inbox_read(void) {
+    if (!gw->reader || gw->inbox_reading) return;
     char key[KF_KEY_MAX];
     kf_key_node_inbox(key, gw->node);
-    if (gw->inbox_last_id[0]) {
-        /* Reconnected: carry on after the last entry read, so nothing is missed. */
-        gw->inbox_ready = 1;
-        inbox_read();
-    } else {
-        redisAsyncCommand(gw->inbox_ac, on_inbox_start, NULL, "XREVRANGE %s + - COUNT 1", key);
-    }
+    gw->inbox_reading = 1;
+    gw->inbox_read_ms = gw_now_ms();
+    if (!gw->inbox_last_id[0])
+        kf_redis_cmd_key(gw->reader, key, on_inbox_start, NULL, "XREVRANGE %s + - COUNT 1", key);
+    else
+        kf_redis_cmd_key(gw->reader, key, on_inbox, NULL,
+                         "XREAD COUNT %lld BLOCK 1000 STREAMS %s %s", gw->opt.inbox_batch, key,
+                         gw->inbox_last_id);
 }
 
-static void on_inbox_disconnect(const redisAsyncContext *ac, int status) {
-    (void)ac, (void)status;
-    gw->inbox_ac = NULL;
-    gw->inbox_reading = 0;
-    if (gw->base && !gw->draining) {
-        kf_warn("inbox reader disconnected; retrying");
-        inbox_retry_later();
-    }
-}
-
-static void inbox_connect(void) {
-    char key[KF_KEY_MAX];
-    kf_key_node_inbox(key, gw->node);
-    const char *host;
-    int port;
-    kf_redis_hostport(gw->redis, kf_redis_shard(gw->redis, key), &host, &port);
-    redisAsyncContext *ac = redisAsyncConnect(host, port);
-    if (!ac || ac->err) {
-        if (ac) redisAsyncFree(ac);
-        inbox_retry_later();
-        return;
-    }
-    gw->inbox_ac = ac;
-    kf_redis_attach(ac, gw->base);
-    redisAsyncSetConnectCallback(ac, on_inbox_connect);
-    redisAsyncSetDisconnectCallback(ac, on_inbox_disconnect);
-}
-
-/* A shard that comes back may have lost its data (no persistence, failover): register every
+/* A server that comes back may have lost its data (no persistence, failover): register every
  * local user's presence again at once rather than at the next heartbeat. */
-static void on_shard_state(kf_redis *r, unsigned shard, int up, void *priv) {
-    (void)r, (void)shard, (void)priv;
+static void on_redis_state(kf_redis *r, int up, void *priv) {
+    (void)r, (void)priv;
     if (!up) return;
     on_heartbeat(-1, 0, NULL);
     if (up == KF_REDIS_UP_RESTARTED) {
@@ -1090,31 +1059,19 @@ void gw_router_check(void) {
     pc_expire();
     if (nnotices || resync_everyone) notices_send();
     inbox_trim();
-    /* XREAD blocks 1 s at most: an answer overdue by redis_timeout_ms means a dead link. */
-    if (gw->inbox_ac && gw->inbox_reading &&
-        gw_now_ms() - gw->inbox_read_ms > 1000 + gw->opt.redis_timeout_ms) {
-        kf_warn("inbox reader: no answer for %lld ms; reconnecting",
-                (long long)(gw_now_ms() - gw->inbox_read_ms));
-        redisAsyncContext *ac = gw->inbox_ac;
-        gw->inbox_ac = NULL;
-        gw->inbox_reading = 0;
-        ac->onDisconnect = NULL;
-        redisAsyncFree(ac);
-        inbox_retry_later();
-    }
 }
 
 void gw_router_start(void) {
     flush_ev = event_new(gw->base, -1, 0, on_flush, NULL);
     retry_ev = evtimer_new(gw->base, on_retry, NULL);
     local_resync_ev = evtimer_new(gw->base, on_local_resync, NULL);
-    kf_redis_on_state(gw->redis, on_shard_state, NULL);
+    kf_redis_on_state(gw->redis, on_redis_state, NULL);
     gw->inbox_retry_ev = evtimer_new(gw->base, on_inbox_retry, NULL);
     gw->heartbeat_ev = event_new(gw->base, -1, EV_PERSIST, on_heartbeat, NULL);
     long long every = gw->opt.presence_ttl_ms / 3 < 1000 ? gw->opt.presence_ttl_ms / 3 : 1000;
     struct timeval tv = {every / 1000, (every % 1000) * 1000};
     event_add(gw->heartbeat_ev, &tv);
-    inbox_connect();
+    inbox_read();
 }
 
 void gw_router_stop(void) {
@@ -1144,11 +1101,10 @@ void gw_router_stop(void) {
     if (local_resync_ev) event_free(local_resync_ev);
     local_resync_ev = NULL;
     while (resync_timers) resync_timer_free(resync_timers);
-    if (gw->inbox_ac) {
-        redisAsyncContext *ac = gw->inbox_ac;
-        gw->draining = 1;
-        redisAsyncFree(ac);
-        gw->inbox_ac = NULL;
+    if (gw->reader) {
+        kf_redis *rd = gw->reader;
+        gw->reader = NULL; /* on_inbox() sees it gone and reads no more */
+        kf_redis_free(rd);
     }
     event_free(gw->inbox_retry_ev);
     event_free(gw->heartbeat_ev);

@@ -902,11 +902,20 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     GW_M->redis_failures = st->failures;
     GW_M->redis_latency_us_sum = st->latency_us_sum;
     memcpy(GW_M->redis_latency_bucket, st->latency_bucket, sizeof(st->latency_bucket));
-    uint64_t mask = 0;
-    for (unsigned i = 0; i < kf_redis_nshards(gw->redis) && i < 64; i++)
-        if (kf_redis_is_up(gw->redis, i)) mask |= 1ull << i;
-    GW_M->redis_up_mask = mask;
-    GW_M->ready = !gw->draining && kf_redis_all_up(gw->redis) && gw->inbox_ready;
+    GW_M->redis_moved = st->moved;
+    GW_M->redis_ask = st->ask;
+    GW_M->redis_retried = st->retried;
+    GW_M->redis_map_refreshes = st->map_refreshes;
+    GW_M->redis_unreplicated = st->unreplicated;
+    unsigned mup;
+    GW_M->redis_masters = kf_redis_masters(gw->redis, &mup);
+    GW_M->redis_masters_up = mup;
+    GW_M->redis_slots_up = kf_redis_slots_up(gw->redis);
+    /* Ready: this process's own deliveries flow (its inbox is read) and Redis serves slots. A
+     * master that is down for a while (until its replica takes over) does not take the process
+     * out of a load balancer's pool: every gateway reaches the same cluster, so moving clients
+     * elsewhere would not help them (kefu_redis_slots_up says how much is served). */
+    GW_M->ready = !gw->draining && gw->inbox_ready && GW_M->redis_slots_up > 0;
     if (gw->draining) {
         if ((gw->nconns == 0 && kf_redis_pending(gw->redis) == 0) || now >= gw->drain_deadline_ms)
             finish_drain();
@@ -1047,6 +1056,10 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
         kf_error("%s", err);
         return 1;
     }
+    kf_redis_set_durable(gw->redis, (int)opt->ack_replicas, (int)opt->ack_timeout_ms);
+    /* XREAD BLOCK 1000: a reply may take a second longer than any other */
+    gw->reader = kf_redis_new(gw->base, opt->redis, (int)opt->redis_timeout_ms + 1000, err,
+                              sizeof(err));
 
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_bridge);
     for (int i = 0; i < 2; i++) {
@@ -1089,8 +1102,7 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     event_add(gw->sig_term_ev, NULL);
     event_add(gw->sig_int_ev, NULL);
     event_add(gw->sig_hup_ev, NULL);
-    kf_info("node %s listening on %s:%lld (redis %s, %u shards)", gw->node, opt->bind, opt->port,
-            opt->redis, kf_redis_nshards(gw->redis));
+    kf_info("node %s listening on %s:%lld (redis %s)", gw->node, opt->bind, opt->port, opt->redis);
 
     event_base_dispatch(gw->base);
 

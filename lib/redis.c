@@ -1,4 +1,11 @@
-/* Sharded async Redis over hiredis + libevent: reconnects, timeouts, scripts, statistics. */
+/* Async Redis over hiredis + libevent for one stand-alone server or a Redis Cluster: routing by
+ * slot, MOVED/ASK/TRYAGAIN/CLUSTERDOWN, slot map refreshes, reconnects, timeouts, scripts,
+ * replica-confirmed commands (WAIT), statistics.
+ *
+ * Every command is addressed by a slot. owner[] maps slots to servers ("nodes"): all slots to
+ * the one server of a stand-alone setup, or to the masters a cluster's CLUSTER SLOTS names.
+ * In a cluster, each request keeps its formatted command until it is answered, so that a
+ * redirection can send it again; a stand-alone server never redirects and the copy is skipped. */
 #include "kefu/redis.h"
 
 #include <event2/event.h>
@@ -11,44 +18,75 @@
 
 #include "kefu/alloc.h"
 #include "kefu/log.h"
-#include "kefu/shard.h"
+#include "kefu/slot.h"
 
-enum shard_state { SHARD_DOWN, SHARD_CONNECTING, SHARD_LOADING, SHARD_UP };
+#define NO_NODE 0xffffu
+#define MAX_REDIRECTS 8          /* per command: more means the cluster is reconfiguring */
+#define RETRY_DELAY_US 100000    /* TRYAGAIN / CLUSTERDOWN: again after 100 ms ... */
+#define REFRESH_EVERY_US 5000000 /* the slot map is read every 5 s ... */
+#define REFRESH_FAST_US 250000   /* ... and every 250 ms while some slot has no server up */
+
+enum node_state { NODE_DOWN, NODE_CONNECTING, NODE_UP };
+enum mode { MODE_UNKNOWN = -1, MODE_SINGLE = 0, MODE_CLUSTER = 1 };
+
+struct node;
 
 struct req {
     kf_redis_cb *cb;
     void *priv;
-    struct shard *s;
-    uint64_t t0_us;
-    struct req *next;
+    struct node *n;       /* where it was sent */
+    uint64_t t0_us;       /* sent (round-trip statistics) */
+    uint64_t first_us;    /* issued (retries give up after the timeout) */
+    struct req *next;     /* the node's in-flight list, or the retry list */
+    char *cmd;            /* formatted command, kept for redirections (cluster) */
+    size_t len;
+    struct req *wait;     /* the WAIT that confirms this durable command */
+    redisReply *held;     /* its reply, held until the WAIT answers */
+    uint16_t slot;
+    uint8_t redirects;
+    unsigned internal : 1, durable : 1, asking : 1;
 };
 
-struct shard {
+struct node {
     kf_redis *r;
     unsigned idx;
     char host[256];
     int port;
     char addr[280];
     redisAsyncContext *ac;
-    enum shard_state state;
+    enum node_state state;
     struct req *head, *tail; /* commands in flight, oldest first (Redis answers in order) */
     size_t npending;
-    int scripts_pending;
+    int setup_pending;        /* scripts to load, cluster state to confirm: then it is up */
     int backoff_ms;
     uint64_t connect_started_us;
     uint64_t progress_us;     /* last reply, or when the queue last went from empty to busy */
     char run_id[48];          /* the server's run_id: a new one means it restarted */
-    int restarted;            /* the current connection reached a restarted server */
     const char *drop_reason;  /* set while we tear the context down ourselves */
-    struct event *reconnect_ev;
+    struct event *reconnect_ev, *check_ev;
+    unsigned seed : 1,        /* given in the configuration: always kept connected */
+        master : 1,           /* serves slots in the current map */
+        restarted : 1,        /* reached a restarted server, or took over a failed master's
+                                 slots: may lack acknowledged writes (reported once up) */
+        in_multi : 1;         /* between MULTI and EXEC: no redirections */
 };
 
 struct kf_redis {
     struct event_base *base;
-    struct shard *shards;
-    unsigned n;
+    struct node **nodes;
+    unsigned nnodes, nseeds;
+    uint16_t owner[KF_SLOTS];
+    enum mode mode;
+    int refused;              /* several stand-alone servers: nothing is served */
     int timeout_ms;
-    struct event *tick;
+    int ack_replicas, ack_timeout_ms;
+    struct event *tick, *retry_ev;
+    struct req *retry_head, *retry_tail;
+    size_t nretry;
+    int refreshing;
+    unsigned refresh_next;
+    uint64_t last_refresh_us;
+    unsigned slots_up;
     kf_redis_state_cb *state_cb;
     void *state_priv;
     kf_redis_before_cb *before_cb;
@@ -65,70 +103,117 @@ static uint64_t now_us(void) {
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-static void shard_connect(struct shard *s);
+static void node_connect(struct node *n);
+static void on_check(evutil_socket_t fd, short what, void *arg);
+static void route(kf_redis *r, struct req *q);
+static void map_refresh(kf_redis *r);
 
-static void set_state(struct shard *s, enum shard_state st) {
-    int was_up = s->state == SHARD_UP;
-    s->state = st;
-    int up = st == SHARD_UP;
-    if (was_up != up) {
-        if (up)
-            kf_info("redis shard %u (%s) up%s", s->idx, s->addr,
-                    s->restarted ? " (the server restarted: it may have lost recent writes)" : "");
-        else
-            kf_warn("redis shard %u (%s) down", s->idx, s->addr);
-        int how = up ? (s->restarted ? KF_REDIS_UP_RESTARTED : KF_REDIS_UP) : KF_REDIS_DOWN;
-        s->restarted = 0;
-        if (s->r->state_cb) s->r->state_cb(s->r, s->idx, how, s->r->state_priv);
+static int node_wanted(const struct node *n) {
+    return n->seed || n->master;
+}
+
+static void report(kf_redis *r, int how) {
+    if (r->state_cb) r->state_cb(r, how, r->state_priv);
+}
+
+static void set_state(struct node *n, enum node_state st) {
+    int was_up = n->state == NODE_UP;
+    n->state = st;
+    int up = st == NODE_UP;
+    if (was_up == up) return;
+    if (up) {
+        kf_info("redis %s up%s", n->addr,
+                n->restarted ? " (it restarted or took over from a failed master: it may lack "
+                               "recent writes)"
+                             : "");
+        int how = n->restarted ? KF_REDIS_UP_RESTARTED : KF_REDIS_UP;
+        n->restarted = 0;
+        report(n->r, how);
+    } else {
+        kf_warn("redis %s down", n->addr);
+        report(n->r, KF_REDIS_DOWN);
     }
 }
 
-static void schedule_reconnect(struct shard *s) {
-    struct timeval tv = {s->backoff_ms / 1000, (s->backoff_ms % 1000) * 1000};
-    event_add(s->reconnect_ev, &tv);
-    s->backoff_ms = s->backoff_ms * 2 > 5000 ? 5000 : s->backoff_ms * 2;
+static void schedule_reconnect(struct node *n) {
+    if (!node_wanted(n)) return;
+    struct timeval tv = {n->backoff_ms / 1000, (n->backoff_ms % 1000) * 1000};
+    event_add(n->reconnect_ev, &tv);
+    n->backoff_ms = n->backoff_ms * 2 > 5000 ? 5000 : n->backoff_ms * 2;
 }
 
 static void on_reconnect(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
-    shard_connect(arg);
+    struct node *n = arg;
+    if (!n->ac && node_wanted(n)) node_connect(n);
 }
 
-static struct req *pop_req(struct shard *s, struct req *expect) {
-    struct req *q = s->head;
-    if (q != expect) {
-        /* hiredis answers in order; anything else is a bug worth crashing on in tests */
-        kf_error("redis shard %u: reply out of order", s->idx);
-        abort();
+/* ---- replies held for a WAIT: a deep copy, since hiredis frees the reply after its callback */
+
+static redisReply *reply_dup(const redisReply *s) {
+    redisReply *d = kf_calloc(1, sizeof(*d));
+    d->type = s->type;
+    d->integer = s->integer;
+    if (s->str) {
+        d->str = kf_malloc(s->len + 1);
+        memcpy(d->str, s->str, s->len);
+        d->str[s->len] = '\0';
+        d->len = s->len;
     }
-    s->head = q->next;
-    if (!s->head) s->tail = NULL;
-    s->npending--;
-    s->progress_us = now_us();
-    return q;
+    if (s->elements) {
+        d->element = kf_malloc(sizeof(*d->element) * s->elements);
+        for (size_t i = 0; i < s->elements; i++) d->element[i] = reply_dup(s->element[i]);
+        d->elements = s->elements;
+    }
+    return d;
 }
 
-static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
-    struct req *q = privdata;
-    struct shard *s = q->s;
-    (void)ac;
-    pop_req(s, q);
-    kf_redis_stats *st = &s->r->stats;
-    const char *err = NULL;
-    if (!reply) {
-        err = s->drop_reason ? s->drop_reason : "unavailable";
-        st->failures++;
-    } else {
-        uint64_t d = now_us() - q->t0_us;
-        st->commands++;
-        st->latency_us_sum += d;
-        int b = 0;
-        while (b < 11 && (double)d > kf_redis_latency_bounds_s[b] * 1e6) b++;
-        st->latency_bucket[b]++;
-    }
-    if (q->cb) q->cb(reply, err, q->priv);
+static void reply_free(redisReply *d) {
+    if (!d) return;
+    for (size_t i = 0; i < d->elements; i++) reply_free(d->element[i]);
+    kf_free(d->element);
+    kf_free(d->str);
+    kf_free(d);
+}
+
+static void req_free(struct req *q) {
+    kf_free(q->cmd);
+    reply_free(q->held);
     kf_free(q);
 }
+
+/* Hands a request its answer (or failure) and frees it. A durable command that succeeded waits
+ * for its WAIT instead. */
+static void finish(struct req *q, const redisReply *reply, const char *err) {
+    kf_redis_stats *st = q->n ? &q->n->r->stats : NULL;
+    if (q->wait) {
+        if (!err && reply->type != REDIS_REPLY_ERROR) {
+            q->held = reply_dup(reply);
+            return; /* on_waited() answers */
+        }
+        q->wait->priv = NULL; /* its WAIT is answered for nobody */
+        q->wait = NULL;
+    }
+    if (err && st) st->failures++;
+    if (q->cb) q->cb(reply, err, q->priv);
+    req_free(q);
+}
+
+static void on_waited(const redisReply *reply, const char *err, void *priv) {
+    struct req *q = priv;
+    if (!q) return;
+    kf_redis *r = q->n->r;
+    q->wait = NULL;
+    if (!err && (reply->type != REDIS_REPLY_INTEGER || reply->integer < r->ack_replicas)) {
+        r->stats.unreplicated++;
+        err = "unreplicated";
+    }
+    if (err) r->stats.failures++;
+    if (q->cb) q->cb(err ? NULL : q->held, err, q->priv);
+    req_free(q);
+}
+
+/* ---- failures and retries that are answered later, from the loop ---- */
 
 struct deferred {
     kf_redis_cb *cb;
@@ -143,130 +228,161 @@ static void on_deferred(evutil_socket_t fd, short what, void *arg) {
     kf_free(d);
 }
 
-static void fail_later(kf_redis *r, kf_redis_cb *cb, void *priv, const char *err) {
+static void fail_later(kf_redis *r, struct req *q, const char *err) {
     r->stats.failures++;
-    if (!cb) return;
-    struct deferred *d = kf_malloc(sizeof(*d));
-    d->cb = cb, d->priv = priv, d->err = err;
-    struct timeval zero = {0, 0};
-    if (event_base_once(r->base, -1, EV_TIMEOUT, on_deferred, d, &zero) < 0) {
-        kf_free(d);
-        kf_error("event_base_once failed");
-        abort();
-    }
-}
-
-/* Queues a formatted command on a connected context; internal commands bypass the UP check. */
-static void send_formatted(struct shard *s, kf_redis_cb *cb, void *priv, const char *cmd,
-                           size_t len, int internal) {
-    if (!internal && s->r->before_cb) s->r->before_cb(s->r, s->idx, s->r->before_priv);
-    if (!s->ac || (s->state != SHARD_UP && !(internal && s->state == SHARD_LOADING))) {
-        fail_later(s->r, cb, priv, "unavailable");
-        return;
-    }
-    struct req *q = kf_malloc(sizeof(*q));
-    q->cb = cb, q->priv = priv, q->s = s, q->t0_us = now_us(), q->next = NULL;
-    if (redisAsyncFormattedCommand(s->ac, on_reply, q, cmd, len) != REDIS_OK) {
-        kf_free(q);
-        fail_later(s->r, cb, priv, "unavailable");
-        return;
-    }
-    if (s->tail) {
-        s->tail->next = q;
-    } else {
-        s->head = q;
-        s->progress_us = q->t0_us;
-    }
-    s->tail = q;
-    s->npending++;
-}
-
-static void shard_drop(struct shard *s, const char *reason) {
-    if (!s->ac) return;
-    redisAsyncContext *ac = s->ac;
-    s->drop_reason = reason;
-    redisAsyncFree(ac); /* fails every pending command with a NULL reply */
-    s->drop_reason = NULL;
-    s->ac = NULL;
-    set_state(s, SHARD_DOWN);
-    schedule_reconnect(s);
-}
-
-static void on_drop_later(evutil_socket_t fd, short what, void *arg) {
-    (void)fd, (void)what;
-    shard_drop(arg, "unavailable");
-}
-
-static void on_script_loaded(const redisReply *reply, const char *err, void *priv) {
-    struct shard *s = priv;
-    if (err || !reply || reply->type == REDIS_REPLY_ERROR) {
-        kf_error("redis shard %u: SCRIPT LOAD failed: %s", s->idx,
-                 err ? err : reply ? reply->str : "?");
+    if (q->cb) {
+        struct deferred *d = kf_malloc(sizeof(*d));
+        d->cb = q->cb, d->priv = q->priv, d->err = err;
         struct timeval zero = {0, 0};
-        event_base_once(s->r->base, -1, EV_TIMEOUT, on_drop_later, s, &zero);
-        return;
+        if (event_base_once(r->base, -1, EV_TIMEOUT, on_deferred, d, &zero) < 0) {
+            kf_error("event_base_once failed");
+            abort();
+        }
     }
-    if (--s->scripts_pending == 0 && s->state == SHARD_LOADING) {
-        s->backoff_ms = 100;
-        set_state(s, SHARD_UP);
+    req_free(q);
+}
+
+static void retry_later(kf_redis *r, struct req *q) {
+    q->next = NULL;
+    q->t0_us = now_us() + RETRY_DELAY_US; /* due */
+    if (r->retry_tail) r->retry_tail->next = q;
+    else r->retry_head = q;
+    r->retry_tail = q;
+    r->nretry++;
+    if (!evtimer_pending(r->retry_ev, NULL)) {
+        struct timeval tv = {0, RETRY_DELAY_US};
+        evtimer_add(r->retry_ev, &tv);
     }
 }
 
-/* Formats (hiredis printf-style) and queues a command; internal ones may run while scripts load. */
-static void send_vfmt(struct shard *s, kf_redis_cb *cb, void *priv, int internal, const char *fmt,
-                      va_list ap) {
+static void on_retry(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    kf_redis *r = arg;
+    uint64_t now = now_us();
+    while (r->retry_head && r->retry_head->t0_us <= now) {
+        struct req *q = r->retry_head;
+        r->retry_head = q->next;
+        if (!r->retry_head) r->retry_tail = NULL;
+        r->nretry--;
+        route(r, q);
+    }
+    if (r->retry_head) {
+        uint64_t d = r->retry_head->t0_us - now;
+        struct timeval tv = {(time_t)(d / 1000000u), (suseconds_t)(d % 1000000u)};
+        evtimer_add(r->retry_ev, &tv);
+    }
+}
+
+/* ---- sending ---- */
+
+static struct req *req_new(kf_redis_cb *cb, void *priv, unsigned slot) {
+    struct req *q = kf_calloc(1, sizeof(*q));
+    q->cb = cb, q->priv = priv, q->slot = (uint16_t)slot;
+    q->first_us = now_us();
+    return q;
+}
+
+static int is_cmd(const char *cmd, size_t len, const char *resp) {
+    size_t n = strlen(resp);
+    return len == n && memcmp(cmd, resp, n) == 0;
+}
+
+static void send_wait(struct node *n, struct req *q);
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Queues q on n's connection; commands may be queued while it connects (the scripts are loaded
+ * first, being queued first). */
+static void node_send(struct node *n, struct req *q, const char *cmd, size_t len) {
+    kf_redis *r = n->r;
+    if (!n->ac) {
+        fail_later(r, q, "unavailable");
+        return;
+    }
+    if (q->asking) {
+        struct req *a = req_new(NULL, NULL, q->slot);
+        a->internal = 1;
+        node_send(n, a, "*1\r\n$6\r\nASKING\r\n", 16);
+        q->asking = 0;
+    }
+    q->n = n;
+    q->next = NULL;
+    q->t0_us = now_us();
+    if (redisAsyncFormattedCommand(n->ac, on_reply, q, cmd, len) != REDIS_OK) {
+        fail_later(r, q, "unavailable");
+        return;
+    }
+    if (n->tail) {
+        n->tail->next = q;
+    } else {
+        n->head = q;
+        n->progress_us = q->t0_us;
+    }
+    n->tail = q;
+    n->npending++;
+    /* a MOVED inside MULTI ... EXEC must not take one command out of the transaction */
+    if (is_cmd(cmd, len, "*1\r\n$5\r\nMULTI\r\n")) n->in_multi = 1;
+    else if (is_cmd(cmd, len, "*1\r\n$4\r\nEXEC\r\n") || is_cmd(cmd, len, "*1\r\n$7\r\nDISCARD\r\n"))
+        n->in_multi = 0;
+    else if (n->in_multi) q->internal = 1; /* internal: answered as it is, never redirected */
+    if (q->durable && r->ack_replicas > 0) send_wait(n, q);
+}
+
+static void send_wait(struct node *n, struct req *q) {
+    kf_redis *r = n->r;
+    struct req *w = req_new(on_waited, q, q->slot);
+    w->internal = 1;
     char *cmd;
-    int n = redisvFormatCommand(&cmd, fmt, ap);
-    if (n < 0) abort();
-    send_formatted(s, cb, priv, cmd, (size_t)n, internal);
+    int len = redisFormatCommand(&cmd, "WAIT %d %d", r->ack_replicas, r->ack_timeout_ms);
+    if (len < 0) abort();
+    q->wait = w;
+    node_send(n, w, cmd, (size_t)len);
     redisFreeCommand(cmd);
 }
 
-static void send_internal(struct shard *s, kf_redis_cb *cb, void *priv, const char *fmt, ...) {
+/* Sends a request to the server of its slot, or fails it when there is none. */
+static void route(kf_redis *r, struct req *q) {
+    unsigned i = r->owner[q->slot];
+    struct node *n = i == NO_NODE ? NULL : r->nodes[i];
+    if (!n || !n->ac) {
+        fail_later(r, q, "unavailable");
+        return;
+    }
+    node_send(n, q, q->cmd, q->len);
+}
+
+/* A command from the caller: formatted once; kept for redirections unless the server is
+ * stand-alone. */
+static void dispatch(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, char *cmd,
+                     size_t len, int durable) {
+    slot &= KF_SLOTS - 1;
+    if (r->before_cb) r->before_cb(r, slot, r->before_priv);
+    struct req *q = req_new(cb, priv, slot);
+    q->durable = durable != 0;
+    unsigned i = r->owner[slot];
+    struct node *n = i == NO_NODE ? NULL : r->nodes[i];
+    if (!n || !n->ac) {
+        fail_later(r, q, "unavailable");
+        return;
+    }
+    if (r->mode != MODE_SINGLE) {
+        q->cmd = kf_malloc(len);
+        memcpy(q->cmd, cmd, len);
+        q->len = len;
+    }
+    node_send(n, q, cmd, len);
+}
+
+static void send_internal(struct node *n, kf_redis_cb *cb, void *priv, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    send_vfmt(s, cb, priv, 1, fmt, ap);
+    char *cmd;
+    int len = redisvFormatCommand(&cmd, fmt, ap);
     va_end(ap);
-}
-
-/* INFO server, sent first on every connection: remembers the run_id, which changes when the
- * server restarts (and may then have lost what it had not persisted). */
-static void on_server_info(const redisReply *reply, const char *err, void *priv) {
-    struct shard *s = priv;
-    if (err || !reply || reply->type != REDIS_REPLY_STRING)
-        return;
-    const char *p = strstr(reply->str, "run_id:");
-    if (!p) return;
-    p += 7;
-    size_t n = strcspn(p, "\r\n");
-    if (n >= sizeof(s->run_id)) n = sizeof(s->run_id) - 1;
-    if (s->run_id[0] && (strlen(s->run_id) != n || memcmp(s->run_id, p, n) != 0)) s->restarted = 1;
-    memcpy(s->run_id, p, n);
-    s->run_id[n] = '\0';
-}
-
-static void on_connect(const redisAsyncContext *ac, int status) {
-    struct shard *s = ac->data;
-    if (status != REDIS_OK) {
-        kf_debug("redis shard %u (%s): connect failed: %s", s->idx, s->addr, ac->errstr);
-        s->ac = NULL; /* hiredis frees the context after this callback */
-        s->state = SHARD_DOWN;
-        schedule_reconnect(s);
-        return;
-    }
-    s->state = SHARD_LOADING;
-    s->scripts_pending = 0;
-    send_internal(s, on_server_info, s, "INFO server");
-    for (int i = 0; kf_script_name_at(i); i++) {
-        size_t len;
-        const char *src = kf_script_source(kf_script_name_at(i), &len);
-        s->scripts_pending++;
-        send_internal(s, on_script_loaded, s, "SCRIPT LOAD %b", src, len);
-    }
-    if (s->scripts_pending == 0) {
-        s->backoff_ms = 100;
-        set_state(s, SHARD_UP);
-    }
+    if (len < 0) abort();
+    struct req *q = req_new(cb, priv, 0);
+    q->internal = 1;
+    node_send(n, q, cmd, (size_t)len);
+    redisFreeCommand(cmd);
 }
 
 /* ---- the hiredis <-> libevent adapter ----
@@ -380,59 +496,377 @@ void kf_redis_attach(redisAsyncContext *ac, struct event_base *base) {
     event_add(e->wev, NULL); /* the connect completes when the socket is writable */
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status) {
-    struct shard *s = ac->data;
-    (void)status;
-    if (s->drop_reason) return; /* shard_drop() handles the rest */
-    s->ac = NULL;
-    kf_debug("redis shard %u (%s) disconnected: %s", s->idx, s->addr, ac->errstr);
-    set_state(s, SHARD_DOWN);
-    schedule_reconnect(s);
+/* ---- nodes ---- */
+
+static struct node *node_find(kf_redis *r, const char *host, int port) {
+    for (unsigned i = 0; i < r->nnodes; i++)
+        if (r->nodes[i]->port == port && strcmp(r->nodes[i]->host, host) == 0) return r->nodes[i];
+    return NULL;
 }
 
-static void shard_connect(struct shard *s) {
-    redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
-    if (!ac || ac->err) {
-        kf_debug("redis shard %u (%s): %s", s->idx, s->addr, ac ? ac->errstr : "out of memory");
-        if (ac) redisAsyncFree(ac);
-        schedule_reconnect(s);
+static struct node *node_add(kf_redis *r, const char *host, int port) {
+    if (r->nnodes >= NO_NODE) return NULL;
+    struct node *n = kf_calloc(1, sizeof(*n));
+    n->r = r;
+    n->idx = r->nnodes;
+    snprintf(n->host, sizeof(n->host), "%s", host);
+    n->port = port;
+    snprintf(n->addr, sizeof(n->addr), "%s:%d", n->host, port);
+    n->backoff_ms = 100;
+    n->reconnect_ev = evtimer_new(r->base, on_reconnect, n);
+    n->check_ev = evtimer_new(r->base, on_check, n);
+    r->nodes = kf_realloc(r->nodes, sizeof(*r->nodes) * (r->nnodes + 1));
+    r->nodes[r->nnodes++] = n;
+    return n;
+}
+
+/* The node at host:port, connected (or connecting) as a master. */
+static struct node *node_master(kf_redis *r, const char *host, int port) {
+    struct node *n = node_find(r, host, port);
+    if (!n && !(n = node_add(r, host, port))) return NULL;
+    n->master = 1;
+    if (!n->ac && !evtimer_pending(n->reconnect_ev, NULL)) node_connect(n);
+    return n;
+}
+
+static struct req *pop_req(struct node *n, struct req *expect) {
+    struct req *q = n->head;
+    if (q != expect) {
+        /* hiredis answers in order; anything else is a bug worth crashing on in tests */
+        kf_error("redis %s: reply out of order", n->addr);
+        abort();
+    }
+    n->head = q->next;
+    if (!n->head) n->tail = NULL;
+    n->npending--;
+    n->progress_us = now_us();
+    return q;
+}
+
+/* An error reply that asks for the command elsewhere or later: returns 1 when q was taken care
+ * of (sent again, or queued for a retry). */
+static int redirect(kf_redis *r, struct node *n, struct req *q, const redisReply *rp) {
+    unsigned slot;
+    char host[256];
+    int port;
+    enum kf_redirect k = kf_redirect_parse(rp->str, rp->len, &slot, host, sizeof(host), &port);
+    if (k == KF_REDIR_NONE || q->redirects >= MAX_REDIRECTS) return 0;
+    if ((k == KF_REDIR_TRYAGAIN || k == KF_REDIR_CLUSTERDOWN) &&
+        now_us() - q->first_us > (uint64_t)r->timeout_ms * 1000u)
+        return 0;
+    q->redirects++;
+    if (q->wait) { /* the WAIT queued behind it on this node confirms nothing now */
+        q->wait->priv = NULL;
+        q->wait = NULL;
+    }
+    if (!host[0]) snprintf(host, sizeof(host), "%s", n->host);
+    switch (k) {
+    case KF_REDIR_MOVED: {
+        r->stats.moved++;
+        struct node *t = node_master(r, host, port);
+        if (!t) return 0;
+        r->owner[slot] = (uint16_t)t->idx;
+        kf_debug("redis: slot %u moved to %s", slot, t->addr);
+        map_refresh(r); /* more slots probably moved with it */
+        route(r, q);
+        return 1;
+    }
+    case KF_REDIR_ASK: {
+        r->stats.ask++;
+        struct node *t = node_find(r, host, port);
+        if (!t) t = node_add(r, host, port);
+        if (!t) return 0;
+        if (!t->ac) {
+            /* a node we do not use yet (it is importing a slot): connect and retry shortly */
+            if (!evtimer_pending(t->reconnect_ev, NULL)) node_connect(t);
+            retry_later(r, q);
+            return 1;
+        }
+        q->asking = 1;
+        node_send(t, q, q->cmd, q->len);
+        return 1;
+    }
+    default:
+        r->stats.retried++;
+        retry_later(r, q);
+        return 1;
+    }
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    struct node *n = ac->data;
+    struct req *q = pop_req(n, privdata);
+    kf_redis *r = n->r;
+    const redisReply *rp = reply;
+    if (!rp) {
+        finish(q, NULL, n->drop_reason ? n->drop_reason : "unavailable");
         return;
     }
-    ac->data = s;
-    s->ac = ac;
-    s->state = SHARD_CONNECTING;
-    s->connect_started_us = now_us();
-    kf_redis_attach(ac, s->r->base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    uint64_t d = now_us() - q->t0_us;
+    r->stats.commands++;
+    r->stats.latency_us_sum += d;
+    int b = 0;
+    while (b < 11 && (double)d > kf_redis_latency_bounds_s[b] * 1e6) b++;
+    r->stats.latency_bucket[b]++;
+    if (rp->type == REDIS_REPLY_ERROR && q->cmd && !q->internal && redirect(r, n, q, rp)) return;
+    finish(q, rp, NULL);
 }
 
-/* Every 100 ms: drop connections whose oldest command or connect attempt is overdue. */
+static void node_drop(struct node *n, const char *reason) {
+    if (!n->ac) return;
+    redisAsyncContext *ac = n->ac;
+    n->drop_reason = reason;
+    redisAsyncFree(ac); /* fails every pending command with a NULL reply */
+    n->drop_reason = NULL;
+    n->ac = NULL;
+    n->in_multi = 0;
+    set_state(n, NODE_DOWN);
+    schedule_reconnect(n);
+}
+
+static void on_drop_later(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    node_drop(arg, "unavailable");
+}
+
+static void setup_done(struct node *n) {
+    if (--n->setup_pending == 0 && n->state == NODE_CONNECTING) {
+        n->backoff_ms = 100;
+        set_state(n, NODE_UP);
+    }
+}
+
+/* A cluster node serves once it says cluster_state:ok: a restarted master answers CLUSTERDOWN
+ * until it has heard from the others, so it is not up before. Asked again every 200 ms. */
+static void on_cluster_state(const redisReply *reply, const char *err, void *priv) {
+    struct node *n = priv;
+    if (err) return;
+    if (reply->type == REDIS_REPLY_STRING && strstr(reply->str, "cluster_state:ok")) {
+        setup_done(n);
+        return;
+    }
+    struct timeval tv = {0, 200000};
+    evtimer_add(n->check_ev, &tv);
+}
+
+static void send_internal(struct node *n, kf_redis_cb *cb, void *priv, const char *fmt, ...);
+
+static void on_check(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    struct node *n = arg;
+    if (n->ac && n->state == NODE_CONNECTING) send_internal(n, on_cluster_state, n, "CLUSTER INFO");
+}
+
+static void on_script_loaded(const redisReply *reply, const char *err, void *priv) {
+    struct node *n = priv;
+    if (err) return; /* the connection is gone; the next one loads them again */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        kf_error("redis %s: SCRIPT LOAD failed: %s", n->addr, reply->str);
+        struct timeval zero = {0, 0};
+        event_base_once(n->r->base, -1, EV_TIMEOUT, on_drop_later, n, &zero);
+        return;
+    }
+    setup_done(n);
+}
+
+static void set_all_owners(kf_redis *r, unsigned idx) {
+    for (unsigned s = 0; s < KF_SLOTS; s++) r->owner[s] = (uint16_t)idx;
+}
+
+/* INFO server, sent first on every connection: the run_id (a new one means the server
+ * restarted and may have lost what it had not persisted) and, the first time, whether this is
+ * a stand-alone server or a cluster node. */
+static void on_server_info(const redisReply *reply, const char *err, void *priv) {
+    struct node *n = priv;
+    kf_redis *r = n->r;
+    if (err || reply->type != REDIS_REPLY_STRING) return;
+    const char *p = strstr(reply->str, "run_id:");
+    if (p) {
+        p += 7;
+        size_t len = strcspn(p, "\r\n");
+        if (len >= sizeof(n->run_id)) len = sizeof(n->run_id) - 1;
+        if (n->run_id[0] && (strlen(n->run_id) != len || memcmp(n->run_id, p, len) != 0))
+            n->restarted = 1;
+        memcpy(n->run_id, p, len);
+        n->run_id[len] = '\0';
+    }
+    if (r->mode != MODE_UNKNOWN || r->refused) return;
+    int cluster = strstr(reply->str, "redis_mode:cluster") != NULL;
+    if (cluster) {
+        r->mode = MODE_CLUSTER;
+        kf_info("redis: %s is a Redis Cluster node; reading the slot map", n->addr);
+        map_refresh(r);
+    } else if (r->nseeds == 1) {
+        r->mode = MODE_SINGLE;
+        n->master = 1;
+        kf_info("redis: %s is a stand-alone server", n->addr);
+    } else {
+        r->refused = 1;
+        set_all_owners(r, NO_NODE);
+        kf_error("redis: %s is a stand-alone server, but %u addresses are configured: several "
+                 "addresses must be nodes of one Redis Cluster (kefu no longer splits keys over "
+                 "independent servers; see docs/operations.md, \"Migrating from a shard list\")",
+                 n->addr, r->nseeds);
+    }
+}
+
+static void on_connect(const redisAsyncContext *ac, int status) {
+    struct node *n = ac->data;
+    if (status != REDIS_OK) {
+        kf_debug("redis %s: connect failed: %s", n->addr, ac->errstr);
+        /* hiredis frees the context after this; what was queued fails with "unavailable" */
+        n->ac = NULL;
+        n->in_multi = 0;
+        n->state = NODE_DOWN;
+        schedule_reconnect(n);
+        return;
+    }
+    if (n->setup_pending == 0 && n->state == NODE_CONNECTING) {
+        n->backoff_ms = 100;
+        set_state(n, NODE_UP);
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status) {
+    struct node *n = ac->data;
+    (void)status;
+    if (n->drop_reason) return; /* node_drop() handles the rest */
+    n->ac = NULL;
+    n->in_multi = 0;
+    kf_debug("redis %s disconnected: %s", n->addr, ac->errstr);
+    set_state(n, NODE_DOWN);
+    schedule_reconnect(n);
+    if (n->r->mode == MODE_CLUSTER) map_refresh(n->r); /* did a replica take over? */
+}
+
+static void node_connect(struct node *n) {
+    redisAsyncContext *ac = redisAsyncConnect(n->host, n->port);
+    if (!ac || ac->err) {
+        kf_debug("redis %s: %s", n->addr, ac ? ac->errstr : "out of memory");
+        if (ac) redisAsyncFree(ac);
+        schedule_reconnect(n);
+        return;
+    }
+    ac->data = n;
+    n->ac = ac;
+    n->state = NODE_CONNECTING;
+    n->connect_started_us = now_us();
+    kf_redis_attach(ac, n->r->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* Queued before anything else, so every command sent on this connection finds them. */
+    send_internal(n, on_server_info, n, "INFO server");
+    n->setup_pending = 0;
+    for (int i = 0; kf_script_name_at(i); i++) {
+        size_t len;
+        const char *src = kf_script_source(kf_script_name_at(i), &len);
+        n->setup_pending++;
+        send_internal(n, on_script_loaded, n, "SCRIPT LOAD %b", src, len);
+    }
+    if (n->r->mode == MODE_CLUSTER) {
+        n->setup_pending++;
+        send_internal(n, on_cluster_state, n, "CLUSTER INFO");
+    }
+}
+
+/* ---- the slot map (cluster) ---- */
+
+static void on_slots(const redisReply *reply, const char *err, void *priv) {
+    struct node *from = priv;
+    kf_redis *r = from->r;
+    r->refreshing = 0;
+    if (err) return;
+    size_t max = reply->type == REDIS_REPLY_ARRAY ? reply->elements : 0;
+    kf_slot_range *ranges = kf_malloc(sizeof(*ranges) * (max ? max : 1));
+    int nr = kf_cluster_slots_parse(reply, ranges, (int)max);
+    if (nr < 0) {
+        kf_error("redis %s: unexpected CLUSTER SLOTS reply%s%s", from->addr,
+                 reply->type == REDIS_REPLY_ERROR ? ": " : "",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+        kf_free(ranges);
+        return;
+    }
+    r->stats.map_refreshes++;
+    uint16_t *owner = kf_malloc(sizeof(uint16_t) * KF_SLOTS);
+    for (unsigned s = 0; s < KF_SLOTS; s++) owner[s] = NO_NODE;
+    for (unsigned i = 0; i < r->nnodes; i++) r->nodes[i]->master = 0;
+    for (int i = 0; i < nr; i++) {
+        const char *host = ranges[i].host[0] ? ranges[i].host : from->host;
+        struct node *n = node_master(r, host, ranges[i].port);
+        if (!n) continue;
+        for (unsigned s = ranges[i].first; s <= ranges[i].last; s++) owner[s] = (uint16_t)n->idx;
+    }
+    kf_free(ranges);
+    /* A slot whose server was down when it changed hands: a replica took over (a failover),
+     * and it has only what had reached it. A slot moved between live servers (resharding)
+     * carries its keys with it. */
+    for (unsigned s = 0; s < KF_SLOTS; s++) {
+        if (owner[s] == r->owner[s] || owner[s] == NO_NODE) continue;
+        unsigned old = r->owner[s];
+        if (old != NO_NODE && r->nodes[old]->state != NODE_UP) {
+            struct node *t = r->nodes[owner[s]];
+            if (!t->restarted) {
+                kf_warn("redis: %s took over slots of %s, which is down (a failover)", t->addr,
+                        r->nodes[old]->addr);
+                t->restarted = 1;
+                if (t->state == NODE_UP) { /* report it now: set_state() will not */
+                    t->restarted = 0;
+                    report(r, KF_REDIS_UP_RESTARTED);
+                }
+            }
+        }
+    }
+    memcpy(r->owner, owner, sizeof(uint16_t) * KF_SLOTS);
+    kf_free(owner);
+}
+
+static void map_refresh(kf_redis *r) {
+    if (r->mode != MODE_CLUSTER || r->refreshing) return;
+    /* ask a server that is up, masters first, starting after the one asked last time */
+    unsigned next = r->refresh_next;
+    struct node *pick = NULL;
+    for (int pass = 0; pass < 2 && !pick; pass++)
+        for (unsigned k = 0; k < r->nnodes && !pick; k++) {
+            struct node *n = r->nodes[(next + k) % r->nnodes];
+            if (n->state == NODE_UP && (pass == 1 || n->master)) pick = n;
+        }
+    if (!pick) return; /* the seeds keep reconnecting; the tick asks again */
+    r->refresh_next = pick->idx + 1;
+    r->refreshing = 1;
+    r->last_refresh_us = now_us();
+    send_internal(pick, on_slots, pick, "CLUSTER SLOTS");
+}
+
+/* Every 100 ms: drop connections whose oldest command or connect attempt is overdue; keep the
+ * slot map fresh; close connections to servers that no longer serve slots. */
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     kf_redis *r = arg;
     uint64_t now = now_us(), limit = (uint64_t)r->timeout_ms * 1000u;
-    for (unsigned i = 0; i < r->n; i++) {
-        struct shard *s = &r->shards[i];
-        if (!s->ac) continue;
-        if (s->state == SHARD_CONNECTING && now - s->connect_started_us > limit) {
-            kf_warn("redis shard %u (%s): connect timed out", s->idx, s->addr);
-            /* No callbacks are pending on a context that never connected. */
-            redisAsyncContext *ac = s->ac;
-            s->drop_reason = "timeout";
-            s->ac = NULL;
-            redisAsyncFree(ac);
-            s->drop_reason = NULL;
-            s->state = SHARD_DOWN;
-            schedule_reconnect(s);
-        } else if (s->head && now - s->progress_us > limit) {
+    for (unsigned i = 0; i < r->nnodes; i++) {
+        struct node *n = r->nodes[i];
+        if (!n->ac) continue;
+        if (n->head && now - n->progress_us > limit) {
             /* No reply at all for timeout_ms while commands wait: dead, not merely busy. A slow
              * server that keeps answering keeps its connection, however long the queue. */
-            kf_warn("redis shard %u (%s): no reply for %d ms with %zu commands pending, "
-                    "reconnecting", s->idx, s->addr, r->timeout_ms, s->npending);
-            shard_drop(s, "timeout");
+            kf_warn("redis %s: no reply for %d ms with %zu commands pending, reconnecting",
+                    n->addr, r->timeout_ms, n->npending);
+            node_drop(n, "timeout");
+            if (r->mode == MODE_CLUSTER) map_refresh(r);
+        } else if (!node_wanted(n) && !n->head && r->mode == MODE_CLUSTER) {
+            kf_info("redis %s serves no slots any more; disconnecting", n->addr);
+            node_drop(n, "unavailable");
         }
     }
+    unsigned up = 0;
+    for (unsigned s = 0; s < KF_SLOTS; s++) {
+        unsigned o = r->owner[s];
+        up += o != NO_NODE && r->nodes[o]->state == NODE_UP;
+    }
+    r->slots_up = up;
+    if (r->mode == MODE_CLUSTER &&
+        now - r->last_refresh_us >= (up < KF_SLOTS ? REFRESH_FAST_US : REFRESH_EVERY_US))
+        map_refresh(r);
 }
 
 kf_redis *kf_redis_new(struct event_base *base, const char *addrs, int timeout_ms, char *err,
@@ -440,45 +874,45 @@ kf_redis *kf_redis_new(struct event_base *base, const char *addrs, int timeout_m
     kf_redis *r = kf_calloc(1, sizeof(*r));
     r->base = base;
     r->timeout_ms = timeout_ms;
+    r->mode = MODE_UNKNOWN;
     char *list = kf_strdup(addrs), *save = NULL;
     for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ') tok++;
         char *colon = strrchr(tok, ':');
         char *end = NULL;
         long port = colon ? strtol(colon + 1, &end, 10) : 6379;
-        if ((colon && (end == colon + 1 || *end)) || port <= 0 || port > 65535 ||
-            (colon ? (size_t)(colon - tok) : strlen(tok)) >= sizeof(r->shards[0].host) ||
-            (colon && colon == tok)) {
+        size_t hl = colon ? (size_t)(colon - tok) : strlen(tok);
+        if ((colon && (end == colon + 1 || *end)) || port <= 0 || port > 65535 || hl == 0 ||
+            hl >= sizeof(r->nodes[0]->host)) {
             snprintf(err, errlen, "bad redis address '%s' (expected host:port)", tok);
             kf_free(list);
-            kf_free(r->shards);
+            for (unsigned i = 0; i < r->nnodes; i++) {
+                event_free(r->nodes[i]->reconnect_ev);
+                event_free(r->nodes[i]->check_ev);
+                kf_free(r->nodes[i]);
+            }
+            kf_free(r->nodes);
             kf_free(r);
             return NULL;
         }
-        r->shards = kf_realloc(r->shards, sizeof(*r->shards) * (r->n + 1));
-        struct shard *s = &r->shards[r->n];
-        memset(s, 0, sizeof(*s));
-        s->r = r;
-        s->idx = r->n;
-        size_t hl = colon ? (size_t)(colon - tok) : strlen(tok);
-        memcpy(s->host, tok, hl);
-        s->host[hl] = '\0';
-        s->port = (int)port;
-        snprintf(s->addr, sizeof(s->addr), "%s:%d", s->host, s->port);
-        r->n++;
+        char host[256];
+        memcpy(host, tok, hl);
+        host[hl] = '\0';
+        if (node_find(r, host, (int)port)) continue;
+        node_add(r, host, (int)port)->seed = 1;
     }
     kf_free(list);
-    if (r->n == 0) {
+    if (r->nnodes == 0) {
         snprintf(err, errlen, "no redis address given");
         kf_free(r);
         return NULL;
     }
-    for (unsigned i = 0; i < r->n; i++) {
-        struct shard *s = &r->shards[i];
-        s->backoff_ms = 100;
-        s->reconnect_ev = evtimer_new(base, on_reconnect, s);
-        shard_connect(s);
-    }
+    r->nseeds = r->nnodes;
+    /* Until the first server says what it is, everything goes to it: a stand-alone server
+     * serves it, a cluster node redirects it. */
+    set_all_owners(r, 0);
+    r->retry_ev = evtimer_new(base, on_retry, r);
+    for (unsigned i = 0; i < r->nnodes; i++) node_connect(r->nodes[i]);
     r->tick = event_new(base, -1, EV_PERSIST, on_tick, r);
     struct timeval tv = {0, 100000};
     event_add(r->tick, &tv);
@@ -487,17 +921,29 @@ kf_redis *kf_redis_new(struct event_base *base, const char *addrs, int timeout_m
 
 void kf_redis_free(kf_redis *r) {
     if (!r) return;
-    for (unsigned i = 0; i < r->n; i++) {
-        struct shard *s = &r->shards[i];
-        if (s->ac) {
-            s->drop_reason = "unavailable";
-            redisAsyncFree(s->ac);
-            s->ac = NULL;
+    for (unsigned i = 0; i < r->nnodes; i++) {
+        struct node *n = r->nodes[i];
+        n->master = n->seed = 0; /* no reconnects */
+        if (n->ac) {
+            n->drop_reason = "unavailable";
+            redisAsyncFree(n->ac);
+            n->ac = NULL;
         }
-        event_free(s->reconnect_ev);
     }
+    while (r->retry_head) {
+        struct req *q = r->retry_head;
+        r->retry_head = q->next;
+        if (q->cb) q->cb(NULL, "unavailable", q->priv);
+        req_free(q);
+    }
+    for (unsigned i = 0; i < r->nnodes; i++) {
+        event_free(r->nodes[i]->reconnect_ev);
+        event_free(r->nodes[i]->check_ev);
+        kf_free(r->nodes[i]);
+    }
+    event_free(r->retry_ev);
     event_free(r->tick);
-    kf_free(r->shards);
+    kf_free(r->nodes);
     kf_free(r);
 }
 
@@ -511,56 +957,72 @@ void kf_redis_on_state(kf_redis *r, kf_redis_state_cb *cb, void *priv) {
     r->state_priv = priv;
 }
 
-unsigned kf_redis_nshards(const kf_redis *r) { return r->n; }
-
-unsigned kf_redis_shard(const kf_redis *r, const char *key) {
-    return kf_key_shard(key, strlen(key), r->n);
+void kf_redis_set_durable(kf_redis *r, int replicas, int timeout_ms) {
+    r->ack_replicas = replicas > 0 ? replicas : 0;
+    r->ack_timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
 }
 
-int kf_redis_is_up(const kf_redis *r, unsigned shard) {
-    return shard < r->n && r->shards[shard].state == SHARD_UP;
+unsigned kf_redis_slot(const kf_redis *r, const char *key) {
+    (void)r;
+    return kf_key_slot(key, strlen(key));
 }
 
-int kf_redis_all_up(const kf_redis *r) {
-    for (unsigned i = 0; i < r->n; i++)
-        if (r->shards[i].state != SHARD_UP) return 0;
-    return 1;
+int kf_redis_is_up(const kf_redis *r, unsigned slot) {
+    unsigned o = r->owner[slot & (KF_SLOTS - 1)];
+    return o != NO_NODE && r->nodes[o]->state == NODE_UP;
 }
 
-const char *kf_redis_addr(const kf_redis *r, unsigned shard) { return r->shards[shard].addr; }
+unsigned kf_redis_slots_up(const kf_redis *r) { return r->slots_up; }
 
-void kf_redis_hostport(const kf_redis *r, unsigned shard, const char **host, int *port) {
-    *host = r->shards[shard].host;
-    *port = r->shards[shard].port;
+int kf_redis_is_cluster(const kf_redis *r) { return r->mode; }
+
+unsigned kf_redis_masters(const kf_redis *r, unsigned *up) {
+    unsigned n = 0, u = 0;
+    for (unsigned i = 0; i < r->nnodes; i++) {
+        const struct node *x = r->nodes[i];
+        if (!x->master) continue;
+        n++;
+        u += x->state == NODE_UP;
+    }
+    if (up) *up = u;
+    return n;
+}
+
+unsigned kf_redis_batch_group(const kf_redis *r, unsigned slot) {
+    return r->mode == MODE_SINGLE ? 0 : slot & (KF_SLOTS - 1);
 }
 
 const kf_redis_stats *kf_redis_get_stats(const kf_redis *r) { return &r->stats; }
 
 size_t kf_redis_pending(const kf_redis *r) {
-    size_t n = 0;
-    for (unsigned i = 0; i < r->n; i++) n += r->shards[i].npending;
+    size_t n = r->nretry;
+    for (unsigned i = 0; i < r->nnodes; i++) n += r->nodes[i]->npending;
     return n;
 }
 
-void kf_redis_argv(kf_redis *r, unsigned shard, kf_redis_cb *cb, void *priv, int argc,
+void kf_redis_argv(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, int argc,
                    const char **argv, const size_t *argvlen) {
     char *cmd;
     int n = redisFormatCommandArgv(&cmd, argc, argv, argvlen);
     if (n < 0) abort();
-    send_formatted(&r->shards[shard], cb, priv, cmd, (size_t)n, 0);
+    dispatch(r, slot, cb, priv, cmd, (size_t)n, 0);
     redisFreeCommand(cmd);
 }
 
-static void vcmd(kf_redis *r, unsigned shard, kf_redis_cb *cb, void *priv, const char *fmt,
+static void vcmd(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, const char *fmt,
                  va_list ap) {
-    send_vfmt(&r->shards[shard], cb, priv, 0, fmt, ap);
+    char *cmd;
+    int n = redisvFormatCommand(&cmd, fmt, ap);
+    if (n < 0) abort();
+    dispatch(r, slot, cb, priv, cmd, (size_t)n, 0);
+    redisFreeCommand(cmd);
 }
 
-void kf_redis_cmd(kf_redis *r, unsigned shard, kf_redis_cb *cb, void *priv, const char *fmt,
+void kf_redis_cmd(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, const char *fmt,
                   ...) {
     va_list ap;
     va_start(ap, fmt);
-    vcmd(r, shard, cb, priv, fmt, ap);
+    vcmd(r, slot, cb, priv, fmt, ap);
     va_end(ap);
 }
 
@@ -568,12 +1030,12 @@ void kf_redis_cmd_key(kf_redis *r, const char *key, kf_redis_cb *cb, void *priv,
                       ...) {
     va_list ap;
     va_start(ap, fmt);
-    vcmd(r, kf_redis_shard(r, key), cb, priv, fmt, ap);
+    vcmd(r, kf_redis_slot(r, key), cb, priv, fmt, ap);
     va_end(ap);
 }
 
-void kf_redis_script(kf_redis *r, unsigned shard, const char *name, kf_redis_cb *cb, void *priv,
-                     int nkeys, int argc, const char **argv, const size_t *argvlen) {
+static void script(kf_redis *r, unsigned slot, const char *name, kf_redis_cb *cb, void *priv,
+                   int nkeys, int argc, const char **argv, const size_t *argvlen, int durable) {
     const char *sha = kf_script_sha(name);
     if (!sha) {
         kf_error("unknown redis script %s", name);
@@ -597,9 +1059,24 @@ void kf_redis_script(kf_redis *r, unsigned shard, const char *name, kf_redis_cb 
         av[3 + i] = argv[i];
         al[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
     }
-    kf_redis_argv(r, shard, cb, priv, argc + 3, av, al);
+    char *cmd;
+    int n = redisFormatCommandArgv(&cmd, argc + 3, av, al);
+    if (n < 0) abort();
+    dispatch(r, slot, cb, priv, cmd, (size_t)n, durable);
+    redisFreeCommand(cmd);
     if (av != sav) {
         kf_free(av);
         kf_free(al);
     }
+}
+
+void kf_redis_script(kf_redis *r, unsigned slot, const char *name, kf_redis_cb *cb, void *priv,
+                     int nkeys, int argc, const char **argv, const size_t *argvlen) {
+    script(r, slot, name, cb, priv, nkeys, argc, argv, argvlen, 0);
+}
+
+void kf_redis_script_durable(kf_redis *r, unsigned slot, const char *name, kf_redis_cb *cb,
+                             void *priv, int nkeys, int argc, const char **argv,
+                             const size_t *argvlen) {
+    script(r, slot, name, cb, priv, nkeys, argc, argv, argvlen, 1);
 }

@@ -50,7 +50,7 @@ static void send_entries(struct push *p) {
         size_t lens[12];
         for (int k = 0; k < 12; k++) lens[k] = strlen(argv[k]);
         lens[7] = p->len;
-        kf_redis_argv(p->r, kf_redis_shard(p->r, key), NULL, NULL, 12, argv, lens);
+        kf_redis_argv(p->r, kf_redis_slot(p->r, key), NULL, NULL, 12, argv, lens);
         stats.entries++;
         kf_free(p->nodes[i]);
     }

@@ -261,7 +261,7 @@ void kf_staff_script(kf_redis *r, const char *name, kf_redis_cb *cb, void *priv,
     if (argc > 23) abort();
     av[0] = KF_KEY_STAFF_CONFIG;
     for (int i = 0; i < argc; i++) av[1 + i] = argv[i];
-    kf_redis_script(r, kf_redis_shard(r, KF_KEY_STAFF_CONFIG), name, cb, priv, 1, argc + 1, av,
+    kf_redis_script(r, kf_redis_slot(r, KF_KEY_STAFF_CONFIG), name, cb, priv, 1, argc + 1, av,
                     NULL);
 }
 
@@ -274,5 +274,5 @@ void kf_conv_script(kf_redis *r, const char *conv, const char *name, kf_redis_cb
     kf_key_conv_log(log, conv);
     const char *av[24] = {meta, msgs, log};
     for (int i = 0; i < argc; i++) av[3 + i] = argv[i];
-    kf_redis_script(r, kf_redis_shard(r, meta), name, cb, priv, 3, argc + 3, av, NULL);
+    kf_redis_script(r, kf_redis_slot(r, meta), name, cb, priv, 3, argc + 3, av, NULL);
 }

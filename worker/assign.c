@@ -3,11 +3,11 @@
  *   1. the head of the queue, in queue order (ZRANGE of kefu:{q:<group>}:waiting), and the
  *      agent each re-queued conversation should avoid;
  *   2. assign_reserve.lua on {staff}: an agent per conversation, its capacity reserved;
- *   3. conv_assign.lua on each conversation's shard: commit, unless a manual conv.accept (or
+ *   3. conv_assign.lua on each conversation's slot: commit, unless a manual conv.accept (or
  *      anything else) changed it first; then the reservation is undone (agent_load.lua).
  *
  * until nobody can take more. Capacity is checked and reserved atomically on {staff}, and the
- * conversation changes hands atomically on its own shard, so whatever the workers and agents
+ * conversation changes hands atomically on its own slot, so whatever the workers and agents
  * do at the same time, no agent is ever over max_chats and no conversation has two agents.
  * Customers waiting get queue.position pushes, monitors the queue lengths. */
 #include <event2/event.h>
@@ -201,11 +201,11 @@ static void positions_update(struct group *g) {
     kf_key_queue(key, g->name);
     long long last = wk.opt.position_max > 0 ? wk.opt.position_max - 1 : -1;
     /* Both on one connection, one MULTI so the list and the length agree. */
-    unsigned shard = kf_redis_shard(wk.redis, key);
-    kf_redis_cmd(wk.redis, shard, NULL, NULL, "MULTI");
-    kf_redis_cmd(wk.redis, shard, NULL, NULL, "ZRANGE %s 0 %lld", key, last);
-    kf_redis_cmd(wk.redis, shard, NULL, NULL, "ZCARD %s", key);
-    kf_redis_cmd(wk.redis, shard, on_positions, g, "EXEC");
+    unsigned slot = kf_redis_slot(wk.redis, key);
+    kf_redis_cmd(wk.redis, slot, NULL, NULL, "MULTI");
+    kf_redis_cmd(wk.redis, slot, NULL, NULL, "ZRANGE %s 0 %lld", key, last);
+    kf_redis_cmd(wk.redis, slot, NULL, NULL, "ZCARD %s", key);
+    kf_redis_cmd(wk.redis, slot, on_positions, g, "EXEC");
 }
 
 /* ---- one cycle: lock, rounds, release ---- */
@@ -233,7 +233,7 @@ static void lock_op(struct group *g, const char *op, kf_redis_cb *cb) {
     /* Long enough for a slow round; a dead holder delays its group this long at most. */
     snprintf(ttl, sizeof(ttl), "%lld", wk.opt.redis_timeout_ms + 1000);
     const char *argv[] = {lock, dirty, op, wk.consumer, ttl};
-    kf_redis_script(wk.redis, kf_redis_shard(wk.redis, lock), "group_lock", cb, g, 2, 5, argv,
+    kf_redis_script(wk.redis, kf_redis_slot(wk.redis, lock), "group_lock", cb, g, 2, 5, argv,
                     NULL);
 }
 
@@ -307,10 +307,10 @@ static void undo_reservation(const char *agent, const char *conv) {
 static void queue_drop(const char *group, const char *conv) {
     char key[KF_KEY_MAX];
     kf_key_queue(key, group);
-    unsigned shard = kf_redis_shard(wk.redis, key);
-    kf_redis_cmd(wk.redis, shard, NULL, NULL, "ZREM %s %s", key, conv);
+    unsigned slot = kf_redis_slot(wk.redis, key);
+    kf_redis_cmd(wk.redis, slot, NULL, NULL, "ZREM %s %s", key, conv);
     kf_key_queue_exclude(key, group);
-    kf_redis_cmd(wk.redis, shard, NULL, NULL, "HDEL %s %s", key, conv);
+    kf_redis_cmd(wk.redis, slot, NULL, NULL, "HDEL %s %s", key, conv);
 }
 
 static void committed(struct round *rd, const char *conv, const char *agent, const char *name,
@@ -488,7 +488,7 @@ static void on_head(const redisReply *r, const char *err, void *priv) {
     argv[0] = "HMGET";
     argv[1] = key;
     for (size_t i = 0; i < rd->n; i++) argv[2 + i] = rd->convs[i];
-    kf_redis_argv(wk.redis, kf_redis_shard(wk.redis, key), on_exclude, rd, (int)(2 + rd->n), argv,
+    kf_redis_argv(wk.redis, kf_redis_slot(wk.redis, key), on_exclude, rd, (int)(2 + rd->n), argv,
                   NULL);
 }
 
@@ -536,7 +536,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     if (as.listing) return;
     as.listing = 1;
-    kf_redis_cmd(wk.redis, kf_redis_shard(wk.redis, KF_KEY_STAFF_GROUPS), on_groups, NULL,
+    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_GROUPS), on_groups, NULL,
                  "SMEMBERS %s", KF_KEY_STAFF_GROUPS);
 }
 

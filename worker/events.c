@@ -24,7 +24,7 @@ struct wk_job {
 };
 
 static struct {
-    unsigned shard;
+    unsigned slot;
     int reading;            /* an XREADGROUP is outstanding (on wk.reader) */
     int own_pending_done;   /* our own pending entries (a restart) were read back */
     char own_cursor[48];    /* paging through them */
@@ -57,7 +57,7 @@ void wk_job_unref(wk_job *j, int failed) {
         wk.stats.events_failed++;
         kf_warn("event %s not completed; left pending for a retry", j->id);
     } else if (!wk.stopping) {
-        kf_redis_cmd(wk.redis, ev.shard, NULL, NULL, "XACK %s " GROUP " %s", KF_KEY_LIFECYCLE,
+        kf_redis_cmd(wk.redis, ev.slot, NULL, NULL, "XACK %s " GROUP " %s", KF_KEY_LIFECYCLE,
                      j->id);
     }
     kf_free(j);
@@ -79,7 +79,7 @@ static const char *field(const redisReply *kv, const char *name) {
 
 static void add_group(wk_job *j, const char *group) {
     if (!kf_group_valid(group)) return;
-    kf_redis_cmd(wk.redis, kf_redis_shard(wk.redis, KF_KEY_STAFF_GROUPS), wk_job_cb,
+    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_GROUPS), wk_job_cb,
                  wk_job_ref(j), "SADD %s %s", KF_KEY_STAFF_GROUPS, group);
     wk_assign_kick(group);
 }
@@ -235,7 +235,7 @@ static void process_entries(const redisReply *entries, int claimed) {
 /* ---- reading ---- */
 
 static void create_group(void) {
-    kf_redis_cmd(wk.redis, ev.shard, NULL, NULL, "XGROUP CREATE %s " GROUP " 0 MKSTREAM",
+    kf_redis_cmd(wk.redis, ev.slot, NULL, NULL, "XGROUP CREATE %s " GROUP " 0 MKSTREAM",
                  KF_KEY_LIFECYCLE);
 }
 
@@ -264,16 +264,16 @@ static void on_events(const redisReply *r, const char *err, void *priv) {
 }
 
 static void read_events(void) {
-    if (ev.reading || wk.stopping || !kf_redis_is_up(wk.reader, ev.shard)) return;
+    if (ev.reading || wk.stopping || !kf_redis_is_up(wk.reader, ev.slot)) return;
     ev.reading = 1;
     if (!ev.own_pending_done) {
         /* After a restart under the same name: what this consumer had read but not finished. */
-        kf_redis_cmd(wk.reader, ev.shard, on_events, &ev,
+        kf_redis_cmd(wk.reader, ev.slot, on_events, &ev,
                      "XREADGROUP GROUP " GROUP " %s COUNT %lld STREAMS %s %s", wk.consumer,
                      wk.opt.batch, KF_KEY_LIFECYCLE, ev.own_cursor);
         return;
     }
-    kf_redis_cmd(wk.reader, ev.shard, on_events, NULL,
+    kf_redis_cmd(wk.reader, ev.slot, on_events, NULL,
                  "XREADGROUP GROUP " GROUP " %s COUNT %lld BLOCK 1000 STREAMS %s >", wk.consumer,
                  wk.opt.batch, KF_KEY_LIFECYCLE);
 }
@@ -297,9 +297,9 @@ static void on_claimed(const redisReply *r, const char *err, void *priv) {
 
 static void on_claim_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    if (ev.claiming || !kf_redis_is_up(wk.redis, ev.shard)) return;
+    if (ev.claiming || !kf_redis_is_up(wk.redis, ev.slot)) return;
     ev.claiming = 1;
-    kf_redis_cmd(wk.redis, ev.shard, on_claimed, NULL,
+    kf_redis_cmd(wk.redis, ev.slot, on_claimed, NULL,
                  "XAUTOCLAIM %s " GROUP " %s %lld %s COUNT %lld", KF_KEY_LIFECYCLE, wk.consumer,
                  wk.opt.claim_idle_ms, ev.claim_cursor, wk.opt.batch);
 }
@@ -309,14 +309,14 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     read_events();
 }
 
-void wk_events_shard_up(unsigned shard) {
-    if (shard != ev.shard) return;
+void wk_events_redis_up(void) {
+    if (!kf_redis_is_up(wk.redis, ev.slot)) return;
     create_group();
     read_events();
 }
 
 void wk_events_start(void) {
-    ev.shard = kf_redis_shard(wk.redis, KF_KEY_LIFECYCLE);
+    ev.slot = kf_redis_slot(wk.redis, KF_KEY_LIFECYCLE);
     snprintf(ev.claim_cursor, sizeof(ev.claim_cursor), "0-0");
     snprintf(ev.own_cursor, sizeof(ev.own_cursor), "0");
     ev.tick = event_new(wk.base, -1, EV_PERSIST, on_tick, NULL);

@@ -23,7 +23,7 @@ wk_worker wk;
 #define O(f) offsetof(wk_options, f)
 #define BIG 1000000000000LL
 const kf_option wk_option_table[] = {
-    {"redis", KF_OPT_STR, O(redis), "127.0.0.1:6379", 0, 0, 0, "Redis shards, comma-separated host:port (same list as the gateways)"},
+    {"redis", KF_OPT_STR, O(redis), "127.0.0.1:6379", 0, 0, 0, "Redis: one stand-alone server host:port, or seed nodes of a Redis Cluster (comma-separated host:port), as for the gateways"},
     {"consumer", KF_OPT_STR, O(consumer), "", 0, 0, 0, "consumer name in the group, unique per worker and stable across restarts (default: host name-pid)"},
     {"log_level", KF_OPT_STR, O(log_level), "info", 0, 0, 1, "debug, info, warn, error or off"},
     {"batch", KF_OPT_INT, O(batch), "100", 1, 10000, 0, "events read per XREADGROUP"},
@@ -182,11 +182,13 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     event_base_loopbreak(wk.base);
 }
 
-static void on_state(kf_redis *r, unsigned shard, int up, void *priv) {
-    (void)r, (void)priv;
+/* A Redis server became usable (first connect, reconnect, a replica took over): publish the
+ * configuration when it is the {staff} one, and make sure the lifecycle stream's group exists. */
+static void on_state(kf_redis *r, int up, void *priv) {
+    (void)priv;
     if (!up) return;
-    if (shard == kf_redis_shard(wk.redis, KF_KEY_STAFF_CONFIG)) wk_config_publish();
-    wk_events_shard_up(shard);
+    if (kf_redis_is_up(r, kf_redis_slot(r, KF_KEY_STAFF_CONFIG))) wk_config_publish();
+    wk_events_redis_up();
 }
 
 int main(int argc, char **argv) {
@@ -248,8 +250,7 @@ int main(int argc, char **argv) {
     event_add(term, NULL);
     event_add(intr, NULL);
     event_add(hup, NULL);
-    kf_info("worker %s consuming %s (redis %s, %u shards)", wk.consumer, KF_KEY_LIFECYCLE,
-            wk.opt.redis, kf_redis_nshards(wk.redis));
+    kf_info("worker %s consuming %s (redis %s)", wk.consumer, KF_KEY_LIFECYCLE, wk.opt.redis);
     event_base_dispatch(wk.base);
     log_stats();
     /* Pending commands fail while the clients are freed; their callbacks see `stopping`. */

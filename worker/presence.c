@@ -226,7 +226,7 @@ static void on_all_agents(const redisReply *r, const char *err, void *priv) {
 static void repair(void) {
     if (pr.repair_pending) return;
     pr.repair_pending = 1;
-    kf_redis_cmd(wk.redis, kf_redis_shard(wk.redis, KF_KEY_STAFF_AGENTS), on_all_agents, NULL,
+    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_AGENTS), on_all_agents, NULL,
                  "SMEMBERS %s", KF_KEY_STAFF_AGENTS);
 }
 
@@ -254,7 +254,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     char ttl[24];
     snprintf(ttl, sizeof(ttl), "%lld", wk.opt.presence_check_ms * 4 + 1000);
     const char *argv[] = {LEASE_KEY, LEASE_FLAG, "acquire", wk.consumer, ttl};
-    kf_redis_script(wk.redis, kf_redis_shard(wk.redis, LEASE_KEY), "group_lock", on_lease, NULL,
+    kf_redis_script(wk.redis, kf_redis_slot(wk.redis, LEASE_KEY), "group_lock", on_lease, NULL,
                     2, 5, argv, NULL);
 }
 

@@ -1,4 +1,4 @@
-/* The worker's Redis helpers: script calls on the {staff} and conversation shards, pushes to
+/* The worker's Redis helpers: script calls on the {staff} and conversation slots, pushes to
  * users and monitoring supervisors through the node inboxes, and the configuration it publishes
  * for the gateways and the {staff} scripts. */
 #include <event2/event.h>
@@ -71,7 +71,7 @@ static void on_monitors(const redisReply *r, const char *err, void *priv) {
 static void monitors_refresh(void) {
     if (monitors_reading || wk_now_ms() - monitors_ms < 1000) return;
     monitors_reading = 1;
-    kf_redis_cmd(wk.redis, kf_redis_shard(wk.redis, KF_KEY_STAFF_MONITORS), on_monitors, NULL,
+    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_MONITORS), on_monitors, NULL,
                  "ZRANGEBYSCORE %s %lld +inf", KF_KEY_STAFF_MONITORS, (long long)wk_now_ms());
 }
 
@@ -128,10 +128,10 @@ void wk_config_publish(void) {
                           "monitor_ttl_ms", ttl,
                           "published_by", wk.consumer,
                           "published_at", now};
-    kf_redis_argv(wk.redis, kf_redis_shard(wk.redis, KF_KEY_STAFF_CONFIG), on_published, NULL,
+    kf_redis_argv(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_CONFIG), on_published, NULL,
                   (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
     /* The default group exists from the start, so transfers to it and snapshots see it. */
-    kf_redis_cmd(wk.redis, kf_redis_shard(wk.redis, KF_KEY_STAFF_GROUPS), NULL, NULL, "SADD %s %s",
+    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_GROUPS), NULL, NULL, "SADD %s %s",
                  KF_KEY_STAFF_GROUPS, o->default_group);
 }
 

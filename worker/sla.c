@@ -25,7 +25,7 @@
 #define CLAIM_MAX 200
 
 static struct {
-    unsigned shard;
+    unsigned slot;
     int claiming;
     int again;              /* claim again as soon as the current claim is answered */
     int64_t exact_at;       /* when the exact timer is armed for; 0 = not armed */
@@ -51,7 +51,7 @@ static void schedule(wk_job *j, const char *conv, const char *kind, long long se
              due);
     snprintf(score, sizeof(score), "%lld", due);
     const char *argv[] = {"ZADD", KF_KEY_SLA_TIMERS, score, member};
-    kf_redis_argv(wk.redis, sl.shard, j ? wk_job_cb : NULL, wk_job_ref(j), 4, argv, NULL);
+    kf_redis_argv(wk.redis, sl.slot, j ? wk_job_cb : NULL, wk_job_ref(j), 4, argv, NULL);
     arm_exact(due);
 }
 
@@ -109,7 +109,7 @@ struct firing {
 static void done(struct firing *f) {
     if (!wk.stopping) {
         const char *argv[] = {"ZREM", KF_KEY_SLA_FIRING, f->member};
-        kf_redis_argv(wk.redis, sl.shard, NULL, NULL, 3, argv, NULL);
+        kf_redis_argv(wk.redis, sl.slot, NULL, NULL, 3, argv, NULL);
     }
     kf_free(f);
 }
@@ -129,7 +129,7 @@ static void record_breach(const struct firing *f, const char *agent, const char 
     const char *argv[] = {"XADD", KF_KEY_SLA_BREACHES, "MAXLEN", "~", "1000000", "*",
                           "conv", f->conv, "kind", alert_kind(f->kind), "step", step,
                           "agent", agent, "reason", reason, "overdue_ms", od, "ts", ts};
-    kf_redis_argv(wk.redis, kf_redis_shard(wk.redis, KF_KEY_SLA_BREACHES), NULL, NULL, 20, argv,
+    kf_redis_argv(wk.redis, kf_redis_slot(wk.redis, KF_KEY_SLA_BREACHES), NULL, NULL, 20, argv,
                   NULL);
     wk.stats.breaches++;
 }
@@ -196,7 +196,7 @@ static void on_requeued(const redisReply *r, const char *err, void *priv) {
         wk_staff_script("agent_load", on_released_old, NULL, 4, argv);
         kf_key_user_convs(key, rq->agent);
         kf_redis_cmd_key(wk.redis, key, NULL, NULL, "SREM %s %s", key, f->conv);
-        /* The exclusion first: both on the queue's shard, so a round never sees one without
+        /* The exclusion first: both on the queue's slot, so a round never sees one without
          * the other. */
         kf_key_queue_exclude(key, group);
         kf_redis_cmd_key(wk.redis, key, NULL, NULL, "HSET %s %s %s", key, f->conv, rq->agent);
@@ -368,14 +368,14 @@ static void claim(void) {
         sl.again = 1;
         return;
     }
-    if (!kf_redis_is_up(wk.redis, sl.shard)) return;
+    if (!kf_redis_is_up(wk.redis, sl.slot)) return;
     sl.claiming = 1;
     char now[24], max[16], lease[24];
     snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
     snprintf(max, sizeof(max), "%d", CLAIM_MAX);
     snprintf(lease, sizeof(lease), "%lld", wk.opt.sla_lease_ms);
     const char *argv[] = {KF_KEY_SLA_TIMERS, KF_KEY_SLA_FIRING, now, max, lease};
-    kf_redis_script(wk.redis, sl.shard, "sla_claim", on_claimed, NULL, 2, 5, argv, NULL);
+    kf_redis_script(wk.redis, sl.slot, "sla_claim", on_claimed, NULL, 2, 5, argv, NULL);
 }
 
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
@@ -390,7 +390,7 @@ static void on_exact(evutil_socket_t fd, short what, void *arg) {
 }
 
 void wk_sla_start(void) {
-    sl.shard = kf_redis_shard(wk.redis, KF_KEY_SLA_TIMERS);
+    sl.slot = kf_redis_slot(wk.redis, KF_KEY_SLA_TIMERS);
     sl.poll_ev = event_new(wk.base, -1, EV_PERSIST, on_poll, NULL);
     sl.exact_ev = evtimer_new(wk.base, on_exact, NULL);
     struct timeval tv = {(time_t)(wk.opt.timer_poll_ms / 1000),

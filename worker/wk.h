@@ -120,7 +120,7 @@ void wk_push_stop(void);
 /* ---- events.c: the lifecycle stream ---- */
 void wk_events_start(void);
 void wk_events_stop(void);
-void wk_events_shard_up(unsigned shard);
+void wk_events_redis_up(void);
 
 /* ---- assign.c: queues and automatic assignment ---- */
 void wk_assign_start(void);

@@ -1,5 +1,7 @@
-/* Sharded asynchronous Redis on a libevent loop: hiredis contexts per shard, reconnection with
- * backoff, command timeouts, embedded scripts loaded per connection, latency statistics. */
+/* Asynchronous Redis on a libevent loop, for one stand-alone server or a Redis Cluster: hiredis
+ * contexts per server, routing by key slot, redirections, reconnection with backoff, command
+ * timeouts, embedded scripts loaded per connection, acknowledgements confirmed by replicas,
+ * latency statistics. */
 #ifndef KEFU_REDIS_H
 #define KEFU_REDIS_H
 
@@ -12,77 +14,100 @@ struct event_base;
 typedef struct kf_redis kf_redis;
 
 /** Reply callback. err is NULL when Redis answered (reply may still be an error reply:
- * check reply->type == REDIS_REPLY_ERROR), or a static string ("unavailable", "timeout") when
- * the shard is down, the connection dropped or the command timed out; reply is NULL then.
- * Callbacks are always called from the event loop, never from inside kf_redis_*(). The reply is
- * freed when the callback returns. */
+ * check reply->type == REDIS_REPLY_ERROR), or a static string when it did not: "unavailable"
+ * (no server for the slot, connection lost), "timeout" (no reply in time), "unreplicated" (a
+ * durable command was answered but not confirmed by enough replicas in time: it was executed);
+ * reply is NULL then. Callbacks are always called from the event loop, never from inside
+ * kf_redis_*(). The reply is freed when the callback returns. */
 typedef void kf_redis_cb(const redisReply *reply, const char *err, void *priv);
 
-/** How a shard changed (the `up` argument of kf_redis_state_cb; non-zero means usable). */
-enum { KF_REDIS_DOWN = 0, KF_REDIS_UP = 1, KF_REDIS_UP_RESTARTED = 2 };
-
-/** Called when a shard becomes usable (connected, scripts loaded) or drops. up is
- * KF_REDIS_UP_RESTARTED when the server's run_id changed since the last connection: it
- * restarted and may have lost writes it had not persisted. */
-typedef void kf_redis_state_cb(kf_redis *r, unsigned shard, int up, void *priv);
+/** How the client's reach changed (the `how` argument of kf_redis_state_cb). */
+enum {
+    KF_REDIS_DOWN = 0,        /* a slot lost its server (connection lost, master failed) */
+    KF_REDIS_UP = 1,          /* a server became usable (connected, scripts loaded) */
+    KF_REDIS_UP_RESTARTED = 2 /* ... and it may lack writes acknowledged before: a stand-alone
+                                 server restarted (new run_id), or a replica took over slots
+                                 whose master had failed */
+};
+typedef void kf_redis_state_cb(kf_redis *r, int how, void *priv);
 
 typedef struct kf_redis_stats {
     uint64_t commands;        /* commands answered (any reply) */
-    uint64_t failures;        /* commands failed with unavailable/timeout */
+    uint64_t failures;        /* commands failed with unavailable/timeout/unreplicated */
     uint64_t latency_us_sum;  /* summed round-trip times of answered commands */
     uint64_t latency_bucket[12]; /* answered within 100us,250us,500us,1ms,2.5ms,5ms,10ms,25ms,
                                     50ms,100ms,1s, +inf */
+    uint64_t moved, ask, retried; /* redirections followed; TRYAGAIN/CLUSTERDOWN retries */
+    uint64_t map_refreshes;   /* slot maps read (cluster) */
+    uint64_t unreplicated;    /* durable commands not confirmed by enough replicas */
 } kf_redis_stats;
 
 extern const double kf_redis_latency_bounds_s[11];
 
-/** Creates shards from "host:port,host:port,..." and starts connecting. A connection with
- * commands pending that gets no reply at all for timeout_ms is dropped and re-established (every
- * command pending on it fails with "timeout"); a busy server that keeps answering is never
- * dropped, however long its queue. Returns NULL with err set on a bad address list. */
+/** Connects to "host:port" (one stand-alone server or one cluster node) or to
+ * "host:port,host:port,..." (seed nodes of one Redis Cluster). Which of the two it is, is read
+ * from the server (INFO's redis_mode); several addresses that turn out to be stand-alone
+ * servers are refused (logged, every command fails "unavailable"): kefu no longer splits keys
+ * over independent servers by itself. A connection with commands pending that gets no reply at
+ * all for timeout_ms is dropped and re-established (every command pending on it fails with
+ * "timeout"); a busy server that keeps answering is never dropped, however long its queue.
+ * Returns NULL with err set on a bad address list. */
 kf_redis *kf_redis_new(struct event_base *base, const char *addrs, int timeout_ms,
                        char *err, size_t errlen);
 void kf_redis_free(kf_redis *r);
 
 void kf_redis_on_state(kf_redis *r, kf_redis_state_cb *cb, void *priv);
 
-unsigned kf_redis_nshards(const kf_redis *r);
-/** Shard holding key (Redis Cluster slot of its hash tag split over the shards). */
-unsigned kf_redis_shard(const kf_redis *r, const char *key);
-int kf_redis_is_up(const kf_redis *r, unsigned shard);
-int kf_redis_all_up(const kf_redis *r);
-/** Address of a shard, "host:port". */
-const char *kf_redis_addr(const kf_redis *r, unsigned shard);
-/** Host and port of a shard. */
-void kf_redis_hostport(const kf_redis *r, unsigned shard, const char **host, int *port);
+/** Slot of a key (Redis Cluster's rule, hash tags included): what every command is routed by.
+ * Slots are stable, so a caller may keep one; the server behind it may change. */
+unsigned kf_redis_slot(const kf_redis *r, const char *key);
+/** Whether the server holding slot is connected and ready. */
+int kf_redis_is_up(const kf_redis *r, unsigned slot);
+/** Slots whose server is connected and ready (16384 when everything is reachable). */
+unsigned kf_redis_slots_up(const kf_redis *r);
+/** 1 when talking to a Redis Cluster, 0 to a stand-alone server, -1 while not yet known. */
+int kf_redis_is_cluster(const kf_redis *r);
+/** Servers commands go to (masters), and how many of them are up. */
+unsigned kf_redis_masters(const kf_redis *r, unsigned *up);
 const kf_redis_stats *kf_redis_get_stats(const kf_redis *r);
-/** Called before each command is queued for a shard (not before the client's own INFO and SCRIPT
- * LOAD): a caller that holds commands back to batch them sends them first, so every command of
- * the process reaches a shard in the order it was issued. */
-typedef void kf_redis_before_cb(kf_redis *r, unsigned shard, void *priv);
+/** Slots that share one batch: commands for the slots of one group may be combined into one
+ * call (a script's keys). One group for a stand-alone server; each slot its own in a cluster
+ * (or while the kind of server is not known yet). */
+unsigned kf_redis_batch_group(const kf_redis *r, unsigned slot);
+/** Called before each command is queued for a slot (not before the client's own commands): a
+ * caller that holds commands back to batch them sends them first, so every command of the
+ * process reaches a server in the order it was issued. */
+typedef void kf_redis_before_cb(kf_redis *r, unsigned slot, void *priv);
 void kf_redis_before_send(kf_redis *r, kf_redis_before_cb *cb, void *priv);
 /** Attaches a hiredis async context to a libevent loop (in place of hiredis' adapter): the
  * read event persists, and commands are written at the end of the loop iteration that issued
  * them, without a write event unless the socket is full. */
 struct redisAsyncContext;
-struct event_base;
 void kf_redis_attach(struct redisAsyncContext *ac, struct event_base *base);
-/** Commands sent and not yet answered, over all shards. */
+/** Commands sent and not yet answered (or waiting to be retried), over all servers. */
 size_t kf_redis_pending(const kf_redis *r);
 
-/** Sends a command (binary-safe argv) to a shard. Commands issued in one loop iteration are
- * written together (pipelined). */
-void kf_redis_argv(kf_redis *r, unsigned shard, kf_redis_cb *cb, void *priv, int argc,
+/** Durable commands (kf_redis_script_durable) are answered only once WAIT confirms that
+ * `replicas` replicas have them, waiting at most timeout_ms; 0 replicas turns this off. */
+void kf_redis_set_durable(kf_redis *r, int replicas, int timeout_ms);
+
+/** Sends a command (binary-safe argv) to the server of slot. Commands issued in one loop
+ * iteration are written together (pipelined); commands for one slot are answered in order. */
+void kf_redis_argv(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, int argc,
                    const char **argv, const size_t *argvlen);
 /** printf-style command (hiredis format: %s, %b with pointer+length, %d, %lld). */
-void kf_redis_cmd(kf_redis *r, unsigned shard, kf_redis_cb *cb, void *priv, const char *fmt, ...);
-/** Sends to the shard of `key` (which must also appear in the command). */
+void kf_redis_cmd(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, const char *fmt, ...);
+/** Sends to the slot of `key` (which must also appear in the command). */
 void kf_redis_cmd_key(kf_redis *r, const char *key, kf_redis_cb *cb, void *priv, const char *fmt,
                       ...);
 
 /** EVALSHA of an embedded script (lua/redis/<name>.lua) with nkeys keys then args in argv. */
-void kf_redis_script(kf_redis *r, unsigned shard, const char *name, kf_redis_cb *cb, void *priv,
+void kf_redis_script(kf_redis *r, unsigned slot, const char *name, kf_redis_cb *cb, void *priv,
                      int nkeys, int argc, const char **argv, const size_t *argvlen);
+/** The same, answered only after the replicas set by kf_redis_set_durable confirmed it. */
+void kf_redis_script_durable(kf_redis *r, unsigned slot, const char *name, kf_redis_cb *cb,
+                             void *priv, int nkeys, int argc, const char **argv,
+                             const size_t *argvlen);
 
 /** Source of an embedded Redis script, NULL when there is none (generated from lua/redis). */
 const char *kf_script_source(const char *name, size_t *len);

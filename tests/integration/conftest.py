@@ -1,4 +1,4 @@
-"""Fixtures: a session cluster (two redis shards, two gateway nodes), a spawner for dedicated
+"""Fixtures: a session cluster (one stand-alone redis-server, two gateway nodes), a spawner for dedicated
 nodes with special limits, per-test sanitizer scans of every gateway log, time limits."""
 
 import os
@@ -45,6 +45,12 @@ class Spawner:
         r = H.Redis(self.workdir / "redis", port=port).start()
         self.redises.append(r)
         return r
+
+    def redis_cluster(self, **kw):
+        """A Redis Cluster (3 masters, 3 replicas by default), stopped at teardown."""
+        c = H.RedisCluster(self.workdir / f"rc-{uuid.uuid4().hex[:6]}", **kw).start()
+        self.redises.extend(c.nodes)
+        return c
 
     def gateway(self, shards, name="x", ready=True, **opts):
         # unique node ids: dedicated nodes share the session shards (inboxes, presence)
@@ -115,11 +121,12 @@ def _session_spawner(workdir):
 
 @pytest.fixture(scope="session")
 def cluster(_session_spawner):
-    """Two redis shards and two gateway nodes n1, n2 (or twice KEFU_TEST_GATEWAY)."""
+    """One stand-alone redis-server and two gateway nodes n1, n2 (or twice KEFU_TEST_GATEWAY).
+    The Redis Cluster tests (test_cluster.py) start their own cluster."""
     if H.EXTERNAL:
         g = H.Gateway.external(H.EXTERNAL)
         return Cluster([g, g], [])
-    shards = [_session_spawner.redis(), _session_spawner.redis()]
+    shards = [_session_spawner.redis()]
     nodes = [_session_spawner.gateway(shards, name="n1"), _session_spawner.gateway(shards, name="n2")]
     return Cluster(nodes, shards)
 

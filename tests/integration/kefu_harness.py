@@ -17,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("KEFU_BIN_DIR") or (REPO / "build"))
 REDIS_SERVER = os.environ.get("KEFU_REDIS_SERVER", "/usr/bin/redis-server")
+REDIS_CLI = os.environ.get("KEFU_REDIS_CLI", "/usr/bin/redis-cli")
 EXTERNAL = os.environ.get("KEFU_TEST_GATEWAY", "").strip()
 SECRETS = tuple(
     s for s in os.environ.get(
@@ -200,6 +201,9 @@ class Redis(Proc):
             time.sleep(0.02)
         return self
 
+    def call(self, *args):
+        return redis_call(self.addr, *args)
+
     def command(self, *args):
         """Runs one command over RESP and returns the raw reply bytes (test diagnostics)."""
         out = b"*%d\r\n" % len(args)
@@ -210,6 +214,101 @@ class Redis(Proc):
             s.sendall(out)
             time.sleep(0.05)
             return s.recv(1 << 20)
+
+
+class RedisCluster:
+    """A Redis Cluster of `masters` masters with `replicas` replicas each, on free loopback
+    ports, created with redis-cli --cluster create. Short node timeout, so failovers take about
+    a second; cluster-require-full-coverage no, so a failed master stalls only its own slots."""
+
+    def __init__(self, workdir, masters=3, replicas=1, node_timeout_ms=1000, appendonly=False):
+        self.workdir = Path(workdir)
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes = []
+        for i in range(masters * (1 + replicas)):
+            d = self.workdir / f"cluster-{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            r = Redis(d, name="cluster")
+            r.argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
+                       "--cluster-port", str(free_port()),  # not port + 10000: may pass 65535
+                       "--cluster-node-timeout", str(node_timeout_ms),
+                       "--cluster-require-full-coverage", "no",
+                       "--cluster-replica-validity-factor", "0"]
+            if appendonly:
+                k = r.argv.index("--appendonly")
+                r.argv[k + 1] = "yes"
+            self.nodes.append(r)
+        self.masters, self.replicas = masters, replicas
+
+    @property
+    def addrs(self):
+        return [n.addr for n in self.nodes]
+
+    @property
+    def addr(self):
+        return ",".join(self.addrs[:3])
+
+    def start(self, timeout=30.0):
+        for n in self.nodes:
+            n.start()
+        r = subprocess.run([REDIS_CLI, "--cluster", "create", *self.addrs, "--cluster-replicas",
+                            str(self.replicas), "--cluster-yes"], capture_output=True, timeout=60)
+        assert r.returncode == 0, f"cluster create failed: {r.stdout.decode()}{r.stderr.decode()}"
+        self.wait_ok(timeout)
+        return self
+
+    def info(self, node, section="cluster"):
+        text = redis_call(node.addr, "CLUSTER", "INFO") if section == "cluster" else \
+            redis_call(node.addr, "INFO", section)
+        return dict(l.split(":", 1) for l in text.split("\r\n") if ":" in l)
+
+    def wait_ok(self, timeout=30.0):
+        """Until every live node says cluster_state:ok and all slots are served by masters that
+        the others agree on."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                live = [n for n in self.nodes if n.alive()]
+                if all(self.info(n).get("cluster_state") == "ok" and
+                       self.info(n).get("cluster_slots_ok") == "16384" for n in live):
+                    maps = {str(sorted(map(str, redis_call(n.addr, "CLUSTER", "SLOTS"))))
+                            for n in live}
+                    if len(maps) == 1:
+                        return
+            except (OSError, RuntimeError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("redis cluster not ok in time")
+            time.sleep(0.1)
+
+    def slots(self):
+        """The slot map now: CLUSTER SLOTS of a live node."""
+        return redis_call(self.live()[0].addr, "CLUSTER", "SLOTS")
+
+    def master_of(self, key, slots=None):
+        """The node serving key's slot (in the map given, or the one now)."""
+        slot = key_slot(key)
+        for rng in slots or self.slots():
+            if rng[0] <= slot <= rng[1]:
+                port = int(rng[2][1])
+                return next(n for n in self.nodes if n.port == port)
+        raise AssertionError(f"slot {slot} not served")
+
+    def masters_now(self, slots=None):
+        ports = {int(rng[2][1]) for rng in slots or self.slots()}
+        return [n for n in self.nodes if n.port in ports]
+
+    def live(self):
+        return [n for n in self.nodes if n.alive()]
+
+    def call(self, *args):
+        return redis_call(self.live()[0].addr, *args)
+
+    def stop(self):
+        for n in self.nodes:
+            n.stop(signal.SIGTERM, timeout=5)
+            if n in LIVE:
+                LIVE.remove(n)
 
 
 def http_get(host, port, path, timeout=3.0):
@@ -377,22 +476,38 @@ def _resp_read(f):
 
 def redis_call(addr, *args, timeout=5.0):
     """Runs one command on the redis at addr ("host:port") and returns the parsed reply
-    (str, int, None, lists; error replies raise RuntimeError)."""
+    (str, int, None, lists; error replies raise RuntimeError). A cluster node's MOVED or ASK
+    is followed, so addr may be any node of a Redis Cluster."""
     host, port = addr.rsplit(":", 1)
     out = b"*%d\r\n" % len(args)
     for a in args:
         a = a if isinstance(a, bytes) else str(a).encode()
         out += b"$%d\r\n%s\r\n" % (len(a), a)
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
-        s.sendall(out)
-        with s.makefile("rb") as f:
-            return _resp_read(f)
+    for _ in range(5):
+        with socket.create_connection((host, int(port)), timeout=timeout) as s:
+            s.sendall(out)
+            with s.makefile("rb") as f:
+                try:
+                    return _resp_read(f)
+                except RuntimeError as e:
+                    words = str(e).split()
+                    if len(words) != 3 or words[0] not in ("MOVED", "ASK"):
+                        raise
+            host, port = words[2].rsplit(":", 1)
+            if words[0] == "ASK":
+                with socket.create_connection((host, int(port)), timeout=timeout) as s:
+                    s.sendall(b"*1\r\n$6\r\nASKING\r\n" + out)
+                    with s.makefile("rb") as f:
+                        _resp_read(f)
+                        return _resp_read(f)
+    raise RuntimeError("too many redirections")
 
 
 def shard_addr(addrs, tag):
-    """The address of the shard holding keys tagged {tag}."""
+    """An address to reach the keys tagged {tag}: the one server, or a cluster node (redis_call
+    follows redirections)."""
     addrs = [a.addr if hasattr(a, "addr") else a for a in addrs]
-    return addrs[key_shard(tag, len(addrs))]
+    return addrs[0]
 
 
 class Worker:
@@ -479,8 +594,8 @@ def kefu_token(*args):
 
 
 # ---------------------------------------------------------------------------------------------
-# Key placement (include/kefu/keys.h, include/kefu/shard.h): Redis Cluster slots of the hash
-# tag, split over the shards in equal contiguous ranges.
+# Key placement (include/kefu/keys.h, include/kefu/slot.h): Redis Cluster slots of the hash
+# tag.
 
 def crc16_xmodem(data):
     crc = 0
@@ -490,6 +605,17 @@ def crc16_xmodem(data):
             crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
             crc &= 0xFFFF
     return crc
+
+
+def key_slot(key):
+    """Redis Cluster slot of a key (hash tags included)."""
+    b = key.encode() if isinstance(key, str) else key
+    i = b.find(b"{")
+    if i >= 0:
+        j = b.find(b"}", i + 1)
+        if j > i + 1:
+            b = b[i + 1:j]
+    return crc16_xmodem(b) % 16384
 
 
 def key_shard(tag, nshards):

@@ -25,8 +25,10 @@ def test_health_ready_metrics(cluster):
                      "kefu_redis_commands_total", "kefu_inbox_entries_total", "kefu_inbox_lag_ms"):
             assert name in m.names(), f"metric {name} missing from /metrics"
         if not H.EXTERNAL:
-            for shard in range(len(cluster.shards)):
-                assert m.get("kefu_redis_up", shard=shard) == 1, f"kefu_redis_up shard {shard}"
+            nproc = len([1 for n, l in m.samples if n == "kefu_up"])
+            assert m.get("kefu_redis_slots_up") == 16384 * nproc, "every slot served"
+            assert m.get("kefu_redis_masters") == nproc and m.get("kefu_redis_masters_up") == nproc
+            assert m.get("kefu_redis_redirects_total", kind="moved") == 0
         assert m.has("kefu_connections", role="customer"), "kefu_connections{role=customer}"
 
 

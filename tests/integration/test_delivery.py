@@ -90,38 +90,43 @@ def test_duplicate_send_signals_resync(spawn, cluster):
 
 # ---- faults on the routing path ----
 
-def sub_on_shard(role, shard, shards):
+def sub_on(role, rc, master, slots):
+    """A user id whose keys ({u:<id>}) live on master."""
     while True:
         sub = new_id(role[:4])
-        if H.key_shard("u:" + sub, len(shards)) == shard:
+        if rc.master_of(f"kefu:{{u:{sub}}}:nodes", slots) is master:
             return sub
 
 
-async def pair_across_shards(g, shards):
-    """A customer and an assigned agent whose presence both live on one shard, and their
-    conversation on the other. Returns (cust, agent, conv, the users' shard)."""
-    vi = 1
-    cust = await connect(g, "customer", sub=sub_on_shard("customer", vi, shards))
+async def pair_across_masters(g, rc):
+    """On a Redis Cluster without replicas: a customer and an assigned agent whose presence both
+    live on one master (the victim), their conversation on another, and g's inbox not on the
+    victim. Returns (cust, agent, conv, victim)."""
+    slots = rc.slots()
+    inbox = rc.master_of(f"kefu:{{n:{g.name}-0}}:inbox", slots)
+    victim = next(m for m in rc.masters_now(slots) if m is not inbox)
+    cust = await connect(g, "customer", sub=sub_on("customer", rc, victim, slots))
     for _ in range(50):
         conv, _ = await open_conv(cust)
-        if H.conv_shard(conv, len(shards)) != vi:
+        if rc.master_of(f"kefu:{{c:{conv}}}:meta", slots) is not victim:
             break
-    assert H.conv_shard(conv, len(shards)) != vi
-    agent = await connect(g, "agent", sub=sub_on_shard("agent", vi, shards))
+    assert rc.master_of(f"kefu:{{c:{conv}}}:meta", slots) is not victim
+    agent = await connect(g, "agent", sub=sub_on("agent", rc, victim, slots))
     a = await agent.ok("conv.accept", conv=conv)
     assert a["state"] == "assigned"
-    return cust, agent, conv, shards[vi]
+    return cust, agent, conv, victim
 
 
-def test_gap_signalled_after_shard_stop(spawn):
-    """The agent's presence shard stops; the customer's message is stored (its shard is up) but
-    cannot be routed. Once the shard is back the agent gets a resync for the conversation,
-    though no later message arrives, and history heals the gap."""
-    shards = [spawn.redis(), spawn.redis()]
-    g = fast_gateway(spawn, shards, "gapstop", route_retry_ms=300)
+def test_gap_signalled_after_master_stop(spawn):
+    """The master holding the agent's presence stops (a Redis Cluster without replicas); the
+    customer's message is stored (its master is up) but cannot be routed. Once the master is
+    back the agent gets a resync for the conversation, though no later message arrives, and
+    history heals the gap."""
+    rc = spawn.redis_cluster(replicas=0)
+    g = fast_gateway(spawn, rc.addrs, "gapstop", route_retry_ms=300)
 
     async def body():
-        cust, agent, conv, victim = await pair_across_shards(g, shards)
+        cust, agent, conv, victim = await pair_across_masters(g, rc)
         last = (await agent.ok("history", conv=conv))["msgs"]
         last_id = last[-1]["id"] if last else None
         os.kill(victim.pid, signal.SIGSTOP)
@@ -150,12 +155,12 @@ def test_gap_signalled_after_shard_stop(spawn):
 
 def test_no_push_lost_across_short_redis_stop(spawn):
     """A lookup that fails is retried in order while route_retry_ms lasts: the push arrives
-    live after the shard answers again, nothing is given up."""
-    shards = [spawn.redis(), spawn.redis()]
-    g = fast_gateway(spawn, shards, "retry", route_retry_ms=15000)
+    live after the master answers again, nothing is given up."""
+    rc = spawn.redis_cluster(replicas=0)
+    g = fast_gateway(spawn, rc.addrs, "retry", route_retry_ms=15000)
 
     async def body():
-        cust, agent, conv, victim = await pair_across_shards(g, shards)
+        cust, agent, conv, victim = await pair_across_masters(g, rc)
         os.kill(victim.pid, signal.SIGSTOP)
         try:
             ids = [(await send_msg(cust, conv, f"during {i}"))[0] for i in range(3)]
@@ -204,13 +209,13 @@ def test_failed_inbox_write_is_signalled(spawn):
 
 
 def test_route_queue_overflow_is_signalled(spawn):
-    """Routes wait in line while the users' shard is frozen; beyond route_queue_max a push is not
-    queued but its users get a resync, and with the client rules nothing is missed."""
-    shards = [spawn.redis(), spawn.redis()]
-    g = fast_gateway(spawn, shards, "overflow", route_queue_max=16, route_retry_ms=15000)
+    """Routes wait in line while the users' master is frozen; beyond route_queue_max a push is
+    not queued but its users get a resync, and with the client rules nothing is missed."""
+    rc = spawn.redis_cluster(replicas=0)
+    g = fast_gateway(spawn, rc.addrs, "overflow", route_queue_max=16, route_retry_ms=15000)
 
     async def body():
-        cust, agent, conv, victim = await pair_across_shards(g, shards)
+        cust, agent, conv, victim = await pair_across_masters(g, rc)
         f = Follower(agent, conv)
         os.kill(victim.pid, signal.SIGSTOP)
         try:

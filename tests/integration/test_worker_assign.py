@@ -216,7 +216,7 @@ def test_skill_relaxation_to_fallback_group(spawn):
 
 
 def test_sighup_reloads_and_republishes(spawn):
-    shards = [spawn.redis(), spawn.redis()]
+    shards = [spawn.redis()]
     conf = spawn.workdir / "worker.conf"
     conf.write_text('routes = "topic:alpha=ga"\nbreak_meal_pct 60\n')
     w = spawn.worker(shards, config=str(conf))

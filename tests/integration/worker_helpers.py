@@ -1,5 +1,5 @@
-"""Shared pieces of the kefu-worker integration tests: a private cluster (two redis shards, two
-gateway nodes, two workers by default) per test, agents that sign in, and Redis inspection."""
+"""Shared pieces of the kefu-worker integration tests: a private setup (a redis, two gateway
+nodes, two workers by default) per test, agents that sign in, and Redis inspection."""
 
 import functools
 import subprocess
@@ -10,15 +10,20 @@ from kefu_client import connect, open_conv
 
 
 def wcluster(spawn, workers=2, **wopts):
-    """Fresh shards (no state shared with other tests), gateways n1 and n2, and `workers`
-    kefu-workers started with the options given (ready: configuration published)."""
-    shards = [spawn.redis(), spawn.redis()]
+    """A fresh Redis (no state shared with other tests), gateways n1 and n2, and `workers`
+    kefu-workers started with the options given (ready: configuration published). The Redis is
+    one stand-alone server, or a Redis Cluster of 3 masters and 3 replicas when the spawner says
+    so (spawn.use_cluster, test_cluster.py)."""
+    if getattr(spawn, "use_cluster", False):
+        shards = spawn.redis_cluster().addrs[:3]
+    else:
+        shards = [spawn.redis()]
     n1 = spawn.gateway(shards, name="wa")
     n2 = spawn.gateway(shards, name="wb")
     wopts.setdefault("offline_grace_ms", 60000)
     ws = [spawn.worker(shards, name=f"wk{i}", **wopts) for i in range(workers)]
     return types.SimpleNamespace(shards=shards, n1=n1, n2=n2, workers=ws,
-                                 addrs=[s.addr for s in shards])
+                                 addrs=[getattr(s, "addr", s) for s in shards])
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,7 +35,8 @@ def sanitized():
 
 
 def rcall(wc, tag, *args):
-    """A Redis command on the shard of hash tag `tag` (e.g. "staff", "c:<conv>", "q:default")."""
+    """A Redis command on the keys of hash tag `tag` (e.g. "staff", "c:<conv>", "q:default");
+    on a cluster, redirections are followed."""
     return H.redis_call(H.shard_addr(wc.addrs, tag), *args)
 
 

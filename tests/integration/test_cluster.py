@@ -1,0 +1,268 @@
+"""kefu on a Redis Cluster (3 masters, 3 replicas, started here on loopback ports): chat across
+gateway nodes in both subprotocols, keys spread over the masters, the workers' assignment, SLA
+timers and transfers; the failover drill (kill -9 a master under load: with ack_replicas=1 no
+acknowledged message is lost and every client heals), the resharding drill (slots move under
+load: no error, nothing lost); replica-confirmed acknowledgements on a stand-alone master; a
+list of stand-alone servers refused."""
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+import types
+
+import pytest
+
+import kefu_harness as H
+import test_chat
+import test_worker_assign
+import test_worker_sla
+import test_worker_transfer
+from conftest import Spawner
+from kefu_client import connect, open_assigned, run, send_msg
+
+
+@pytest.fixture(scope="module")
+def ccl(workdir):
+    """A Redis Cluster and two gateway nodes on it, shared by the tests that leave it whole."""
+    if H.EXTERNAL:
+        pytest.skip("starts its own Redis Cluster")
+    sp = Spawner(workdir / "cluster-module")
+    rc = sp.redis_cluster()
+    seeds = rc.addrs[:3]
+    n1 = sp.gateway(seeds, name="k1")
+    n2 = sp.gateway(seeds, name="k2")
+    yield types.SimpleNamespace(rc=rc, n1=n1, n2=n2, nodes=[n1, n2], shards=[], seeds=seeds)
+    sp.teardown()
+
+
+@pytest.fixture
+def cspawn(spawn):
+    """The per-test spawner, with wcluster() (worker_helpers) on a fresh Redis Cluster."""
+    spawn.use_cluster = True
+    return spawn
+
+
+def gauges(node):
+    st, body, _ = node.get("/metrics")
+    assert st == 200
+    return H.Metrics(body)
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+# ---- chat on the cluster ----
+
+@pytest.mark.parametrize("cproto,aproto", [("json", "msgpack"), ("msgpack", "json")])
+def test_chat_flow_on_cluster(ccl, cproto, aproto):
+    test_chat.test_chat_flow_two_nodes(ccl, cproto, aproto)
+
+
+def test_resume_after_reconnect_on_cluster(ccl):
+    test_chat.test_resume_after_reconnect_on_other_node(ccl, "msgpack")
+
+
+def test_keys_spread_over_masters_and_metrics(ccl):
+    async def body():
+        cust = await connect(ccl.n1, "customer", "json")
+        agent = await connect(ccl.n2, "agent", "msgpack", max_chats=50)
+        convs = []
+        for i in range(12):
+            conv = await open_assigned(cust, agent, topic=f"t{i}")
+            await send_msg(cust, conv, f"hello {i}")
+            await agent.next_push("msg", conv=conv)
+            convs.append(conv)
+        return convs
+    convs = run(body())
+    masters = {ccl.rc.master_of(f"kefu:{{c:{c}}}:meta").port for c in convs}
+    assert len(masters) >= 2, "conversations all on one master"
+    for c in convs:   # each conversation's keys together, on the master of its slot
+        m = ccl.rc.master_of(f"kefu:{{c:{c}}}:meta")
+        assert H.redis_call(m.addr, "XLEN", f"kefu:{{c:{c}}}:msgs") == 1
+    for node in ccl.nodes:
+        m = gauges(node)
+        assert m.get("kefu_redis_slots_up") == 16384
+        assert m.get("kefu_redis_masters") == 3 and m.get("kefu_redis_masters_up") == 3
+        assert m.get("kefu_redis_map_refreshes_total") >= 1
+        assert node.status("/readyz") == 200
+
+
+# ---- the workers on the cluster ----
+
+def test_worker_routing_on_cluster(cspawn):
+    test_worker_assign.test_routing_groups_and_lowest_load(cspawn)
+
+
+def test_worker_manual_accept_race_on_cluster(cspawn):
+    test_worker_assign.test_manual_accept_races_automatic_assignment(cspawn)
+
+
+def test_worker_sla_on_cluster(cspawn):
+    test_worker_sla.test_first_response_breach_on_time_and_cancelled_by_reply(cspawn)
+
+
+def test_worker_transfer_on_cluster(cspawn):
+    test_worker_transfer.test_transfer_to_agent_and_group(cspawn)
+
+
+# ---- drills under load (kefu-load relay: a real client following the protocol's rules) ----
+
+def relay(nodes, secret, rate, duration, pairs, out, extra=()):
+    """Starts kefu-load relay (customers on nodes[0], agents on nodes[1]); returns the process
+    and the path of its JSON results."""
+    jf = out / f"relay-{time.monotonic_ns()}.json"
+    argv = [str(H.find_bin("kefu-load")), "relay", "--url", nodes[0].ws_url,
+            "--url", nodes[1].ws_url, "--pairs", str(pairs), "--rate", str(rate),
+            "--duration", str(duration), "--drain", "30", "--secret", secret, "--quiet",
+            "--json", str(jf), *extra]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return p, jf
+
+
+def relay_results(p, jf, timeout):
+    """The relay's counters. It exits 1 when any request failed, which a fault may well cause:
+    the drills judge the counters themselves."""
+    out, _ = p.communicate(timeout=timeout)
+    assert jf.exists(), f"kefu-load relay exited {p.returncode}:\n{out.decode()[-3000:]}"
+    print(out.decode()[-1500:])
+    return json.loads(jf.read_text())["counters"]
+
+
+def drill_gateways(spawn, rc, name, **opts):
+    seeds = rc.addrs[:3]
+    o = dict(rate_per_s=100000, rate_burst=100000, redis_timeout_ms=3000, log_level="info")
+    o.update(opts)
+    return [spawn.gateway(seeds, name=f"{name}a", **o), spawn.gateway(seeds, name=f"{name}b", **o)]
+
+
+def test_failover_drill_with_ack_replicas(spawn, tmp_path):
+    """kill -9 the master holding the most keys while 1,500 msgs/s flow: its replica takes over,
+    and the killed server comes back 2 s later as the new master's replica. With ack_replicas=1
+    every acknowledged message survives (never seen = 0: each was pushed live or healed from
+    history by the client rules), nothing is stored twice, and the gateways serve every slot
+    again. Messages sent meanwhile may be refused (unavailable: the slot had no master, or the
+    new master no replica yet to confirm them); that is what the client retries."""
+    rc = spawn.redis_cluster()
+    nodes = drill_gateways(spawn, rc, "fo", ack_replicas=1, ack_timeout_ms=1000)
+    p, jf = relay(nodes, H.SECRETS[0], rate=1500, duration=8, pairs=60, out=tmp_path)
+    # the relay sets up its pairs, then sends for 8 s; the master goes 3 s into the sending
+    time.sleep(4)
+    victim = max((n for n in rc.nodes if n.alive() and
+                  H.redis_call(n.addr, "ROLE")[0] == "master"),
+                 key=lambda n: H.redis_call(n.addr, "DBSIZE"))
+    victim.p.send_signal(signal.SIGKILL)
+    victim.p.wait()
+    t_kill = time.monotonic()
+    time.sleep(2)
+    victim.start()   # rejoins as a replica of the master that took over
+    wait_for(lambda: all(gauges(g).get("kefu_redis_slots_up") == 16384 for g in nodes), 20,
+             "every slot served again after the failover")
+    took = time.monotonic() - t_kill
+    c = relay_results(p, jf, timeout=120)
+    print(f"failover drill: slots back after {took:.1f}s; {c}")
+    assert c["acked"] > 3000, c
+    assert c.get("lost", 0) == 0, f"acknowledged messages never seen: {c}"
+    assert c.get("duplicated", 0) == 0, c
+    m = [gauges(g) for g in nodes]
+    assert sum(x.get("kefu_redis_masters") for x in m) == 2 * 3
+
+
+def test_resharding_drill(spawn, tmp_path):
+    """2,000 slots move from one master to another (redis-cli --cluster reshard) while 800
+    msgs/s flow: the gateways follow MOVED and ASK; no request fails and nothing is lost."""
+    rc = spawn.redis_cluster()
+    nodes = drill_gateways(spawn, rc, "rs")
+    p, jf = relay(nodes, H.SECRETS[0], rate=800, duration=10, pairs=60, out=tmp_path)
+    time.sleep(4)
+    ids = {}
+    for line in H.redis_call(rc.nodes[0].addr, "CLUSTER", "NODES").splitlines():
+        f = line.split()
+        if "master" in f[2]:
+            ids[f[1].split("@")[0]] = f[0]
+    src, dst = sorted(ids)[:2]
+    r = subprocess.run([H.REDIS_CLI, "--cluster", "reshard", rc.nodes[0].addr,
+                        "--cluster-from", ids[src], "--cluster-to", ids[dst],
+                        "--cluster-slots", "2000", "--cluster-yes", "--cluster-pipeline", "100"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stdout.decode()[-2000:] + r.stderr.decode()
+    c = relay_results(p, jf, timeout=120)
+    m = [gauges(g) for g in nodes]
+    moved = sum(x.get("kefu_redis_redirects_total", kind="moved") for x in m)
+    ask = sum(x.get("kefu_redis_redirects_total", kind="ask") for x in m)
+    print(f"resharding drill: moved {moved}, ask {ask}; {c}")
+    assert moved > 0, "no MOVED followed: did the slots carry traffic?"
+    assert c["acked"] > 3000, c
+    assert c.get("failed", 0) == 0, f"requests refused during resharding: {c}"
+    assert c.get("lost", 0) == 0 and c.get("duplicated", 0) == 0, c
+    assert c.get("unacked", 0) == 0, c
+
+
+# ---- acknowledgements confirmed by replicas, on a stand-alone master ----
+
+def test_ack_replicas_on_standalone_master(spawn):
+    """ack_replicas=1 with a stand-alone master and one replica: msg.send is acknowledged once
+    the replica has it; with the replica stopped it is answered unavailable (stored, not
+    confirmed: no push), and the retry with the same cid after the replica is back returns the
+    same id and heals the other side."""
+    master = spawn.redis()
+    replica = spawn.redis()
+    H.redis_call(replica.addr, "REPLICAOF", H.HOST, master.port)
+
+    def replica_online():
+        return "state=online" in H.redis_call(master.addr, "INFO", "replication")
+    wait_for(replica_online, 10, "replica attached")
+    g1 = spawn.gateway([master], name="ack1", ack_replicas=1, ack_timeout_ms=300)
+    g2 = spawn.gateway([master], name="ack2", ack_replicas=1, ack_timeout_ms=300)
+
+    async def body():
+        cust = await connect(g1, "customer", "json")
+        agent = await connect(g2, "agent", "msgpack")
+        conv = await open_assigned(cust, agent)
+        id1, _, _ = await send_msg(cust, conv, "confirmed by the replica")
+        await agent.next_push("msg", conv=conv, id=id1)
+        replica.stop(signal.SIGTERM, timeout=5)
+        wait_for(lambda: H.redis_call(master.addr, "INFO", "replication")
+                 .find("connected_slaves:0") >= 0, 10, "replica gone")
+        e = await cust.request("msg.send", conv=conv, text="not confirmed", cid="c-unconf")
+        assert e["type"] == "error" and e["code"] == "unavailable", e
+        assert "replicas" in e["message"], e
+        await agent.no_push("msg", within=0.5)
+        # the message is on the master all the same
+        hist = await cust.ok("history", conv=conv)
+        stored = [m for m in hist["msgs"] if m.get("cid") == "c-unconf"]
+        assert len(stored) == 1
+        replica.start()
+        H.redis_call(replica.addr, "REPLICAOF", H.HOST, master.port)
+        wait_for(replica_online, 10, "replica back")
+        ok = await cust.ok("msg.send", conv=conv, text="not confirmed", cid="c-unconf")
+        assert ok["id"] == stored[0]["id"], (ok, stored)
+        # the retry of a stored message tells the participants to re-check (resync)
+        f = await agent.next_push("resync", conv=conv, timeout=5)
+        assert f["conv"] == conv
+    run(body())
+    m = gauges(g1)
+    assert m.get("kefu_redis_unreplicated_total") >= 1
+
+
+def test_ack_timeout_must_be_below_redis_timeout(spawn):
+    g = spawn.gateway([spawn.redis()], name="acktmo", ready=False, ack_replicas=1,
+                      ack_timeout_ms=5000, redis_timeout_ms=5000)
+    g.proc.expect_exit = True
+    assert g.proc.p.wait(10) == 2
+    assert "ack_timeout_ms (5000) must be below redis_timeout_ms" in g.proc.tail()
+
+
+def test_list_of_standalone_servers_is_refused(spawn):
+    """The shard list is retired: two stand-alone servers are not a cluster. The gateway says so
+    and is never ready."""
+    g = spawn.gateway([spawn.redis(), spawn.redis()], name="twostand", ready=False)
+    wait_for(lambda: "several addresses must be nodes of one Redis Cluster" in g.proc.tail(80),
+             10, "the refusal in the log")
+    assert g.status("/readyz") == 503
