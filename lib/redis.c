@@ -350,6 +350,14 @@ static void route(kf_redis *r, struct req *q) {
     node_send(n, q, q->cmd, q->len);
 }
 
+/* Whether a request for slot waits to be tried again: a later one for that slot waits behind
+ * it, so that the commands of one slot keep their order. */
+static int slot_waits(const kf_redis *r, unsigned slot) {
+    for (const struct req *q = r->retry_head; q; q = q->next)
+        if (q->slot == slot) return 1;
+    return 0;
+}
+
 /* A command from the caller: formatted once; kept for redirections unless the server is
  * stand-alone. */
 static void dispatch(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, char *cmd,
@@ -368,6 +376,14 @@ static void dispatch(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, ch
         q->cmd = kf_malloc(len);
         memcpy(q->cmd, cmd, len);
         q->len = len;
+        if (r->nretry && slot_waits(r, slot)) {
+            q->next = NULL; /* due at once, but after the ones before it */
+            if (r->retry_tail) r->retry_tail->next = q;
+            else r->retry_head = q;
+            r->retry_tail = q;
+            r->nretry++;
+            return;
+        }
     }
     node_send(n, q, cmd, len);
 }

@@ -196,12 +196,14 @@ def test_resharding_drill(spawn, tmp_path):
     m = [gauges(g) for g in nodes]
     moved = sum(x.get("kefu_redis_redirects_total", kind="moved") for x in m)
     ask = sum(x.get("kefu_redis_redirects_total", kind="ask") for x in m)
-    print(f"resharding drill: moved {moved}, ask {ask}; {c}")
+    retry = sum(x.get("kefu_redis_redirects_total", kind="retry") for x in m)
+    print(f"resharding drill: moved {moved}, ask {ask}, retry {retry}; {c}")
     assert moved > 0, "no MOVED followed: did the slots carry traffic?"
     assert c["acked"] > 3000, c
     assert c.get("failed", 0) == 0, f"requests refused during resharding: {c}"
     assert c.get("lost", 0) == 0 and c.get("duplicated", 0) == 0, c
     assert c.get("unacked", 0) == 0, c
+    assert c.get("out_of_order", 0) == 0, c
 
 
 # ---- acknowledgements confirmed by replicas, on a stand-alone master ----
