@@ -199,7 +199,7 @@ typedef struct gw_server {
     char inbox_last_id[48];
     int inbox_reading;
     int64_t inbox_read_ms;    /* when the pending XREAD was sent */
-    int inbox_ready;
+    int inbox_ready; /* the reader has its starting point: entries from now on are read */
     /* lifecycle */
     int draining;
     int64_t drain_deadline_ms;

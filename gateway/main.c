@@ -65,6 +65,7 @@ int main(int argc, char **argv) {
     int lvl = kf_log_parse_level(opt.log_level);
     if (lvl < 0) {
         fprintf(stderr, "kefu-gateway: log_level must be debug, info, warn, error or off\n");
+        kf_config_free(gw_option_table, &opt);
         return 2;
     }
     kf_log_level = lvl;
@@ -72,6 +73,7 @@ int main(int argc, char **argv) {
         /* a WAIT holds its connection: a longer one would look like a dead server */
         fprintf(stderr, "kefu-gateway: ack_timeout_ms (%lld) must be below redis_timeout_ms (%lld)\n",
                 opt.ack_timeout_ms, opt.redis_timeout_ms);
+        kf_config_free(gw_option_table, &opt);
         return 2;
     }
     if (!opt.node_name[0]) {

@@ -116,7 +116,7 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
     COUNTER("kefu_slow_consumer_drops_total", "Frames refused because an output queue was full (connection then closed).", outq_dropped);
     COUNTER("kefu_presence_cache_hits_total", "Routing presence lookups answered from the local cache.", presence_cache_hits);
     COUNTER("kefu_redis_commands_total", "Redis commands answered.", redis_commands);
-    COUNTER("kefu_redis_failures_total", "Redis commands failed (unavailable or timeout).", redis_failures);
+    COUNTER("kefu_redis_failures_total", "Redis commands failed: unavailable (no server for the slot, connection lost, redirected too often, slot unserved for redis_timeout_ms), timeout, or unreplicated (ack_replicas).", redis_failures);
     COUNTER("kefu_push_retries_total", "Routes whose failed presence lookups were tried again.", push_retries);
     COUNTER("kefu_resync_sent_total", "Resync notices sent (a conversation's users told to fetch its history).", resync_sent);
     COUNTER("kefu_presence_cache_drops_total", "Cached presence copies dropped because a node (this one or another) registered that user.", presence_drops);
@@ -162,7 +162,7 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
         sb_printf(&b, "kefu_redis_redirects_total{kind=\"moved\"} %llu\nkefu_redis_redirects_total{kind=\"ask\"} %llu\nkefu_redis_redirects_total{kind=\"retry\"} %llu\n",
                   (unsigned long long)mv, (unsigned long long)ak, (unsigned long long)rt);
     }
-    COUNTER("kefu_redis_map_refreshes_total", "Redis Cluster slot maps read (every 5 s, after a redirection, and every 250 ms while a slot has no reachable master).", redis_map_refreshes);
+    COUNTER("kefu_redis_map_refreshes_total", "Redis Cluster slot maps read (every 5 s, after a MOVED or a lost connection, and every 250 ms while a slot has no reachable master).", redis_map_refreshes);
     COUNTER("kefu_redis_unreplicated_total", "Messages stored but not confirmed by ack_replicas replicas within ack_timeout_ms (answered unavailable).", redis_unreplicated);
     sb_printf(&b, "# HELP kefu_redis_command_seconds Redis command round-trip time.\n# TYPE kefu_redis_command_seconds histogram\n");
     uint64_t cum = 0, cnt = 0, sumus = 0;

@@ -862,7 +862,6 @@ static void inbox_trim(void);
 static uint32_t inbox_untrimmed;
 
 static void inbox_retry_later(void) {
-    gw->inbox_ready = 0;
     struct timeval tv = {0, 500000};
     event_add(gw->inbox_retry_ev, &tv);
 }

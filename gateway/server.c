@@ -911,10 +911,12 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     GW_M->redis_masters = kf_redis_masters(gw->redis, &mup);
     GW_M->redis_masters_up = mup;
     GW_M->redis_slots_up = kf_redis_slots_up(gw->redis);
-    /* Ready: this process's own deliveries flow (its inbox is read) and Redis serves slots. A
-     * master that is down for a while (until its replica takes over) does not take the process
-     * out of a load balancer's pool: every gateway reaches the same cluster, so moving clients
-     * elsewhere would not help them (kefu_redis_slots_up says how much is served). */
+    /* Ready: not draining, the inbox reader has its starting point (so nothing sent to this
+     * node from now on is skipped) and Redis serves slots. A master that is down for a while
+     * (until its replica takes over) does not take the process out of a load balancer's pool,
+     * even when it holds this node's inbox (read again, from where it stopped, once served):
+     * every gateway reaches the same cluster, and a whole pool of hosts marked down at once
+     * would drop every client (kefu_redis_slots_up and kefu_inbox_lag_ms show the outage). */
     GW_M->ready = !gw->draining && gw->inbox_ready && GW_M->redis_slots_up > 0;
     if (gw->draining) {
         if ((gw->nconns == 0 && kf_redis_pending(gw->redis) == 0) || now >= gw->drain_deadline_ms)

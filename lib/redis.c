@@ -560,16 +560,22 @@ static struct req *pop_req(struct node *n, struct req *expect) {
 }
 
 /* An error reply that asks for the command elsewhere or later: returns 1 when q was taken care
- * of (sent again, or queued for a retry). */
+ * of (sent again, or queued for a retry), -1 when it should fail "unavailable" (redirected too
+ * often, or the slot stayed unserved for the timeout), 0 for an ordinary error reply. */
 static int redirect(kf_redis *r, struct node *n, struct req *q, const redisReply *rp) {
     unsigned slot;
     char host[256];
     int port;
     enum kf_redirect k = kf_redirect_parse(rp->str, rp->len, &slot, host, sizeof(host), &port);
-    if (k == KF_REDIR_NONE || q->redirects >= MAX_REDIRECTS) return 0;
-    if ((k == KF_REDIR_TRYAGAIN || k == KF_REDIR_CLUSTERDOWN) &&
-        now_us() - q->first_us > (uint64_t)r->timeout_ms * 1000u)
-        return 0;
+    if (k == KF_REDIR_NONE) return 0;
+    if (q->redirects >= MAX_REDIRECTS ||
+        ((k == KF_REDIR_TRYAGAIN || k == KF_REDIR_CLUSTERDOWN) &&
+         now_us() - q->first_us > (uint64_t)r->timeout_ms * 1000u)) {
+        kf_warn("redis: giving up on a command for slot %u after %u redirections (%.*s)",
+                (unsigned)q->slot, (unsigned)q->redirects, (int)(rp->len > 60 ? 60 : rp->len),
+                rp->str);
+        return -1;
+    }
     q->redirects++;
     if (q->wait) { /* the WAIT queued behind it on this node confirms nothing now */
         q->wait->priv = NULL;
@@ -580,7 +586,7 @@ static int redirect(kf_redis *r, struct node *n, struct req *q, const redisReply
     case KF_REDIR_MOVED: {
         r->stats.moved++;
         struct node *t = node_master(r, host, port);
-        if (!t) return 0;
+        if (!t) return -1;
         r->owner[slot] = (uint16_t)t->idx;
         kf_debug("redis: slot %u moved to %s", slot, t->addr);
         map_refresh(r); /* more slots probably moved with it */
@@ -591,7 +597,7 @@ static int redirect(kf_redis *r, struct node *n, struct req *q, const redisReply
         r->stats.ask++;
         struct node *t = node_find(r, host, port);
         if (!t) t = node_add(r, host, port);
-        if (!t) return 0;
+        if (!t) return -1;
         if (!t->ac) {
             /* a node we do not use yet (it is importing a slot): connect and retry shortly */
             if (!evtimer_pending(t->reconnect_ev, NULL)) node_connect(t);
@@ -624,7 +630,14 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     int b = 0;
     while (b < 11 && (double)d > kf_redis_latency_bounds_s[b] * 1e6) b++;
     r->stats.latency_bucket[b]++;
-    if (rp->type == REDIS_REPLY_ERROR && q->cmd && !q->internal && redirect(r, n, q, rp)) return;
+    if (rp->type == REDIS_REPLY_ERROR && q->cmd && !q->internal) {
+        int how = redirect(r, n, q, rp);
+        if (how > 0) return;
+        if (how < 0) {
+            finish(q, NULL, "unavailable");
+            return;
+        }
+    }
     finish(q, rp, NULL);
 }
 

@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
-# AOF, fsync every second (as deploy/redis-shard.conf.example): a Redis restart keeps the
+# AOF, fsync every second (as deploy/redis.conf.example): a Redis restart keeps the
 # conversations (docs/operations.md, "What each persistence choice can lose")
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly yes \
     --appendfsync everysec --dir "$run" --logfile "$run/redis.log" &

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Installs what is missing, builds kefu (normal and ASan+UBSan) and runs every test suite:
-# unit tests (cmocka/ctest), integration tests (real redis-server shards, real gateways, real
-# WebSocket clients), the load-test smoke, and a short fuzzing pass.
+# unit tests (cmocka/ctest), integration tests (a real redis-server and Redis Cluster, real
+# gateways, real WebSocket clients), the load-test smoke, and a short fuzzing pass.
 # Usage: scripts/test.sh [--quick]   (--quick: skip the sanitizer build and fuzzing)
 set -u
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Worker benchmark: assignment throughput and SLA timer accuracy, against real processes.
 
-Starts private redis-server shards, two gateways and W workers (the integration-test harness),
+Starts a private redis-server, two gateways and W workers (the integration-test harness),
 then:
 
 1. Assignment: N conversations wait in G groups while every agent is offline; all agents then
@@ -53,7 +53,7 @@ def main():
     wd = tempfile.mkdtemp(prefix="kefu-wbench-")
     procs = []
     try:
-        shards = [H.Redis(wd + "/redis").start() for _ in range(2)]
+        shards = [H.Redis(wd + "/redis").start()]
         procs += shards
         addrs = [s.addr for s in shards]
         gws = [H.Gateway(wd, addrs, name=f"bg{i}", log_level="warn").start() for i in range(2)]

@@ -268,3 +268,54 @@ def test_list_of_standalone_servers_is_refused(spawn):
     wait_for(lambda: "several addresses must be nodes of one Redis Cluster" in g.proc.tail(80),
              10, "the refusal in the log")
     assert g.status("/readyz") == 503
+
+
+def test_inbox_master_frozen_keeps_node_ready_and_heals(spawn):
+    """The master holding a node's inbox freezes (SIGSTOP, a cluster without replicas): the
+    node stays ready (a load balancer keeps its clients), its reader retries, and once the
+    master answers again the agent on that node gets what was sent meanwhile, pushed or healed
+    by the client rules."""
+    import os
+    from kefu_client import Follower, new_id, open_conv
+    rc = spawn.redis_cluster(replicas=0)
+    opts = dict(redis_timeout_ms=500, route_retry_ms=300, presence_cache_ms=0)
+    ga = spawn.gateway(rc.addrs, name="inbx", **opts)     # the agent's node
+    gc = spawn.gateway(rc.addrs, name="inbc", **opts)     # the customer's node
+    slots = rc.slots()
+    victim = rc.master_of(f"kefu:{{n:{ga.name}-0}}:inbox", slots)
+
+    def sub_off_victim(role):
+        while True:
+            sub = new_id(role[:4])
+            if rc.master_of(f"kefu:{{u:{sub}}}:nodes", slots) is not victim:
+                return sub
+
+    async def body():
+        cust = await connect(gc, "customer", "json", sub=sub_off_victim("customer"))
+        agent = await connect(ga, "agent", "msgpack", sub=sub_off_victim("agent"))
+        for _ in range(50):
+            conv, _ = await open_conv(cust)
+            if rc.master_of(f"kefu:{{c:{conv}}}:meta", slots) is not victim:
+                break
+        await agent.ok("conv.accept", conv=conv)
+        f = Follower(agent, conv)
+        first, _, _ = await send_msg(cust, conv, "before")
+        await f.pump(0.5)
+        assert first in f.live
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(2.0)            # > 1 s BLOCK + redis_timeout_ms: reader retries
+            assert ga.status("/readyz") == 200, "the node left the pool for a frozen master"
+            during, _, _ = await send_msg(cust, conv, "while the inbox master is frozen")
+            await asyncio.sleep(1.0)
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        for _ in range(60):
+            await f.pump(0.2)
+            if during in f.held:
+                break
+        assert during in f.held, "the message sent meanwhile never reached the agent"
+        after, _, _ = await send_msg(cust, conv, "after")
+        await f.pump(1.0)
+        assert after in f.live, "the inbox reader did not resume"
+    run(body(), timeout=60)
