@@ -30,6 +30,17 @@ enum node_state { NODE_DOWN, NODE_CONNECTING, NODE_UP };
 enum mode { MODE_UNKNOWN = -1, MODE_SINGLE = 0, MODE_CLUSTER = 1 };
 
 struct node;
+struct req;
+
+/* The durable commands one loop iteration sent to one server, confirmed by one WAIT sent after
+ * them. A member that is redirected or fails leaves (its place is cleared). */
+struct waitgrp {
+    struct node *n;
+    unsigned gen;         /* the node's connection it was opened on */
+    struct waitgrp *next; /* the groups whose WAIT is not sent yet */
+    size_t len, cap;
+    struct req **qs;
+};
 
 struct req {
     kf_redis_cb *cb;
@@ -40,7 +51,7 @@ struct req {
     struct req *next;     /* the node's in-flight list, or the retry list */
     char *cmd;            /* formatted command, kept for redirections (cluster) */
     size_t len;
-    struct req *wait;     /* the WAIT that confirms this durable command */
+    struct waitgrp *grp;  /* the WAIT that confirms this durable command (with others) */
     redisReply *held;     /* its reply, held until the WAIT answers */
     uint16_t slot;
     uint8_t redirects;
@@ -64,6 +75,8 @@ struct node {
     char run_id[48];          /* the server's run_id: a new one means it restarted */
     const char *drop_reason;  /* set while we tear the context down ourselves */
     struct event *reconnect_ev, *check_ev;
+    struct waitgrp *grp;      /* durable commands of this iteration, WAIT not sent yet */
+    unsigned gen;             /* connections made so far */
     unsigned seed : 1,        /* given in the configuration: always kept connected */
         master : 1,           /* serves slots in the current map */
         restarted : 1,        /* reached a restarted server, or took over a failed master's
@@ -80,7 +93,8 @@ struct kf_redis {
     int refused;              /* several stand-alone servers: nothing is served */
     int timeout_ms;
     int ack_replicas, ack_timeout_ms;
-    struct event *tick, *retry_ev;
+    struct event *tick, *retry_ev, *wait_ev;
+    struct waitgrp *wait_open; /* groups whose WAIT goes out at the end of the iteration */
     struct req *retry_head, *retry_tail;
     size_t nretry;
     int refreshing;
@@ -182,35 +196,57 @@ static void req_free(struct req *q) {
     kf_free(q);
 }
 
+static void grp_leave(struct req *q) {
+    struct waitgrp *g = q->grp;
+    if (!g) return;
+    for (size_t i = 0; i < g->len; i++)
+        if (g->qs[i] == q) g->qs[i] = NULL;
+    q->grp = NULL;
+}
+
 /* Hands a request its answer (or failure) and frees it. A durable command that succeeded waits
- * for its WAIT instead. */
+ * for its group's WAIT instead. */
 static void finish(struct req *q, const redisReply *reply, const char *err) {
     kf_redis_stats *st = q->n ? &q->n->r->stats : NULL;
-    if (q->wait) {
+    if (q->grp) {
         if (!err && reply->type != REDIS_REPLY_ERROR) {
             q->held = reply_dup(reply);
             return; /* on_waited() answers */
         }
-        q->wait->priv = NULL; /* its WAIT is answered for nobody */
-        q->wait = NULL;
+        grp_leave(q);
     }
     if (err && st) st->failures++;
     if (q->cb) q->cb(reply, err, q->priv);
     req_free(q);
 }
 
+static void grp_free(struct waitgrp *g) {
+    kf_free(g->qs);
+    kf_free(g);
+}
+
+/* The WAIT of a group answered: each member still in it is confirmed (its held reply goes to
+ * its caller) or not ("unreplicated": executed, but not on enough replicas in time). */
 static void on_waited(const redisReply *reply, const char *err, void *priv) {
-    struct req *q = priv;
-    if (!q) return;
-    kf_redis *r = q->n->r;
-    q->wait = NULL;
+    struct waitgrp *g = priv;
+    kf_redis *r = g->n->r;
     if (!err && (reply->type != REDIS_REPLY_INTEGER || reply->integer < r->ack_replicas)) {
-        r->stats.unreplicated++;
+        r->stats.unreplicated += 1;
         err = "unreplicated";
     }
-    if (err) r->stats.failures++;
-    if (q->cb) q->cb(err ? NULL : q->held, err, q->priv);
-    req_free(q);
+    for (size_t i = 0; i < g->len; i++) {
+        struct req *q = g->qs[i];
+        if (!q) continue;
+        q->grp = NULL;
+        if (!q->held) { /* cannot happen: the WAIT is answered after the commands before it */
+            kf_error("redis %s: WAIT answered before a command it confirms", g->n->addr);
+            abort();
+        }
+        if (err) r->stats.failures++;
+        if (q->cb) q->cb(err ? NULL : q->held, err, q->priv);
+        req_free(q);
+    }
+    grp_free(g);
 }
 
 /* ---- failures and retries that are answered later, from the loop ---- */
@@ -329,14 +365,52 @@ static void node_send(struct node *n, struct req *q, const char *cmd, size_t len
 
 static void send_wait(struct node *n, struct req *q) {
     kf_redis *r = n->r;
-    struct req *w = req_new(on_waited, q, q->slot);
-    w->internal = 1;
-    char *cmd;
-    int len = redisFormatCommand(&cmd, "WAIT %d %d", r->ack_replicas, r->ack_timeout_ms);
-    if (len < 0) abort();
-    q->wait = w;
-    node_send(n, w, cmd, (size_t)len);
-    redisFreeCommand(cmd);
+    struct waitgrp *g = n->grp;
+    if (!g) {
+        g = n->grp = kf_calloc(1, sizeof(*g));
+        g->n = n;
+        g->gen = n->gen;
+        g->next = r->wait_open;
+        r->wait_open = g;
+        event_active(r->wait_ev, EV_TIMEOUT, 0); /* after this iteration's callbacks */
+    }
+    if (g->len == g->cap) {
+        g->cap = g->cap ? 2 * g->cap : 8;
+        g->qs = kf_realloc(g->qs, sizeof(*g->qs) * g->cap);
+    }
+    g->qs[g->len++] = q;
+    q->grp = g;
+}
+
+/* End of the loop iteration: one WAIT per server confirms the durable commands sent to it. */
+static void on_wait_flush(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what;
+    kf_redis *r = arg;
+    struct waitgrp *g = r->wait_open;
+    r->wait_open = NULL;
+    for (struct waitgrp *next; g; g = next) {
+        next = g->next;
+        struct node *n = g->n;
+        n->grp = NULL;
+        size_t live = 0;
+        for (size_t i = 0; i < g->len; i++) live += g->qs[i] != NULL;
+        if (!live) {
+            grp_free(g);
+            continue;
+        }
+        if (!n->ac || n->gen != g->gen) {
+            /* the connection went (a WAIT on another one would confirm nothing) */
+            on_waited(NULL, "unavailable", g);
+            continue;
+        }
+        struct req *w = req_new(on_waited, g, 0);
+        w->internal = 1;
+        char *cmd;
+        int len = redisFormatCommand(&cmd, "WAIT %d %d", r->ack_replicas, r->ack_timeout_ms);
+        if (len < 0) abort();
+        node_send(n, w, cmd, (size_t)len);
+        redisFreeCommand(cmd);
+    }
 }
 
 /* Sends a request to the server of its slot, or fails it when there is none. */
@@ -577,10 +651,7 @@ static int redirect(kf_redis *r, struct node *n, struct req *q, const redisReply
         return -1;
     }
     q->redirects++;
-    if (q->wait) { /* the WAIT queued behind it on this node confirms nothing now */
-        q->wait->priv = NULL;
-        q->wait = NULL;
-    }
+    grp_leave(q); /* the WAIT of this node confirms nothing about it now */
     if (!host[0]) snprintf(host, sizeof(host), "%s", n->host);
     switch (k) {
     case KF_REDIR_MOVED: {
@@ -778,6 +849,7 @@ static void node_connect(struct node *n) {
     }
     ac->data = n;
     n->ac = ac;
+    n->gen++;
     n->state = NODE_CONNECTING;
     n->connect_started_us = now_us();
     kf_redis_attach(ac, n->r->base);
@@ -941,6 +1013,7 @@ kf_redis *kf_redis_new(struct event_base *base, const char *addrs, int timeout_m
      * serves it, a cluster node redirects it. */
     set_all_owners(r, 0);
     r->retry_ev = evtimer_new(base, on_retry, r);
+    r->wait_ev = event_new(base, -1, 0, on_wait_flush, r);
     for (unsigned i = 0; i < r->nnodes; i++) node_connect(r->nodes[i]);
     r->tick = event_new(base, -1, EV_PERSIST, on_tick, r);
     struct timeval tv = {0, 100000};
@@ -959,6 +1032,7 @@ void kf_redis_free(kf_redis *r) {
             n->ac = NULL;
         }
     }
+    on_wait_flush(-1, 0, r); /* groups whose WAIT was not sent: nothing is confirmed */
     while (r->retry_head) {
         struct req *q = r->retry_head;
         r->retry_head = q->next;
@@ -970,6 +1044,7 @@ void kf_redis_free(kf_redis *r) {
         event_free(r->nodes[i]->check_ev);
         kf_free(r->nodes[i]);
     }
+    event_free(r->wait_ev);
     event_free(r->retry_ev);
     event_free(r->tick);
     kf_free(r->nodes);

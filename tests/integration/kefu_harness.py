@@ -233,7 +233,9 @@ class RedisCluster:
                        "--cluster-port", str(free_port()),  # not port + 10000: may pass 65535
                        "--cluster-node-timeout", str(node_timeout_ms),
                        "--cluster-require-full-coverage", "no",
-                       "--cluster-replica-validity-factor", "0"]
+                       "--cluster-replica-validity-factor", "0",
+                       # replicas sync at once, not after the default 5 s of waiting for more
+                       "--repl-diskless-sync-delay", "0"]
             if appendonly:
                 k = r.argv.index("--appendonly")
                 r.argv[k + 1] = "yes"
@@ -270,7 +272,8 @@ class RedisCluster:
             try:
                 live = [n for n in self.nodes if n.alive()]
                 if all(self.info(n).get("cluster_state") == "ok" and
-                       self.info(n).get("cluster_slots_ok") == "16384" for n in live):
+                       self.info(n).get("cluster_slots_ok") == "16384" and
+                       self.replicas_online(n) for n in live):
                     maps = {str(sorted(map(str, redis_call(n.addr, "CLUSTER", "SLOTS"))))
                             for n in live}
                     if len(maps) == 1:
@@ -284,6 +287,14 @@ class RedisCluster:
     def slots(self):
         """The slot map now: CLUSTER SLOTS of a live node."""
         return redis_call(self.live()[0].addr, "CLUSTER", "SLOTS")
+
+    def replicas_online(self, node):
+        """A master's replicas have synced (a replica or a master without replicas: True)."""
+        info = self.info(node, "replication")
+        if info.get("role") != "master":
+            return True
+        n = int(info.get("connected_slaves", 0))
+        return all("state=online" in info.get(f"slave{i}", "") for i in range(n))
 
     def master_of(self, key, slots=None):
         """The node serving key's slot (in the map given, or the one now)."""
