@@ -77,6 +77,8 @@ struct node {
     struct event *reconnect_ev, *check_ev;
     struct waitgrp *grp;      /* durable commands of this iteration, WAIT not sent yet */
     unsigned gen;             /* connections made so far */
+    struct waitgrp *wait_sent; /* the group whose WAIT is in flight (at most one) */
+    uint64_t asked_us;        /* last ASK that sent a command here */
     unsigned seed : 1,        /* given in the configuration: always kept connected */
         master : 1,           /* serves slots in the current map */
         restarted : 1,        /* reached a restarted server, or took over a failed master's
@@ -94,7 +96,8 @@ struct kf_redis {
     int timeout_ms;
     int ack_replicas, ack_timeout_ms;
     struct event *tick, *retry_ev, *wait_ev;
-    struct waitgrp *wait_open; /* groups whose WAIT goes out at the end of the iteration */
+    uint32_t waiting[KF_SLOTS]; /* per slot: requests in the retry list */
+    int have_map;             /* a cluster slot map was applied */
     struct req *retry_head, *retry_tail;
     size_t nretry;
     int refreshing;
@@ -135,6 +138,9 @@ static void set_state(struct node *n, enum node_state st) {
     n->state = st;
     int up = st == NODE_UP;
     if (was_up == up) return;
+    /* a cluster node that serves no slots (a replica given as a seed, an ASK target) changes
+     * nothing for the callers */
+    int quiet = n->r->mode == MODE_CLUSTER && !n->master;
     if (up) {
         kf_info("redis %s up%s", n->addr,
                 n->restarted ? " (it restarted or took over from a failed master: it may lack "
@@ -142,10 +148,10 @@ static void set_state(struct node *n, enum node_state st) {
                              : "");
         int how = n->restarted ? KF_REDIS_UP_RESTARTED : KF_REDIS_UP;
         n->restarted = 0;
-        report(n->r, how);
+        if (!quiet) report(n->r, how);
     } else {
         kf_warn("redis %s down", n->addr);
-        report(n->r, KF_REDIS_DOWN);
+        if (!quiet) report(n->r, KF_REDIS_DOWN);
     }
 }
 
@@ -230,6 +236,10 @@ static void grp_free(struct waitgrp *g) {
 static void on_waited(const redisReply *reply, const char *err, void *priv) {
     struct waitgrp *g = priv;
     kf_redis *r = g->n->r;
+    if (g->n->wait_sent == g) {
+        g->n->wait_sent = NULL;
+        if (g->n->grp) event_active(r->wait_ev, EV_TIMEOUT, 0); /* the next group's turn */
+    }
     if (!err && (reply->type != REDIS_REPLY_INTEGER || reply->integer < r->ack_replicas)) {
         r->stats.unreplicated += 1;
         err = "unreplicated";
@@ -278,13 +288,31 @@ static void fail_later(kf_redis *r, struct req *q, const char *err) {
     req_free(q);
 }
 
-static void retry_later(kf_redis *r, struct req *q) {
+static void retry_enqueue(kf_redis *r, struct req *q) {
     q->next = NULL;
-    q->t0_us = now_us() + RETRY_DELAY_US; /* due */
     if (r->retry_tail) r->retry_tail->next = q;
     else r->retry_head = q;
     r->retry_tail = q;
     r->nretry++;
+    r->waiting[q->slot]++;
+}
+
+/* Whether a request for slot waits to be tried again: a later one for that slot waits behind
+ * it, so that the commands of one slot keep their order. */
+static int slot_waits(const kf_redis *r, unsigned slot) {
+    return r->waiting[slot & (KF_SLOTS - 1)] != 0;
+}
+
+/* Queues q behind the requests of its slot that wait, due at once after them. */
+static void queue_behind(kf_redis *r, struct req *q) {
+    q->t0_us = 0;
+    retry_enqueue(r, q);
+}
+
+static void retry_later(kf_redis *r, struct req *q) {
+    q->next = NULL;
+    q->t0_us = now_us() + RETRY_DELAY_US; /* due */
+    retry_enqueue(r, q);
     if (!evtimer_pending(r->retry_ev, NULL)) {
         struct timeval tv = {0, RETRY_DELAY_US};
         evtimer_add(r->retry_ev, &tv);
@@ -300,6 +328,7 @@ static void on_retry(evutil_socket_t fd, short what, void *arg) {
         r->retry_head = q->next;
         if (!r->retry_head) r->retry_tail = NULL;
         r->nretry--;
+        r->waiting[q->slot]--;
         route(r, q);
     }
     if (r->retry_head) {
@@ -370,9 +399,7 @@ static void send_wait(struct node *n, struct req *q) {
         g = n->grp = kf_calloc(1, sizeof(*g));
         g->n = n;
         g->gen = n->gen;
-        g->next = r->wait_open;
-        r->wait_open = g;
-        event_active(r->wait_ev, EV_TIMEOUT, 0); /* after this iteration's callbacks */
+        if (!n->wait_sent) event_active(r->wait_ev, EV_TIMEOUT, 0); /* after this iteration */
     }
     if (g->len == g->cap) {
         g->cap = g->cap ? 2 * g->cap : 8;
@@ -382,18 +409,20 @@ static void send_wait(struct node *n, struct req *q) {
     q->grp = g;
 }
 
-/* End of the loop iteration: one WAIT per server confirms the durable commands sent to it. */
+/* End of the loop iteration: for each server, one WAIT confirms the durable commands sent to
+ * it since the last one. At most one WAIT per connection is in flight: Redis runs nothing
+ * behind a WAIT that blocks, so a second one would only add its wait to the first's; what
+ * gathers meanwhile goes with the next. */
 static void on_wait_flush(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what;
     kf_redis *r = arg;
-    struct waitgrp *g = r->wait_open;
-    r->wait_open = NULL;
-    for (struct waitgrp *next; g; g = next) {
-        next = g->next;
-        struct node *n = g->n;
+    for (unsigned i = 0; i < r->nnodes; i++) {
+        struct node *n = r->nodes[i];
+        struct waitgrp *g = n->grp;
+        if (!g || (n->wait_sent && n->ac && n->gen == g->gen && fd != -1)) continue;
         n->grp = NULL;
         size_t live = 0;
-        for (size_t i = 0; i < g->len; i++) live += g->qs[i] != NULL;
+        for (size_t k = 0; k < g->len; k++) live += g->qs[k] != NULL;
         if (!live) {
             grp_free(g);
             continue;
@@ -408,6 +437,7 @@ static void on_wait_flush(evutil_socket_t fd, short what, void *arg) {
         char *cmd;
         int len = redisFormatCommand(&cmd, "WAIT %d %d", r->ack_replicas, r->ack_timeout_ms);
         if (len < 0) abort();
+        n->wait_sent = g;
         node_send(n, w, cmd, (size_t)len);
         redisFreeCommand(cmd);
     }
@@ -422,14 +452,6 @@ static void route(kf_redis *r, struct req *q) {
         return;
     }
     node_send(n, q, q->cmd, q->len);
-}
-
-/* Whether a request for slot waits to be tried again: a later one for that slot waits behind
- * it, so that the commands of one slot keep their order. */
-static int slot_waits(const kf_redis *r, unsigned slot) {
-    for (const struct req *q = r->retry_head; q; q = q->next)
-        if (q->slot == slot) return 1;
-    return 0;
 }
 
 /* A command from the caller: formatted once; kept for redirections unless the server is
@@ -450,12 +472,8 @@ static void dispatch(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, ch
         q->cmd = kf_malloc(len);
         memcpy(q->cmd, cmd, len);
         q->len = len;
-        if (r->nretry && slot_waits(r, slot)) {
-            q->next = NULL; /* due at once, but after the ones before it */
-            if (r->retry_tail) r->retry_tail->next = q;
-            else r->retry_head = q;
-            r->retry_tail = q;
-            r->nretry++;
+        if (slot_waits(r, slot)) {
+            queue_behind(r, q);
             return;
         }
     }
@@ -642,15 +660,15 @@ static int redirect(kf_redis *r, struct node *n, struct req *q, const redisReply
     int port;
     enum kf_redirect k = kf_redirect_parse(rp->str, rp->len, &slot, host, sizeof(host), &port);
     if (k == KF_REDIR_NONE) return 0;
-    if (q->redirects >= MAX_REDIRECTS ||
-        ((k == KF_REDIR_TRYAGAIN || k == KF_REDIR_CLUSTERDOWN) &&
-         now_us() - q->first_us > (uint64_t)r->timeout_ms * 1000u)) {
+    int hop = k == KF_REDIR_MOVED || k == KF_REDIR_ASK;
+    if ((hop && q->redirects >= MAX_REDIRECTS) ||
+        (!hop && now_us() - q->first_us > (uint64_t)r->timeout_ms * 1000u)) {
         kf_warn("redis: giving up on a command for slot %u after %u redirections (%.*s)",
                 (unsigned)q->slot, (unsigned)q->redirects, (int)(rp->len > 60 ? 60 : rp->len),
                 rp->str);
         return -1;
     }
-    q->redirects++;
+    if (hop) q->redirects++;
     grp_leave(q); /* the WAIT of this node confirms nothing about it now */
     if (!host[0]) snprintf(host, sizeof(host), "%s", n->host);
     switch (k) {
@@ -661,7 +679,12 @@ static int redirect(kf_redis *r, struct node *n, struct req *q, const redisReply
         r->owner[slot] = (uint16_t)t->idx;
         kf_debug("redis: slot %u moved to %s", slot, t->addr);
         map_refresh(r); /* more slots probably moved with it */
-        route(r, q);
+        if (slot_waits(r, q->slot))
+            queue_behind(r, q); /* an earlier command of its slot waits: keep the order */
+        else if (slot == q->slot)
+            route(r, q);
+        else
+            node_send(t, q, q->cmd, q->len); /* the server knows the key's slot better */
         return 1;
     }
     case KF_REDIR_ASK: {
@@ -669,10 +692,10 @@ static int redirect(kf_redis *r, struct node *n, struct req *q, const redisReply
         struct node *t = node_find(r, host, port);
         if (!t) t = node_add(r, host, port);
         if (!t) return -1;
-        if (!t->ac) {
-            /* a node we do not use yet (it is importing a slot): connect and retry shortly */
-            if (!evtimer_pending(t->reconnect_ev, NULL)) node_connect(t);
-            retry_later(r, q);
+        t->asked_us = now_us(); /* kept connected a while, though it serves no slot yet */
+        if (!t->ac) node_connect(t); /* importing a slot; the command queues behind setup */
+        if (slot_waits(r, q->slot)) {
+            queue_behind(r, q); /* sent by route() later: it may need ASK again, or not */
             return 1;
         }
         q->asking = 1;
@@ -785,8 +808,9 @@ static void on_server_info(const redisReply *reply, const char *err, void *priv)
         p += 7;
         size_t len = strcspn(p, "\r\n");
         if (len >= sizeof(n->run_id)) len = sizeof(n->run_id) - 1;
-        if (n->run_id[0] && (strlen(n->run_id) != len || memcmp(n->run_id, p, len) != 0))
-            n->restarted = 1;
+        if (n->run_id[0] && (strlen(n->run_id) != len || memcmp(n->run_id, p, len) != 0) &&
+            (r->mode != MODE_CLUSTER || n->master))
+            n->restarted = 1; /* a replica that restarted lost nothing anyone was told */
         memcpy(n->run_id, p, len);
         n->run_id[len] = '\0';
     }
@@ -850,6 +874,7 @@ static void node_connect(struct node *n) {
     ac->data = n;
     n->ac = ac;
     n->gen++;
+    evtimer_del(n->check_ev); /* a check meant for the previous connection */
     n->state = NODE_CONNECTING;
     n->connect_started_us = now_us();
     kf_redis_attach(ac, n->r->base);
@@ -890,7 +915,12 @@ static void on_slots(const redisReply *reply, const char *err, void *priv) {
     r->stats.map_refreshes++;
     uint16_t *owner = kf_malloc(sizeof(uint16_t) * KF_SLOTS);
     for (unsigned s = 0; s < KF_SLOTS; s++) owner[s] = NO_NODE;
-    for (unsigned i = 0; i < r->nnodes; i++) r->nodes[i]->master = 0;
+    unsigned char *was = kf_calloc(r->nnodes + 1, 1);
+    unsigned nbefore = r->nnodes;
+    for (unsigned i = 0; i < r->nnodes; i++) {
+        was[i] = r->nodes[i]->master;
+        r->nodes[i]->master = 0;
+    }
     for (int i = 0; i < nr; i++) {
         const char *host = ranges[i].host[0] ? ranges[i].host : from->host;
         struct node *n = node_master(r, host, ranges[i].port);
@@ -900,25 +930,37 @@ static void on_slots(const redisReply *reply, const char *err, void *priv) {
     kf_free(ranges);
     /* A slot whose server was down when it changed hands: a replica took over (a failover),
      * and it has only what had reached it. A slot moved between live servers (resharding)
-     * carries its keys with it. */
-    for (unsigned s = 0; s < KF_SLOTS; s++) {
-        if (owner[s] == r->owner[s] || owner[s] == NO_NODE) continue;
+     * carries its keys with it. The first map only replaces the guess made before it. */
+    unsigned char *took = kf_calloc(r->nnodes, 1);
+    for (unsigned s = 0; r->have_map && s < KF_SLOTS; s++) {
         unsigned old = r->owner[s];
-        if (old != NO_NODE && r->nodes[old]->state != NODE_UP) {
-            struct node *t = r->nodes[owner[s]];
-            if (!t->restarted) {
-                kf_warn("redis: %s took over slots of %s, which is down (a failover)", t->addr,
-                        r->nodes[old]->addr);
-                t->restarted = 1;
-                if (t->state == NODE_UP) { /* report it now: set_state() will not */
-                    t->restarted = 0;
-                    report(r, KF_REDIS_UP_RESTARTED);
-                }
-            }
+        if (owner[s] == old || owner[s] == NO_NODE || old == NO_NODE) continue;
+        if (r->nodes[old]->state != NODE_UP && !took[owner[s]]) {
+            took[owner[s]] = 1;
+            kf_warn("redis: %s took over slots of %s, which is down (a failover)",
+                    r->nodes[owner[s]]->addr, r->nodes[old]->addr);
         }
     }
+    r->have_map = 1;
     memcpy(r->owner, owner, sizeof(uint16_t) * KF_SLOTS);
     kf_free(owner);
+    /* reported once the map routes to the new server: callers re-register what may be lost */
+    int report_now = 0;
+    for (unsigned i = 0; i < r->nnodes; i++) {
+        if (!took[i]) continue;
+        if (r->nodes[i]->state == NODE_UP) report_now = 1;
+        else r->nodes[i]->restarted = 1; /* set_state() reports it when it comes up */
+    }
+    kf_free(took);
+    /* a server already up that now serves slots was not reported (set_state() is quiet about
+     * servers that serve none): callers learn of it now */
+    int newly = 0;
+    for (unsigned i = 0; i < r->nnodes; i++)
+        if (r->nodes[i]->master && (i >= nbefore || !was[i]) && r->nodes[i]->state == NODE_UP)
+            newly = 1;
+    kf_free(was);
+    if (report_now) report(r, KF_REDIS_UP_RESTARTED);
+    else if (newly) report(r, KF_REDIS_UP);
 }
 
 static void map_refresh(kf_redis *r) {
@@ -954,7 +996,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
                     n->addr, r->timeout_ms, n->npending);
             node_drop(n, "timeout");
             if (r->mode == MODE_CLUSTER) map_refresh(r);
-        } else if (!node_wanted(n) && !n->head && r->mode == MODE_CLUSTER) {
+        } else if (!node_wanted(n) && !n->head && r->mode == MODE_CLUSTER &&
+                   now - n->asked_us > 10000000u) {
             kf_info("redis %s serves no slots any more; disconnecting", n->addr);
             node_drop(n, "unavailable");
         }

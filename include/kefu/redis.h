@@ -54,6 +54,8 @@ extern const double kf_redis_latency_bounds_s[11];
  * Returns NULL with err set on a bad address list. */
 kf_redis *kf_redis_new(struct event_base *base, const char *addrs, int timeout_ms,
                        char *err, size_t errlen);
+/** Frees the client: the callbacks of commands still pending run inside it (err
+ * "unavailable"). Not to be called from one of its callbacks. */
 void kf_redis_free(kf_redis *r);
 
 void kf_redis_on_state(kf_redis *r, kf_redis_state_cb *cb, void *priv);
@@ -92,7 +94,10 @@ size_t kf_redis_pending(const kf_redis *r);
 void kf_redis_set_durable(kf_redis *r, int replicas, int timeout_ms);
 
 /** Sends a command (binary-safe argv) to the server of slot. Commands issued in one loop
- * iteration are written together (pipelined); commands for one slot are answered in order. */
+ * iteration are written together (pipelined); commands for one slot reach the server in the
+ * order they were issued and are answered in that order, except that a durable command
+ * (kf_redis_script_durable) is answered only after its WAIT, so later ones may be answered
+ * first. */
 void kf_redis_argv(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, int argc,
                    const char **argv, const size_t *argvlen);
 /** printf-style command (hiredis format: %s, %b with pointer+length, %d, %lld). */

@@ -36,6 +36,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_fixed_port():
+    """A free port below the kernel's ephemeral range (32768 up): a server that is restarted
+    on it later finds it free again, not taken by some client's outgoing connection."""
+    import random
+    for _ in range(200):
+        p = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, p))
+                return p
+            except OSError:
+                continue
+    return free_port()
+
+
 def wait_until(pred, timeout=5.0, interval=0.05, what="condition"):
     """Polls pred() until it returns a truthy value (returned) or raises AssertionError."""
     deadline = time.monotonic() + timeout
@@ -228,9 +243,9 @@ class RedisCluster:
         for i in range(masters * (1 + replicas)):
             d = self.workdir / f"cluster-{i}"
             d.mkdir(parents=True, exist_ok=True)
-            r = Redis(d, name="cluster")
+            r = Redis(d, port=free_fixed_port(), name="cluster")
             r.argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
-                       "--cluster-port", str(free_port()),  # not port + 10000: may pass 65535
+                       "--cluster-port", str(free_fixed_port()),  # not port + 10000
                        "--cluster-node-timeout", str(node_timeout_ms),
                        "--cluster-require-full-coverage", "no",
                        "--cluster-replica-validity-factor", "0",
