@@ -2,8 +2,8 @@
  * transfers (conv.transfer, group.transfers), ratings (conv.rate), a conversation's record
  * (conv.record) and supervisor monitoring (monitor.subscribe, monitor.unsubscribe).
  *
- * Agent state is decided by scripts on the {staff} shard (lua/redis/agent_*.lua, ...), a
- * conversation's by scripts on its own shard. A transfer spans both: check on the conversation,
+ * Agent state is decided by scripts on the {staff} slot (lua/redis/agent_*.lua, ...), a
+ * conversation's by scripts in its own slot. A transfer spans both: check on the conversation,
  * reserve on {staff}, commit on the conversation, and undo the reservation when the commit
  * loses. The worker learns about changes from the lifecycle stream. */
 #include "agent.h"
@@ -26,7 +26,7 @@
 
 /* ---- helpers ---- */
 
-static unsigned staff_shard(void) { return kf_redis_slot(gw->redis, KF_KEY_STAFF_CONFIG); }
+static unsigned staff_slot(void) { return kf_redis_slot(gw->redis, KF_KEY_STAFF_CONFIG); }
 
 static void staff_script(const char *name, kf_redis_cb *cb, void *priv, int argc,
                          const char **argv) {
@@ -485,10 +485,10 @@ static void h_group_transfers(gw_conn *c, json_t *msg) {
     snprintf(x->group, sizeof(x->group), "%s", group);
     x->limit = json_is_true(allowed);
     if (x->limit)
-        kf_redis_cmd(gw->redis, staff_shard(), on_policy_set, x, "HDEL %s %s",
+        kf_redis_cmd(gw->redis, staff_slot(), on_policy_set, x, "HDEL %s %s",
                      KF_KEY_STAFF_NOTRANSFER, group);
     else
-        kf_redis_cmd(gw->redis, staff_shard(), on_policy_set, x, "HSET %s %s %s",
+        kf_redis_cmd(gw->redis, staff_slot(), on_policy_set, x, "HSET %s %s %s",
                      KF_KEY_STAFF_NOTRANSFER, group, message ? message : "");
 }
 
@@ -553,7 +553,7 @@ static void h_conv_rate(gw_conn *c, json_t *msg) {
     rt->x = x;
     rt->stars = stars;
     rt->comment = comment ? kf_strdup(comment) : NULL;
-    kf_redis_cmd(gw->redis, staff_shard(), on_rate_window, rt, "HGET %s rate_window_ms",
+    kf_redis_cmd(gw->redis, staff_slot(), on_rate_window, rt, "HGET %s rate_window_ms",
                  KF_KEY_STAFF_CONFIG);
 }
 
@@ -600,7 +600,7 @@ static void h_conv_record(gw_conn *c, json_t *msg) {
     kf_key_conv_meta(meta, x->conv);
     kf_key_conv_log(log, x->conv);
     const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), "read"};
-    /* Same shard, same connection: the access answer comes first. */
+    /* Same slot, same connection: the access answer comes first. */
     gw_conv_script(x, "conv_access", meta, on_record_access, 3, argv, NULL);
     kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, meta), on_record, x,
                  "XRANGE %s - + COUNT 1000", log);

@@ -270,7 +270,7 @@ void gw_bot_waiting_event(const char *conv, int no_agent, long long waited_s) {
     if (kf_bot_handles(B.bot, t)) submit(conv, t, NULL, waited_s);
 }
 
-/* ---- step 1: read the meta and the bot state (pipelined on the conversation's shard) ---- */
+/* ---- step 1: read the meta and the bot state (pipelined on the conversation's slot) ---- */
 
 static void job_run(bot_conv *bc);
 
@@ -321,11 +321,11 @@ static void job_start(bot_conv *bc) {
     char meta[KF_KEY_MAX], botk[KF_KEY_MAX];
     kf_key_conv_meta(meta, bc->id);
     key_conv_bot(botk, bc->id);
-    unsigned shard = kf_redis_slot(gw->redis, meta);
+    unsigned slot = kf_redis_slot(gw->redis, meta);
     const char *argv[2 + NFIELDS] = {"HMGET", meta};
     for (int i = 0; i < NFIELDS; i++) argv[2 + i] = meta_fields[i];
-    kf_redis_argv(gw->redis, shard, on_meta, bc, 2 + NFIELDS, argv, NULL);
-    kf_redis_cmd(gw->redis, shard, on_state, bc, "HMGET %s v s", botk);
+    kf_redis_argv(gw->redis, slot, on_meta, bc, 2 + NFIELDS, argv, NULL);
+    kf_redis_cmd(gw->redis, slot, on_state, bc, "HMGET %s v s", botk);
 }
 
 /* ---- step 2: run the rules; step 3: apply atomically ---- */

@@ -230,7 +230,7 @@ static void fire(const char *key, const char *fmt, const char *a, const char *b)
     kf_redis_cmd_key(gw->redis, key, NULL, NULL, fmt, key, a, b);
 }
 
-/* Runs a script against the conversation's shard. */
+/* Runs a script against the conversation's slot. */
 void gw_conv_script(req_ctx *x, const char *script, const char *key, kf_redis_cb *cb, int argc,
                     const char **argv, const size_t *lens) {
     const char *av[16];
@@ -448,14 +448,14 @@ static void open_store(struct open_args *oa) {
                           "level", level, "group", oa->group, "priority", prio,
                           "queued_us", bot ? "0" : queued, "assign_seq", "0"};
     x->pending = bot ? 4 : 6; /* a bot conversation is queued at its handoff (gateway/bot.c) */
-    unsigned shard = kf_redis_slot(gw->redis, meta);
-    kf_redis_argv(gw->redis, shard, open_step_done, x, 26, argv, NULL);
+    unsigned slot = kf_redis_slot(gw->redis, meta);
+    kf_redis_argv(gw->redis, slot, open_step_done, x, 26, argv, NULL);
     const char *oargv[] = {"XADD", log, "*", "ev", "opened", "by", c->ident.sub, "ts", now,
                            "channel", oa->channel, "ticket", x->ticket};
-    kf_redis_argv(gw->redis, shard, open_step_done, x, 13, oargv, NULL);
+    kf_redis_argv(gw->redis, slot, open_step_done, x, 13, oargv, NULL);
     const char *qargv[] = {"XADD", log, "*", "ev", "queued", "by", c->ident.sub, "ts", now,
                            "group", oa->group, "priority", prio, "level", level};
-    if (!bot) kf_redis_argv(gw->redis, shard, open_step_done, x, 15, qargv, NULL);
+    if (!bot) kf_redis_argv(gw->redis, slot, open_step_done, x, 15, qargv, NULL);
     kf_redis_cmd_key(gw->redis, convs, open_step_done, x, "SADD %s %s", convs, id);
     if (!bot) enqueue_scored(id, oa->group, oa->prio, c->ident.level, queued_us, open_step_done, x);
     const char *largv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "opened",
@@ -481,7 +481,7 @@ static void on_ticket(const redisReply *r, const char *err, void *priv) {
     if (--oa->pending == 0) open_store(oa);
 }
 
-/* The published routing; when the {staff} shard cannot answer the defaults apply, so the
+/* The published routing; when the {staff} slot cannot answer the defaults apply, so the
  * conversation still reaches a queue. */
 static void on_open_config(const redisReply *r, const char *err, void *priv) {
     struct open_args *oa = priv;
@@ -947,7 +947,7 @@ static void h_msg_send(gw_conn *c, json_t *msg) {
     gw_msg_send(x, t, tl, cid);
 }
 
-/* ---- history: access check and range, pipelined on the conversation's shard ---- */
+/* ---- history: access check and range, pipelined on the conversation's slot ---- */
 
 static void on_history_access(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
@@ -1031,7 +1031,7 @@ static void h_history(gw_conn *c, json_t *msg) {
     else
         snprintf(start, sizeof(start), "-");
     const char *argv[] = {c->ident.sub, kf_role_name((kf_role)c->ident.role), "read"};
-    /* All go to the same shard and connection, so they are answered in this order. */
+    /* All go to the same slot and connection, so they are answered in this order. */
     gw_conv_script(x, "conv_access", meta, on_history_access, 3, argv, NULL);
     if (after && *after)
         kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, meta), on_history_prev, x,

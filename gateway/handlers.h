@@ -81,7 +81,7 @@ size_t gw_members(const redisReply *r, size_t from, const char *except, const ch
 /** XADD to the lifecycle stream: ev, conv, by, ts and up to two more fields. */
 void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char *k1,
                   const char *v1, const char *k2, const char *v2);
-/** EVALSHA script with `key` as KEYS[1] and argv as ARGV, on key's shard; cb gets x. */
+/** EVALSHA script with `key` as KEYS[1] and argv as ARGV, on key's slot; cb gets x. */
 void gw_conv_script(req_ctx *x, const char *script, const char *key, kf_redis_cb *cb, int argc,
                     const char **argv, const size_t *lens);
 

@@ -213,15 +213,15 @@ static void presence_refresh(const char *user) {
     char key[KF_KEY_MAX];
     kf_key_user_nodes(key, user);
     long long ttl = gw->opt.presence_ttl_ms, now = (long long)gw_now_ms();
-    unsigned shard = kf_redis_slot(gw->redis, key);
-    kf_redis_cmd(gw->redis, shard, NULL, NULL, "ZADD %s %lld %s", key, now + ttl, gw->node);
-    kf_redis_cmd(gw->redis, shard, NULL, NULL, "PEXPIRE %s %lld", key, ttl * 2);
+    unsigned slot = kf_redis_slot(gw->redis, key);
+    kf_redis_cmd(gw->redis, slot, NULL, NULL, "ZADD %s %lld %s", key, now + ttl, gw->node);
+    kf_redis_cmd(gw->redis, slot, NULL, NULL, "PEXPIRE %s %lld", key, ttl * 2);
 }
 
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)arg;
     if (what == 0 || !gw->users_cap) {
-        /* fd -1, what 0: a shard came back: everything at once */
+        /* fd -1, what 0: a Redis server came back: everything at once */
         for (size_t i = 0; i < gw->users_cap; i++)
             for (gw_user *u = gw->users[i]; u; u = u->hnext) presence_store(u->id, NULL, NULL);
     } else {
@@ -649,19 +649,19 @@ static void lookup_send(struct route *rt, const char *user, size_t ul, const cha
     }
     /* The answer will be reused: say until when (see presence_attach.lua), BEFORE reading. A
      * registration that runs after the marker sees it (and its connections get a resync once
-     * the copy has expired); one that runs before it is in the list read next. Three plain commands pipelined on the user's shard
+     * the copy has expired); one that runs before it is in the list read next. Three plain commands pipelined on the user's slot
      * cost less than a script. */
     char cached[KF_KEY_MAX];
     kf_key_user_cached(cached, lk->user);
-    unsigned shard = kf_redis_slot(gw->redis, key);
+    unsigned slot = kf_redis_slot(gw->redis, key);
     /* + 2 ms: the copy is reused while the monotonic clock (whole ms) says it is younger than
      * presence_cache_ms, and `now` is the wall clock truncated to the ms; the two truncations
      * may let it live up to 2 ms past now + presence_cache_ms. */
-    kf_redis_cmd(gw->redis, shard, NULL, NULL, "ZADD %s %lld %s", cached,
+    kf_redis_cmd(gw->redis, slot, NULL, NULL, "ZADD %s %lld %s", cached,
                  atoll(now) + gw->opt.presence_cache_ms + 2, gw->node);
-    kf_redis_cmd(gw->redis, shard, NULL, NULL, "PEXPIRE %s %lld", cached,
+    kf_redis_cmd(gw->redis, slot, NULL, NULL, "PEXPIRE %s %lld", cached,
                  gw->opt.presence_cache_ms * 2 + 1000);
-    kf_redis_cmd(gw->redis, shard, on_presence, lk, "ZRANGEBYSCORE %s %s +inf", key, now);
+    kf_redis_cmd(gw->redis, slot, on_presence, lk, "ZRANGEBYSCORE %s %s +inf", key, now);
 }
 
 /* Every lookup of the route answered: send it, or try the failed ones again later, or give up

@@ -1,5 +1,5 @@
 /* The Redis key schema shared by gateway and worker. Hash tags keep a conversation's keys (and a
- * user's, a node's) in one slot and therefore on one shard. See docs/architecture.md. */
+ * user's, a node's) in one slot and therefore on one server. See docs/architecture.md. */
 #ifndef KEFU_KEYS_H
 #define KEFU_KEYS_H
 
