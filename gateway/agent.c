@@ -338,7 +338,10 @@ static void transfer_done_group(struct transfer *t, json_t *view) {
                                      (int)json_integer_value(json_object_get(view, "level")),
                                      queued);
     kf_key_queue(key, t->to_group);
-    kf_redis_cmd_key(gw->redis, key, NULL, NULL, "ZADD %s %lld %s", key, score, x->conv);
+    char sc[24];
+    snprintf(sc, sizeof(sc), "%lld", score);
+    const char *zargv[] = {"ZADD", key, sc, x->conv};
+    gw_redis_kept(key, 4, zargv); /* answered ok below: must not be lost */
     gw_lifecycle("transferred", x->conv, c, "group", t->to_group, NULL, NULL);
     gw_reply_ok(c, x->req, json_pack("{s:s, s:s, s:s}", "conv", x->conv, "state", "waiting",
                                      "group", t->to_group));

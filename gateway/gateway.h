@@ -266,6 +266,7 @@ void gw_router_start(void);
 void gw_router_stop(void);
 /* msg.send batches (handlers.c): messages gathered or in flight; at exit, fail what is gathered */
 size_t gw_send_backlog(void);
+void gw_redis_kept_stop(void);
 void gw_msg_send_stop(void);
 /* server.c: 1 when this connection's msg.send must be refused as overloaded (backpressure held
  * it unread for overload_shed_ms, and the overload has not ended: the backlog has not yet
@@ -306,6 +307,8 @@ typedef struct gw_metrics {
     uint64_t closes[CLOSE__COUNT];
     int64_t redis_slots_up, redis_masters, redis_masters_up;
     uint64_t redis_moved, redis_ask, redis_retried, redis_map_refreshes, redis_unreplicated;
+    int64_t redis_kept;          /* follow-up writes waiting for their server (handlers.c) */
+    uint64_t redis_kept_dropped; /* ... not kept: over KEPT_MAX */
     uint64_t redis_commands, redis_failures, redis_latency_us_sum, redis_latency_bucket[12];
     uint64_t inbox_entries, inbox_deliveries;
     int64_t inbox_lag_ms;

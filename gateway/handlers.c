@@ -213,6 +213,125 @@ size_t gw_members(const redisReply *r, size_t from, const char *except, const ch
     return n;
 }
 
+/* ---- kept writes: follow-up writes of a request already answered ----
+ * A lifecycle event, a transferred conversation's queue entry: the request they follow was
+ * answered ok, so they must not be lost when their Redis server is down for a while (a master
+ * failing over). One that fails is kept and tried again, in order, every 500 ms until it is
+ * stored; writes issued meanwhile queue behind it. At most KEPT_MAX are kept
+ * (kefu_redis_kept, kefu_redis_kept_dropped_total). A write that timed out may have been
+ * stored already: these are idempotent or, for lifecycle events, handled idempotently by the
+ * worker. */
+#define KEPT_MAX 100000
+struct kept {
+    struct kept *next;
+    unsigned slot;
+    int argc;
+    size_t *lens;
+    char **argv;
+};
+static struct kept *kept_head, *kept_tail;
+static int kept_sending; /* the head is out */
+static struct event *kept_ev;
+
+static void kept_free(struct kept *k) {
+    for (int i = 0; i < k->argc; i++) kf_free(k->argv[i]);
+    kf_free(k->argv);
+    kf_free(k->lens);
+    kf_free(k);
+}
+
+static void kept_send(struct kept *k);
+
+static void on_kept(const redisReply *r, const char *err, void *priv) {
+    struct kept *k = priv;
+    int ok = !err && r->type != REDIS_REPLY_ERROR;
+    if (!ok && !err) kf_error("kept write %s failed: %s", k->argv[0], r->str);
+    if (k != kept_head) { /* sent directly, nothing kept before it */
+        if (ok || !err || !gw->redis || !kept_ev) {
+            kept_free(k);
+            return;
+        }
+        if (GW_M->redis_kept >= KEPT_MAX) {
+            GW_M->redis_kept_dropped++;
+            kept_free(k);
+            return;
+        }
+        GW_M->redis_kept++;
+        k->next = NULL;
+        if (kept_tail) kept_tail->next = k;
+        else kept_head = k;
+        kept_tail = k;
+        if (!kept_sending && k == kept_head) {
+            struct timeval tv = {0, 500000};
+            evtimer_add(kept_ev, &tv);
+        }
+        return;
+    }
+    kept_sending = 0;
+    if (ok || !err || !kept_ev) { /* stored (or refused for good): the next one */
+        kept_head = k->next;
+        if (!kept_head) kept_tail = NULL;
+        GW_M->redis_kept--;
+        kept_free(k);
+        if (kept_head && kept_ev) kept_send(kept_head);
+        return;
+    }
+    struct timeval tv = {0, 500000};
+    evtimer_add(kept_ev, &tv);
+}
+
+static void kept_send(struct kept *k) {
+    if (k == kept_head) kept_sending = 1;
+    kf_redis_argv(gw->redis, k->slot, on_kept, k, k->argc, (const char **)k->argv, k->lens);
+}
+
+static void on_kept_retry(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    if (kept_head && !kept_sending) kept_send(kept_head);
+}
+
+void gw_redis_kept(const char *key, int argc, const char **argv) {
+    if (!kept_ev) kept_ev = evtimer_new(gw->base, on_kept_retry, NULL);
+    struct kept *k = kf_calloc(1, sizeof(*k));
+    k->slot = kf_redis_slot(gw->redis, key);
+    k->argc = argc;
+    k->argv = kf_malloc(sizeof(char *) * (size_t)argc);
+    k->lens = kf_malloc(sizeof(size_t) * (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        k->lens[i] = strlen(argv[i]);
+        k->argv[i] = kf_malloc(k->lens[i] + 1);
+        memcpy(k->argv[i], argv[i], k->lens[i] + 1);
+    }
+    if (kept_head) { /* behind the ones that wait */
+        if (GW_M->redis_kept >= KEPT_MAX) {
+            GW_M->redis_kept_dropped++;
+            kept_free(k);
+            return;
+        }
+        GW_M->redis_kept++;
+        kept_tail->next = k;
+        kept_tail = k;
+        return;
+    }
+    kept_send(k);
+}
+
+/* Shutdown: what is still kept is lost (logged). */
+void gw_redis_kept_stop(void) {
+    if (GW_M->redis_kept)
+        kf_warn("%lld kept writes (lifecycle events, queue entries) not stored before exit",
+                (long long)GW_M->redis_kept);
+    for (struct kept *k = kept_head, *next; k; k = next) {
+        next = k->next;
+        if (k == kept_head && kept_sending) continue; /* out: its callback frees it */
+        kept_free(k);
+    }
+    kept_head = kept_tail = NULL;
+    kept_sending = 0;
+    if (kept_ev) event_free(kept_ev);
+    kept_ev = NULL;
+}
+
 void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char *k1,
                   const char *v1, const char *k2, const char *v2) {
     char ts[24];
@@ -222,8 +341,7 @@ void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char
     int argc = 14;
     if (k1) argv[argc++] = k1, argv[argc++] = v1;
     if (k2) argv[argc++] = k2, argv[argc++] = v2;
-    kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_LIFECYCLE), NULL, NULL, argc, argv,
-                  NULL);
+    gw_redis_kept(KF_KEY_LIFECYCLE, argc, argv);
 }
 
 static void fire(const char *key, const char *fmt, const char *a, const char *b) {
@@ -336,8 +454,7 @@ static void on_enqueue_meta(const redisReply *r, const char *err, void *priv) {
     snprintf(ts, sizeof(ts), "%lld", (long long)gw_now_ms());
     const char *argv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "queued",
                           "conv", ea->conv, "by", "", "ts", ts, "group", ea->group};
-    kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_LIFECYCLE), NULL, NULL, 16, argv,
-                  NULL);
+    gw_redis_kept(KF_KEY_LIFECYCLE, 16, argv);
     kf_free(ea);
 }
 

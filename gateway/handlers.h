@@ -79,6 +79,9 @@ int gw_script_result(req_ctx *x, const redisReply *r, const char *err);
 size_t gw_members(const redisReply *r, size_t from, const char *except, const char **out,
                   size_t max);
 /** XADD to the lifecycle stream: ev, conv, by, ts and up to two more fields. */
+/** Sends a write that follows a request already answered ok (a lifecycle event, a queue
+ * entry): kept and tried again in order while its Redis server is unavailable. */
+void gw_redis_kept(const char *key, int argc, const char **argv);
 void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char *k1,
                   const char *v1, const char *k2, const char *v2);
 /** EVALSHA script with `key` as KEYS[1] and argv as ARGV, on key's slot; cb gets x. */

@@ -1118,6 +1118,7 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     }
     gw_bot_stop();
     gw_msg_send_stop();
+    gw_redis_kept_stop();
     gw_router_stop();
     event_free(gw->sweep_ev);
     event_free(rx_resume_ev);

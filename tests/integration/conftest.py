@@ -48,9 +48,9 @@ class Spawner:
 
     def redis_cluster(self, **kw):
         """A Redis Cluster (3 masters, 3 replicas by default), stopped at teardown."""
-        c = H.RedisCluster(self.workdir / f"rc-{uuid.uuid4().hex[:6]}", **kw).start()
-        self.redises.extend(c.nodes)
-        return c
+        c = H.RedisCluster(self.workdir / f"rc-{uuid.uuid4().hex[:6]}", **kw)
+        self.redises.extend(c.nodes)   # stopped at teardown even when the start fails
+        return c.start()
 
     def gateway(self, shards, name="x", ready=True, **opts):
         # unique node ids: dedicated nodes share the session shards (inboxes, presence)

@@ -328,3 +328,47 @@ def test_inbox_master_frozen_keeps_node_ready_and_heals(spawn):
         await f.pump(1.0)
         assert after in f.live, "the inbox reader did not resume"
     run(body(), timeout=60)
+
+
+def test_lifecycle_event_kept_while_its_master_is_frozen(spawn):
+    """conv.accept is answered ok while the master of the lifecycle stream is frozen (SIGSTOP,
+    a cluster without replicas): its event for the worker is kept and stored once the master
+    answers again, not lost (the worker counts the conversation in the agent's load from it)."""
+    import os
+    from kefu_client import new_id, open_conv
+    rc = spawn.redis_cluster(replicas=0)
+    g = spawn.gateway(rc.addrs, name="kept", redis_timeout_ms=500)
+    slots = rc.slots()
+    victim = rc.master_of("kefu:{ev}:lifecycle", slots)
+
+    def sub_off_victim(role):
+        while True:
+            sub = new_id(role[:4])
+            if rc.master_of(f"kefu:{{u:{sub}}}:nodes", slots) is not victim:
+                return sub
+
+    async def body():
+        cust = await connect(g, "customer", "json", sub=sub_off_victim("customer"))
+        agent = await connect(g, "agent", "json", sub=sub_off_victim("agent"))
+        for _ in range(50):
+            conv, _ = await open_conv(cust)
+            if rc.master_of(f"kefu:{{c:{conv}}}:meta", slots) is not victim:
+                break
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            a = await agent.ok("conv.accept", conv=conv)
+            assert a["state"] == "assigned"
+            wait_for(lambda: gauges(g).get("kefu_redis_kept") >= 1, 10, "the event kept")
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        return conv
+    conv = run(body(), timeout=40)
+
+    def accepted():
+        for _id, kv in rc.call("XRANGE", "kefu:{ev}:lifecycle", "-", "+"):
+            d = dict(zip(kv[::2], kv[1::2]))
+            if d.get("ev") == "accepted" and d.get("conv") == conv:
+                return True
+        return False
+    wait_for(accepted, 15, "the accepted event stored after the master came back")
+    wait_for(lambda: gauges(g).get("kefu_redis_kept") == 0, 10, "nothing kept any more")
