@@ -289,7 +289,8 @@ static void on_transfer_undone(const redisReply *r, const char *err, void *priv)
 }
 
 static void fire_key(const char *key, const char *cmd, const char *member) {
-    kf_redis_cmd_key(gw->redis, key, NULL, NULL, "%s %s %s", cmd, key, member);
+    const char *argv[] = {cmd, key, member};
+    gw_redis_kept(key, 3, argv); /* follows an answered request: kept while its server is down */
 }
 
 static void transfer_done_agent(struct transfer *t, json_t *view) {

@@ -16,6 +16,7 @@
 #include "handlers.h"
 #include "kefu/alloc.h"
 #include "kefu/keys.h"
+#include "kefu/slot.h"
 #include "kefu/log.h"
 #include "kefu/redis.h"
 #include "kefu/service.h"
@@ -214,24 +215,26 @@ size_t gw_members(const redisReply *r, size_t from, const char *except, const ch
 }
 
 /* ---- kept writes: follow-up writes of a request already answered ----
- * A lifecycle event, a transferred conversation's queue entry: the request they follow was
- * answered ok, so they must not be lost when their Redis server is down for a while (a master
- * failing over). One that fails is kept and tried again, in order, every 500 ms until it is
- * stored; writes issued meanwhile queue behind it. At most KEPT_MAX are kept
- * (kefu_redis_kept, kefu_redis_kept_dropped_total). A write that timed out may have been
- * stored already: these are idempotent or, for lifecycle events, handled idempotently by the
- * worker. */
+ * A lifecycle event, a transferred conversation's queue entry, a user's conversation set: the
+ * request they follow was answered ok, so they must not be lost when their Redis server is
+ * down for a while (a master failing over). One that fails is kept and tried again every
+ * 500 ms until it is stored; later writes for the same slot wait behind it (order per slot),
+ * writes for other slots are not held up. At most KEPT_MAX are kept (kefu_redis_kept,
+ * kefu_redis_kept_dropped_total). A write that timed out may have been stored already: these
+ * are set operations or, for lifecycle events, handled idempotently by the worker. */
 #define KEPT_MAX 100000
 struct kept {
     struct kept *next;
     unsigned slot;
+    int out; /* sent, not answered */
     int argc;
     size_t *lens;
     char **argv;
 };
-static struct kept *kept_head, *kept_tail;
-static int kept_sending; /* the head is out */
+static struct kept *kept_head, *kept_tail; /* kept, oldest first */
+static uint32_t kept_waiting[KF_SLOTS];   /* per slot: kept entries */
 static struct event *kept_ev;
+static int kept_stopping;
 
 static void kept_free(struct kept *k) {
     for (int i = 0; i < k->argc; i++) kf_free(k->argv[i]);
@@ -242,52 +245,79 @@ static void kept_free(struct kept *k) {
 
 static void kept_send(struct kept *k);
 
+static void kept_append(struct kept *k) {
+    k->next = NULL;
+    if (kept_tail) kept_tail->next = k;
+    else kept_head = k;
+    kept_tail = k;
+    kept_waiting[k->slot]++;
+    GW_M->redis_kept++;
+    if (!evtimer_pending(kept_ev, NULL)) {
+        struct timeval tv = {0, 500000};
+        evtimer_add(kept_ev, &tv);
+    }
+}
+
+/* The oldest kept entry of a slot (NULL when none). */
+static struct kept *kept_first(unsigned slot) {
+    if (!kept_waiting[slot]) return NULL;
+    for (struct kept *k = kept_head; k; k = k->next)
+        if (k->slot == slot) return k;
+    return NULL;
+}
+
+static void kept_remove(struct kept *k) {
+    struct kept **pp = &kept_head, *prev = NULL;
+    while (*pp && *pp != k) prev = *pp, pp = &(*pp)->next;
+    if (!*pp) return;
+    *pp = k->next;
+    if (kept_tail == k) kept_tail = prev;
+    kept_waiting[k->slot]--;
+    GW_M->redis_kept--;
+}
+
 static void on_kept(const redisReply *r, const char *err, void *priv) {
     struct kept *k = priv;
     int ok = !err && r->type != REDIS_REPLY_ERROR;
     if (!ok && !err) kf_error("kept write %s failed: %s", k->argv[0], r->str);
-    if (k != kept_head) { /* sent directly, nothing kept before it */
-        if (ok || !err || !gw->redis || !kept_ev) {
-            kept_free(k);
-            return;
-        }
-        if (GW_M->redis_kept >= KEPT_MAX) {
-            GW_M->redis_kept_dropped++;
-            kept_free(k);
-            return;
-        }
-        GW_M->redis_kept++;
-        k->next = NULL;
-        if (kept_tail) kept_tail->next = k;
-        else kept_head = k;
-        kept_tail = k;
-        if (!kept_sending && k == kept_head) {
-            struct timeval tv = {0, 500000};
-            evtimer_add(kept_ev, &tv);
-        }
-        return;
-    }
-    kept_sending = 0;
-    if (ok || !err || !kept_ev) { /* stored (or refused for good): the next one */
-        kept_head = k->next;
-        if (!kept_head) kept_tail = NULL;
-        GW_M->redis_kept--;
+    int was_kept = k->out == 2;
+    k->out = 0;
+    if (ok || !err || kept_stopping) { /* stored (or refused for good) */
+        unsigned slot = k->slot;
+        if (was_kept) kept_remove(k);
         kept_free(k);
-        if (kept_head && kept_ev) kept_send(kept_head);
+        struct kept *n = kept_stopping ? NULL : kept_first(slot);
+        if (n && !n->out) kept_send(n); /* the slot answers again: the next one at once */
         return;
     }
-    struct timeval tv = {0, 500000};
-    evtimer_add(kept_ev, &tv);
+    if (was_kept) return; /* stays first of its slot; the timer tries again */
+    if (GW_M->redis_kept >= KEPT_MAX) {
+        GW_M->redis_kept_dropped++;
+        kept_free(k);
+        return;
+    }
+    kept_append(k);
 }
 
 static void kept_send(struct kept *k) {
-    if (k == kept_head) kept_sending = 1;
+    k->out = k->next || k == kept_tail ? 2 : 1; /* 2: in the kept list */
     kf_redis_argv(gw->redis, k->slot, on_kept, k, k->argc, (const char **)k->argv, k->lens);
 }
 
+/* Every 500 ms while writes are kept: the oldest one of each slot is tried again. */
 static void on_kept_retry(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    if (kept_head && !kept_sending) kept_send(kept_head);
+    static uint32_t seen[KF_SLOTS], pass; /* slots whose oldest entry this pass has met */
+    pass++;
+    for (struct kept *k = kept_head; k; k = k->next) {
+        if (seen[k->slot] == pass) continue;
+        seen[k->slot] = pass;
+        if (!k->out) kept_send(k);
+    }
+    if (kept_head) {
+        struct timeval tv = {0, 500000};
+        evtimer_add(kept_ev, &tv);
+    }
 }
 
 void gw_redis_kept(const char *key, int argc, const char **argv) {
@@ -302,32 +332,32 @@ void gw_redis_kept(const char *key, int argc, const char **argv) {
         k->argv[i] = kf_malloc(k->lens[i] + 1);
         memcpy(k->argv[i], argv[i], k->lens[i] + 1);
     }
-    if (kept_head) { /* behind the ones that wait */
+    if (kept_waiting[k->slot]) { /* behind the ones of its slot that wait */
         if (GW_M->redis_kept >= KEPT_MAX) {
             GW_M->redis_kept_dropped++;
             kept_free(k);
             return;
         }
-        GW_M->redis_kept++;
-        kept_tail->next = k;
-        kept_tail = k;
+        kept_append(k);
         return;
     }
     kept_send(k);
 }
 
-/* Shutdown: what is still kept is lost (logged). */
+/* Shutdown: what is still kept is lost (logged); writes out are freed by their callbacks. */
 void gw_redis_kept_stop(void) {
     if (GW_M->redis_kept)
         kf_warn("%lld kept writes (lifecycle events, queue entries) not stored before exit",
                 (long long)GW_M->redis_kept);
+    kept_stopping = 1;
     for (struct kept *k = kept_head, *next; k; k = next) {
         next = k->next;
-        if (k == kept_head && kept_sending) continue; /* out: its callback frees it */
-        kept_free(k);
+        kept_waiting[k->slot]--;
+        GW_M->redis_kept--;
+        if (k->out) k->out = 1; /* no longer in the list: its callback just frees it */
+        else kept_free(k);
     }
     kept_head = kept_tail = NULL;
-    kept_sending = 0;
     if (kept_ev) event_free(kept_ev);
     kept_ev = NULL;
 }
@@ -344,8 +374,10 @@ void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char
     gw_redis_kept(KF_KEY_LIFECYCLE, argc, argv);
 }
 
-static void fire(const char *key, const char *fmt, const char *a, const char *b) {
-    kf_redis_cmd_key(gw->redis, key, NULL, NULL, fmt, key, a, b);
+/* A set operation that follows an answered request (kept: see above). */
+static void fire(const char *key, const char *verb, const char *member) {
+    const char *argv[] = {verb, key, member};
+    gw_redis_kept(key, 3, argv);
 }
 
 /* Runs a script against the conversation's slot. */
@@ -1222,9 +1254,9 @@ static void on_accepted(const redisReply *r, const char *err, void *priv) {
     const char *customer = r->element[1]->str, *group = r->element[2]->str;
     char queue[KF_KEY_MAX], convs[KF_KEY_MAX];
     kf_key_queue(queue, group);
-    fire(queue, "ZREM %s %s", x->conv, NULL);
+    fire(queue, "ZREM", x->conv);
     kf_key_user_convs(convs, c->ident.sub);
-    fire(convs, "SADD %s %s", x->conv, NULL);
+    fire(convs, "SADD", x->conv);
     gw_lifecycle("accepted", x->conv, c, "agent", c->ident.sub, NULL, NULL);
     gw_reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", "assigned"));
     const char *users[64];
@@ -1305,7 +1337,7 @@ static void on_closed(const redisReply *r, const char *err, void *priv) {
         char key[KF_KEY_MAX];
         if (!strcmp(prev, "waiting")) {
             kf_key_queue(key, group);
-            fire(key, "ZREM %s %s", x->conv, NULL);
+            fire(key, "ZREM", x->conv);
         }
         const char *users[64];
         size_t n = gw_members(r, 2, NULL, users, 2);
@@ -1313,7 +1345,7 @@ static void on_closed(const redisReply *r, const char *err, void *priv) {
         ca->users = kf_calloc(n ? n : 1, sizeof(char *));
         for (size_t i = 0; i < n; i++) {
             kf_key_user_convs(key, users[i]);
-            fire(key, "SREM %s %s", x->conv, NULL);
+            fire(key, "SREM", x->conv);
             ca->users[i] = kf_strdup(users[i]);
         }
         ca->nusers = n;
@@ -1381,7 +1413,7 @@ static void on_joined(const redisReply *r, const char *err, void *priv) {
     }
     char key[KF_KEY_MAX];
     kf_key_user_convs(key, c->ident.sub);
-    if (strcmp(r->element[1]->str, "closed") != 0) fire(key, "SADD %s %s", x->conv, NULL);
+    if (strcmp(r->element[1]->str, "closed") != 0) fire(key, "SADD", x->conv);
     gw_lifecycle("joined", x->conv, c, NULL, NULL, NULL, NULL);
     gw_reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", r->element[1]->str));
     gw_ctx_free(x);
