@@ -596,7 +596,12 @@ static void open_store(struct open_args *oa) {
                           "ticket", x->ticket, "state", bot ? "bot" : "waiting", "created", now,
                           "level", level, "group", oa->group, "priority", prio,
                           "queued_us", bot ? "0" : queued, "assign_seq", "0"};
-    x->pending = bot ? 4 : 6; /* a bot conversation is queued at its handoff (gateway/bot.c) */
+    /* Answered once the conversation's own keys and its queue entry are stored (a bot
+     * conversation is queued at its handoff, gateway/bot.c). The customer's conversation set
+     * and the worker's lifecycle event follow as kept writes: another master being down
+     * (the {ev} stream's, the user's) must neither fail the request nor leave a conversation
+     * the customer was told did not open sitting in the queue. */
+    x->pending = bot ? 2 : 4;
     unsigned slot = kf_redis_slot(gw->redis, meta);
     kf_redis_argv(gw->redis, slot, open_step_done, x, 26, argv, NULL);
     const char *oargv[] = {"XADD", log, "*", "ev", "opened", "by", c->ident.sub, "ts", now,
@@ -605,14 +610,14 @@ static void open_store(struct open_args *oa) {
     const char *qargv[] = {"XADD", log, "*", "ev", "queued", "by", c->ident.sub, "ts", now,
                            "group", oa->group, "priority", prio, "level", level};
     if (!bot) kf_redis_argv(gw->redis, slot, open_step_done, x, 15, qargv, NULL);
-    kf_redis_cmd_key(gw->redis, convs, open_step_done, x, "SADD %s %s", convs, id);
     if (!bot) enqueue_scored(id, oa->group, oa->prio, c->ident.level, queued_us, open_step_done, x);
+    const char *sargv[] = {"SADD", convs, id};
+    gw_redis_kept(convs, 3, sargv);
     const char *largv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "opened",
                            "conv", id, "by", c->ident.sub, "ts", now, "channel", oa->channel,
                            "ticket", x->ticket, "level", level, "group", oa->group,
                            "priority", prio};
-    kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_LIFECYCLE), open_step_done, x, 24,
-                  largv, NULL);
+    gw_redis_kept(KF_KEY_LIFECYCLE, 24, largv);
     x = NULL;
 out:
     if (x) gw_ctx_free(x);

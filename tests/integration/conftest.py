@@ -50,6 +50,7 @@ class Spawner:
         """A Redis Cluster (3 masters, 3 replicas by default), stopped at teardown."""
         c = H.RedisCluster(self.workdir / f"rc-{uuid.uuid4().hex[:6]}", **kw)
         self.redises.extend(c.nodes)   # stopped at teardown even when the start fails
+        self.use_cluster_last = c
         return c.start()
 
     def gateway(self, shards, name="x", ready=True, **opts):
