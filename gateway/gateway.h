@@ -198,7 +198,6 @@ typedef struct gw_server {
     struct kf_redis *reader; /* the inbox reader's own client (XREAD BLOCK holds it) */
     char inbox_last_id[48];
     int inbox_reading;
-    int64_t inbox_read_ms;    /* when the pending XREAD was sent */
     int inbox_ready; /* the reader has its starting point: entries from now on are read */
     /* lifecycle */
     int draining;

@@ -1027,7 +1027,6 @@ static void inbox_read(void) {
     char key[KF_KEY_MAX];
     kf_key_node_inbox(key, gw->node);
     gw->inbox_reading = 1;
-    gw->inbox_read_ms = gw_now_ms();
     if (!gw->inbox_last_id[0])
         kf_redis_cmd_key(gw->reader, key, on_inbox_start, NULL, "XREVRANGE %s + - COUNT 1", key);
     else

@@ -443,10 +443,15 @@ static void on_wait_flush(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+/* The server that serves slot, NULL when none does. */
+static struct node *slot_node(const kf_redis *r, unsigned slot) {
+    unsigned i = r->owner[slot & (KF_SLOTS - 1)];
+    return i == NO_NODE ? NULL : r->nodes[i];
+}
+
 /* Sends a request to the server of its slot, or fails it when there is none. */
 static void route(kf_redis *r, struct req *q) {
-    unsigned i = r->owner[q->slot];
-    struct node *n = i == NO_NODE ? NULL : r->nodes[i];
+    struct node *n = slot_node(r, q->slot);
     if (!n || !n->ac) {
         fail_later(r, q, "unavailable");
         return;
@@ -462,8 +467,7 @@ static void dispatch(kf_redis *r, unsigned slot, kf_redis_cb *cb, void *priv, ch
     if (r->before_cb) r->before_cb(r, slot, r->before_priv);
     struct req *q = req_new(cb, priv, slot);
     q->durable = durable != 0;
-    unsigned i = r->owner[slot];
-    struct node *n = i == NO_NODE ? NULL : r->nodes[i];
+    struct node *n = slot_node(r, slot);
     if (!n || !n->ac) {
         fail_later(r, q, "unavailable");
         return;
@@ -588,7 +592,7 @@ static void kf_ev_cleanup(void *p) {
     kf_ev_free(e);
 }
 
-void kf_redis_attach(redisAsyncContext *ac, struct event_base *base) {
+static void kf_redis_attach(redisAsyncContext *ac, struct event_base *base) {
     struct kf_ev *e = kf_calloc(1, sizeof(*e));
     e->ac = ac;
     e->rev = event_new(base, ac->c.fd, EV_READ | EV_PERSIST, kf_ev_on_read, e);
@@ -1003,14 +1007,23 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
         }
     }
     unsigned up = 0;
-    for (unsigned s = 0; s < KF_SLOTS; s++) {
-        unsigned o = r->owner[s];
-        up += o != NO_NODE && r->nodes[o]->state == NODE_UP;
-    }
+    for (unsigned s = 0; s < KF_SLOTS; s++) up += kf_redis_is_up(r, s);
     r->slots_up = up;
     if (r->mode == MODE_CLUSTER &&
         now - r->last_refresh_us >= (up < KF_SLOTS ? REFRESH_FAST_US : REFRESH_EVERY_US))
         map_refresh(r);
+}
+
+/* Frees the nodes (their connections are gone already). */
+static void nodes_free(kf_redis *r) {
+    for (unsigned i = 0; i < r->nnodes; i++) {
+        event_free(r->nodes[i]->reconnect_ev);
+        event_free(r->nodes[i]->check_ev);
+        kf_free(r->nodes[i]);
+    }
+    kf_free(r->nodes);
+    r->nodes = NULL;
+    r->nnodes = 0;
 }
 
 kf_redis *kf_redis_new(struct event_base *base, const char *addrs, int timeout_ms, char *err,
@@ -1030,12 +1043,7 @@ kf_redis *kf_redis_new(struct event_base *base, const char *addrs, int timeout_m
             hl >= sizeof(r->nodes[0]->host)) {
             snprintf(err, errlen, "bad redis address '%s' (expected host:port)", tok);
             kf_free(list);
-            for (unsigned i = 0; i < r->nnodes; i++) {
-                event_free(r->nodes[i]->reconnect_ev);
-                event_free(r->nodes[i]->check_ev);
-                kf_free(r->nodes[i]);
-            }
-            kf_free(r->nodes);
+            nodes_free(r);
             kf_free(r);
             return NULL;
         }
@@ -1082,15 +1090,10 @@ void kf_redis_free(kf_redis *r) {
         if (q->cb) q->cb(NULL, "unavailable", q->priv);
         req_free(q);
     }
-    for (unsigned i = 0; i < r->nnodes; i++) {
-        event_free(r->nodes[i]->reconnect_ev);
-        event_free(r->nodes[i]->check_ev);
-        kf_free(r->nodes[i]);
-    }
+    nodes_free(r);
     event_free(r->wait_ev);
     event_free(r->retry_ev);
     event_free(r->tick);
-    kf_free(r->nodes);
     kf_free(r);
 }
 
@@ -1115,8 +1118,8 @@ unsigned kf_redis_slot(const kf_redis *r, const char *key) {
 }
 
 int kf_redis_is_up(const kf_redis *r, unsigned slot) {
-    unsigned o = r->owner[slot & (KF_SLOTS - 1)];
-    return o != NO_NODE && r->nodes[o]->state == NODE_UP;
+    const struct node *n = slot_node(r, slot);
+    return n && n->state == NODE_UP;
 }
 
 unsigned kf_redis_slots_up(const kf_redis *r) { return r->slots_up; }

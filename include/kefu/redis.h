@@ -81,11 +81,6 @@ unsigned kf_redis_batch_group(const kf_redis *r, unsigned slot);
  * process reaches a server in the order it was issued. */
 typedef void kf_redis_before_cb(kf_redis *r, unsigned slot, void *priv);
 void kf_redis_before_send(kf_redis *r, kf_redis_before_cb *cb, void *priv);
-/** Attaches a hiredis async context to a libevent loop (in place of hiredis' adapter): the
- * read event persists, and commands are written at the end of the loop iteration that issued
- * them, without a write event unless the socket is full. */
-struct redisAsyncContext;
-void kf_redis_attach(struct redisAsyncContext *ac, struct event_base *base);
 /** Commands sent and not yet answered (or waiting to be retried), over all servers. */
 size_t kf_redis_pending(const kf_redis *r);
 

@@ -541,6 +541,16 @@ async def open_conv(cust, **fields):
     return r["conv"], r
 
 
+async def open_conv_where(cust, pred, tries=50):
+    """Opens conversations until one satisfies pred(conv) (its keys' placement, say); returns
+    it. The others stay open."""
+    for _ in range(tries):
+        conv, _ = await open_conv(cust)
+        if pred(conv):
+            return conv
+    raise AssertionError(f"no conversation out of {tries} satisfied {pred}")
+
+
 async def open_assigned(cust, agent, **fields):
     """Customer opens, agent accepts, customer sees conv.state assigned. Returns conv."""
     conv, _ = await open_conv(cust, **fields)

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -319,6 +320,15 @@ class RedisCluster:
                 port = int(rng[2][1])
                 return next(n for n in self.nodes if n.port == port)
         raise AssertionError(f"slot {slot} not served")
+
+    def user_id(self, prefix, slots, on=None, off=None):
+        """A fresh user id (prefix-<hex>) whose keys ({u:<id>}) live on master `on`, or not on
+        master `off`, in the slot map given."""
+        while True:
+            sub = f"{prefix}-{uuid.uuid4().hex[:12]}"
+            m = self.master_of(f"kefu:{{u:{sub}}}:nodes", slots)
+            if (on is None or m is on) and (off is None or m is not off):
+                return sub
 
     def masters_now(self, slots=None):
         ports = {int(rng[2][1]) for rng in slots or self.slots()}

@@ -7,6 +7,7 @@ list of stand-alone servers refused."""
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import time
@@ -20,7 +21,9 @@ import test_worker_assign
 import test_worker_sla
 import test_worker_transfer
 from conftest import Spawner
-from kefu_client import connect, open_assigned, run, send_msg
+from kefu_client import (Follower, connect, open_assigned, open_conv, open_conv_where, run,
+                         send_msg)
+from worker_helpers import agent_on, load_of, meta, wcluster
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +287,6 @@ def test_inbox_master_frozen_keeps_node_ready_and_heals(spawn):
     node stays ready (a load balancer keeps its clients), its reader retries, and once the
     master answers again the agent on that node gets what was sent meanwhile, pushed or healed
     by the client rules."""
-    import os
-    from kefu_client import Follower, new_id, open_conv
     rc = spawn.redis_cluster(replicas=0)
     opts = dict(redis_timeout_ms=500, route_retry_ms=300, presence_cache_ms=0)
     ga = spawn.gateway(rc.addrs, name="inbx", **opts)     # the agent's node
@@ -293,19 +294,11 @@ def test_inbox_master_frozen_keeps_node_ready_and_heals(spawn):
     slots = rc.slots()
     victim = rc.master_of(f"kefu:{{n:{ga.name}-0}}:inbox", slots)
 
-    def sub_off_victim(role):
-        while True:
-            sub = new_id(role[:4])
-            if rc.master_of(f"kefu:{{u:{sub}}}:nodes", slots) is not victim:
-                return sub
-
     async def body():
-        cust = await connect(gc, "customer", "json", sub=sub_off_victim("customer"))
-        agent = await connect(ga, "agent", "msgpack", sub=sub_off_victim("agent"))
-        for _ in range(50):
-            conv, _ = await open_conv(cust)
-            if rc.master_of(f"kefu:{{c:{conv}}}:meta", slots) is not victim:
-                break
+        cust = await connect(gc, "customer", "json", sub=rc.user_id("cust", slots, off=victim))
+        agent = await connect(ga, "agent", "msgpack", sub=rc.user_id("agen", slots, off=victim))
+        conv = await open_conv_where(
+            cust, lambda c: rc.master_of(f"kefu:{{c:{c}}}:meta", slots) is not victim)
         await agent.ok("conv.accept", conv=conv)
         f = Follower(agent, conv)
         first, _, _ = await send_msg(cust, conv, "before")
@@ -334,26 +327,16 @@ def test_lifecycle_event_kept_while_its_master_is_frozen(spawn):
     """conv.accept is answered ok while the master of the lifecycle stream is frozen (SIGSTOP,
     a cluster without replicas): its event for the worker is kept and stored once the master
     answers again, not lost (the worker counts the conversation in the agent's load from it)."""
-    import os
-    from kefu_client import new_id, open_conv
     rc = spawn.redis_cluster(replicas=0)
     g = spawn.gateway(rc.addrs, name="kept", redis_timeout_ms=500)
     slots = rc.slots()
     victim = rc.master_of("kefu:{ev}:lifecycle", slots)
 
-    def sub_off_victim(role):
-        while True:
-            sub = new_id(role[:4])
-            if rc.master_of(f"kefu:{{u:{sub}}}:nodes", slots) is not victim:
-                return sub
-
     async def body():
-        cust = await connect(g, "customer", "json", sub=sub_off_victim("customer"))
-        agent = await connect(g, "agent", "json", sub=sub_off_victim("agent"))
-        for _ in range(50):
-            conv, _ = await open_conv(cust)
-            if rc.master_of(f"kefu:{{c:{conv}}}:meta", slots) is not victim:
-                break
+        cust = await connect(g, "customer", "json", sub=rc.user_id("cust", slots, off=victim))
+        agent = await connect(g, "agent", "json", sub=rc.user_id("agen", slots, off=victim))
+        conv = await open_conv_where(
+            cust, lambda c: rc.master_of(f"kefu:{{c:{c}}}:meta", slots) is not victim)
         os.kill(victim.pid, signal.SIGSTOP)
         try:
             a = await agent.ok("conv.accept", conv=conv)
@@ -380,8 +363,6 @@ def test_workers_follow_a_failover(cspawn, hot):
     stream ({ev}) is killed with kill -9 while conversations wait. Its replica takes over; the
     workers follow it: every conversation opened before and after the kill is assigned, none
     twice, and no agent gets more than max_chats."""
-    from worker_helpers import agent_on, load_of, meta, wcluster
-    from kefu_client import new_id, open_conv
     wc = wcluster(cspawn, redis_timeout_ms=2000)
     rc = cspawn.use_cluster_last
 

@@ -15,7 +15,7 @@ import msgpack
 
 import kefu_harness as H
 from kefu_client import (OP_TEXT, Client, Follower, RawWS, connect, new_id, open_assigned,
-                         open_conv, run, send_msg)
+                         open_conv, open_conv_where, run, send_msg)
 
 
 def fast_gateway(spawn, shards, name, **opts):
@@ -90,14 +90,6 @@ def test_duplicate_send_signals_resync(spawn, cluster):
 
 # ---- faults on the routing path ----
 
-def sub_on(role, rc, master, slots):
-    """A user id whose keys ({u:<id>}) live on master."""
-    while True:
-        sub = new_id(role[:4])
-        if rc.master_of(f"kefu:{{u:{sub}}}:nodes", slots) is master:
-            return sub
-
-
 async def pair_across_masters(g, rc):
     """On a Redis Cluster without replicas: a customer and an assigned agent whose presence both
     live on one master (the victim), their conversation on another, and g's inbox not on the
@@ -105,13 +97,10 @@ async def pair_across_masters(g, rc):
     slots = rc.slots()
     inbox = rc.master_of(f"kefu:{{n:{g.name}-0}}:inbox", slots)
     victim = next(m for m in rc.masters_now(slots) if m is not inbox)
-    cust = await connect(g, "customer", sub=sub_on("customer", rc, victim, slots))
-    for _ in range(50):
-        conv, _ = await open_conv(cust)
-        if rc.master_of(f"kefu:{{c:{conv}}}:meta", slots) is not victim:
-            break
-    assert rc.master_of(f"kefu:{{c:{conv}}}:meta", slots) is not victim
-    agent = await connect(g, "agent", sub=sub_on("agent", rc, victim, slots))
+    cust = await connect(g, "customer", sub=rc.user_id("cust", slots, on=victim))
+    conv = await open_conv_where(
+        cust, lambda c: rc.master_of(f"kefu:{{c:{c}}}:meta", slots) is not victim)
+    agent = await connect(g, "agent", sub=rc.user_id("agen", slots, on=victim))
     a = await agent.ok("conv.accept", conv=conv)
     assert a["state"] == "assigned"
     return cust, agent, conv, victim

@@ -68,19 +68,13 @@ def test_redis_master_outage_and_recovery(spawn):
     keep = {rc.master_of(f"kefu:{{n:{g.name}-0}}:inbox", slots).port for g in (g1, g2)}
     victim = next(m for m in rc.masters_now(slots) if m.port not in keep)
 
-    def user_on_victim(prefix):
-        # presence keys of these users live on the master that will restart (and lose them)
-        while True:
-            sub = new_id(prefix)
-            if rc.master_of(f"kefu:{{u:{sub}}}:nodes", slots) is victim:
-                return sub
-
     def on_victim(conv):
         return rc.master_of(f"kefu:{{c:{conv}}}:meta", slots) is victim
 
     async def body():
-        cust = await connect(g1, "customer", "json", sub=user_on_victim("cust"))
-        agent = await connect(g2, "agent", "msgpack", sub=user_on_victim("agen"))
+        # presence keys of these users live on the master that will restart (and lose them)
+        cust = await connect(g1, "customer", "json", sub=rc.user_id("cust", slots, on=victim))
+        agent = await connect(g2, "agent", "msgpack", sub=rc.user_id("agen", slots, on=victim))
         convs = {False: [], True: []}
         for _ in range(40):
             conv = await open_assigned(cust, agent)
