@@ -324,16 +324,24 @@ def test_inbox_master_frozen_keeps_node_ready_and_heals(spawn):
 
 
 def test_lifecycle_event_kept_while_its_master_is_frozen(spawn):
-    """conv.accept is answered ok while the master of the lifecycle stream is frozen (SIGSTOP,
-    a cluster without replicas): its event for the worker is kept and stored once the master
-    answers again, not lost (the worker counts the conversation in the agent's load from it)."""
+    """conv.accept and conv.open are answered ok while the master of the lifecycle stream is
+    frozen (SIGSTOP, a cluster without replicas): their events for the worker are kept and
+    stored once the master answers again, not lost (the worker counts the accepted
+    conversation in the agent's load, and queues the opened one, from them)."""
     rc = spawn.redis_cluster(replicas=0)
     g = spawn.gateway(rc.addrs, name="kept", redis_timeout_ms=500)
     slots = rc.slots()
     victim = rc.master_of("kefu:{ev}:lifecycle", slots)
+    # conv.open needs the ticket counter and the default queue: a channel whose counter is
+    # elsewhere (redis-cli gives slot 270, {q:default}, and 10894, {ev}, different masters)
+    assert rc.master_of("kefu:{q:default}:waiting", slots) is not victim
+    day = time.strftime("%Y%m%d")
+    channel = next(ch for ch in (f"ch{i}" for i in range(100))
+                   if rc.master_of(f"kefu:{{t:{ch}-{day}}}:seq", slots) is not victim)
 
     async def body():
-        cust = await connect(g, "customer", "json", sub=rc.user_id("cust", slots, off=victim))
+        cust = await connect(g, "customer", "json", sub=rc.user_id("cust", slots, off=victim),
+                             channel=channel)
         agent = await connect(g, "agent", "json", sub=rc.user_id("agen", slots, off=victim))
         conv = await open_conv_where(
             cust, lambda c: rc.master_of(f"kefu:{{c:{c}}}:meta", slots) is not victim)
@@ -341,19 +349,23 @@ def test_lifecycle_event_kept_while_its_master_is_frozen(spawn):
         try:
             a = await agent.ok("conv.accept", conv=conv)
             assert a["state"] == "assigned"
-            wait_for(lambda: gauges(g).get("kefu_redis_kept") >= 1, 10, "the event kept")
+            opened, _ = await open_conv(cust)   # stored, queued and answered ok all the same
+            wait_for(lambda: gauges(g).get("kefu_redis_kept") >= 2, 10, "the events kept")
         finally:
             os.kill(victim.pid, signal.SIGCONT)
-        return conv
-    conv = run(body(), timeout=40)
+        return conv, opened
+    conv, opened = run(body(), timeout=40)
 
-    def accepted():
+    def stored(ev, conv):
         for _id, kv in rc.call("XRANGE", "kefu:{ev}:lifecycle", "-", "+"):
             d = dict(zip(kv[::2], kv[1::2]))
-            if d.get("ev") == "accepted" and d.get("conv") == conv:
+            if d.get("ev") == ev and d.get("conv") == conv:
                 return True
         return False
-    wait_for(accepted, 15, "the accepted event stored after the master came back")
+    wait_for(lambda: stored("accepted", conv), 15,
+             "the accepted event stored after the master came back")
+    wait_for(lambda: stored("opened", opened), 15,
+             "the opened event stored after the master came back")
     wait_for(lambda: gauges(g).get("kefu_redis_kept") == 0, 10, "nothing kept any more")
 
 
