@@ -993,7 +993,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     for (unsigned i = 0; i < r->nnodes; i++) {
         struct node *n = r->nodes[i];
         if (!n->ac) continue;
-        if (n->head && now - n->progress_us > limit) {
+        /* progress_us may be later than now: a command queued during this tick (a map refresh
+         * after the drop above) */
+        if (n->head && now > n->progress_us && now - n->progress_us > limit) {
             /* No reply at all for timeout_ms while commands wait: dead, not merely busy. A slow
              * server that keeps answering keeps its connection, however long the queue. */
             kf_warn("redis %s: no reply for %d ms with %zu commands pending, reconnecting",
