@@ -63,6 +63,7 @@ typedef struct gw_options {
 } gw_options;
 
 extern const kf_option gw_option_table[];
+extern const kf_config_info gw_config_info;
 
 /* ---- shared buffers (fan-out: encode once, queue everywhere) ---- */
 typedef struct gw_buf {

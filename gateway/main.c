@@ -43,12 +43,8 @@ static pid_t spawn(int index, const gw_options *opt, const char *config_file) {
 }
 
 int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            kf_config_usage(gw_option_table, "kefu-gateway");
-            return 0;
-        }
-    }
+    int printed = kf_config_print_flags(gw_option_table, &gw_config_info, argc, argv);
+    if (printed >= 0) return printed;
     gw_options opt;
     memset(&opt, 0, sizeof(opt));
     g_argc = argc;

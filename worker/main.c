@@ -20,49 +20,6 @@
 
 wk_worker wk;
 
-#define O(f) offsetof(wk_options, f)
-#define BIG 1000000000000LL
-const kf_option wk_option_table[] = {
-    {"redis", KF_OPT_STR, O(redis), "127.0.0.1:6379", 0, 0, 0, "Redis: one stand-alone server host:port, or seed nodes of a Redis Cluster (comma-separated host:port), as for the gateways"},
-    {"consumer", KF_OPT_STR, O(consumer), "", 0, 0, 0, "consumer name in the group, unique per worker and stable across restarts (default: host name-pid)"},
-    {"log_level", KF_OPT_STR, O(log_level), "info", 0, 0, 1, "debug, info, warn, error or off"},
-    {"batch", KF_OPT_INT, O(batch), "100", 1, 10000, 0, "events read per XREADGROUP"},
-    {"redis_timeout_ms", KF_OPT_INT, O(redis_timeout_ms), "5000", 1100, 600000, 0, "Redis command timeout (above the 1 s block)"},
-    {"inbox_maxlen", KF_OPT_INT, O(inbox_maxlen), "100000", 100, BIG, 1, "entries kept per node inbox stream (as the gateways' option)"},
-    {"claim_idle_ms", KF_OPT_INT, O(claim_idle_ms), "5000", 100, 3600000, 1, "an event unacknowledged this long (its worker died) is taken over (XAUTOCLAIM)"},
-    {"claim_interval_ms", KF_OPT_INT, O(claim_interval_ms), "1000", 50, 600000, 1, "how often to look for such events"},
-    {"routes", KF_OPT_STR, O(routes), "", 0, 0, 1, "conversation routing, published to the gateways: 'channel:<c>=group[/priority], topic:<keyword>=group[/priority], *=group'; first match wins"},
-    {"default_group", KF_OPT_STR, O(default_group), "default", 0, 0, 1, "group of conversations no route matches, and of agents whose token has no skills"},
-    {"default_priority", KF_OPT_STR, O(default_priority), "medium", 0, 0, 1, "priority of conversations no route gives one: high, medium or low"},
-    {"fallback_groups", KF_OPT_STR, O(fallback_groups), "", 0, 0, 1, "skill relaxation: 'group=fallback,...'; after relax_after_ms of waiting the fallback's agents are eligible too"},
-    {"relax_after_ms", KF_OPT_INT, O(relax_after_ms), "60000", 0, BIG, 1, "waiting time before a conversation may go to its group's fallback"},
-    {"default_max_chats", KF_OPT_INT, O(default_max_chats), "5", 1, 1000, 1, "capacity of an agent whose token has no max_chats"},
-    {"assign_batch", KF_OPT_INT, O(assign_batch), "50", 1, 500, 1, "waiting conversations considered per assignment round"},
-    {"assign_interval_ms", KF_OPT_INT, O(assign_interval_ms), "1000", 50, 600000, 1, "every group is looked at this often even without an event"},
-    {"history_on_assign", KF_OPT_INT, O(history_on_assign), "20", 0, 200, 1, "recent messages sent with conv.assigned"},
-    {"position_max", KF_OPT_INT, O(position_max), "100", 0, 10000, 1, "queue.position pushes go to the first this many waiting customers of a group"},
-    {"position_interval_ms", KF_OPT_INT, O(position_interval_ms), "1000", 100, 600000, 1, "least time between position updates of one group"},
-    {"break_policy", KF_OPT_STR, O(break_policy), "queue", 0, 0, 1, "a break its rule does not allow: queue (pending, approved by a supervisor or granted once it fits) or refuse"},
-    {"break_meal_pct", KF_OPT_INT, O(break_meal_pct), "70", 0, 100, 1, "meal: this share of each of the agent's groups must stay available"},
-    {"break_restroom_pct", KF_OPT_INT, O(break_restroom_pct), "80", 0, 100, 1, "restroom: share that must stay available"},
-    {"break_handover_pct", KF_OPT_INT, O(break_handover_pct), "50", 0, 100, 1, "shift handover: share that must stay available"},
-    {"break_other_max", KF_OPT_INT, O(break_other_max), "1", 0, 1000, 1, "other: agents per group away for it at once"},
-    {"offline_grace_ms", KF_OPT_INT, O(offline_grace_ms), "30000", 0, BIG, 1, "an agent with no connected device is offline after this"},
-    {"presence_check_ms", KF_OPT_INT, O(presence_check_ms), "500", 50, 600000, 1, "how often agents' connections are checked"},
-    {"sla_first_response_ms", KF_OPT_STR, O(sla_first_response_ms), "web=15000,app=20000,*=30000", 0, 0, 1, "first-response deadline per channel (0 = none)"},
-    {"sla_first_response_from", KF_OPT_STR, O(sla_first_response_from), "assigned", 0, 0, 1, "first-response clock starts when the conversation is assigned or queued"},
-    {"sla_alert_after_ms", KF_OPT_INT, O(sla_alert_after_ms), "10000", 0, BIG, 1, "after a first-response breach warned the agent, alert supervisors this much later"},
-    {"sla_reassign_after_ms", KF_OPT_INT, O(sla_reassign_after_ms), "0", 0, BIG, 1, "reassign when the assigned agent has not answered this long after assignment (0 = never)"},
-    {"sla_respond_ms", KF_OPT_STR, O(sla_respond_ms), "high=1800000,medium=7200000,low=86400000", 0, 0, 1, "response deadline per priority, from opening"},
-    {"sla_resolve_ms", KF_OPT_STR, O(sla_resolve_ms), "high=86400000,medium=172800000,low=259200000", 0, 0, 1, "resolution deadline per priority, from opening"},
-    {"timer_poll_ms", KF_OPT_INT, O(timer_poll_ms), "20", 5, 1000, 1, "how often due deadlines are claimed"},
-    {"sla_lease_ms", KF_OPT_INT, O(sla_lease_ms), "2000", 100, 600000, 1, "a claimed deadline not done within this (its worker died) is handed out again"},
-    {"rate_window_ms", KF_OPT_INT, O(rate_window_ms), "86400000", 1000, BIG, 1, "how long after closing a customer may rate"},
-    {"survey", KF_OPT_BOOL, O(survey), "yes", 0, 0, 1, "send survey.request to the customer on close"},
-    {"monitor_ttl_ms", KF_OPT_INT, O(monitor_ttl_ms), "600000", 1000, BIG, 1, "a monitor.subscribe lasts this long"},
-    {"stats_interval_s", KF_OPT_INT, O(stats_interval_s), "60", 0, 86400, 1, "log a statistics line this often (0 = never)"},
-    {NULL, 0, 0, NULL, 0, 0, 0, NULL},
-};
 
 int wk_options_check(const wk_options *o, char *err, size_t errlen) {
     char g[KF_GROUP_MAX + 1], e[200];
@@ -192,11 +149,8 @@ static void on_state(kf_redis *r, int up, void *priv) {
 }
 
 int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            kf_config_usage(wk_option_table, "kefu-worker");
-            return 0;
-        }
+    int printed = kf_config_print_flags(wk_option_table, &wk_config_info, argc, argv);
+    if (printed >= 0) return printed;
     static const char *const passthru[] = {"config", NULL};
     char err[512];
     wk.argc = argc;
@@ -225,8 +179,9 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     wk.base = event_base_new();
     wk.redis = kf_redis_new(wk.base, wk.opt.redis, (int)wk.opt.redis_timeout_ms, err, sizeof(err));
-    wk.reader = wk.redis ? kf_redis_new(wk.base, wk.opt.redis, (int)wk.opt.redis_timeout_ms, err,
-                                        sizeof(err))
+    /* the reader blocks up to 1 s in XREADGROUP: a reply may take that much longer */
+    wk.reader = wk.redis ? kf_redis_new(wk.base, wk.opt.redis, (int)wk.opt.redis_timeout_ms + 1000,
+                                        err, sizeof(err))
                          : NULL;
     if (!wk.reader) {
         fprintf(stderr, "kefu-worker: %s\n", err);

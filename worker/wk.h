@@ -59,6 +59,7 @@ typedef struct wk_options {
 } wk_options;
 
 extern const kf_option wk_option_table[];
+extern const kf_config_info wk_config_info;
 
 /** Checks values the option table cannot (rule syntax, names); 0 or -1 with err set. */
 int wk_options_check(const wk_options *o, char *err, size_t errlen);

@@ -4,6 +4,7 @@ underscores), their precedence, and SIGHUP reloading (secret rotation)."""
 import asyncio
 import secrets
 import signal
+import subprocess
 
 import kefu_harness as H
 from kefu_client import Client, connect, new_id, open_assigned, run, send_msg
@@ -62,3 +63,39 @@ def test_config_env_flags_precedence_and_sighup(spawn, cluster, tmp_path):
         await send_msg(agent, conv, "after reload")
         assert (await cust.next_push("msg", conv=conv))["text"] == "after reload"
     run(body())
+
+
+def shared_rows(prog):
+    out = subprocess.run([str(H.find_bin(prog)), "--dump-config", "markdown"], check=True,
+                         capture_output=True, text=True).stdout
+    return {line.split("|")[1].strip(): line for line in out.splitlines()
+            if line.startswith("| `")}
+
+
+def test_shared_options_are_one_definition():
+    """The options both programs read print the same default, bounds and meaning (the worker's
+    inbox_maxlen once trimmed node inboxes to a tenth of what the gateways keep)."""
+    gw, wk = shared_rows("kefu-gateway"), shared_rows("kefu-worker")
+    for name in ("`redis`", "`redis_timeout_ms`", "`inbox_maxlen`", "`log_level`"):
+        assert gw[name] == wk[name], name
+    assert "| `1000000` |" in wk["`inbox_maxlen`"]
+
+
+def test_dump_config_example_loads_in_each_program(tmp_path):
+    """The example files, every setting uncommented, are accepted by their programs (an unknown
+    or badly quoted line would stop them with status 2)."""
+    for prog in ("kefu-gateway", "kefu-worker"):
+        text = subprocess.run([str(H.find_bin(prog)), "--dump-config", "example"], check=True,
+                              capture_output=True, text=True).stdout
+        conf = tmp_path / f"{prog}.conf"
+        conf.write_text("\n".join(line[1:] if line.startswith("#") and not line.startswith("# ")
+                                  and line != "#" else line for line in text.splitlines()))
+        # a bad value after the file proves the file itself parsed: the error names the flag
+        r = subprocess.run([str(H.find_bin(prog)), "--config", str(conf), "--batch" if prog ==
+                            "kefu-worker" else "--port", "0"], capture_output=True, text=True,
+                           timeout=10)
+        assert r.returncode == 2
+        assert "out of range" in r.stderr and conf.name not in r.stderr, r.stderr
+    bad = subprocess.run([str(H.find_bin("kefu-gateway")), "--dump-config", "yaml"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "markdown or example" in bad.stderr

@@ -20,11 +20,11 @@ typedef struct {
 } cfg_t;
 
 static const kf_option table[] = {
-    {"name", KF_OPT_STR, offsetof(cfg_t, name), "kefu", 0, 0, 0, "a name"},
-    {"port", KF_OPT_INT, offsetof(cfg_t, port), "8080", 1, 65535, 0, "a port"},
-    {"flag", KF_OPT_BOOL, offsetof(cfg_t, flag), "no", 0, 1, 0, "a switch"},
-    {"max_limit", KF_OPT_INT, offsetof(cfg_t, limit), "10", 0, 100, 1, "reloadable"},
-    {NULL, 0, 0, NULL, 0, 0, 0, NULL},
+    {"name", KF_OPT_STR, offsetof(cfg_t, name), "kefu", 0, 0, 0, "a name", "First"},
+    {"port", KF_OPT_INT, offsetof(cfg_t, port), "8080", 1, 65535, 0, "a port", "First"},
+    {"flag", KF_OPT_BOOL, offsetof(cfg_t, flag), "no", 0, 1, 0, "a switch", "Second"},
+    {"max_limit", KF_OPT_INT, offsetof(cfg_t, limit), "10", 0, 100, 1, "reloadable.", "Second"},
+    {NULL, 0, 0, NULL, 0, 0, 0, NULL, NULL},
 };
 
 static char err[512];
@@ -122,6 +122,74 @@ static void test_config_file_arg(void **state) {
     assert_null(kf_config_file_arg(1, a3));
 }
 
+/* The example file, with every "#name value" line uncommented, loads and gives the defaults:
+ * so the printed values are quoted where they must be. */
+static void test_dump_example_round_trip(void **state) {
+    (void)state;
+    static const kf_config_info info = {"prog", "/etc/prog.conf", "Set name first."};
+    char f[] = "/tmp/kefu-cfg-dump-XXXXXX";
+    int fd = mkstemp(f);
+    assert_true(fd >= 0);
+    FILE *out = fdopen(fd, "w+");
+    assert_int_equal(kf_config_dump(table, &info, "example", out), 0);
+    rewind(out);
+    char line[512], text[8192] = "";
+    int settings = 0;
+    while (fgets(line, sizeof(line), out)) {
+        for (const kf_option *o = table; o->name; o++) {
+            size_t n = strlen(o->name);
+            if (line[0] == '#' && !strncmp(line + 1, o->name, n) && line[1 + n] == ' ') {
+                memmove(line, line + 1, strlen(line));
+                settings++;
+            }
+        }
+        strncat(text, line, sizeof(text) - strlen(text) - 1);
+    }
+    fclose(out);
+    assert_int_equal(settings, 4);
+    assert_non_null(strstr(text, "# ---- First ----\n\n# A name\nname kefu\n"));
+    assert_non_null(strstr(text, "# Reloadable. Range 0..100. [SIGHUP]\nmax_limit 10\n"));
+    assert_non_null(strstr(text, "/etc/prog.conf"));
+    assert_non_null(strstr(text, "# Set name first.\n"));
+    FILE *w = fopen(f, "w");
+    fputs(text, w);
+    fclose(w);
+    cfg_t c = {0};
+    char *argv[] = {"prog"};
+    assert_int_equal(kf_config_load(table, &c, f, 1, argv, NULL, 0, err, sizeof(err)), 0);
+    assert_string_equal(c.name, "kefu");
+    assert_int_equal(c.port, 8080);
+    assert_int_equal(c.limit, 10);
+    kf_config_free(table, &c);
+    unlink(f);
+}
+
+static void test_dump_markdown(void **state) {
+    (void)state;
+    static const kf_config_info info = {"prog", "/etc/prog.conf", NULL};
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&buf, &len);
+    assert_int_equal(kf_config_dump(table, &info, "markdown", out), 0);
+    assert_int_equal(kf_config_dump(table, &info, "html", out), -1);
+    fclose(out);
+    assert_non_null(strstr(buf, "#### First\n\n| option | default | SIGHUP | meaning |\n"));
+    assert_non_null(strstr(buf, "| `port` | `8080` | no | a port Range 1..65535. |\n"));
+    assert_non_null(strstr(buf, "#### Second\n"));
+    assert_non_null(strstr(buf, "| `max_limit` | `10` | yes | reloadable. Range 0..100. |\n"));
+    assert_null(strstr(buf, "#### Options"));
+    free(buf);
+}
+
+static void test_print_flags(void **state) {
+    (void)state;
+    static const kf_config_info info = {"prog", "/etc/prog.conf", NULL};
+    char *a1[] = {"prog", "--port", "1"};
+    assert_int_equal(kf_config_print_flags(table, &info, 3, a1), -1);
+    char *a2[] = {"prog", "--dump-config=yaml"};
+    assert_int_equal(kf_config_print_flags(table, &info, 2, a2), 2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
@@ -129,6 +197,9 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_reload_only_reloadable),
         cmocka_unit_test(test_config_file_arg),
+        cmocka_unit_test(test_dump_example_round_trip),
+        cmocka_unit_test(test_dump_markdown),
+        cmocka_unit_test(test_print_flags),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,73 @@
+/* kefu-worker's options: every one with its default, bounds, reload behaviour and meaning. This
+ * table is the only place they are written: --help, --dump-config, docs/operations.md and
+ * deploy/kefu-worker.conf.example are printed from it (scripts/gen-docs.sh; a test fails on
+ * drift). Options the gateways read too come from the shared rows of kefu/config.h. */
+#include <stddef.h>
+
+#include "wk.h"
+
+#define O(f) offsetof(wk_options, f)
+#define BIG 1000000000000LL
+
+KF_SHARED_OPTION_CHECK(wk_options);
+
+#define REDIS "Redis and the lifecycle stream"
+#define LOG "Logging"
+#define ROUTE "Routing and assignment"
+#define BREAKS "Breaks and presence"
+#define SLA "Deadlines (SLA)"
+#define CLOSE "Closing and monitoring"
+
+const kf_option wk_option_table[] = {
+    KF_SHARED_OPTION_REDIS(wk_options, REDIS),
+    KF_SHARED_OPTION_REDIS_TIMEOUT(wk_options, REDIS),
+    {"consumer", KF_OPT_STR, O(consumer), "", 0, 0, 0, "consumer name in the group `workers`, unique per worker and stable across restarts; empty = `<host name>-<pid>`, which adds a consumer at every restart (the systemd unit passes `--consumer` with the host name).", REDIS},
+    {"batch", KF_OPT_INT, O(batch), "100", 1, 10000, 0, "lifecycle events read per `XREADGROUP`.", REDIS},
+    {"claim_idle_ms", KF_OPT_INT, O(claim_idle_ms), "5000", 100, 3600000, 1, "an event unacknowledged this long (its worker died) is taken over (`XAUTOCLAIM`).", REDIS},
+    {"claim_interval_ms", KF_OPT_INT, O(claim_interval_ms), "1000", 50, 600000, 1, "how often to look for such events.", REDIS},
+    KF_SHARED_OPTION_INBOX_MAXLEN(wk_options, REDIS),
+
+    KF_SHARED_OPTION_LOG_LEVEL(wk_options, LOG),
+    {"stats_interval_s", KF_OPT_INT, O(stats_interval_s), "60", 0, 86400, 1, "log a statistics line this often (0 = never).", LOG},
+
+    {"routes", KF_OPT_STR, O(routes), "", 0, 0, 1, "conversation routing, published to the gateways: `channel:<c>=group[/priority], topic:<keyword>=group[/priority], *=group`; the first match wins.", ROUTE},
+    {"default_group", KF_OPT_STR, O(default_group), "default", 0, 0, 1, "group of conversations no route matches, and of agents whose token has no skills.", ROUTE},
+    {"default_priority", KF_OPT_STR, O(default_priority), "medium", 0, 0, 1, "priority of conversations no route gives one: `high`, `medium` or `low`.", ROUTE},
+    {"fallback_groups", KF_OPT_STR, O(fallback_groups), "", 0, 0, 1, "skill relaxation: `group=fallback,...`; after `relax_after_ms` of waiting the fallback's agents are eligible too.", ROUTE},
+    {"relax_after_ms", KF_OPT_INT, O(relax_after_ms), "60000", 0, BIG, 1, "waiting time before a conversation may go to its group's fallback.", ROUTE},
+    {"default_max_chats", KF_OPT_INT, O(default_max_chats), "5", 1, 1000, 1, "capacity of an agent whose token has no `max_chats`.", ROUTE},
+    {"assign_batch", KF_OPT_INT, O(assign_batch), "50", 1, 500, 1, "waiting conversations considered per assignment round.", ROUTE},
+    {"assign_interval_ms", KF_OPT_INT, O(assign_interval_ms), "1000", 50, 600000, 1, "every group is looked at this often even without an event.", ROUTE},
+    {"history_on_assign", KF_OPT_INT, O(history_on_assign), "20", 0, 200, 1, "recent messages sent with `conv.assigned`.", ROUTE},
+    {"position_max", KF_OPT_INT, O(position_max), "100", 0, 10000, 1, "`queue.position` pushes go to the first this many waiting customers of a group.", ROUTE},
+    {"position_interval_ms", KF_OPT_INT, O(position_interval_ms), "1000", 100, 600000, 1, "least time between position updates of one group.", ROUTE},
+
+    {"break_policy", KF_OPT_STR, O(break_policy), "queue", 0, 0, 1, "a break its rule does not allow: `queue` (pending, approved by a supervisor or granted once it fits) or `refuse`.", BREAKS},
+    {"break_meal_pct", KF_OPT_INT, O(break_meal_pct), "70", 0, 100, 1, "meal: this share of each of the agent's groups must stay available.", BREAKS},
+    {"break_restroom_pct", KF_OPT_INT, O(break_restroom_pct), "80", 0, 100, 1, "restroom: share that must stay available.", BREAKS},
+    {"break_handover_pct", KF_OPT_INT, O(break_handover_pct), "50", 0, 100, 1, "shift handover: share that must stay available.", BREAKS},
+    {"break_other_max", KF_OPT_INT, O(break_other_max), "1", 0, 1000, 1, "other: agents per group away for it at once.", BREAKS},
+    {"offline_grace_ms", KF_OPT_INT, O(offline_grace_ms), "30000", 0, BIG, 1, "an agent with no connected device is offline after this.", BREAKS},
+    {"presence_check_ms", KF_OPT_INT, O(presence_check_ms), "500", 50, 600000, 1, "how often agents' connections are checked.", BREAKS},
+
+    {"sla_first_response_ms", KF_OPT_STR, O(sla_first_response_ms), "web=15000,app=20000,*=30000", 0, 0, 1, "first-response deadline per channel, `channel=ms` pairs with `*` as the fallback (0 = none).", SLA},
+    {"sla_first_response_from", KF_OPT_STR, O(sla_first_response_from), "assigned", 0, 0, 1, "the first-response clock starts when the conversation is `assigned` or `queued`.", SLA},
+    {"sla_alert_after_ms", KF_OPT_INT, O(sla_alert_after_ms), "10000", 0, BIG, 1, "after a first-response breach warned the agent, alert supervisors this much later.", SLA},
+    {"sla_reassign_after_ms", KF_OPT_INT, O(sla_reassign_after_ms), "0", 0, BIG, 1, "reassign when the assigned agent has not answered this long after assignment (0 = never).", SLA},
+    {"sla_respond_ms", KF_OPT_STR, O(sla_respond_ms), "high=1800000,medium=7200000,low=86400000", 0, 0, 1, "response deadline per priority, from opening.", SLA},
+    {"sla_resolve_ms", KF_OPT_STR, O(sla_resolve_ms), "high=86400000,medium=172800000,low=259200000", 0, 0, 1, "resolution deadline per priority, from opening.", SLA},
+    {"timer_poll_ms", KF_OPT_INT, O(timer_poll_ms), "20", 5, 1000, 1, "how often due deadlines are claimed.", SLA},
+    {"sla_lease_ms", KF_OPT_INT, O(sla_lease_ms), "2000", 100, 600000, 1, "a claimed deadline not done within this (its worker died) is handed out again.", SLA},
+
+    {"rate_window_ms", KF_OPT_INT, O(rate_window_ms), "86400000", 1000, BIG, 1, "how long after closing a customer may rate.", CLOSE},
+    {"survey", KF_OPT_BOOL, O(survey), "yes", 0, 0, 1, "send `survey.request` to the customer on close.", CLOSE},
+    {"monitor_ttl_ms", KF_OPT_INT, O(monitor_ttl_ms), "600000", 1000, BIG, 1, "a `monitor.subscribe` lasts this long.", CLOSE},
+    {NULL, 0, 0, NULL, 0, 0, 0, NULL, NULL},
+};
+
+const kf_config_info wk_config_info = {
+    "kefu-worker", "/etc/kefu/worker.conf",
+    "Give every worker the same file: the business rules are published to the gateways, and the "
+    "last worker to publish wins. In production set at least: redis and consumer (stable, unique "
+    "per worker).",
+};
