@@ -19,6 +19,7 @@
 #include "kefu/alloc.h"
 #include "kefu/bot.h"
 #include "kefu/log.h"
+#include "kefu/utf8.h"
 
 #define HOOK_STEP 1000          /* VM instructions between two budget checks */
 #define LOAD_BUDGET_FACTOR 50   /* loading the files may use this many event budgets */
@@ -435,9 +436,7 @@ static int k_has(lua_State *L) {
 static int k_len(lua_State *L) {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
-    lua_Integer n = 0;
-    for (size_t i = 0; i < len; i++) n += ((unsigned char)s[i] & 0xC0) != 0x80;
-    lua_pushinteger(L, n);
+    lua_pushinteger(L, (lua_Integer)kf_utf8_len(s, len));
     return 1;
 }
 
@@ -445,8 +444,7 @@ static int k_len(lua_State *L) {
 static int k_sub(lua_State *L) {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
-    lua_Integer n = 0;
-    for (size_t k = 0; k < len; k++) n += ((unsigned char)s[k] & 0xC0) != 0x80;
+    lua_Integer n = (lua_Integer)kf_utf8_len(s, len);
     lua_Integer i = luaL_checkinteger(L, 2), j = luaL_optinteger(L, 3, -1);
     if (i < 0) i = n + i + 1 > 0 ? n + i + 1 : 1;
     if (i == 0) i = 1;

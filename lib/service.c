@@ -70,25 +70,46 @@ static void trim(const char **b, const char **e) {
     while (*e > *b && isspace((unsigned char)(*e)[-1])) (*e)--;
 }
 
+/* One entry of a "left=right" list (entries separated by , ; or newlines), both sides trimmed;
+ * [b, e) is the whole entry, for messages. */
+typedef struct kv_entry {
+    const char *b, *e, *kb, *ke, *vb, *ve;
+} kv_entry;
+
+/* Steps *p to the next non-empty entry: 1 with it in *kv, 0 at the end, -1 when the entry has
+ * no '=' (kv->b/e still name it). */
+static int kv_next(const char **p, kv_entry *kv) {
+    while (*p && **p) {
+        const char *b = *p, *e = *p;
+        while (*e && !is_sep(*e)) e++;
+        *p = *e ? e + 1 : e;
+        trim(&b, &e);
+        if (b == e) continue;
+        kv->b = b, kv->e = e;
+        const char *eq = memchr(b, '=', (size_t)(e - b));
+        if (!eq) return -1;
+        kv->kb = b, kv->ke = eq, kv->vb = eq + 1, kv->ve = e;
+        trim(&kv->kb, &kv->ke);
+        trim(&kv->vb, &kv->ve);
+        return 1;
+    }
+    return 0;
+}
+
 int kf_route_match(const char *rules, const char *channel, const char *topic, char *group,
                    size_t glen, int *priority, char *err, size_t errlen) {
     if (!rules) return 0;
     const char *p = rules;
     int matched = 0;
-    while (*p) {
-        const char *b = p, *e = p;
-        while (*e && !is_sep(*e)) e++;
-        p = *e ? e + 1 : e;
-        trim(&b, &e);
-        if (b == e) continue;
-        const char *eq = memchr(b, '=', (size_t)(e - b));
-        if (!eq) {
+    kv_entry kv;
+    int more;
+    while ((more = kv_next(&p, &kv)) != 0) {
+        const char *b = kv.b, *e = kv.e;
+        if (more < 0) {
             snprintf(err, errlen, "route rule '%.*s' has no '='", (int)(e - b), b);
             return -1;
         }
-        const char *mb = b, *me = eq, *vb = eq + 1, *ve = e;
-        trim(&mb, &me);
-        trim(&vb, &ve);
+        const char *mb = kv.kb, *me = kv.ke, *vb = kv.vb, *ve = kv.ve;
         const char *slash = memchr(vb, '/', (size_t)(ve - vb));
         const char *ge = slash ? slash : ve;
         char g[KF_GROUP_MAX + 1], pr[16] = "";
@@ -139,17 +160,11 @@ int kf_route_match(const char *rules, const char *channel, const char *topic, ch
 static int spec_walk(const char *spec, const char *key, long long *val, int *found_key,
                      int *found_star, long long *star) {
     const char *p = spec;
-    while (p && *p) {
-        const char *b = p, *e = p;
-        while (*e && !is_sep(*e)) e++;
-        p = *e ? e + 1 : e;
-        trim(&b, &e);
-        if (b == e) continue;
-        const char *eq = memchr(b, '=', (size_t)(e - b));
-        if (!eq || eq == b) return -1;
-        const char *kb = b, *ke = eq, *vb = eq + 1, *ve = e;
-        trim(&kb, &ke);
-        trim(&vb, &ve);
+    kv_entry kv;
+    int more;
+    while ((more = kv_next(&p, &kv)) != 0) {
+        if (more < 0 || kv.kb == kv.ke) return -1;
+        const char *kb = kv.kb, *ke = kv.ke, *vb = kv.vb, *ve = kv.ve;
         for (const char *q = kb; q < ke; q++)
             if (!group_char((unsigned char)*q) && *q != '*') return -1;
         if (vb == ve) return -1;
