@@ -74,4 +74,5 @@ const kf_option gw_option_table[] = {
 const kf_config_info gw_config_info = {
     "kefu-gateway", "/etc/kefu/gateway.conf",
     "In production set at least: redis, node_name (unique per host) and jwt_secrets.",
+    NULL,
 };

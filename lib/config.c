@@ -206,12 +206,12 @@ static void flag_name(const kf_option *o, char *buf, size_t len) {
         if (*p == '_') *p = '-';
 }
 
-void kf_config_usage(const kf_option *opts, const char *prog) {
+static void usage(const kf_option *opts, const char *prog, const char *more) {
     printf("usage: %s [--config FILE] [--option value ...]\n"
-           "       %s --dump-config markdown|example\n\n"
+           "       %s --dump-config markdown|example\n%s\n"
            "Every option may also be set as NAME value in the config file or as KEFU_NAME in the\n"
            "environment (flags win over the environment, which wins over the file). [SIGHUP]\n"
-           "marks the options re-read from the file on SIGHUP.\n", prog, prog);
+           "marks the options re-read from the file on SIGHUP.\n", prog, prog, more ? more : "");
     const char *section = NULL;
     for (const kf_option *o = opts; o->name; o++) {
         if (o->section && (!section || strcmp(section, o->section) != 0)) {
@@ -304,6 +304,10 @@ static void dump_markdown(const kf_option *opts, const kf_config_info *info, FIL
     }
 }
 
+void kf_config_usage(const kf_option *opts, const char *prog) {
+    usage(opts, prog, NULL);
+}
+
 int kf_config_dump(const kf_option *opts, const kf_config_info *info, const char *format, FILE *out) {
     if (strcmp(format, "markdown") == 0)
         dump_markdown(opts, info, out);
@@ -317,7 +321,7 @@ int kf_config_dump(const kf_option *opts, const kf_config_info *info, const char
 int kf_config_print_flags(const kf_option *opts, const kf_config_info *info, int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            kf_config_usage(opts, info->prog);
+            usage(opts, info->prog, info->usage);
             return 0;
         }
         const char *fmt = NULL;

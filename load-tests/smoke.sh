@@ -99,9 +99,13 @@ run journey journey --customers 4 --agents 2 --msgs 4 --think-ms 20 --agent-dela
     --reconnect-pct 50 --reconnect-ms 100 --pause-ms 100 --duration 3 --step-timeout-ms 5000
 # Last: the worker's routes ('*=general') would send journey's conversations to a group its
 # queue.list-polling agents do not see. Stopped here, and by cleanup on the way out.
-"$worker" --redis "127.0.0.1:$rport" --routes '*=general' --log-level warn >"$work/worker.log" 2>&1 &
+# its own HTTP port: the default 9091 may be taken by another worker on this host
+whttp=$(free_port)
+"$worker" --redis "127.0.0.1:$rport" --routes '*=general' --log-level warn --http-port "$whttp" \
+    >"$work/worker.log" 2>&1 &
 wpid=$!
 pids="$pids $wpid"
+"$worker" --http-port "$whttp" --wait-ready=10 || { cat "$work/worker.log"; exit 1; }
 run worker worker --customers 30 --agents 3 --max-chats 3 --rate 30
 kill "$wpid" 2>/dev/null || true
 

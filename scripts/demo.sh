@@ -21,6 +21,7 @@ port_busy() { $PY -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.conn
 
 run=$(mktemp -d /tmp/kefu-demo.XXXXXX)
 redis_port=$(free_port)
+worker_http=$(free_port)
 gw_port=${KEFU_PORT:-8080}
 if [ $smoke -eq 1 ] || port_busy "$gw_port"; then gw_port=$(free_port); fi
 secret="demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -41,7 +42,8 @@ pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 export KEFU_REDIS="127.0.0.1:$redis_port" KEFU_JWT_SECRETS="$secret"
-build/kefu-worker --log-level warn --routes 'topic:refund=general/high,*=general' 2>"$run/worker.log" &
+build/kefu-worker --log-level warn --http-port "$worker_http" \
+    --routes 'topic:refund=general/high,*=general' 2>"$run/worker.log" &
 pids+=($!)
 build/kefu-gateway --bind 127.0.0.1 --port "$gw_port" --node-name demo 2>"$run/gateway.log" &
 pids+=($!)
@@ -52,6 +54,13 @@ done
 if ! curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null; then
     echo "the gateway did not become ready; its log:"
     cat "$run/gateway.log"
+    exit 1
+fi
+# The worker is ready once it reads the lifecycle stream and published its routes and rules
+# (until then conversations are queued without its routing): ask its /readyz.
+if ! build/kefu-worker --http-port "$worker_http" --wait-ready=10; then
+    echo "the worker did not become ready; its log:"
+    cat "$run/worker.log"
     exit 1
 fi
 
@@ -124,6 +133,7 @@ kefu demo is running.
   metrics   http://127.0.0.1:$gw_port/metrics   health: /healthz  readiness: /readyz
   redis     127.0.0.1:$redis_port (private, in $run)
   worker    consuming the lifecycle stream (log: $run/worker.log)
+            metrics http://127.0.0.1:$worker_http/metrics   health: /healthz  readiness: /readyz
 
 Connect as a customer and as an agent (two terminals; type JSON frames, see docs/protocol.md):
   $PY -m websockets 'ws://127.0.0.1:$gw_port/ws?token=$cust'

@@ -64,7 +64,7 @@ static struct group *group_get(const char *name) {
 }
 
 static void schedule_run(void) {
-    if (as.run_scheduled || wk.stopping) return;
+    if (as.run_scheduled || wk.stopping || wk.draining) return;
     as.run_scheduled = 1;
     event_active(as.run_ev, EV_TIMEOUT, 0);
 }
@@ -534,7 +534,7 @@ static void on_groups(const redisReply *r, const char *err, void *priv) {
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    if (as.listing) return;
+    if (as.listing || wk.draining) return;
     as.listing = 1;
     kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_GROUPS), on_groups, NULL,
                  "SMEMBERS %s", KF_KEY_STAFF_GROUPS);

@@ -30,6 +30,7 @@ static struct {
     char own_cursor[48];    /* paging through them */
     int claiming;
     char claim_cursor[48];
+    int group_ok;           /* the last XREADGROUP was answered: the group exists, we read it */
     struct event *tick, *claim_ev;
 } ev;
 
@@ -244,9 +245,11 @@ static void on_events(const redisReply *r, const char *err, void *priv) {
     ev.reading = 0;
     if (wk.stopping) return;
     if (err || r->type == REDIS_REPLY_ERROR) {
+        ev.group_ok = 0;
         if (!err && strstr(r->str, "NOGROUP")) create_group();
         return; /* the tick retries */
     }
+    ev.group_ok = 1;
     if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2) {
         const redisReply *entries = r->element[0]->element[1];
         process_entries(entries, own);
@@ -264,7 +267,7 @@ static void on_events(const redisReply *r, const char *err, void *priv) {
 }
 
 static void read_events(void) {
-    if (ev.reading || wk.stopping || !kf_redis_is_up(wk.reader, ev.slot)) return;
+    if (ev.reading || wk.stopping || wk.draining || !kf_redis_is_up(wk.reader, ev.slot)) return;
     ev.reading = 1;
     if (!ev.own_pending_done) {
         /* After a restart under the same name: what this consumer had read but not finished. */
@@ -297,7 +300,7 @@ static void on_claimed(const redisReply *r, const char *err, void *priv) {
 
 static void on_claim_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    if (ev.claiming || !kf_redis_is_up(wk.redis, ev.slot)) return;
+    if (ev.claiming || wk.draining || !kf_redis_is_up(wk.redis, ev.slot)) return;
     ev.claiming = 1;
     kf_redis_cmd(wk.redis, ev.slot, on_claimed, NULL,
                  "XAUTOCLAIM %s " GROUP " %s %lld %s COUNT %lld", KF_KEY_LIFECYCLE, wk.consumer,
@@ -308,6 +311,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     read_events();
 }
+
+int wk_events_reading(void) { return ev.group_ok && kf_redis_is_up(wk.reader, ev.slot); }
 
 void wk_events_redis_up(void) {
     if (!kf_redis_is_up(wk.redis, ev.slot)) return;

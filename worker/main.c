@@ -129,14 +129,42 @@ static void reload(void) {
     kf_info("SIGHUP: configuration reloaded and published");
 }
 
+/* ---- stopping: finish what was started, then exit ---- */
+
+#define DRAIN_MAX_MS 2000
+
+static struct event *drain_ev;
+static int64_t drain_until;
+
+/* While draining nothing new is started (no stream read, claim, assignment cycle, SLA claim or
+ * presence check); the commands already sent are answered, so the events being handled are
+ * acknowledged and assignment cycles release their locks instead of leaving them to expire. */
+static void on_drain(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    size_t pending = kf_redis_pending(wk.redis);
+    /* with no Redis reachable at all nothing would be answered: no use waiting */
+    if (pending == 0 || kf_redis_slots_up(wk.redis) == 0 || wk_now_ms() >= drain_until) {
+        if (pending) kf_warn("stopping with %zu Redis commands unanswered", pending);
+        event_base_loopbreak(wk.base);
+    }
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
     (void)what, (void)arg;
     if (sig == SIGHUP) {
         reload();
         return;
     }
+    if (wk.draining) { /* a second signal: at once */
+        event_base_loopbreak(wk.base);
+        return;
+    }
     kf_info("stopping");
-    event_base_loopbreak(wk.base);
+    wk.draining = 1;
+    drain_until = wk_now_ms() + DRAIN_MAX_MS;
+    drain_ev = event_new(wk.base, -1, EV_PERSIST, on_drain, NULL);
+    struct timeval tv = {0, 10000};
+    event_add(drain_ev, &tv);
 }
 
 /* A Redis server became usable (first connect, reconnect, a replica took over): publish the
@@ -148,10 +176,20 @@ static void on_state(kf_redis *r, int up, void *priv) {
     wk_events_redis_up();
 }
 
+/* --wait-ready[=SECONDS] (or --wait-ready SECONDS): the time to wait, -1 when absent. */
+static double wait_ready_arg(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        if (!strncmp(argv[i], "--wait-ready=", 13)) return atof(argv[i] + 13);
+        if (!strcmp(argv[i], "--wait-ready"))
+            return i + 1 < argc && strncmp(argv[i + 1], "--", 2) ? atof(argv[i + 1]) : 30;
+    }
+    return -1;
+}
+
 int main(int argc, char **argv) {
     int printed = kf_config_print_flags(wk_option_table, &wk_config_info, argc, argv);
     if (printed >= 0) return printed;
-    static const char *const passthru[] = {"config", NULL};
+    static const char *const passthru[] = {"config", "wait-ready", NULL};
     char err[512];
     wk.argc = argc;
     wk.argv = argv;
@@ -168,6 +206,16 @@ int main(int argc, char **argv) {
         return 2;
     }
     kf_log_level = lvl;
+    double wait_s = wait_ready_arg(argc, argv);
+    if (wait_s >= 0) {
+        int rc = 2;
+        if (wk.opt.http_port == 0)
+            fprintf(stderr, "kefu-worker: --wait-ready needs http_port (it is 0)\n");
+        else
+            rc = wk_http_wait_ready(wk.opt.http_bind, (int)wk.opt.http_port, wait_s);
+        kf_config_free(wk_option_table, &wk.opt);
+        return rc;
+    }
     if (wk.opt.consumer[0]) {
         snprintf(wk.consumer, sizeof(wk.consumer), "%s", wk.opt.consumer);
     } else {
@@ -184,6 +232,10 @@ int main(int argc, char **argv) {
                                         err, sizeof(err))
                          : NULL;
     if (!wk.reader) {
+        fprintf(stderr, "kefu-worker: %s\n", err);
+        return 2;
+    }
+    if (wk_http_start(err, sizeof(err)) < 0) {
         fprintf(stderr, "kefu-worker: %s\n", err);
         return 2;
     }
@@ -218,6 +270,8 @@ int main(int argc, char **argv) {
     wk_assign_stop();
     wk_events_stop();
     wk_push_stop();
+    wk_http_stop();
+    if (drain_ev) event_free(drain_ev);
     if (stats) event_free(stats);
     event_free(term);
     event_free(intr);

@@ -17,6 +17,7 @@ KF_SHARED_OPTION_CHECK(wk_options);
 #define BREAKS "Breaks and presence"
 #define SLA "Deadlines (SLA)"
 #define CLOSE "Closing and monitoring"
+#define HTTP "Health and metrics"
 
 const kf_option wk_option_table[] = {
     KF_SHARED_OPTION_REDIS(wk_options, REDIS),
@@ -62,6 +63,9 @@ const kf_option wk_option_table[] = {
     {"rate_window_ms", KF_OPT_INT, O(rate_window_ms), "86400000", 1000, BIG, 1, "how long after closing a customer may rate.", CLOSE},
     {"survey", KF_OPT_BOOL, O(survey), "yes", 0, 0, 1, "send `survey.request` to the customer on close.", CLOSE},
     {"monitor_ttl_ms", KF_OPT_INT, O(monitor_ttl_ms), "600000", 1000, BIG, 1, "a `monitor.subscribe` lasts this long.", CLOSE},
+
+    {"http_bind", KF_OPT_STR, O(http_bind), "127.0.0.1", 0, 0, 0, "address of the `/healthz`, `/readyz` and `/metrics` listener (`0.0.0.0` where a prober on another host, e.g. the kubelet, must reach it).", HTTP},
+    {"http_port", KF_OPT_INT, O(http_port), "9091", 0, 65535, 0, "port of that listener; 0 = none (and `--wait-ready` cannot work). A port in use stops the worker at start (exit status 2).", HTTP},
     {NULL, 0, 0, NULL, 0, 0, 0, NULL, NULL},
 };
 
@@ -70,4 +74,7 @@ const kf_config_info wk_config_info = {
     "Give every worker the same file: the business rules are published to the gateways, and the "
     "last worker to publish wins. In production set at least: redis and consumer (stable, unique "
     "per worker).",
+    "       kefu-worker [--config FILE] [--option value ...] --wait-ready[=SECONDS]\n"
+    "           instead of running, wait until the worker configured like this answers /readyz\n"
+    "           with 200 (exit 0), or SECONDS (default 30) passed (exit 1)\n",
 };

@@ -249,7 +249,7 @@ static void on_lease(const redisReply *r, const char *err, void *priv) {
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    if (pr.running || wk.stopping) return;
+    if (pr.running || wk.stopping || wk.draining) return;
     pr.running = 1;
     char ttl[24];
     snprintf(ttl, sizeof(ttl), "%lld", wk.opt.presence_check_ms * 4 + 1000);

@@ -47,60 +47,111 @@ void wk_push(json_t *payload, const char *const *users, size_t n) {
     free(text);
 }
 
-/* ---- monitoring supervisors: the list a second old at most, when no script handed one ---- */
+/* ---- monitoring supervisors, when no script handed the list ----
+ * A supervisor whose monitor.subscribe was answered before the change that causes a push must
+ * get that push, so the list is read after the push was decided, never taken from a cache (a
+ * cache read before the subscription skipped the newest subscriber). Pushes decided while a
+ * read is outstanding wait for the next one: one ZRANGEBYSCORE per round trip however many
+ * pushes, and the pushes leave in the order they were decided. */
 
-static char **monitors;
-static size_t nmonitors;
-static int64_t monitors_ms;
-static int monitors_reading;
+struct mpush {
+    json_t *payload;
+    struct mpush *next;
+};
+
+static struct {
+    struct mpush *reading;  /* answered by the outstanding read */
+    struct mpush *waiting;  /* decided since it was sent: the next read */
+    struct mpush **waiting_tail;
+} mon = {NULL, NULL, &mon.waiting};
+
+static void mpush_free(struct mpush *m) {
+    while (m) {
+        struct mpush *next = m->next;
+        json_decref(m->payload);
+        kf_free(m);
+        m = next;
+    }
+}
+
+static void monitors_read(void);
 
 static void on_monitors(const redisReply *r, const char *err, void *priv) {
     (void)priv;
-    monitors_reading = 0;
-    if (err || r->type != REDIS_REPLY_ARRAY) return;
-    for (size_t i = 0; i < nmonitors; i++) kf_free(monitors[i]);
-    kf_free(monitors);
-    monitors = kf_calloc(r->elements + 1, sizeof(char *));
-    nmonitors = 0;
-    for (size_t i = 0; i < r->elements; i++)
-        if (r->element[i]->type == REDIS_REPLY_STRING)
-            monitors[nmonitors++] = kf_strdup(r->element[i]->str);
-    monitors_ms = wk_now_ms();
+    struct mpush *batch = mon.reading;
+    mon.reading = NULL;
+    if (wk.stopping) {
+        mpush_free(batch);
+        return;
+    }
+    if (err || r->type != REDIS_REPLY_ARRAY) {
+        for (struct mpush *m = batch; m; m = m->next) wk.stats.monitor_dropped++;
+        kf_warn("monitoring supervisors not read (%s): pushes to them dropped",
+                err ? err : r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+        mpush_free(batch);
+    } else {
+        const char *users[256];
+        size_t n = 0;
+        for (size_t i = 0; i < r->elements && n < 256; i++)
+            if (r->element[i]->type == REDIS_REPLY_STRING) users[n++] = r->element[i]->str;
+        while (batch) {
+            struct mpush *m = batch;
+            batch = m->next;
+            if (n) {
+                wk.stats.monitor_pushes++;
+                wk_push(m->payload, users, n);
+            } else {
+                json_decref(m->payload);
+            }
+            kf_free(m);
+        }
+    }
+    monitors_read();
 }
 
-static void monitors_refresh(void) {
-    if (monitors_reading || wk_now_ms() - monitors_ms < 1000) return;
-    monitors_reading = 1;
+/* Sends the read for the pushes waiting, unless one is outstanding (its answer sends the next). */
+static void monitors_read(void) {
+    if (mon.reading || !mon.waiting || wk.stopping) return;
+    mon.reading = mon.waiting;
+    mon.waiting = NULL;
+    mon.waiting_tail = &mon.waiting;
     kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_MONITORS), on_monitors, NULL,
                  "ZRANGEBYSCORE %s %lld +inf", KF_KEY_STAFF_MONITORS, (long long)wk_now_ms());
 }
 
 void wk_push_monitors(json_t *payload, const json_t *list) {
-    const char *users[256];
-    size_t n;
     if (list) {
-        n = kf_json_strings(list, users, 256);
-    } else {
-        monitors_refresh();
-        n = nmonitors < 256 ? nmonitors : 256;
-        for (size_t i = 0; i < n; i++) users[i] = monitors[i];
-    }
-    if (n == 0) {
-        json_decref(payload);
+        const char *users[256];
+        size_t n = kf_json_strings(list, users, 256);
+        if (n == 0) {
+            json_decref(payload);
+            return;
+        }
+        wk.stats.monitor_pushes++;
+        wk_push(payload, users, n);
         return;
     }
-    wk_push(payload, users, n);
+    struct mpush *m = kf_calloc(1, sizeof(*m));
+    m->payload = payload;
+    *mon.waiting_tail = m;
+    mon.waiting_tail = &m->next;
+    monitors_read();
 }
 
 /* ---- the published configuration ---- */
 
+static int published; /* the last publication succeeded: /readyz */
+
 static void on_published(const redisReply *r, const char *err, void *priv) {
     (void)priv;
-    if (err || r->type == REDIS_REPLY_ERROR)
+    published = !err && r->type != REDIS_REPLY_ERROR;
+    if (!published)
         kf_warn("publishing the configuration failed: %s", err ? err : r->str);
     else
         kf_debug("configuration published to %s", KF_KEY_STAFF_CONFIG);
 }
+
+int wk_config_published(void) { return published; }
 
 void wk_config_publish(void) {
     const wk_options *o = &wk.opt;
@@ -138,8 +189,8 @@ void wk_config_publish(void) {
 void wk_push_start(void) {}
 
 void wk_push_stop(void) {
-    for (size_t i = 0; i < nmonitors; i++) kf_free(monitors[i]);
-    kf_free(monitors);
-    monitors = NULL;
-    nmonitors = 0;
+    mpush_free(mon.reading);
+    mpush_free(mon.waiting);
+    mon.reading = mon.waiting = NULL;
+    mon.waiting_tail = &mon.waiting;
 }

@@ -267,6 +267,11 @@ static void on_fired(const redisReply *r, const char *err, void *priv) {
     wk.stats.timers_fired++;
     long long late = f->fired_at - f->due;
     if (late > wk.stats.timer_late_max_ms) wk.stats.timer_late_max_ms = late;
+    if (late < 0) late = 0;
+    int b = 0;
+    while (b < WK_LATE_BUCKETS - 1 && late > wk_late_bounds_ms[b]) b++;
+    wk.stats.timer_late_bucket[b]++;
+    wk.stats.timer_late_ms_sum += (uint64_t)late;
     const char *agent = el(r, 1), *ticket = el(r, 3), *group = el(r, 4), *priority = el(r, 5);
     long long overdue = atoll(el(r, 8));
     if (code == 'R') {
@@ -363,7 +368,7 @@ static void on_claimed(const redisReply *r, const char *err, void *priv) {
 }
 
 static void claim(void) {
-    if (wk.stopping) return;
+    if (wk.stopping || wk.draining) return;
     if (sl.claiming) {
         sl.again = 1;
         return;

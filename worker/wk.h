@@ -56,6 +56,9 @@ typedef struct wk_options {
     long long survey;
     long long monitor_ttl_ms;
     long long stats_interval_s;
+    /* health, readiness and metrics over HTTP (http.c) */
+    char *http_bind;
+    long long http_port;
 } wk_options;
 
 extern const kf_option wk_option_table[];
@@ -64,13 +67,21 @@ extern const kf_config_info wk_config_info;
 /** Checks values the option table cannot (rule syntax, names); 0 or -1 with err set. */
 int wk_options_check(const wk_options *o, char *err, size_t errlen);
 
+/* SLA firing delay histogram bounds, milliseconds (the last bucket is +Inf). */
+#define WK_LATE_BUCKETS 8
+extern const int wk_late_bounds_ms[WK_LATE_BUCKETS - 1];
+
 typedef struct wk_stats {
     uint64_t events, events_claimed, events_failed;
     uint64_t assigned, assign_conflicts, reservations_undone;
     uint64_t timers_fired, timers_cancelled, timers_stale, timers_reclaimed, breaches;
     uint64_t reassigned, positions_pushed;
     uint64_t agents_offline;
+    uint64_t monitor_pushes;  /* pushes to monitoring supervisors (any list) */
+    uint64_t monitor_dropped; /* pushes dropped because the supervisors' list could not be read */
     int64_t timer_late_max_ms; /* largest firing delay after the deadline since the last report */
+    uint64_t timer_late_bucket[WK_LATE_BUCKETS]; /* firing delays (metrics histogram) */
+    uint64_t timer_late_ms_sum;
 } wk_stats;
 
 typedef struct wk_worker {
@@ -82,6 +93,7 @@ typedef struct wk_worker {
     kf_redis *redis;  /* every command */
     kf_redis *reader; /* only the blocking XREADGROUP, which would hold up a shared connection */
     char consumer[128];
+    int draining; /* SIGTERM: no new work is started; /readyz answers 503 */
     int stopping; /* set before the Redis clients are freed: callbacks issue nothing more */
     wk_stats stats;
 } wk_worker;
@@ -111,10 +123,13 @@ char wk_script_json(const redisReply *r, const char *err, json_t **json);
 /** Pushes payload (stolen) to the users' connections through the node inboxes. */
 void wk_push(json_t *payload, const char *const *users, size_t n);
 /** Pushes payload (stolen) to the monitoring supervisors: those in `monitors` (a JSON array
- * from a {staff} script), or when NULL the list read at most a second ago. */
+ * from a {staff} script), or when NULL those subscribed when the push is made (the list is read
+ * after this call, so nobody whose subscription was answered before is skipped). */
 void wk_push_monitors(json_t *payload, const json_t *monitors);
 /** Publishes the business configuration to kefu:{staff}:config. */
 void wk_config_publish(void);
+/** The last publication of the configuration succeeded (0 before the first answer). */
+int wk_config_published(void);
 void wk_push_start(void);
 void wk_push_stop(void);
 
@@ -122,6 +137,8 @@ void wk_push_stop(void);
 void wk_events_start(void);
 void wk_events_stop(void);
 void wk_events_redis_up(void);
+/** The last XREADGROUP in the group was answered (the group exists, this consumer reads it). */
+int wk_events_reading(void);
 
 /* ---- assign.c: queues and automatic assignment ---- */
 void wk_assign_start(void);
@@ -148,5 +165,18 @@ void wk_sla_assigned(wk_job *j, const char *conv, const char *channel, long long
 /* ---- presence.c: agents whose devices all disconnected; load set repair ---- */
 void wk_presence_start(void);
 void wk_presence_stop(void);
+
+/* ---- http.c: /healthz, /readyz, /metrics ---- */
+/** Listens on http_bind:http_port (nothing when the port is 0); -1 with err set. */
+int wk_http_start(char *err, size_t errlen);
+void wk_http_stop(void);
+/** NULL when the worker can do its job, else why not (a static or internal buffer). */
+const char *wk_ready_reason(void);
+/** --wait-ready: polls /readyz of the worker configured like this one until it answers 200
+ * (returns 0) or timeout_s passed (returns 1, the last reason on stderr). */
+int wk_http_wait_ready(const char *host, int port, double timeout_s);
+/** Appends the Prometheus text exposition of the worker's counters to out. */
+struct evbuffer;
+void wk_metrics_render(struct evbuffer *out);
 
 #endif

@@ -24,6 +24,7 @@ typedef struct kf_config_info {
     const char *prog;    /* "kefu-gateway" */
     const char *install; /* where the file is installed, e.g. "/etc/kefu/gateway.conf" */
     const char *intro;   /* a paragraph on what to set first, for the example file */
+    const char *usage;   /* more usage lines for --help (NULL: none) */
 } kf_config_info;
 
 /* Rows of options both programs read, written once so that their defaults, bounds and meaning

@@ -547,15 +547,17 @@ def shard_addr(addrs, tag):
 
 
 class Worker:
-    """One kefu-worker process. start() waits until it has published its configuration
-    (kefu:{staff}:config published_by == its consumer name), so gateways route with it."""
+    """One kefu-worker process, with its HTTP listener on a port of its own. start() waits until
+    its /readyz answers 200 (every slot reachable, reading the lifecycle stream, configuration
+    published), so gateways route with its configuration."""
 
     def __init__(self, workdir, redis_addrs, name="w1", env=None, extra_args=(), **opts):
         self.name = name
         self.redis_addrs = [a.addr if hasattr(a, "addr") else a for a in redis_addrs]
         self.opts = {"redis": ",".join(self.redis_addrs), "consumer": name, "log_level": "debug",
-                     "stats_interval_s": 0}
+                     "stats_interval_s": 0, "http_port": free_fixed_port()}
         self.opts.update(opts)
+        self.http_port = int(self.opts["http_port"] or 0)
         argv = [find_bin("kefu-worker")]
         for k, v in self.opts.items():
             if v is not None:
@@ -567,11 +569,21 @@ class Worker:
         addr = shard_addr(self.redis_addrs, "staff")
         return redis_call(addr, "HGET", "kefu:{staff}:config", "published_by") == self.name
 
+    def http(self, path, timeout=3.0):
+        """GET path of the worker's HTTP listener: (status, body, headers)."""
+        return http_get(HOST, self.http_port, path, timeout=timeout)
+
+    def ready(self):
+        try:
+            return self.http("/readyz", timeout=1.0)[0] == 200
+        except (OSError, http.client.HTTPException):
+            return False
+
     def start(self, ready=True, timeout=10.0):
         self.proc.start()
         if ready:
             deadline = time.monotonic() + timeout
-            while not self.published():
+            while not (self.ready() if self.http_port else self.published()):
                 if not self.proc.alive():
                     raise AssertionError(f"{self.proc.name} exited with {self.proc.p.returncode}:"
                                          f"\n{self.proc.tail()}")

@@ -126,7 +126,7 @@ static void test_config_file_arg(void **state) {
  * so the printed values are quoted where they must be. */
 static void test_dump_example_round_trip(void **state) {
     (void)state;
-    static const kf_config_info info = {"prog", "/etc/prog.conf", "Set name first."};
+    static const kf_config_info info = {"prog", "/etc/prog.conf", "Set name first.", NULL};
     char f[] = "/tmp/kefu-cfg-dump-XXXXXX";
     int fd = mkstemp(f);
     assert_true(fd >= 0);
@@ -166,7 +166,7 @@ static void test_dump_example_round_trip(void **state) {
 
 static void test_dump_markdown(void **state) {
     (void)state;
-    static const kf_config_info info = {"prog", "/etc/prog.conf", NULL};
+    static const kf_config_info info = {"prog", "/etc/prog.conf", NULL, NULL};
     char *buf = NULL;
     size_t len = 0;
     FILE *out = open_memstream(&buf, &len);
@@ -183,7 +183,7 @@ static void test_dump_markdown(void **state) {
 
 static void test_print_flags(void **state) {
     (void)state;
-    static const kf_config_info info = {"prog", "/etc/prog.conf", NULL};
+    static const kf_config_info info = {"prog", "/etc/prog.conf", NULL, NULL};
     char *a1[] = {"prog", "--port", "1"};
     assert_int_equal(kf_config_print_flags(table, &info, 3, a1), -1);
     char *a2[] = {"prog", "--dump-config=yaml"};
