@@ -246,10 +246,6 @@ def test_user_ids_not_logged(spawn, cluster):
     g = spawn.gateway(cluster.shards, name="nolog")
     ids = [new_id("zhang.wei"), new_id("li") + "@example.com", "1380013" + str(now())[-4:]]
 
-    def tag(sub):
-        mac = hmac.new(H.SECRETS[0].encode(), b"kefu-log-user:" + sub.encode(), hashlib.sha256)
-        return mac.hexdigest()[:12]
-
     async def body():
         for sub, role in zip(ids, ("customer", "agent", "customer")):
             c = await Client.open(g, "json")
@@ -261,7 +257,7 @@ def test_user_ids_not_logged(spawn, cluster):
                 await c.ok("agent.status", status="available")
             await c.close()
         for sub in ids:
-            H.wait_until(lambda: f"user {tag(sub)}" in g.proc.log_text(),
+            H.wait_until(lambda: f"user {H.user_tag(sub)}" in g.proc.log_text(),
                          what=f"the tag of {sub} in the log")
         log = g.proc.log_text()
         for sub in ids:
