@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "gateway.h"
-#include "handlers.h"
+#include "request.h"
 #include "kefu/alloc.h"
 #include "kefu/keys.h"
 #include "kefu/log.h"
@@ -40,32 +40,18 @@ static void conv_script(const char *conv, const char *name, kf_redis_cb *cb, voi
 
 static void now_str(char out[24]) { snprintf(out, 24, "%lld", (long long)gw_now_ms()); }
 
-/* Answers a failed script call: {"E", code, message} with the script's message, a transport
- * failure with unavailable, anything else with internal. */
-static void reply_script_failure(req_ctx *x, const redisReply *r, const char *err) {
-    if (err) {
+/* Answers a script call that did not give what the request needs: the script's refusal with its
+ * own message, a transport failure with unavailable, anything else (a Redis error, a malformed
+ * or incomplete answer) with internal. */
+static void reply_script_failure(req_ctx *x, const kf_script_ans *a) {
+    if (a->kind == KF_SCRIPT_UNAVAILABLE) {
         gw_reply_error(x->c, x->req, "unavailable", "storage unavailable, retry later");
-    } else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 &&
-               r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->str[0] == 'E' &&
-               r->element[1]->type == REDIS_REPLY_STRING) {
-        const char *code = r->element[1]->str;
-        const char *msg = r->elements >= 3 && r->element[2]->type == REDIS_REPLY_STRING
-                              ? r->element[2]->str
-                              : code;
-        gw_reply_error(x->c, x->req, code, msg);
+    } else if (a->kind == KF_SCRIPT_REFUSED) {
+        gw_reply_error(x->c, x->req, a->code, a->message ? a->message : a->code);
     } else {
-        if (r->type == REDIS_REPLY_ERROR) kf_error("redis script error: %s", r->str);
+        if (a->kind == KF_SCRIPT_BROKEN && a->detail) kf_error("redis script error: %s", a->detail);
         gw_reply_error(x->c, x->req, "internal", "internal error");
     }
-}
-
-/* A script's success code ('S', 'Q', ...) or 0 when it failed. */
-static char script_code(const redisReply *r, const char *err) {
-    if (err || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len != 1 ||
-        r->element[0]->str[0] == 'E')
-        return 0;
-    return r->element[0]->str[0];
 }
 
 /* The JSON document in element i of a script answer; NULL when absent or empty. */
@@ -106,7 +92,8 @@ static void announce_agent(const json_t *state, const json_t *monitors, const gw
 
 static void on_released(const redisReply *r, const char *err, void *priv) {
     (void)priv;
-    if (!script_code(r, err)) return;
+    kf_script_ans a;
+    if (!kf_script_parse(r, err, 1, &a)) return;
     json_t *j = script_json(r, 1);
     if (!j) return;
     if (json_integer_value(json_object_get(j, "changed")) > 0)
@@ -136,10 +123,11 @@ static const char *const reasons[] = {"meal", "restroom", "other", "handover", N
 
 static void on_status(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
-    char code = script_code(r, err);
+    kf_script_ans a;
+    char code = kf_script_parse(r, err, 1, &a);
     json_t *j = code ? script_json(r, 1) : NULL;
     if (!j) {
-        reply_script_failure(x, r, err);
+        reply_script_failure(x, &a);
         gw_ctx_free(x);
         return;
     }
@@ -216,9 +204,10 @@ struct decide {
 static void on_decided(const redisReply *r, const char *err, void *priv) {
     struct decide *d = priv;
     req_ctx *x = d->x;
-    json_t *j = script_code(r, err) ? script_json(r, 1) : NULL;
+    kf_script_ans a;
+    json_t *j = kf_script_parse(r, err, 1, &a) ? script_json(r, 1) : NULL;
     if (!j) {
-        reply_script_failure(x, r, err);
+        reply_script_failure(x, &a);
         goto out;
     }
     json_t *self = json_object_get(j, "self"), *mon = json_object_get(j, "monitors");
@@ -288,19 +277,14 @@ static void on_transfer_undone(const redisReply *r, const char *err, void *priv)
     if (err) kf_warn("transfer: undoing a reservation failed: %s", err);
 }
 
-static void fire_key(const char *key, const char *cmd, const char *member) {
-    const char *argv[] = {cmd, key, member};
-    gw_redis_kept(key, 3, argv); /* follows an answered request: kept while its server is down */
-}
-
 static void transfer_done_agent(struct transfer *t, json_t *view) {
     req_ctx *x = t->x;
     gw_conn *c = x->c;
     char key[KF_KEY_MAX], seq[24];
     kf_key_user_convs(key, t->from_agent);
-    fire_key(key, "SREM", x->conv);
+    gw_redis_kept_member(key, "SREM", x->conv);
     kf_key_user_convs(key, t->to_agent);
-    fire_key(key, "SADD", x->conv);
+    gw_redis_kept_member(key, "SADD", x->conv);
     gw_agent_release(t->from_agent, x->conv);
     snprintf(seq, sizeof(seq), "%lld", (long long)json_integer_value(json_object_get(view, "seq")));
     gw_lifecycle("transferred", x->conv, c, "agent", t->to_agent, "seq", seq);
@@ -328,7 +312,7 @@ static void transfer_done_group(struct transfer *t, json_t *view) {
     gw_conn *c = x->c;
     char key[KF_KEY_MAX];
     kf_key_user_convs(key, t->from_agent);
-    fire_key(key, "SREM", x->conv);
+    gw_redis_kept_member(key, "SREM", x->conv);
     gw_agent_release(t->from_agent, x->conv);
     /* Back in the queue with its original waiting time. */
     int prio = kf_priority_parse(json_string_value(json_object_get(view, "priority")));
@@ -360,7 +344,8 @@ static void transfer_done_group(struct transfer *t, json_t *view) {
 
 static void on_transfer_committed(const redisReply *r, const char *err, void *priv) {
     struct transfer *t = priv;
-    json_t *view = script_code(r, err) ? script_json(r, 1) : NULL;
+    kf_script_ans a;
+    json_t *view = kf_script_parse(r, err, 1, &a) ? script_json(r, 1) : NULL;
     if (!view) {
         if (t->to_agent[0]) {
             char now[24];
@@ -368,7 +353,7 @@ static void on_transfer_committed(const redisReply *r, const char *err, void *pr
             const char *argv[] = {"remove", t->to_agent, t->x->conv, now};
             staff_script("agent_load", on_transfer_undone, NULL, 4, argv);
         }
-        reply_script_failure(t->x, r, err);
+        reply_script_failure(t->x, &a);
         transfer_free(t);
         return;
     }
@@ -382,9 +367,10 @@ static void on_transfer_committed(const redisReply *r, const char *err, void *pr
 
 static void on_transfer_reserved(const redisReply *r, const char *err, void *priv) {
     struct transfer *t = priv;
-    json_t *j = script_code(r, err) ? script_json(r, 1) : NULL;
+    kf_script_ans a;
+    json_t *j = kf_script_parse(r, err, 1, &a) ? script_json(r, 1) : NULL;
     if (!j) {
-        reply_script_failure(t->x, r, err);
+        reply_script_failure(t->x, &a);
         transfer_free(t);
         return;
     }
@@ -413,8 +399,9 @@ static void on_transfer_reserved(const redisReply *r, const char *err, void *pri
 
 static void on_transfer_checked(const redisReply *r, const char *err, void *priv) {
     struct transfer *t = priv;
-    if (!script_code(r, err) || r->elements < 4) {
-        reply_script_failure(t->x, r, err);
+    kf_script_ans a;
+    if (!kf_script_parse(r, err, 4, &a)) { /* {'S', group, agent, customer} */
+        reply_script_failure(t->x, &a);
         transfer_free(t);
         return;
     }
@@ -507,8 +494,9 @@ struct rate {
 static void on_rated(const redisReply *r, const char *err, void *priv) {
     struct rate *rt = priv;
     req_ctx *x = rt->x;
-    if (!script_code(r, err)) {
-        reply_script_failure(x, r, err);
+    kf_script_ans a;
+    if (!kf_script_parse(r, err, 1, &a)) {
+        reply_script_failure(x, &a);
     } else {
         gw_reply_ok(x->c, x->req, json_pack("{s:s, s:I}", "conv", x->conv, "stars",
                                             (json_int_t)rt->stars));
@@ -565,8 +553,9 @@ static void h_conv_rate(gw_conn *c, json_t *msg) {
 
 static void on_record_access(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
-    x->access_ok = script_code(r, err) != 0;
-    if (!x->access_ok) reply_script_failure(x, r, err);
+    kf_script_ans a;
+    x->access_ok = kf_script_parse(r, err, 1, &a) != 0;
+    if (!x->access_ok) reply_script_failure(x, &a);
 }
 
 static void on_record(const redisReply *r, const char *err, void *priv) {
@@ -650,12 +639,13 @@ static void on_group_len(const redisReply *r, const char *err, void *priv) {
 
 static void on_snapshot(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
-    json_t *j = script_code(r, err) ? script_json(r, 1) : NULL;
+    kf_script_ans a;
+    json_t *j = kf_script_parse(r, err, 1, &a) ? script_json(r, 1) : NULL;
     if (!j) {
-        if (script_code(r, err))
+        if (a.kind == KF_SCRIPT_OK)
             gw_reply_ok(x->c, x->req, NULL); /* unsubscribed */
         else
-            reply_script_failure(x, r, err);
+            reply_script_failure(x, &a);
         gw_ctx_free(x);
         return;
     }

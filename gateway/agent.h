@@ -3,7 +3,7 @@
 #ifndef KEFU_GATEWAY_AGENT_H
 #define KEFU_GATEWAY_AGENT_H
 
-#include "handlers.h"
+#include "request.h"
 
 extern const gw_handler gw_handlers_agent[];
 

@@ -13,26 +13,26 @@
 #include <event2/event.h>
 
 #include "bot.h"
-#include "handlers.h"
 #include "kefu/alloc.h"
 #include "kefu/bot.h"
 #include "kefu/keys.h"
 #include "kefu/log.h"
 #include "kefu/redis.h"
 #include "kefu/service.h"
+#include "request.h"
 
-#define BUCKETS 1024        /* conversations with bot events in flight, hashed */
+/* uthash allocates through kefu's allocator (which aborts on a small allocation failure) */
+#define uthash_malloc(sz) kf_malloc(sz)
+#define uthash_free(ptr, sz) kf_free(ptr)
+#include <uthash.h>
+
 #define MAX_JOBS 16         /* queued events per conversation; more are dropped (counted) */
 #define MAX_TRIES 3         /* re-runs after another node changed the state first */
 #define NOTBOT_SLOTS 65536  /* direct-mapped cache of conversations known not to be the bot's:
-                               64-bit hashes of their ids (a false match is ~2^-64 per lookup) */
+                               64-bit hashes of their ids (a false match is about 2^-64 per
+                               lookup) */
 #define STAFF_SCAN_MS 2000  /* local supervisors registered for alerts this often */
 
-/* Per-conversation bot state: a hash {v: version, s: msgpack state}, beside the meta. */
-static void key_conv_bot(char *k, const char *conv) {
-    snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:bot", conv);
-}
-#define KEY_SUPERVISORS KF_STAFF_PREFIX "supervisors" /* zset: supervisor/admin -> last seen ms */
 
 enum { F_STATE, F_CUSTOMER, F_CUSTOMER_NAME, F_CHANNEL, F_TOPIC, F_TICKET, F_LEVEL, F_GROUP,
        F_PRIORITY, F_CATEGORY, F_TAGS, NFIELDS };
@@ -48,7 +48,7 @@ typedef struct bot_job {
 } bot_job;
 
 typedef struct bot_conv {
-    struct bot_conv *hnext;
+    UT_hash_handle hh;      /* in B.convs, by id */
     char id[CONV_ID_MAX + 1];
     bot_job *head, *tail;
     int njobs;
@@ -78,7 +78,7 @@ static struct {
     int stopping;
     kf_bot *bot;            /* NULL when the rules did not load */
     struct event *tick_ev;
-    bot_conv *convs[BUCKETS];
+    bot_conv *convs;        /* conversations with bot events in flight (uthash, by id) */
     wait_ent *waits;
     uint64_t *notbot;
     char watch_sig[64];
@@ -88,12 +88,14 @@ static struct {
 /* The actor written as `by` into lifecycle events the bot causes. */
 static gw_conn bot_actor = {.ident = {.sub = (char *)"bot", .name = (char *)"bot"}};
 
-int gw_bot_enabled(void) { return B.enabled; }
-
-static uint64_t hash_id(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+/* 64 bits of hash of a string from two of uthash's functions (Bob Jenkins's and one-at-a-time):
+ * the not-the-bot's cache keeps it instead of the id. */
+static uint64_t hash64(const char *s) {
+    unsigned hi, lo;
+    size_t n = strlen(s);
+    HASH_JEN(s, n, hi);
+    HASH_OAT(s, n, lo);
+    return (uint64_t)hi << 32 | lo;
 }
 
 /* ---- the rule set ---- */
@@ -136,7 +138,7 @@ static int rules_load(const char *why) {
 
 /* A cheap signature of the rule directory: names, sizes and modification times. */
 static void dir_signature(char out[64]) {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 0;
     DIR *d = opendir(gw->opt.bots_dir);
     if (d) {
         struct dirent *de;
@@ -148,7 +150,7 @@ static void dir_signature(char out[64]) {
             snprintf(path, sizeof(path), "%s/%s", gw->opt.bots_dir, de->d_name);
             if (stat(path, &st) < 0) continue;
             /* order-independent: sum of per-file hashes */
-            uint64_t fh = hash_id(de->d_name) ^ ((uint64_t)st.st_size * 0x9E3779B97F4A7C15ull) ^
+            uint64_t fh = hash64(de->d_name) ^ ((uint64_t)st.st_size * 0x9E3779B97F4A7C15ull) ^
                           ((uint64_t)st.st_mtim.tv_sec * 1000000007ull + (uint64_t)st.st_mtim.tv_nsec);
             h += fh * 0xff51afd7ed558ccdull;
         }
@@ -164,12 +166,6 @@ void gw_bot_reload(void) {
 }
 
 /* ---- conversations with events in flight ---- */
-
-static bot_conv **conv_slot(const char *id) {
-    bot_conv **pp = &B.convs[hash_id(id) % BUCKETS];
-    while (*pp && strcmp((*pp)->id, id) != 0) pp = &(*pp)->hnext;
-    return pp;
-}
 
 static void conv_clear_read(bot_conv *bc) {
     for (int i = 0; i < NFIELDS; i++) {
@@ -201,13 +197,13 @@ static void conv_free(bot_conv *bc) {
 /* A state only moves from "bot" to "waiting"/"assigned"/"closed", never back, so a conversation
  * once seen elsewhere never needs its state read again for a customer message. */
 static int notbot_known(const char *id) {
-    uint64_t h = hash_id(id) | 1; /* 0 marks an empty slot */
+    uint64_t h = hash64(id) | 1; /* 0 marks an empty slot */
     return B.notbot && B.notbot[(h >> 1) % NOTBOT_SLOTS] == h;
 }
 
 static void notbot_add(const char *id) {
     if (!B.notbot) B.notbot = kf_calloc(NOTBOT_SLOTS, sizeof(*B.notbot));
-    uint64_t h = hash_id(id) | 1;
+    uint64_t h = hash64(id) | 1;
     B.notbot[(h >> 1) % NOTBOT_SLOTS] = h;
 }
 
@@ -227,17 +223,18 @@ static void job_done(bot_conv *bc) {
         job_start(bc);
         return;
     }
-    *conv_slot(bc->id) = bc->hnext;
+    HASH_DEL(B.convs, bc);
     conv_free(bc);
 }
 
 static void submit(const char *conv, kf_bot_event_type type, const char *text, long long waited) {
     if (B.stopping) return;
-    bot_conv **pp = conv_slot(conv), *bc = *pp;
+    bot_conv *bc;
+    HASH_FIND_STR(B.convs, conv, bc);
     if (!bc) {
         bc = kf_calloc(1, sizeof(*bc));
         snprintf(bc->id, sizeof(bc->id), "%s", conv);
-        *pp = bc;
+        HASH_ADD_STR(B.convs, id, bc);
     }
     if (bc->njobs >= MAX_JOBS) {
         GW_M->bot_dropped++;
@@ -256,13 +253,24 @@ static void submit(const char *conv, kf_bot_event_type type, const char *text, l
     if (!bc->busy) job_start(bc);
 }
 
-void gw_bot_opened(const char *conv) {
-    if (B.enabled) submit(conv, KF_BOT_OPENED, NULL, 0);
+/* ---- hooks on the message path (request.h): what starts the events ---- */
+
+/* A conversation was opened in state "bot" (its meta is stored): the "opened" event. */
+static void on_conv_opened(const char *conv) { submit(conv, KF_BOT_OPENED, NULL, 0); }
+
+/* A message was stored: the bot answers the customer while it has the conversation. */
+static void on_message_stored(const gw_conn *from, const char *conv, const char *text,
+                              size_t len) {
+    (void)len; /* text is NUL-terminated and holds no NUL (msg.send refuses them) */
+    if (from->ident.role == KF_ROLE_CUSTOMER && !notbot_known(conv))
+        submit(conv, KF_BOT_MESSAGE, text, 0);
 }
 
-void gw_bot_customer_message(const char *conv, const char *text) {
-    if (B.enabled && !notbot_known(conv)) submit(conv, KF_BOT_MESSAGE, text, 0);
-}
+static const gw_hooks bot_hooks = {
+    .new_state = "bot", /* queued at the handoff (on_applied) */
+    .conv_opened = on_conv_opened,
+    .message_stored = on_message_stored,
+};
 
 void gw_bot_waiting_event(const char *conv, int no_agent, long long waited_s) {
     if (!B.enabled || !B.bot) return;
@@ -320,7 +328,7 @@ static void job_start(bot_conv *bc) {
     conv_clear_read(bc);
     char meta[KF_KEY_MAX], botk[KF_KEY_MAX];
     kf_key_conv_meta(meta, bc->id);
-    key_conv_bot(botk, bc->id);
+    kf_key_conv_bot(botk, bc->id);
     unsigned slot = kf_redis_slot(gw->redis, meta);
     const char *argv[2 + NFIELDS] = {"HMGET", meta};
     for (int i = 0; i < NFIELDS; i++) argv[2 + i] = meta_fields[i];
@@ -392,7 +400,7 @@ static void job_run(bot_conv *bc) {
         now[24], nrep[16], nfields[16];
     kf_key_conv_meta(meta, bc->id);
     kf_key_conv_msgs(msgs, bc->id);
-    key_conv_bot(botk, bc->id);
+    kf_key_conv_bot(botk, bc->id);
     kf_key_conv_log(logk, bc->id);
     snprintf(ver, sizeof(ver), "%lld", bc->version);
     snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.history_maxlen);
@@ -529,16 +537,18 @@ static void on_applied(const redisReply *r, const char *err, void *priv) {
         job_done(bc);
         return;
     }
-    if (err || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
-        r->element[0]->type != REDIS_REPLY_STRING) {
+    /* {'S', state, customer, agent, group, nreplies, prev, reply ids..., members...}; {'R'}: the
+     * state changed under it; {'E', code, state}: the conversation moved on */
+    kf_script_ans ans;
+    char tag = kf_script_parse(r, err, 1, &ans);
+    if (ans.kind == KF_SCRIPT_UNAVAILABLE || ans.kind == KF_SCRIPT_BROKEN) {
         GW_M->bot_dropped++;
         kf_warn("bot: conv %s: storing the %s event failed (%s)", bc->id, kf_bot_event_name(j->type),
-                err ? err : r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+                ans.detail ? ans.detail : "bad reply");
         job_done(bc);
         return;
     }
-    const char *tag = r->element[0]->str;
-    if (tag[0] == 'R') {
+    if (tag == 'R') {
         /* another node's event changed the state first: run this one again on the new state */
         GW_M->bot_conflicts++;
         if (++bc->tries < MAX_TRIES) {
@@ -553,13 +563,13 @@ static void on_applied(const redisReply *r, const char *err, void *priv) {
         }
         return;
     }
-    if (tag[0] == 'E') {
+    if (ans.kind == KF_SCRIPT_REFUSED) {
         /* the conversation moved on meanwhile (accepted, closed): the event no longer applies */
         if (j->type != KF_BOT_MESSAGE && j->type != KF_BOT_OPENED) wait_untrack(bc->id);
         job_done(bc);
         return;
     }
-    if (r->elements < 7) {
+    if (r->elements < 7 || !kf_script_parse(r, NULL, 5, &ans)) {
         job_done(bc);
         return;
     }
@@ -685,7 +695,7 @@ static void scan_staff(int64_t now) {
     char score[24];
     snprintf(score, sizeof(score), "%lld", (long long)now);
     argv[0] = "ZADD";
-    argv[1] = KEY_SUPERVISORS;
+    argv[1] = KF_KEY_STAFF_SUPERVISORS;
     int n = 2;
     for (size_t i = 0; i < gw->users_cap; i++) {
         for (gw_user *u = gw->users[i]; u; u = u->hnext) {
@@ -695,16 +705,20 @@ static void scan_staff(int64_t now) {
             argv[n++] = score;
             argv[n++] = u->id;
             if (n == (int)(sizeof(argv) / sizeof(argv[0]))) {
-                kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KEY_SUPERVISORS), NULL, NULL, n, argv, NULL);
+                kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_SUPERVISORS), NULL,
+                              NULL, n, argv, NULL);
                 n = 2;
             }
         }
     }
-    if (n > 2) kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KEY_SUPERVISORS), NULL, NULL, n, argv, NULL);
+    if (n > 2)
+        kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_SUPERVISORS), NULL, NULL,
+                      n, argv, NULL);
     if (now - B.last_trim_ms > 60000) {
         B.last_trim_ms = now;
-        kf_redis_cmd_key(gw->redis, KEY_SUPERVISORS, NULL, NULL, "ZREMRANGEBYSCORE %s -inf %lld",
-                         KEY_SUPERVISORS, (long long)(now - 3600000));
+        kf_redis_cmd_key(gw->redis, KF_KEY_STAFF_SUPERVISORS, NULL, NULL,
+                         "ZREMRANGEBYSCORE %s -inf %lld", KF_KEY_STAFF_SUPERVISORS,
+                         (long long)(now - 3600000));
     }
 }
 
@@ -732,6 +746,7 @@ void gw_bot_start(void) {
     if (!B.enabled) return;
     rules_load("loaded");
     dir_signature(B.watch_sig);
+    gw_hooks_register(&bot_hooks);
     B.tick_ev = event_new(gw->base, -1, EV_PERSIST, on_tick, NULL);
     struct timeval sec = {1, 0};
     event_add(B.tick_ev, &sec);
@@ -742,19 +757,15 @@ void gw_bot_start(void) {
 void gw_bot_stop(void) {
     if (!B.enabled) return;
     B.stopping = 1;
+    gw_hooks_unregister(&bot_hooks);
     if (B.tick_ev) event_free(B.tick_ev);
     B.tick_ev = NULL;
     /* conversations with a Redis command in flight are freed by its (failing) callback */
-    for (int i = 0; i < BUCKETS; i++) {
-        for (bot_conv **pp = &B.convs[i]; *pp;) {
-            bot_conv *bc = *pp;
-            if (bc->busy) {
-                pp = &bc->hnext;
-                continue;
-            }
-            *pp = bc->hnext;
-            conv_free(bc);
-        }
+    bot_conv *bc, *tmp;
+    HASH_ITER(hh, B.convs, bc, tmp) {
+        if (bc->busy) continue;
+        HASH_DEL(B.convs, bc);
+        conv_free(bc);
     }
     while (B.waits) {
         wait_ent *e = B.waits;

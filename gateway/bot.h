@@ -6,19 +6,15 @@
 
 #include "gateway.h"
 
-/** Loads the rule set (when bots_dir is set) and starts the bot timers. A rule set that does
- * not load is logged; conversations then go to humans until a reload succeeds. */
+/** Loads the rule set (when bots_dir is set), starts the bot timers and hooks the message path
+ * (request.h): new conversations then start in state "bot", and their opening and customer
+ * messages run the rules. A rule set that does not load is logged; conversations then go to
+ * humans until a reload succeeds. */
 void gw_bot_start(void);
 void gw_bot_stop(void);
-/** 1 when bots_dir is set: new conversations start in state "bot". */
-int gw_bot_enabled(void);
 /** SIGHUP: loads the rule set again; a set that fails keeps the previous one running. */
 void gw_bot_reload(void);
 
-/** A conversation was opened in state "bot" (its meta is stored): runs the "opened" event. */
-void gw_bot_opened(const char *conv);
-/** A customer message was stored in conv: runs the "message" event if the bot has it. */
-void gw_bot_customer_message(const char *conv, const char *text);
 /** Runs a no_agent or queue_wait event for a waiting conversation (from anywhere). */
 void gw_bot_waiting_event(const char *conv, int no_agent, long long waited_s);
 

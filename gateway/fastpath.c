@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "auth.h"
 #include "handlers.h"
 #include "kefu/alloc.h"
 
@@ -224,14 +225,12 @@ int gw_fast_msg_send(gw_conn *c, const char *buf, size_t len) {
         gw_reply_error(c, req, "unauthorized", "token expired: send hello with a fresh token");
         kf_free(text);
         if (req) json_decref(req);
-        c->seen_frame = 1;
         return 1;
     }
     req_ctx *x = gw_ctx_new(c, req);
     memcpy(x->conv, conv, sizeof(conv));
     gw_msg_send(x, text, text_len, cid);
     if (req) json_decref(req);
-    c->seen_frame = 1;
     return 1;
 }
 

@@ -77,13 +77,23 @@ gw_buf *gw_buf_new(char *data_with_headroom, size_t len, int binary);
 void gw_buf_ref(gw_buf *b);
 void gw_buf_unref(gw_buf *b);
 
-/* ---- connections ---- */
+/* ---- connections ----
+ * A connection's state changes only through gw_conn_set_state (server.c), which checks the
+ * transition and traces it at debug level:
+ *   NEW -> AUTHENTICATING -> READY -> CLOSING -> CLOSED
+ *   NEW -> READY (a token in the URL, or a hello first); any but CLOSED -> CLOSING or CLOSED. */
 typedef enum {
-    CONN_AUTHENTICATING, /* upgraded, waiting for hello */
-    CONN_READY,          /* authenticated, welcome sent */
+    CONN_NEW,            /* upgraded, no frame handled yet: a request first means no hello will
+                            ever come (closed 4400) */
+    CONN_AUTHENTICATING, /* a frame handled, still waiting for hello */
+    CONN_READY,          /* authenticated (the welcome follows once presence is stored) */
     CONN_CLOSING,        /* close requested; waiting for the writeable callback or the kill */
-    CONN_CLOSED,         /* lws closed it; struct lives on while Redis replies are pending */
+    CONN_CLOSED,         /* lws closed it (wsi NULL); the struct lives on while Redis replies
+                            are pending */
+    CONN__COUNT
 } gw_conn_state;
+
+extern const char *const gw_conn_state_names[CONN__COUNT];
 
 typedef enum {
     CLOSE_NONE = 0,
@@ -117,7 +127,7 @@ typedef struct gw_outq_item {
 typedef struct gw_conn {
     /* identity */
     uint64_t id;
-    struct lws *wsi;          /* NULL once lws closed the connection */
+    struct lws *wsi;          /* NULL once lws closed the connection (state CLOSED) */
     struct gw_ident {
         char *sub, *name, *skills;   /* malloc'd; NULL until authenticated (skills: may stay NULL) */
         const char *channel;          /* malloc'd, or "" when the token has none */
@@ -133,17 +143,15 @@ typedef struct gw_conn {
     /* state */
     uint32_t refs;            /* 1 for lws + 1 per Redis request in flight */
     uint32_t created_ms, last_rx_ms, last_ping_ms, closing_ms;
-    uint8_t state;            /* gw_conn_state */
+    uint8_t state;            /* gw_conn_state: only through gw_conn_set_state */
     uint8_t fmt;              /* kf_format */
-    uint8_t authed;
-    uint8_t seen_frame;       /* a frame was handled (the first one decides 4400) */
     uint8_t want_ping;
     uint8_t rx_binary;
     uint8_t rx_paused;        /* reading stopped by backpressure (rx_maybe_pause in server.c) */
     uint8_t shed_epoch;       /* overload episode in which its msg.send are refused (0: none) */
     uint8_t shed_refused;     /* the request just handled was refused as overloaded */
+    uint8_t in_flush;         /* on the end-of-iteration write list (flush_next) */
     uint32_t paused_ms;       /* gw_clock_ms() when reading stopped */
-    uint8_t in_flush;         /* on the end-of-iteration write list */
     struct gw_conn *flush_next;
     uint8_t close_reason;     /* gw_close_reason */
     uint16_t close_code;
@@ -219,18 +227,22 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
 void gw_conn_send_buf(gw_conn *c, gw_buf *b);
 /** Encodes obj in the connection's format and queues it. Does not steal obj. */
 void gw_conn_send(gw_conn *c, const json_t *obj);
-/** Verifies a token against the configured secrets, now, and the leeway. */
-kf_token_result gw_token_verify(const char *token, size_t len, kf_claims *cl);
-/** Verifies a token and makes the connection READY (the welcome follows once its presence is
- * stored). On failure answers `unauthorized` to req (when given: a hello frame) and closes with
- * 4401/4402. Returns 0 or -1. */
-int gw_conn_authenticate(gw_conn *c, const char *token, size_t len, const json_t *req);
 /** Asks lws to close the connection with a code and reason (sent from the writeable callback). */
 void gw_conn_close(gw_conn *c, gw_close_reason why, uint16_t code, const char *text);
 void gw_conn_ref(gw_conn *c);
 /** Drops a reference; frees the struct once lws closed it and no request holds it. */
 void gw_conn_unref(gw_conn *c);
-static inline int gw_conn_alive(const gw_conn *c) { return c->wsi && c->state == CONN_READY; }
+/** Moves c to state s; a transition the diagram above does not allow is a bug (logged; aborts
+ * in debug builds). */
+void gw_conn_set_state(gw_conn *c, gw_conn_state s);
+/** Authenticated and neither closing nor closed: requests are served, pushes delivered. */
+static inline int gw_conn_alive(const gw_conn *c) { return c->state == CONN_READY; }
+/** Not authenticated yet (and not closing): only hello and ping are served. */
+static inline int gw_conn_authenticating(const gw_conn *c) {
+    return c->state == CONN_NEW || c->state == CONN_AUTHENTICATING;
+}
+/** lws still has it and no close was asked: frames may be queued. */
+static inline int gw_conn_open(const gw_conn *c) { return c->state < CONN_CLOSING; }
 
 /* fastpath.c */
 /** Handles a JSON msg.send frame of a READY connection in one pass when it has the common, valid
@@ -253,12 +265,9 @@ void gw_json_int(gw_json *j, long long v);
 void gw_json_req(gw_json *j, const json_t *req);
 
 /* handlers.c */
-/** 1 when the connection's token expired (beyond the leeway); requests then get unauthorized. */
-int gw_token_expired(const gw_conn *c);
-
 /** Handles one decoded frame of a connection. Steals msg. */
 void gw_handle_frame(gw_conn *c, json_t *msg);
-/** Sends {"type":"error",...} for a request. */
+/** Sends {"type":"error",...} for a request (request.c). */
 void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char *message);
 
 /* router.c */
@@ -266,8 +275,9 @@ void gw_router_start(void);
 void gw_router_stop(void);
 /* msg.send batches (handlers.c): messages gathered or in flight; at exit, fail what is gathered */
 size_t gw_send_backlog(void);
-void gw_redis_kept_stop(void);
 void gw_msg_send_stop(void);
+/* kept writes (request.c): at exit, what is still kept is lost (logged) */
+void gw_redis_kept_stop(void);
 /* server.c: 1 when this connection's msg.send must be refused as overloaded (backpressure held
  * it unread for overload_shed_ms, and the overload has not ended: the backlog has not yet
  * fallen under half of redis_inflight_max) */
@@ -307,7 +317,7 @@ typedef struct gw_metrics {
     uint64_t closes[CLOSE__COUNT];
     int64_t redis_slots_up, redis_masters, redis_masters_up;
     uint64_t redis_moved, redis_ask, redis_retried, redis_map_refreshes, redis_unreplicated;
-    int64_t redis_kept;          /* follow-up writes waiting for their server (handlers.c) */
+    int64_t redis_kept;          /* follow-up writes waiting for their server (request.c) */
     uint64_t redis_kept_dropped; /* ... not kept: over KEPT_MAX */
     uint64_t redis_commands, redis_failures, redis_latency_us_sum, redis_latency_bucket[12];
     uint64_t inbox_entries, inbox_deliveries;

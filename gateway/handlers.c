@@ -1,5 +1,7 @@
-/* Protocol v1 requests: validation, role checks, the Redis commands behind each request, the
- * answer, and the pushes to the other participants. */
+/* Protocol v1 conversation requests (conv.open, conv.list, queue.list, msg.send, history,
+ * typing, read, conv.accept, conv.close, conv.join) and the dispatcher: validation, role checks,
+ * the Redis commands behind each request, the answer, and the pushes to the other
+ * participants. The plumbing they share is in request.c, authentication in auth.c. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +13,7 @@
 #include <libwebsockets.h>
 
 #include "agent.h"
-#include "bot.h"
+#include "auth.h"
 #include "gateway.h"
 #include "handlers.h"
 #include "kefu/alloc.h"
@@ -24,135 +26,6 @@
 #include "kefu/utf8.h"
 
 
-req_ctx *gw_ctx_new(gw_conn *c, const json_t *req) {
-    req_ctx *x = kf_calloc(1, sizeof(*x));
-    x->c = c;
-    gw_conn_ref(c);
-    if (req) x->req = json_incref((json_t *)req);
-    return x;
-}
-
-void gw_ctx_free(req_ctx *x) {
-    gw_conn_unref(x->c);
-    if (x->req) json_decref(x->req);
-    if (x->acc) json_decref(x->acc);
-    kf_free(x->err_code);
-    kf_free(x);
-}
-
-/* ---- answers ---- */
-
-void gw_reply_error(gw_conn *c, const json_t *req, const char *code, const char *message) {
-    GW_M->errors[gw_metrics_error_index(code)]++;
-    if (!gw_conn_alive(c) && c->state != CONN_AUTHENTICATING) return;
-    json_t *e = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
-    if (req && !json_is_null(req)) json_object_set(e, "req", (json_t *)req);
-    /* how long to wait before trying again: about one reconnection attempt of the Redis client,
-     * or for an overloaded gateway to catch up */
-    if (!strcmp(code, "unavailable") || !strcmp(code, "overloaded"))
-        json_object_set_new(e, "retry_ms", json_integer(1000));
-    gw_conn_send(c, e);
-    json_decref(e);
-}
-
-/* Sends {"type":"ok","req":..} merged with fields (stolen, may be NULL). */
-void gw_reply_ok(gw_conn *c, const json_t *req, json_t *fields) {
-    json_t *o = fields ? fields : json_object();
-    json_object_set_new(o, "type", json_string("ok"));
-    if (req) json_object_set(o, "req", (json_t *)req);
-    if (gw_conn_alive(c)) gw_conn_send(c, o);
-    json_decref(o);
-}
-
-static const char *error_message(const char *code) {
-    if (!strcmp(code, "forbidden")) return "you may not do this in this conversation";
-    if (!strcmp(code, "not_found")) return "no such conversation";
-    if (!strcmp(code, "conflict")) return "the conversation's state does not allow this";
-    if (!strcmp(code, "unavailable")) return "storage unavailable; nothing was stored, retry later";
-    return code;
-}
-
-void gw_reply_failure(req_ctx *x) {
-    if (x->err_code)
-        gw_reply_error(x->c, x->req, x->err_code, error_message(x->err_code));
-    else
-        gw_reply_error(x->c, x->req, "unavailable", error_message("unavailable"));
-}
-
-/* ---- field validation: each answers bad_request itself and returns -1 ---- */
-
-int gw_get_str(gw_conn *c, const json_t *msg, const char *name, int required, size_t maxlen,
-               const char **out) {
-    json_t *v = json_object_get(msg, name);
-    char m[96];
-    if (!v || json_is_null(v)) {
-        if (!required) {
-            *out = NULL;
-            return 0;
-        }
-        snprintf(m, sizeof(m), "missing field '%s'", name);
-        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", m);
-        return -1;
-    }
-    if (!json_is_string(v)) {
-        snprintf(m, sizeof(m), "field '%s' must be a string", name);
-        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", m);
-        return -1;
-    }
-    size_t len = json_string_length(v);
-    if (len > maxlen) {
-        snprintf(m, sizeof(m), "field '%s' is longer than %zu bytes", name, maxlen);
-        gw_reply_error(c, json_object_get(msg, "req"), "too_large", m);
-        return -1;
-    }
-    if (required && len == 0) {
-        snprintf(m, sizeof(m), "field '%s' is empty", name);
-        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", m);
-        return -1;
-    }
-    if (memchr(json_string_value(v), '\0', len)) {
-        snprintf(m, sizeof(m), "field '%s' contains a NUL", name);
-        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", m);
-        return -1;
-    }
-    *out = json_string_value(v);
-    return 0;
-}
-
-static int id_chars_ok(const char *s) {
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_') return 0;
-    return 1;
-}
-
-int gw_get_conv(gw_conn *c, const json_t *msg, req_ctx **xp) {
-    const char *conv;
-    if (gw_get_str(c, msg, "conv", 1, CONV_ID_MAX, &conv) < 0) return -1;
-    if (!id_chars_ok(conv)) {
-        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", "field 'conv' is not a conversation id");
-        return -1;
-    }
-    *xp = gw_ctx_new(c, json_object_get(msg, "req"));
-    snprintf((*xp)->conv, sizeof((*xp)->conv), "%s", conv);
-    return 0;
-}
-
-int gw_get_int(gw_conn *c, const json_t *msg, const char *name, long long def, long long min,
-               long long max, long long *out) {
-    json_t *v = json_object_get(msg, name);
-    if (!v || json_is_null(v)) {
-        *out = def;
-        return 0;
-    }
-    char m[96];
-    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
-        snprintf(m, sizeof(m), "field '%s' must be an integer in %lld..%lld", name, min, max);
-        gw_reply_error(c, json_object_get(msg, "req"), "bad_request", m);
-        return -1;
-    }
-    *out = json_integer_value(v);
-    return 0;
-}
 
 /* Digits of one part of a stream id, at most UINT64_MAX (what Redis accepts). */
 static int u64_digits_ok(const char *p, size_t n) {
@@ -170,338 +43,12 @@ static int stream_id_ok(const char *s) {
     return u64_digits_ok(s, (size_t)(dash - s)) && u64_digits_ok(dash + 1, strlen(dash + 1));
 }
 
-/* ---- helpers around scripts and pushes ---- */
-
-json_t *gw_from_obj(const gw_conn *c) {
-    return json_pack("{s:s, s:s, s:s}", "id", c->ident.sub, "role",
-                     kf_role_name((kf_role)c->ident.role), "name", c->ident.name);
-}
-
-/* Script result {"E", code} -> sets x->err_code and returns -1; {"S"/"D", ...} -> 0. */
-int gw_script_result(req_ctx *x, const redisReply *r, const char *err) {
-    if (err) {
-        x->err = err;
-        return -1;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        kf_error("redis script error: %s", r->str);
-        x->err_code = kf_strdup("internal");
-        return -1;
-    }
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_STRING) {
-        x->err_code = kf_strdup("internal");
-        return -1;
-    }
-    if (r->element[0]->str[0] == 'E') {
-        x->err_code = kf_strdup(r->element[1]->str);
-        return -1;
-    }
-    return 0;
-}
-
-/* Collects user ids from reply elements [from..) (non-empty, distinct), except `except`. */
-size_t gw_members(const redisReply *r, size_t from, const char *except, const char **out,
-                  size_t max) {
-    size_t n = 0;
-    for (size_t i = from; i < r->elements && n < max; i++) {
-        const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_STRING || e->len == 0) continue;
-        if (except && strcmp(e->str, except) == 0) continue;
-        int dup = 0;
-        for (size_t k = 0; k < n; k++) dup |= strcmp(out[k], e->str) == 0;
-        if (!dup) out[n++] = e->str;
-    }
-    return n;
-}
-
-/* ---- kept writes: follow-up writes of a request already answered ----
- * A lifecycle event, a transferred conversation's queue entry, a user's conversation set: the
- * request they follow was answered ok, so they must not be lost when their Redis server is
- * down for a while (a master failing over). One that fails is kept and tried again every
- * 500 ms until it is stored; later writes for the same slot wait behind it (order per slot),
- * writes for other slots are not held up. At most KEPT_MAX are kept (kefu_redis_kept,
- * kefu_redis_kept_dropped_total). A write that timed out may have been stored already: these
- * are set operations or, for lifecycle events, handled idempotently by the worker. */
-#define KEPT_MAX 100000
-struct kept {
-    struct kept *next;
-    unsigned slot;
-    int out; /* sent, not answered */
-    int argc;
-    size_t *lens;
-    char **argv;
-};
-static struct kept *kept_head, *kept_tail; /* kept, oldest first */
-static uint32_t kept_waiting[KF_SLOTS];   /* per slot: kept entries */
-static struct event *kept_ev;
-static int kept_stopping;
-
-static void kept_free(struct kept *k) {
-    for (int i = 0; i < k->argc; i++) kf_free(k->argv[i]);
-    kf_free(k->argv);
-    kf_free(k->lens);
-    kf_free(k);
-}
-
-static void kept_send(struct kept *k);
-
-static void kept_append(struct kept *k) {
-    k->next = NULL;
-    if (kept_tail) kept_tail->next = k;
-    else kept_head = k;
-    kept_tail = k;
-    kept_waiting[k->slot]++;
-    GW_M->redis_kept++;
-    if (!evtimer_pending(kept_ev, NULL)) {
-        struct timeval tv = {0, 500000};
-        evtimer_add(kept_ev, &tv);
-    }
-}
-
-/* The oldest kept entry of a slot (NULL when none). */
-static struct kept *kept_first(unsigned slot) {
-    if (!kept_waiting[slot]) return NULL;
-    for (struct kept *k = kept_head; k; k = k->next)
-        if (k->slot == slot) return k;
-    return NULL;
-}
-
-static void kept_remove(struct kept *k) {
-    struct kept **pp = &kept_head, *prev = NULL;
-    while (*pp && *pp != k) prev = *pp, pp = &(*pp)->next;
-    if (!*pp) return;
-    *pp = k->next;
-    if (kept_tail == k) kept_tail = prev;
-    kept_waiting[k->slot]--;
-    GW_M->redis_kept--;
-}
-
-static void on_kept(const redisReply *r, const char *err, void *priv) {
-    struct kept *k = priv;
-    int ok = !err && r->type != REDIS_REPLY_ERROR;
-    if (!ok && !err) kf_error("kept write %s failed: %s", k->argv[0], r->str);
-    int was_kept = k->out == 2;
-    k->out = 0;
-    if (ok || !err || kept_stopping) { /* stored (or refused for good) */
-        unsigned slot = k->slot;
-        if (was_kept) kept_remove(k);
-        kept_free(k);
-        struct kept *n = kept_stopping ? NULL : kept_first(slot);
-        if (n && !n->out) kept_send(n); /* the slot answers again: the next one at once */
-        return;
-    }
-    if (was_kept) return; /* stays first of its slot; the timer tries again */
-    if (GW_M->redis_kept >= KEPT_MAX) {
-        GW_M->redis_kept_dropped++;
-        kept_free(k);
-        return;
-    }
-    kept_append(k);
-}
-
-static void kept_send(struct kept *k) {
-    k->out = k->next || k == kept_tail ? 2 : 1; /* 2: in the kept list */
-    kf_redis_argv(gw->redis, k->slot, on_kept, k, k->argc, (const char **)k->argv, k->lens);
-}
-
-/* Every 500 ms while writes are kept: the oldest one of each slot is tried again. */
-static void on_kept_retry(evutil_socket_t fd, short what, void *arg) {
-    (void)fd, (void)what, (void)arg;
-    static uint32_t seen[KF_SLOTS], pass; /* slots whose oldest entry this pass has met */
-    pass++;
-    for (struct kept *k = kept_head; k; k = k->next) {
-        if (seen[k->slot] == pass) continue;
-        seen[k->slot] = pass;
-        if (!k->out) kept_send(k);
-    }
-    if (kept_head) {
-        struct timeval tv = {0, 500000};
-        evtimer_add(kept_ev, &tv);
-    }
-}
-
-void gw_redis_kept(const char *key, int argc, const char **argv) {
-    if (!kept_ev) kept_ev = evtimer_new(gw->base, on_kept_retry, NULL);
-    struct kept *k = kf_calloc(1, sizeof(*k));
-    k->slot = kf_redis_slot(gw->redis, key);
-    k->argc = argc;
-    k->argv = kf_malloc(sizeof(char *) * (size_t)argc);
-    k->lens = kf_malloc(sizeof(size_t) * (size_t)argc);
-    for (int i = 0; i < argc; i++) {
-        k->lens[i] = strlen(argv[i]);
-        k->argv[i] = kf_malloc(k->lens[i] + 1);
-        memcpy(k->argv[i], argv[i], k->lens[i] + 1);
-    }
-    if (kept_waiting[k->slot]) { /* behind the ones of its slot that wait */
-        if (GW_M->redis_kept >= KEPT_MAX) {
-            GW_M->redis_kept_dropped++;
-            kept_free(k);
-            return;
-        }
-        kept_append(k);
-        return;
-    }
-    kept_send(k);
-}
-
-/* Shutdown: what is still kept is lost (logged); writes out are freed by their callbacks. */
-void gw_redis_kept_stop(void) {
-    if (GW_M->redis_kept)
-        kf_warn("%lld kept writes (lifecycle events, queue entries) not stored before exit",
-                (long long)GW_M->redis_kept);
-    kept_stopping = 1;
-    for (struct kept *k = kept_head, *next; k; k = next) {
-        next = k->next;
-        kept_waiting[k->slot]--;
-        GW_M->redis_kept--;
-        if (k->out) k->out = 1; /* no longer in the list: its callback just frees it */
-        else kept_free(k);
-    }
-    kept_head = kept_tail = NULL;
-    if (kept_ev) event_free(kept_ev);
-    kept_ev = NULL;
-}
-
-void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char *k1,
-                  const char *v1, const char *k2, const char *v2) {
-    char ts[24];
-    snprintf(ts, sizeof(ts), "%lld", (long long)gw_now_ms());
-    const char *argv[18] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", ev,
-                            "conv", conv, "by", c->ident.sub, "ts", ts};
-    int argc = 14;
-    if (k1) argv[argc++] = k1, argv[argc++] = v1;
-    if (k2) argv[argc++] = k2, argv[argc++] = v2;
-    gw_redis_kept(KF_KEY_LIFECYCLE, argc, argv);
-}
-
-/* A set operation that follows an answered request (kept: see above). */
-static void fire(const char *key, const char *verb, const char *member) {
-    const char *argv[] = {verb, key, member};
-    gw_redis_kept(key, 3, argv);
-}
-
-/* Runs a script against the conversation's slot. */
-void gw_conv_script(req_ctx *x, const char *script, const char *key, kf_redis_cb *cb, int argc,
-                    const char **argv, const size_t *lens) {
-    const char *av[16];
-    size_t al[16];
-    av[0] = key;
-    al[0] = strlen(key);
-    for (int i = 0; i < argc; i++) {
-        av[1 + i] = argv[i];
-        al[1 + i] = lens ? lens[i] : strlen(argv[i]);
-    }
-    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, key), script, cb, x, 1, argc + 1, av, al);
-}
-
-/* ---- hello / ping ---- */
-
-static void h_hello(gw_conn *c, json_t *msg) {
-    const char *token;
-    json_t *req = json_object_get(msg, "req");
-    json_t *t = json_object_get(msg, "token");
-    if (c->state == CONN_AUTHENTICATING) {
-        if (!t || !json_is_string(t) || json_string_length(t) == 0) {
-            if (req) gw_reply_error(c, req, "unauthorized", "invalid token: missing");
-            gw_conn_close(c, CLOSE_AUTH_INVALID, 4401, "invalid token: missing");
-            return;
-        }
-        gw_conn_authenticate(c, json_string_value(t), json_string_length(t), req ? req : json_null());
-        return;
-    }
-    /* Already authenticated: a fresh token for the same user extends the session. */
-    if (gw_get_str(c, msg, "token", 1, 4096, &token) < 0) return;
-    kf_claims cl;
-    kf_token_result r = gw_token_verify(token, strlen(token), &cl);
-    if (r != KF_TOKEN_OK) {
-        gw_reply_error(c, req, "unauthorized", kf_token_result_str(r));
-        return;
-    }
-    if (strcmp(cl.sub, c->ident.sub) != 0 || (uint8_t)cl.role != c->ident.role) {
-        gw_reply_error(c, req, "forbidden", "a session cannot change user or role");
-        return;
-    }
-    c->ident.exp = cl.exp;
-    gw_reply_ok(c, req, json_pack("{s:I}", "exp", (json_int_t)cl.exp));
-}
-
 static void h_ping(gw_conn *c, json_t *msg) {
     json_t *o = json_pack("{s:s}", "type", "pong");
     json_t *req = json_object_get(msg, "req");
     if (req) json_object_set(o, "req", req);
     gw_conn_send(c, o);
     json_decref(o);
-}
-
-/* ---- queueing: priority, then customer level (VIP first), then FIFO (kefu/service.h) ---- */
-
-/* The waiting start of a conversation queued now (unix us), strictly increasing per process in
- * steps of the score's 64 us tick, so conversations of one class queued here stay FIFO. */
-static long long queue_time_now(void) {
-    static long long last_tick;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    long long t = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-    long long tick = (t - KF_QUEUE_EPOCH_US) / 64;
-    if (tick <= last_tick) tick = last_tick + 1;
-    last_tick = tick;
-    return KF_QUEUE_EPOCH_US + tick * 64;
-}
-
-static void enqueue_scored(const char *conv, const char *group, int prio, int level,
-                           long long t_us, kf_redis_cb *cb, void *priv) {
-    char queue[KF_KEY_MAX];
-    kf_key_queue(queue, group);
-    long long score = kf_queue_score(prio < 0 ? KF_PRIO_MEDIUM : (kf_priority)prio, level, t_us);
-    kf_redis_cmd_key(gw->redis, queue, cb, priv, "ZADD %s %lld %s", queue, score, conv);
-}
-
-struct enqueue_args {
-    char conv[CONV_ID_MAX + 1];
-    char group[64];
-    kf_redis_cb *cb;
-    void *priv;
-};
-
-static void on_enqueue_meta(const redisReply *r, const char *err, void *priv) {
-    struct enqueue_args *ea = priv;
-    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
-        if (ea->cb) ea->cb(r, err ? err : "unavailable", ea->priv);
-        kf_free(ea);
-        return;
-    }
-    const redisReply *p = r->element[0], *l = r->element[1], *q = r->element[2];
-    int prio = kf_priority_parse(p->type == REDIS_REPLY_STRING ? p->str : NULL);
-    int level = l->type == REDIS_REPLY_STRING ? atoi(l->str) : 0;
-    long long t = q->type == REDIS_REPLY_STRING ? atoll(q->str) : 0;
-    if (t <= 0) {
-        char meta[KF_KEY_MAX];
-        t = queue_time_now();
-        kf_key_conv_meta(meta, ea->conv);
-        kf_redis_cmd_key(gw->redis, meta, NULL, NULL, "HSET %s queued_us %lld", meta, t);
-    }
-    enqueue_scored(ea->conv, ea->group, prio, level, t, ea->cb, ea->priv);
-    /* Tells the worker a group has one more conversation waiting. */
-    char ts[24];
-    snprintf(ts, sizeof(ts), "%lld", (long long)gw_now_ms());
-    const char *argv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "queued",
-                          "conv", ea->conv, "by", "", "ts", ts, "group", ea->group};
-    gw_redis_kept(KF_KEY_LIFECYCLE, 16, argv);
-    kf_free(ea);
-}
-
-/* Queues in queue order: reads the conversation's priority, level and original waiting start
- * (queued_us, set now when absent) from its meta first. */
-void gw_conv_enqueue(const char *conv, const char *group, kf_redis_cb *cb, void *priv) {
-    struct enqueue_args *ea = kf_calloc(1, sizeof(*ea));
-    snprintf(ea->conv, sizeof(ea->conv), "%s", conv);
-    snprintf(ea->group, sizeof(ea->group), "%s", group);
-    ea->cb = cb;
-    ea->priv = priv;
-    char meta[KF_KEY_MAX];
-    kf_key_conv_meta(meta, conv);
-    kf_redis_cmd_key(gw->redis, meta, on_enqueue_meta, ea, "HMGET %s priority level queued_us",
-                     meta);
 }
 
 /* ---- conv.open ---- */
@@ -523,7 +70,7 @@ static void open_step_done(const redisReply *r, const char *err, void *priv) {
         gw_reply_failure(x);
     } else {
         /* with bots the conversation starts in state "bot" (gateway/bot.c) */
-        const char *st = gw_bot_enabled() ? "bot" : "waiting";
+        const char *st = gw_hooks_new_state();
         gw_reply_ok(x->c, x->req, json_pack("{s:s, s:s, s:s}", "conv", x->conv, "ticket", x->ticket,
                                          "state", st));
         if (x->c->ident.sub) {
@@ -532,7 +79,7 @@ static void open_step_done(const redisReply *r, const char *err, void *priv) {
                                     "state", st, "ticket", x->ticket),
                           u, 1, x->c);
         }
-        if (gw_bot_enabled()) gw_bot_opened(x->conv);
+        gw_hooks_conv_opened(x->conv);
     }
     gw_ctx_free(x);
 }
@@ -585,23 +132,24 @@ static void open_store(struct open_args *oa) {
     snprintf(x->group, sizeof(x->group), "%s", oa->group);
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
     snprintf(level, sizeof(level), "%d", c->ident.level);
-    long long queued_us = queue_time_now();
+    long long queued_us = gw_queue_time_now();
     snprintf(queued, sizeof(queued), "%lld", queued_us);
-    const int bot = gw_bot_enabled();
+    const char *state = gw_hooks_new_state();
+    const int queue = !strcmp(state, "waiting"); /* else a hook (the bots) queues it later */
     kf_key_conv_meta(meta, id);
     kf_key_conv_log(log, id);
     kf_key_user_convs(convs, c->ident.sub);
     const char *argv[] = {"HSET", meta, "customer", c->ident.sub, "customer_name", c->ident.name,
                           "channel", oa->channel, "topic", oa->topic ? oa->topic : "",
-                          "ticket", x->ticket, "state", bot ? "bot" : "waiting", "created", now,
+                          "ticket", x->ticket, "state", state, "created", now,
                           "level", level, "group", oa->group, "priority", prio,
-                          "queued_us", bot ? "0" : queued, "assign_seq", "0"};
+                          "queued_us", queue ? queued : "0", "assign_seq", "0"};
     /* Answered once the conversation's own keys and its queue entry are stored (a bot
      * conversation is queued at its handoff, gateway/bot.c). The customer's conversation set
      * and the worker's lifecycle event follow as kept writes: another master being down
      * (the {ev} stream's, the user's) must neither fail the request nor leave a conversation
      * the customer was told did not open sitting in the queue. */
-    x->pending = bot ? 2 : 4;
+    x->pending = queue ? 4 : 2;
     unsigned slot = kf_redis_slot(gw->redis, meta);
     kf_redis_argv(gw->redis, slot, open_step_done, x, 26, argv, NULL);
     const char *oargv[] = {"XADD", log, "*", "ev", "opened", "by", c->ident.sub, "ts", now,
@@ -609,8 +157,8 @@ static void open_store(struct open_args *oa) {
     kf_redis_argv(gw->redis, slot, open_step_done, x, 13, oargv, NULL);
     const char *qargv[] = {"XADD", log, "*", "ev", "queued", "by", c->ident.sub, "ts", now,
                            "group", oa->group, "priority", prio, "level", level};
-    if (!bot) kf_redis_argv(gw->redis, slot, open_step_done, x, 15, qargv, NULL);
-    if (!bot) enqueue_scored(id, oa->group, oa->prio, c->ident.level, queued_us, open_step_done, x);
+    if (queue) kf_redis_argv(gw->redis, slot, open_step_done, x, 15, qargv, NULL);
+    if (queue) gw_queue_add(id, oa->group, oa->prio, c->ident.level, queued_us, open_step_done, x);
     const char *sargv[] = {"SADD", convs, id};
     gw_redis_kept(convs, 3, sargv);
     const char *largv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "opened",
@@ -768,7 +316,7 @@ static void on_list_ids(const redisReply *r, const char *err, void *priv) {
         struct list_item *li = kf_malloc(sizeof(*li));
         li->x = x;
         li->index = i;
-        if (!id_chars_ok(id) || strlen(id) > CONV_ID_MAX) id = "-";
+        if (!gw_id_chars_ok(id) || strlen(id) > CONV_ID_MAX) id = "-";
         kf_key_conv_meta(meta, id);
         const char *argv[2 + NLIST_FIELDS] = {"HMGET", meta};
         for (int f = 0; f < NLIST_FIELDS; f++) argv[2 + f] = list_fields[f];
@@ -798,7 +346,7 @@ static void h_queue_list(gw_conn *c, json_t *msg) {
     if (gw_get_int(c, msg, "limit", 100, 1, 1000, &limit) < 0) return;
     if (gw_get_str(c, msg, "group", 0, 32, &group) < 0) return;
     if (!group) group = "default";
-    if (!id_chars_ok(group)) {
+    if (!gw_id_chars_ok(group)) {
         gw_reply_error(c, json_object_get(msg, "req"), "bad_request", "field 'group' is not a group name");
         return;
     }
@@ -906,13 +454,7 @@ static void on_msg_stored(const redisReply *r, const char *err, void *priv) {
                        "stored but not yet confirmed by the replicas; retry with the same cid");
         goto out;
     }
-    if (gw_script_result(x, r, err) < 0) {
-        gw_reply_failure(x);
-        goto out;
-    }
-    if (r->elements < 3 || r->element[1]->type != REDIS_REPLY_STRING ||
-        r->element[2]->type != REDIS_REPLY_STRING) {
-        x->err_code = kf_strdup("internal");
+    if (gw_script_result(x, r, err, 3) < 0) { /* {'S' or 'D', id, prev, members...} */
         gw_reply_failure(x);
         goto out;
     }
@@ -930,8 +472,7 @@ static void on_msg_stored(const redisReply *r, const char *err, void *priv) {
         GW_M->messages_stored++;
         push_sent(x, sa, id, prev, ts, users, n);
         /* the bot answers the customer while it has the conversation (gateway/bot.c) */
-        if (x->c->ident.role == KF_ROLE_CUSTOMER && gw_bot_enabled())
-            gw_bot_customer_message(x->conv, sa->text);
+        gw_hooks_message_stored(x->c, x->conv, sa->text, sa->text_len);
     }
 out:
     gw_ctx_free(x);
@@ -1105,7 +646,7 @@ static void h_msg_send(gw_conn *c, json_t *msg) {
 
 static void on_history_access(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
-    x->access_ok = gw_script_result(x, r, err) == 0;
+    x->access_ok = gw_script_result(x, r, err, 2) == 0;
 }
 
 /* The message before a history page: the newest at or before `after`. */
@@ -1205,7 +746,7 @@ struct touch_args {
 static void on_touch(const redisReply *r, const char *err, void *priv) {
     struct touch_args *ta = priv;
     req_ctx *x = ta->x;
-    if (gw_script_result(x, r, err) < 0) {
+    if (gw_script_result(x, r, err, 2) < 0) {
         gw_reply_failure(x);
     } else {
         gw_reply_ok(x->c, x->req, NULL);
@@ -1251,7 +792,7 @@ static void h_read(gw_conn *c, json_t *msg) { touch(c, msg, 1); }
 static void on_accepted(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
     gw_conn *c = x->c;
-    if (gw_script_result(x, r, err) < 0) {
+    if (gw_script_result(x, r, err, 3) < 0) { /* {'S', customer, group, members...} */
         gw_reply_failure(x);
         gw_ctx_free(x);
         return;
@@ -1259,9 +800,9 @@ static void on_accepted(const redisReply *r, const char *err, void *priv) {
     const char *customer = r->element[1]->str, *group = r->element[2]->str;
     char queue[KF_KEY_MAX], convs[KF_KEY_MAX];
     kf_key_queue(queue, group);
-    fire(queue, "ZREM", x->conv);
+    gw_redis_kept_member(queue, "ZREM", x->conv);
     kf_key_user_convs(convs, c->ident.sub);
-    fire(convs, "SADD", x->conv);
+    gw_redis_kept_member(convs, "SADD", x->conv);
     gw_lifecycle("accepted", x->conv, c, "agent", c->ident.sub, NULL, NULL);
     gw_reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", "assigned"));
     const char *users[64];
@@ -1333,7 +874,7 @@ out:
 static void on_closed(const redisReply *r, const char *err, void *priv) {
     struct close_args *ca = priv;
     req_ctx *x = ca->x;
-    if (gw_script_result(x, r, err) == 0) {
+    if (gw_script_result(x, r, err, 5) == 0) { /* {'S', prev state, customer, agent, group, ...} */
         ca->closed = 1;
         const char *prev = r->element[1]->str, *group = r->element[4]->str;
         snprintf(ca->prev, sizeof(ca->prev), "%s", prev);
@@ -1342,7 +883,7 @@ static void on_closed(const redisReply *r, const char *err, void *priv) {
         char key[KF_KEY_MAX];
         if (!strcmp(prev, "waiting")) {
             kf_key_queue(key, group);
-            fire(key, "ZREM", x->conv);
+            gw_redis_kept_member(key, "ZREM", x->conv);
         }
         const char *users[64];
         size_t n = gw_members(r, 2, NULL, users, 2);
@@ -1350,7 +891,7 @@ static void on_closed(const redisReply *r, const char *err, void *priv) {
         ca->users = kf_calloc(n ? n : 1, sizeof(char *));
         for (size_t i = 0; i < n; i++) {
             kf_key_user_convs(key, users[i]);
-            fire(key, "SREM", x->conv);
+            gw_redis_kept_member(key, "SREM", x->conv);
             ca->users[i] = kf_strdup(users[i]);
         }
         ca->nusers = n;
@@ -1411,14 +952,14 @@ static void h_conv_close(gw_conn *c, json_t *msg) {
 static void on_joined(const redisReply *r, const char *err, void *priv) {
     req_ctx *x = priv;
     gw_conn *c = x->c;
-    if (gw_script_result(x, r, err) < 0) {
+    if (gw_script_result(x, r, err, 2) < 0) { /* {'S', state, ...} */
         gw_reply_failure(x);
         gw_ctx_free(x);
         return;
     }
     char key[KF_KEY_MAX];
     kf_key_user_convs(key, c->ident.sub);
-    if (strcmp(r->element[1]->str, "closed") != 0) fire(key, "SADD", x->conv);
+    if (strcmp(r->element[1]->str, "closed") != 0) gw_redis_kept_member(key, "SADD", x->conv);
     gw_lifecycle("joined", x->conv, c, NULL, NULL, NULL, NULL);
     gw_reply_ok(c, x->req, json_pack("{s:s, s:s}", "conv", x->conv, "state", r->element[1]->str));
     gw_ctx_free(x);
@@ -1447,11 +988,6 @@ const gw_handler gw_handlers_core[] = {
 /* Every module's request table; a type is looked up in order. */
 static const gw_handler *const handler_tables[] = {gw_handlers_core, gw_handlers_agent, NULL};
 
-int gw_token_expired(const gw_conn *c) {
-    /* now - leeway cannot overflow; exp + leeway could (a signed exp of INT64_MAX) */
-    return gw_now_ms() / 1000 - gw->opt.jwt_leeway_s > c->ident.exp;
-}
-
 void gw_handle_frame(gw_conn *c, json_t *msg) {
     json_t *type = json_object_get(msg, "type");
     json_t *req = json_object_get(msg, "req");
@@ -1473,16 +1009,16 @@ void gw_handle_frame(gw_conn *c, json_t *msg) {
         goto out;
     }
     if (!strcmp(t, "hello")) {
-        h_hello(c, msg);
+        gw_auth_hello(c, msg);
         goto out;
     }
-    if (c->state == CONN_AUTHENTICATING) {
+    if (gw_conn_authenticating(c)) {
         /* A client whose very first frame is a request never meant to authenticate. */
         gw_reply_error(c, req, "unauthorized", "authenticate first: send hello with a token");
-        if (!c->seen_frame) gw_conn_close(c, CLOSE_HELLO_EXPECTED, 4400, "hello expected");
+        if (c->state == CONN_NEW) gw_conn_close(c, CLOSE_HELLO_EXPECTED, 4400, "hello expected");
         goto out;
     }
-    if (c->state != CONN_READY) goto out;
+    if (!gw_conn_alive(c)) goto out;
     if (gw_token_expired(c)) {
         gw_reply_error(c, req, "unauthorized", "token expired: send hello with a fresh token");
         goto out;
@@ -1501,6 +1037,7 @@ void gw_handle_frame(gw_conn *c, json_t *msg) {
     }
     gw_reply_error(c, req, "bad_request", "unknown type");
 out:
-    c->seen_frame = 1;
+    /* a frame was handled: a request without hello is answered from now on, no longer closed */
+    if (c->state == CONN_NEW) gw_conn_set_state(c, CONN_AUTHENTICATING);
     json_decref(msg);
 }

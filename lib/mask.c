@@ -1,7 +1,11 @@
-/* Masking of phone numbers and e-mail local parts in free text (logs, stored records). */
+/* Masking of phone numbers and e-mail local parts in free text (logs, stored records), and the
+ * keyed tags that stand for user ids in logs. */
 #include "kefu/mask.h"
 
 #include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #define PHONE_MIN 7
 #define PHONE_MAX 15
@@ -112,4 +116,20 @@ size_t kf_mask_pii(char *dst, size_t dstlen, const char *src) {
     }
     dst[o.len] = '\0';
     return o.len;
+}
+
+void kf_mask_user(char *dst, const char *key, size_t keylen, const char *id) {
+    static const char prefix[] = "kefu-log-user:", hex[] = "0123456789abcdef";
+    unsigned char msg[sizeof(prefix) - 1 + 256], md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    size_t idlen = strlen(id);
+    if (idlen > 256) idlen = 256; /* user ids are at most 128 bytes (KF_SUB_MAX) */
+    memcpy(msg, prefix, sizeof(prefix) - 1);
+    memcpy(msg + sizeof(prefix) - 1, id, idlen);
+    /* the prefix keeps tags apart from any other HMAC made with the same key (token signatures) */
+    if (!HMAC(EVP_sha256(), key, (int)keylen, msg, sizeof(prefix) - 1 + idlen, md, &mdlen))
+        mdlen = 0;
+    for (size_t i = 0; i < KF_USER_TAG_LEN; i++)
+        dst[i] = mdlen ? hex[(md[i / 2] >> (i % 2 ? 0 : 4)) & 15] : '-';
+    dst[KF_USER_TAG_LEN] = '\0';
 }

@@ -1,4 +1,4 @@
-/* SHA1 digests of the embedded Redis scripts, computed once. */
+/* The embedded Redis scripts: SHA1 digests computed once, and the reader of their answers. */
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,4 +24,40 @@ const char *kf_script_sha(const char *name) {
     for (int i = 0; i < SHA_DIGEST_LENGTH; i++) sprintf(shas[nshas].sha + 2 * i, "%02x", md[i]);
     snprintf(shas[nshas].name, sizeof(shas[nshas].name), "%s", name);
     return shas[nshas++].sha;
+}
+
+char kf_script_parse(const redisReply *r, const char *err, size_t nstr, kf_script_ans *a) {
+    memset(a, 0, sizeof(*a));
+    if (err) {
+        a->kind = KF_SCRIPT_UNAVAILABLE;
+        a->code = "unavailable";
+        a->detail = err;
+        return 0;
+    }
+    a->kind = KF_SCRIPT_BROKEN;
+    a->code = "internal";
+    if (r->type == REDIS_REPLY_ERROR) {
+        a->detail = r->str;
+        return 0;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len != 1)
+        return 0;
+    if (r->element[0]->str[0] == 'E') {
+        /* the code is copied into answers and counted: a missing one is the script's bug */
+        if (r->elements < 2 || r->element[1]->type != REDIS_REPLY_STRING || r->element[1]->len == 0)
+            return 0;
+        a->kind = KF_SCRIPT_REFUSED;
+        a->code = r->element[1]->str;
+        if (r->elements >= 3 && r->element[2]->type == REDIS_REPLY_STRING)
+            a->message = r->element[2]->str;
+        return 0;
+    }
+    if (r->elements < nstr) return 0;
+    for (size_t i = 1; i < nstr; i++)
+        if (r->element[i]->type != REDIS_REPLY_STRING) return 0;
+    a->kind = KF_SCRIPT_OK;
+    a->code = NULL;
+    a->tag = r->element[0]->str[0];
+    return a->tag;
 }

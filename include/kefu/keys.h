@@ -16,6 +16,10 @@ static inline void kf_key_conv_meta(char *k, const char *conv) {
 static inline void kf_key_conv_msgs(char *k, const char *conv) {
     snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:msgs", conv);
 }
+/* A bot conversation's bot state: hash {v: version, s: msgpack state} (gateway/bot.c). */
+static inline void kf_key_conv_bot(char *k, const char *conv) {
+    snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:bot", conv);
+}
 /* Idempotency record of one client message id (cid) of one sender; value = message id. The
  * user id is length-prefixed so no two (user, cid) pairs share a key. */
 static inline void kf_key_conv_cid(char *k, const char *conv, const char *user, const char *cid) {

@@ -1,4 +1,4 @@
-/* Masking of personal data (phone numbers, e-mail addresses) for logs and records. */
+/* Masking of personal data (phone numbers, e-mail addresses, user ids) for logs and records. */
 #ifndef KEFU_MASK_H
 #define KEFU_MASK_H
 
@@ -14,5 +14,15 @@
  * copied untouched; a truncated result never ends in a partial UTF-8 sequence.
  * Returns the length written. */
 size_t kf_mask_pii(char *dst, size_t dstlen, const char *src);
+
+#define KF_USER_TAG_LEN 12
+
+/** A user id as logs show it: the first KF_USER_TAG_LEN hex digits of
+ * HMAC-SHA256(key, "kefu-log-user:" id), written NUL-terminated into dst (KF_USER_TAG_LEN + 1
+ * bytes). One id gives one tag under one key, so a user's lines can be matched, but nothing of
+ * the id shows, whatever it looks like: user ids are phone numbers, e-mail addresses, names.
+ * With the key, `printf 'kefu-log-user:%s' ID | openssl dgst -sha256 -hmac KEY` finds the tag
+ * of a given id. */
+void kf_mask_user(char *dst, const char *key, size_t keylen, const char *id);
 
 #endif

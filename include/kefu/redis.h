@@ -116,4 +116,29 @@ const char *kf_script_name_at(int i);
 /** Lower-case hex SHA1 of an embedded script (what EVALSHA takes); NULL when unknown. */
 const char *kf_script_sha(const char *name);
 
+/* Script answers. Every script answers {tag, ...}: a one-letter tag; 'E' followed by an error
+ * code and, for some, a message when it refuses; any other letter ('S', 'D', 'Q', 'R', ...)
+ * when it succeeds. */
+typedef enum {
+    KF_SCRIPT_OK,          /* a success tag, with the string elements the caller reads */
+    KF_SCRIPT_REFUSED,     /* {'E', code[, message]} */
+    KF_SCRIPT_UNAVAILABLE, /* no answer (err given: "unavailable", "timeout", "unreplicated") */
+    KF_SCRIPT_BROKEN,      /* a Redis error reply or a malformed answer: a bug of ours */
+} kf_script_kind;
+
+typedef struct kf_script_ans {
+    kf_script_kind kind;
+    char tag;            /* the success tag; 0 unless kind is KF_SCRIPT_OK */
+    const char *code;    /* the script's error code, "unavailable" or "internal"; NULL on OK */
+    const char *message; /* REFUSED: the script's own message, NULL when it gave none */
+    const char *detail;  /* UNAVAILABLE: err; BROKEN: Redis's error text, or NULL */
+} kf_script_ans;
+
+/** Reads a script answer as a kf_redis_cb got it (reply, err). It succeeds when the answer is an
+ * array whose first element is a one-letter tag other than 'E' and whose first `nstr` elements
+ * (the tag included; 0 counts as 1) are strings: those the caller reads by index. A refusal
+ * whose code is not a non-empty string is BROKEN. Strings in *a are borrowed from reply.
+ * Returns a->tag: 0 unless it succeeded. */
+char kf_script_parse(const redisReply *reply, const char *err, size_t nstr, kf_script_ans *a);
+
 #endif

@@ -73,6 +73,7 @@ size_t kf_json_strings(const json_t *arr, const char **out, size_t max);
 #define KF_KEY_STAFF_BREAKS "kefu:{staff}:breaks"     /* zset: pending break request -> time */
 #define KF_KEY_STAFF_MONITORS "kefu:{staff}:monitors" /* zset: supervisor -> expiry (ms) */
 #define KF_KEY_STAFF_NOTRANSFER "kefu:{staff}:notransfer" /* hash: group -> wording */
+#define KF_KEY_STAFF_SUPERVISORS "kefu:{staff}:supervisors" /* zset: bot alert target -> seen ms */
 /* Agent record: name, groups, max, status, reason, since, pending, last_assigned, gone_since. */
 static inline void kf_key_staff_agent(char *k, const char *agent) {
     snprintf(k, KF_KEY_MAX, KF_STAFF_PREFIX "agent:%s", agent);

@@ -626,6 +626,12 @@ def jwt_decode_unverified(tok):
     return json.loads(b64u_decode(h)), json.loads(b64u_decode(p))
 
 
+def user_tag(sub, secret=None):
+    """What a gateway's log shows for user id sub: its keyed tag (kf_mask_user, lib/mask.c)."""
+    key = (SECRETS[0] if secret is None else secret).encode()
+    return hmac.new(key, b"kefu-log-user:" + sub.encode(), hashlib.sha256).hexdigest()[:12]
+
+
 def make_token(sub, role, ttl=3600, secret=None, **claims):
     payload = {"sub": sub, "role": role, "exp": int(time.time()) + ttl}
     payload.update({k: v for k, v in claims.items() if v is not None})

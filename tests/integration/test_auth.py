@@ -213,3 +213,54 @@ def test_session_refresh(spawn, cluster):
         await c.err("forbidden", "hello", token=H.make_token(sub, "agent"))
         await c.ok("conv.list")
     run(body())
+
+
+INT64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize("proto", PROTOS)
+def test_exp_int64_max(cluster, proto):
+    """A validly signed token with exp = INT64_MAX never expires: the connection is served (the
+    expiry check once computed exp + leeway, which overflowed: the sanitizer build aborted, a
+    release build answered every request unauthorized). Also through a session refresh and a
+    token in the URL."""
+    async def body():
+        sub = new_id("cust")
+        tok = H.jwt_encode(claims(sub=sub, exp=INT64_MAX))
+        c = await Client.open(cluster.n1, proto)
+        await c.hello(tok)
+        await c.ok("conv.list")
+        conv = (await c.ok("conv.open"))["conv"]
+        await c.ok("msg.send", conv=conv, text="hi", cid=new_id("c"))  # JSON: the fast path
+        r = await c.ok("hello", token=tok)
+        assert r["exp"] == INT64_MAX, r
+        await c.ok("history", conv=conv)
+        u = await Client.open(cluster.n2, proto, query="token=" + tok)
+        await u.ok("conv.list")
+    run(body())
+
+
+def test_user_ids_not_logged(spawn, cluster):
+    """docs/operations.md: user ids are never logged. Whatever an id looks like (a name, an
+    address, a phone number), the gateway's log shows only its keyed tag."""
+    g = spawn.gateway(cluster.shards, name="nolog")
+    ids = [new_id("zhang.wei"), new_id("li") + "@example.com", "1380013" + str(now())[-4:]]
+
+    async def body():
+        for sub, role in zip(ids, ("customer", "agent", "customer")):
+            c = await Client.open(g, "json")
+            await c.hello(H.make_token(sub, role))
+            if role == "customer":
+                conv = (await c.ok("conv.open"))["conv"]
+                await c.ok("msg.send", conv=conv, text="hello", cid=new_id("c"))
+            else:
+                await c.ok("agent.status", status="available")
+            await c.close()
+        for sub in ids:
+            H.wait_until(lambda: f"user {H.user_tag(sub)}" in g.proc.log_text(),
+                         what=f"the tag of {sub} in the log")
+        log = g.proc.log_text()
+        for sub in ids:
+            assert sub not in log, f"user id {sub} in the gateway log"
+            assert sub.split("@")[0][1:] not in log, f"part of user id {sub} in the gateway log"
+    run(body())

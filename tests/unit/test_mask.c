@@ -1,4 +1,4 @@
-/* Unit tests for phone number and e-mail masking. */
+/* Unit tests for phone number and e-mail masking and for the tags of user ids in logs. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -128,8 +128,27 @@ static void test_bounds(void **state) {
     }
 }
 
+/* User ids in logs: a keyed tag, the same for one id and key (what `openssl dgst -sha256 -hmac`
+ * gives for "kefu-log-user:" + id), different under another key, nothing of the id in it. */
+static void test_user_tag(void **state) {
+    (void)state;
+    char tag[KF_USER_TAG_LEN + 1];
+    kf_mask_user(tag, "secret-1", 8, "alice");
+    assert_string_equal(tag, "d2232b0c20f7");
+    kf_mask_user(tag, "secret-2", 8, "alice");
+    assert_string_equal(tag, "9768288f66da");
+    kf_mask_user(tag, "secret-1", 8, "13812345678");
+    assert_string_equal(tag, "c0eab8ac7d1c");
+    char longid[400];
+    memset(longid, 'x', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = '\0';
+    kf_mask_user(tag, "k", 1, longid);
+    assert_int_equal(strlen(tag), KF_USER_TAG_LEN);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_user_tag),
         cmocka_unit_test(test_phone),
         cmocka_unit_test(test_phone_short_runs),
         cmocka_unit_test(test_not_phone),
