@@ -24,19 +24,15 @@ void wk_conv_script(const char *conv, const char *name, kf_redis_cb *cb, void *p
 
 char wk_script_json(const redisReply *r, const char *err, json_t **json) {
     *json = NULL;
-    if (err) return 0;
-    if (r->type == REDIS_REPLY_ERROR) {
-        kf_error("redis script error: %s", r->str);
-        return 0;
-    }
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->str[0] == 'E')
-        return 0;
+    kf_script_ans a;
+    char tag = kf_script_parse(r, err, 1, &a);
+    if (a.kind == KF_SCRIPT_BROKEN && a.detail) kf_error("redis script error: %s", a.detail);
+    if (!tag) return 0;
     if (r->elements >= 2 && r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len) {
         *json = json_loadb(r->element[1]->str, r->element[1]->len, 0, NULL);
         if (!*json) kf_error("script answer is not JSON");
     }
-    return r->element[0]->str[0];
+    return tag;
 }
 
 void wk_push(json_t *payload, const char *const *users, size_t n) {
