@@ -12,7 +12,7 @@ PY=/usr/bin/python3
 scripts/deps.sh
 if [ ! -x build/kefu-gateway ] || [ $smoke -eq 0 ]; then
     mkdir -p build
-    cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >build.cmake.log 2>&1 || { cat build.cmake.log; exit 1; }
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >build/cmake.log 2>&1 || { cat build/cmake.log; exit 1; }
     cmake --build build -j"$(nproc)" 2>&1 | grep -Ev '^\[ *[0-9]+%\]' || true
 fi
 
