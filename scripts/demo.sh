@@ -4,7 +4,6 @@
 # Usage: scripts/demo.sh [--smoke]   (--smoke: start, chat once customer <-> agent, stop)
 set -eu
 cd "$(dirname "$0")/.."
-root=$PWD
 smoke=0
 [ "${1:-}" = "--smoke" ] && smoke=1
 PY=/usr/bin/python3

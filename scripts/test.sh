@@ -4,7 +4,7 @@
 # gateways, real WebSocket clients), the load-test smoke, and a short fuzzing pass.
 # Usage: scripts/test.sh [--quick]   (--quick: skip the sanitizer build and fuzzing)
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 jobs=$(nproc 2>/dev/null || echo 2)
