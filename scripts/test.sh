@@ -50,6 +50,7 @@ build() {
 
 mkdir -p build build-asan
 suite "build" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+suite "deploy files and scripts" env KEFU_BIN_DIR="$PWD/build" tests/deploy/run.sh
 suite "unit tests" ctest --test-dir build --output-on-failure
 suite "integration tests" env KEFU_BIN_DIR="$PWD/build" tests/integration/run.sh
 if [ -x load-tests/smoke.sh ]; then
