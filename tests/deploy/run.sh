@@ -205,7 +205,7 @@ check_trace() {
 }
 
 check_syscalls() {
-    local rport gport secret gw wk gpid wpid tok_c tok_a
+    local rport gport wport secret gw wk gpid wpid tok_c tok_a
     command -v strace >/dev/null || { echo "strace missing"; return 1; }
     rport=$(free_port)
     redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
@@ -230,8 +230,11 @@ EOF
         2>"$work/gateway.log" &
     gw=$!
     pids+=("$gw")
-    strace -f -qq -o "$work/worker.trace" "$bin/kefu-worker" --redis "127.0.0.1:$rport" \
-        --consumer deploytest 2>"$work/worker.log" &
+    # The worker's HTTP listener on a free port (the environment names only options the
+    # program has, so an older worker without one ignores it).
+    wport=$(free_port)
+    KEFU_HTTP_PORT=$wport strace -f -qq -o "$work/worker.trace" "$bin/kefu-worker" \
+        --redis "127.0.0.1:$rport" --consumer deploytest 2>"$work/worker.log" &
     wk=$!
     pids+=("$wk")
     for _ in $(seq 100); do
@@ -246,6 +249,13 @@ EOF
     fi
     tok_c=$("$bin/kefu-token" --secret "$secret" --sub deploy-customer --role customer)
     tok_a=$("$bin/kefu-token" --secret "$secret" --sub deploy-agent --role agent --skills default --max-chats 2)
+    if "$bin/kefu-worker" --help | grep -q -- --http-port; then
+        for _ in $(seq 100); do
+            curl -sf "http://127.0.0.1:$wport/readyz" >/dev/null && break
+            sleep 0.1
+        done
+        curl -sf "http://127.0.0.1:$wport/metrics" >/dev/null || { echo "worker /metrics failed"; return 1; }
+    fi
     # A customer talks to the bot, asks for a human, and the worker assigns the agent.
     "$PY" "$here/chat.py" "$gport" "$tok_c" "$tok_a" || { tail -n 20 "$work/gateway.log" "$work/worker.log"; return 1; }
     gpid=$(traced_pid "$gw")
