@@ -60,17 +60,17 @@ secret=kefu-smoke-secret
 rport=$(free_port)
 "$redis_server" --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
 pids="$pids $!"
-gports=""
-for node in a b; do
-    gp=$(free_port)
-    "$gateway" --bind 127.0.0.1 --port "$gp" --processes 1 --node-name "smoke$node" \
+# start_gateway NODE PORT: one gateway node, one process.
+start_gateway() {
+    "$gateway" --bind 127.0.0.1 --port "$2" --processes 1 --node-name "smoke$1" \
         --redis "127.0.0.1:$rport" --jwt-secrets "$secret" --rate-per-s 100000 --rate-burst 100000 \
-        --log-level warn >"$work/gateway-$node.log" 2>&1 &
+        --log-level warn >"$work/gateway-$1.log" 2>&1 &
     pids="$pids $!"
-    gports="$gports $gp"
-done
-set -- $gports
-ga=$1 gb=$2
+}
+ga=$(free_port)
+start_gateway a "$ga"
+gb=$(free_port)
+start_gateway b "$gb"
 wait_ready "http://127.0.0.1:$ga/readyz" 15
 wait_ready "http://127.0.0.1:$gb/readyz" 15
 urls="--url ws://127.0.0.1:$ga/ws --url ws://127.0.0.1:$gb/ws"

@@ -46,12 +46,18 @@ if [ ! -d "$src" ] || [ -z "$(ls -d "$src"/libwebsockets-*/ 2>/dev/null)" ]; the
 fi
 # A fresh tree every build, so each patch applies exactly once.
 (cd "$src" && rm -rf ./libwebsockets-*/ && dpkg-source --no-check -x ./*.dsc >/dev/null)
-lws_src=$(ls -d "$src"/libwebsockets-*/ | head -n1)
+lws_src=
+for d in "$src"/libwebsockets-*/; do
+    if [ -d "$d" ]; then lws_src=$d; break; fi
+done
+[ -n "$lws_src" ] || { echo "no libwebsockets source tree in $src"; exit 1; }
 for p in "$patches_dir"/*.patch; do
     [ -f "$p" ] || continue
     patch -s -p1 -d "$lws_src" < "$p" || { echo "cannot apply $p"; exit 1; }
 done
 rm -rf "$work/build" && mkdir -p "$work/build"
+# $LWS_TRIM is split into its flags on purpose (POSIX sh has no arrays).
+# shellcheck disable=SC2086
 cmake -S "$lws_src" -B "$work/build" -DCMAKE_INSTALL_PREFIX="$prefix" \
     -DCMAKE_BUILD_TYPE=Release -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
     -DLWS_WITH_LIBEVENT=ON -DLWS_WITH_EVLIB_PLUGINS=OFF -DLWS_WITH_SHARED=OFF -DLWS_WITH_STATIC=ON \

@@ -4,7 +4,6 @@
 # Usage: scripts/demo.sh [--smoke]   (--smoke: start, chat once customer <-> agent, stop)
 set -eu
 cd "$(dirname "$0")/.."
-root=$PWD
 smoke=0
 [ "${1:-}" = "--smoke" ] && smoke=1
 PY=/usr/bin/python3
@@ -12,7 +11,7 @@ PY=/usr/bin/python3
 scripts/deps.sh
 if [ ! -x build/kefu-gateway ] || [ $smoke -eq 0 ]; then
     mkdir -p build
-    cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >build.cmake.log 2>&1 || { cat build.cmake.log; exit 1; }
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >build/cmake.log 2>&1 || { cat build/cmake.log; exit 1; }
     cmake --build build -j"$(nproc)" 2>&1 | grep -Ev '^\[ *[0-9]+%\]' || true
 fi
 

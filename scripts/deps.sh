@@ -5,7 +5,8 @@ PKGS="build-essential cmake pkg-config dpkg-dev ca-certificates curl
 libevent-dev libhiredis-dev libmsgpack-dev libjemalloc-dev liblua5.4-dev libjansson-dev
 libssl-dev libcmocka-dev uthash-dev redis-server redis-tools haproxy patch
 python3 python3-websockets python3-msgpack python3-pytest
-gnuplot-nox clang libclang-rt-14-dev"
+gnuplot-nox clang libclang-rt-14-dev
+shellcheck yamllint python3-yaml systemd strace procps"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

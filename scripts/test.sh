@@ -4,7 +4,7 @@
 # gateways, real WebSocket clients), the load-test smoke, and a short fuzzing pass.
 # Usage: scripts/test.sh [--quick]   (--quick: skip the sanitizer build and fuzzing)
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -43,13 +43,14 @@ quiet() {
 build() {
     local dir=$1
     shift
-    cmake -S . -B "$dir" "$@" >"$dir.cmake.log" 2>&1 || { cat "$dir.cmake.log"; return 1; }
+    cmake -S . -B "$dir" "$@" >"$dir/cmake.log" 2>&1 || { cat "$dir/cmake.log"; return 1; }
     cmake --build "$dir" -j"$jobs" 2>&1 | grep -Ev '^\[ *[0-9]+%\]' || true
     test "${PIPESTATUS[0]}" -eq 0
 }
 
 mkdir -p build build-asan
 suite "build" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+suite "deploy files and scripts" env KEFU_BIN_DIR="$PWD/build" tests/deploy/run.sh
 suite "unit tests" ctest --test-dir build --output-on-failure
 suite "integration tests" env KEFU_BIN_DIR="$PWD/build" tests/integration/run.sh
 if [ -x load-tests/smoke.sh ]; then
