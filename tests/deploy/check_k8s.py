@@ -3,7 +3,7 @@
 Usage: check_k8s.py K8S_DIR BIN_DIR
 No cluster is needed (kubectl --dry-run=client is not offline): what the manifests name is
 checked against the manifests themselves, deploy/Dockerfile and the built programs (their
---help lists every option with its default; the HTTP paths probed must be in the binary).
+--dump-config markdown lists every option with its default; the HTTP paths probed must be in the binary).
 Prints one line per problem; exit status 1 when there is one.
 """
 import os
@@ -23,15 +23,16 @@ def bad(msg):
 
 
 def program_options(prog):
-    """option name -> default, from PROG --help ("  --name-x   doc (default: v)")."""
-    out = os.popen(shlex.quote(os.path.join(bin_dir, prog)) + " --help").read()
+    """option name -> default (None when empty), from PROG --dump-config markdown, whose rows
+    read "| `name` | `default` | SIGHUP | meaning |" ("empty" for no default)."""
+    out = os.popen(shlex.quote(os.path.join(bin_dir, prog)) + " --dump-config markdown").read()
     opts = {}
     for line in out.splitlines():
-        m = re.match(r"\s+--([a-z0-9-]+)\s.*\(default: (.*?)\)( \[SIGHUP\])?$", line)
+        m = re.match(r"\| `([a-z0-9_]+)` \| (`(.*?)`|empty) \|", line)
         if m:
-            opts[m.group(1).replace("-", "_")] = None if m.group(2) == "none" else m.group(2)
+            opts[m.group(1)] = m.group(3)
     if not opts:
-        bad(f"{prog}: no options read from --help in {bin_dir}")
+        bad(f"{prog}: no options read from --dump-config markdown in {bin_dir}")
     return opts
 
 
