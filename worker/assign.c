@@ -397,10 +397,7 @@ static void on_reserved(const redisReply *r, const char *err, void *priv) {
     if (wk.stopping || !code || np == 0) {
         if (js) json_decref(js);
         round_free(rd);
-        if (wk.stopping)
-            g->running = 0;
-        else
-            cycle_finish(g);
+        cycle_finish(g); /* which only stops the group when the worker is stopping */
         return;
     }
     json_t *monitors = json_object_get(js, "monitors");
@@ -431,10 +428,7 @@ static void on_exclude(const redisReply *r, const char *err, void *priv) {
     struct group *g = rd->g;
     if (wk.stopping || err || r->type != REDIS_REPLY_ARRAY || r->elements != rd->n) {
         round_free(rd);
-        if (wk.stopping)
-            g->running = 0;
-        else
-            cycle_finish(g);
+        cycle_finish(g); /* which only stops the group when the worker is stopping */
         return;
     }
     /* One line per conversation: id, how long it has waited, the agent to avoid. */
@@ -542,10 +536,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
 
 void wk_assign_start(void) {
     as.run_ev = event_new(wk.base, -1, 0, on_run, NULL);
-    as.tick_ev = event_new(wk.base, -1, EV_PERSIST, on_tick, NULL);
-    struct timeval tv = {(time_t)(wk.opt.assign_interval_ms / 1000),
-                         (suseconds_t)((wk.opt.assign_interval_ms % 1000) * 1000)};
-    event_add(as.tick_ev, &tv);
+    as.tick_ev = wk_timer_every(wk.opt.assign_interval_ms, on_tick, NULL);
 }
 
 void wk_assign_stop(void) {

@@ -324,13 +324,8 @@ void wk_events_start(void) {
     ev.slot = kf_redis_slot(wk.redis, KF_KEY_LIFECYCLE);
     snprintf(ev.claim_cursor, sizeof(ev.claim_cursor), "0-0");
     snprintf(ev.own_cursor, sizeof(ev.own_cursor), "0");
-    ev.tick = event_new(wk.base, -1, EV_PERSIST, on_tick, NULL);
-    struct timeval t = {0, 100000};
-    event_add(ev.tick, &t);
-    ev.claim_ev = event_new(wk.base, -1, EV_PERSIST, on_claim_tick, NULL);
-    struct timeval c = {(time_t)(wk.opt.claim_interval_ms / 1000),
-                        (suseconds_t)((wk.opt.claim_interval_ms % 1000) * 1000)};
-    event_add(ev.claim_ev, &c);
+    ev.tick = wk_timer_every(100, on_tick, NULL);
+    ev.claim_ev = wk_timer_every(wk.opt.claim_interval_ms, on_claim_tick, NULL);
 }
 
 void wk_events_stop(void) {

@@ -71,6 +71,13 @@ int wk_options_check(const wk_options *o, char *err, size_t errlen) {
     return 0;
 }
 
+struct event *wk_timer_every(long long ms, event_callback_fn cb, void *arg) {
+    struct event *e = event_new(wk.base, -1, EV_PERSIST, cb, arg);
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
+    event_add(e, &tv);
+    return e;
+}
+
 int64_t wk_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

@@ -260,10 +260,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
 
 void wk_presence_start(void) {
     pr.repair_ms = wk_now_ms();
-    pr.ev = event_new(wk.base, -1, EV_PERSIST, on_tick, NULL);
-    struct timeval tv = {(time_t)(wk.opt.presence_check_ms / 1000),
-                         (suseconds_t)((wk.opt.presence_check_ms % 1000) * 1000)};
-    event_add(pr.ev, &tv);
+    pr.ev = wk_timer_every(wk.opt.presence_check_ms, on_tick, NULL);
 }
 
 void wk_presence_stop(void) {

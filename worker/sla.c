@@ -396,11 +396,8 @@ static void on_exact(evutil_socket_t fd, short what, void *arg) {
 
 void wk_sla_start(void) {
     sl.slot = kf_redis_slot(wk.redis, KF_KEY_SLA_TIMERS);
-    sl.poll_ev = event_new(wk.base, -1, EV_PERSIST, on_poll, NULL);
+    sl.poll_ev = wk_timer_every(wk.opt.timer_poll_ms, on_poll, NULL);
     sl.exact_ev = evtimer_new(wk.base, on_exact, NULL);
-    struct timeval tv = {(time_t)(wk.opt.timer_poll_ms / 1000),
-                         (suseconds_t)((wk.opt.timer_poll_ms % 1000) * 1000)};
-    event_add(sl.poll_ev, &tv);
 }
 
 void wk_sla_stop(void) {

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <event2/event.h>
 #include <jansson.h>
 
 #include "kefu/config.h"
@@ -101,6 +102,9 @@ typedef struct wk_worker {
 extern wk_worker wk;
 
 int64_t wk_now_ms(void);
+
+/** A timer on the worker's loop that calls cb every `ms` milliseconds, from now on. */
+struct event *wk_timer_every(long long ms, event_callback_fn cb, void *arg);
 
 /* ---- completion of one lifecycle event: acknowledged when every command it issued succeeded */
 typedef struct wk_job wk_job;
