@@ -836,7 +836,7 @@ struct close_args {
     char agent[KF_SUB_MAX + 1];
     const char **users;    /* participants, pushes go to them */
     size_t nusers;
-    char resolution[16];
+    char resolution[24];
     char category[16];
     long long rate_window_ms;
     int survey;
@@ -857,7 +857,8 @@ static void close_finish(struct close_args *ca) {
                              c->ident.sub);
     if (ca->category[0]) json_object_set_new(push, "category", json_string(ca->category));
     gw_route_push(push, ca->users, ca->nusers, c);
-    if (ca->survey && ca->customer[0]) {
+    /* a customer who left the queue was served by nobody: nothing to rate */
+    if (ca->survey && ca->customer[0] && strcmp(ca->resolution, "abandoned") != 0) {
         const char *u[1] = {ca->customer};
         gw_route_push(json_pack("{s:s, s:s, s:I, s:I, s:I}", "type", "survey.request", "conv",
                                 x->conv, "min", (json_int_t)1, "max", (json_int_t)5, "expires_at",
@@ -874,12 +875,14 @@ out:
 static void on_closed(const redisReply *r, const char *err, void *priv) {
     struct close_args *ca = priv;
     req_ctx *x = ca->x;
-    if (gw_script_result(x, r, err, 5) == 0) { /* {'S', prev state, customer, agent, group, ...} */
+    /* {'S', prev state, customer, agent, group, resolution, sup...} */
+    if (gw_script_result(x, r, err, 6) == 0) {
         ca->closed = 1;
         const char *prev = r->element[1]->str, *group = r->element[4]->str;
         snprintf(ca->prev, sizeof(ca->prev), "%s", prev);
         snprintf(ca->customer, sizeof(ca->customer), "%s", r->element[2]->str);
         snprintf(ca->agent, sizeof(ca->agent), "%s", r->element[3]->str);
+        snprintf(ca->resolution, sizeof(ca->resolution), "%s", r->element[5]->str);
         char key[KF_KEY_MAX];
         if (!strcmp(prev, "waiting")) {
             kf_key_queue(key, group);
@@ -887,7 +890,7 @@ static void on_closed(const redisReply *r, const char *err, void *priv) {
         }
         const char *users[64];
         size_t n = gw_members(r, 2, NULL, users, 2);
-        n += gw_members(r, 5, NULL, users + n, 62);
+        n += gw_members(r, 6, NULL, users + n, 62);
         ca->users = kf_calloc(n ? n : 1, sizeof(char *));
         for (size_t i = 0; i < n; i++) {
             kf_key_user_convs(key, users[i]);
@@ -913,6 +916,11 @@ static void h_conv_close(gw_conn *c, json_t *msg) {
     const char *resolution, *category;
     if (gw_get_str(c, msg, "resolution", 0, 32, &resolution) < 0) return;
     if (gw_get_str(c, msg, "category", 0, 32, &category) < 0) return;
+    if (c->ident.role == KF_ROLE_CUSTOMER && (resolution || category)) {
+        gw_reply_error(c, json_object_get(msg, "req"), "bad_request",
+                       "resolution and category are set by staff; a customer closes with conv alone");
+        return;
+    }
     if (!resolution) resolution = "resolved";
     if (strcmp(resolution, "resolved") && strcmp(resolution, "unresolved")) {
         gw_reply_error(c, json_object_get(msg, "req"), "bad_request",
@@ -981,7 +989,7 @@ const gw_handler gw_handlers_core[] = {
     {"msg.send", R_ANY, h_msg_send},       {"typing", R_ANY, h_typing},
     {"read", R_ANY, h_read},               {"conv.open", R_CUST, h_conv_open},
     {"queue.list", R_STAFF, h_queue_list}, {"conv.accept", R_STAFF, h_conv_accept},
-    {"conv.close", R_STAFF, h_conv_close}, {"conv.join", R_SUP | R_ADMIN, h_conv_join},
+    {"conv.close", R_CUST | R_STAFF, h_conv_close}, {"conv.join", R_SUP | R_ADMIN, h_conv_join},
     {NULL, 0, NULL},
 };
 

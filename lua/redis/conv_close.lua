@@ -1,8 +1,10 @@
--- Closes a conversation: only its assigned agent, or a supervisor/admin.
+-- Closes a conversation: its assigned agent, a supervisor/admin, or its customer (who ends the
+-- chat: a waiting one leaves the queue). A customer's close gets the resolution `abandoned`
+-- when no agent had the conversation, `customer_closed` when one had.
 -- KEYS[1] conversation meta hash, KEYS[2] (optional) its record stream (derived from KEYS[1]
 --         when absent: same hash tag, same slot)
 -- ARGV: user, role, resolution, now (ms), category ('' = none)
--- Returns {"E", code} | {"S", previous state, customer, agent, group, sup...}
+-- Returns {"E", code} | {"S", previous state, customer, agent, group, resolution, sup...}
 local logkey = KEYS[2] or (string.sub(KEYS[1], 1, -5) .. 'log')
 local meta = redis.call('HGETALL', KEYS[1])
 if #meta == 0 then return {'E', 'not_found'} end
@@ -13,9 +15,16 @@ for i = 1, #meta, 2 do
   if string.sub(f, 1, 4) == 'sup:' then sups[#sups + 1] = string.sub(f, 5) end
 end
 local user, role = ARGV[1], ARGV[2]
-if role == 'customer' then return {'E', 'forbidden'} end
-if role == 'agent' and m.agent ~= user then return {'E', 'forbidden'} end
+if role == 'customer' then
+  if m.customer ~= user then return {'E', 'forbidden'} end
+elseif role == 'agent' and m.agent ~= user then
+  return {'E', 'forbidden'}
+end
 if m.state == 'closed' then return {'E', 'conflict'} end
+local resolution = ARGV[3]
+if role == 'customer' then
+  resolution = m.state == 'assigned' and 'customer_closed' or 'abandoned'
+end
 -- The first response enters the record lazily (sla_fire.lua, or here at the latest), with the
 -- time and sender of the message itself.
 if m.first_response and not m.fr_logged then
@@ -29,12 +38,12 @@ if m.first_response and not m.fr_logged then
     'ts', string.match(m.first_response, '^(%d+)'), 'id', m.first_response)
   redis.call('HSET', KEYS[1], 'fr_logged', '1')
 end
-redis.call('HSET', KEYS[1], 'state', 'closed', 'resolution', ARGV[3], 'closed_by', user,
+redis.call('HSET', KEYS[1], 'state', 'closed', 'resolution', resolution, 'closed_by', user,
   'closed_at', ARGV[4])
 local category = ARGV[5] or ''
 if category ~= '' then redis.call('HSET', KEYS[1], 'category', category) end
-redis.call('XADD', logkey, '*', 'ev', 'closed', 'by', user, 'ts', ARGV[4], 'resolution', ARGV[3],
+redis.call('XADD', logkey, '*', 'ev', 'closed', 'by', user, 'ts', ARGV[4], 'resolution', resolution,
   'category', category, 'agent', m.agent or '')
-local out = {'S', m.state or '', m.customer or '', m.agent or '', m.group or 'default'}
+local out = {'S', m.state or '', m.customer or '', m.agent or '', m.group or 'default', resolution}
 for _, s in ipairs(sups) do out[#out + 1] = s end
 return out

@@ -385,7 +385,8 @@ def test_close_rules(cluster):
         sup = await connect(cluster.n2, "supervisor", "json")
         conv = await open_assigned(cust, agent)
         mid, _, _ = await send_msg(cust, conv, "bye soon")
-        await cust.err("forbidden", "conv.close", conv=conv)
+        f = await cust.err("bad_request", "conv.close", conv=conv, resolution="resolved")
+        assert "set by staff" in f["message"], f
         await other.err("forbidden", "conv.close", conv=conv)
         await agent.ok("conv.close", conv=conv)
         st = await cust.next_push("conv.state", conv=conv, state="closed")

@@ -19,7 +19,7 @@ def test_customer_denials(cluster, proto):
         waiting, _ = await open_conv(a)
         await a.err("forbidden", "queue.list")
         await a.err("forbidden", "conv.accept", conv=waiting)
-        await a.err("forbidden", "conv.close", conv=conv)
+        await b.err("forbidden", "conv.close", conv=conv)
         await a.err("forbidden", "conv.join", conv=conv)
         # customer B and A's conversation
         await b.err("forbidden", "history", conv=conv)

@@ -4,7 +4,7 @@ conversation, only by its customer, within the window; the record of every state
 import asyncio
 
 from kefu_client import connect, run, send_msg
-from worker_helpers import agent_on, meta, open_waiting, record, wcluster
+from worker_helpers import agent_on, load_of, meta, open_waiting, record, rcall, wcluster
 
 
 def test_close_survey_and_rating_rules(spawn):
@@ -91,4 +91,59 @@ def test_survey_can_be_switched_off(spawn):
         await cust.next_push("conv.state", conv=conv, state="closed")
         await cust.no_push("survey.request", within=0.3)
         await cust.ok("conv.rate", conv=conv, stars=3)
+    run(body())
+
+
+def test_customer_leaves_the_queue(spawn):
+    """A customer ends a chat nobody took yet: it leaves the queue, the record says who and
+    `abandoned`, no survey (nobody served them), and it cannot be closed twice."""
+    wc = wcluster(spawn, workers=1)
+
+    async def body():
+        cust = await connect(wc.n1, "customer", "json")
+        other = await connect(wc.n2, "customer", "json")
+        conv = await open_waiting(cust, topic="never mind")
+        queue = "kefu:{q:default}:waiting"
+        assert rcall(wc, "q:default", "ZSCORE", queue, conv) is not None
+        await other.err("forbidden", "conv.close", conv=conv)
+        f = await cust.err("bad_request", "conv.close", conv=conv, category="complaint")
+        assert "set by staff" in f["message"], f
+        r = await cust.ok("conv.close", conv=conv)
+        assert r["state"] == "closed", r
+        assert rcall(wc, "q:default", "ZSCORE", queue, conv) is None
+        m = meta(wc, conv)
+        assert (m["state"], m["closed_by"], m["resolution"]) == ("closed", cust.user, "abandoned")
+        closed = [e for e in record(wc, conv) if e["ev"] == "closed"]
+        assert len(closed) == 1 and closed[0]["by"] == cust.user, closed
+        assert closed[0]["resolution"] == "abandoned"
+        await cust.no_push("survey.request", within=0.8, conv=conv)
+        await cust.err("conflict", "conv.close", conv=conv)
+        assert conv not in [e["conv"] for e in (await cust.ok("conv.list"))["convs"]]
+    run(body())
+
+
+def test_customer_ends_an_assigned_chat(spawn):
+    """A customer ends a chat an agent has: the agent is told (closed_by the customer), the
+    customer still gets the survey, and the agent's capacity is free for the next one."""
+    wc = wcluster(spawn, workers=1)
+
+    async def body():
+        agent = await agent_on(wc.n2, max_chats=1)
+        cust = await connect(wc.n1, "customer", "json")
+        conv = await open_waiting(cust, topic="where is my parcel")
+        await agent.next_push("conv.assigned", conv=conv, timeout=3)
+        await send_msg(agent, conv, "您好，请问有什么可以帮您？")
+        assert load_of(wc, agent.user) == {conv}
+        await cust.ok("conv.close", conv=conv)
+        st = await agent.next_push("conv.state", conv=conv, state="closed")
+        assert st["closed_by"] == cust.user and st["resolution"] == "customer_closed", st
+        sv = await cust.next_push("survey.request", conv=conv)
+        assert (sv["min"], sv["max"]) == (1, 5)
+        m = meta(wc, conv)
+        assert (m["closed_by"], m["resolution"]) == (cust.user, "customer_closed")
+        assert load_of(wc, agent.user) == set()
+        await cust.ok("conv.rate", conv=conv, stars=5)
+        # the one chat the agent may hold is free again: the next customer gets them
+        nxt = await open_waiting(await connect(wc.n1, "customer", "json"))
+        await agent.next_push("conv.assigned", conv=nxt, timeout=3)
     run(body())
