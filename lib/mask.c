@@ -71,6 +71,101 @@ static void put_digits(outbuf *o, const char *s, size_t n) {
     put(o, s + n - 4, 4);
 }
 
+#define GROUP_MAX 24 /* digits of a number written in groups; longer ones are not personal data */
+
+/* A number written in groups, as people type phone, card and ID numbers: "138-1234-5678",
+ * "138 1234 5678", "+86 13812345678", "6222 0212 3456 7890", "11010519491231002X". Groups are
+ * joined by one space or '-' when the next has 3 digits or more and so does the one before (a
+ * country code after '+' may be shorter), so dates (2026-11-29) and amounts stay apart. */
+typedef struct {
+    size_t end;            /* bytes of src the number spans */
+    size_t first;          /* bytes of its first digit run */
+    size_t n;              /* digits, in d; an ID number's final X counts as one */
+    char d[GROUP_MAX + 1];
+    int plus, x;
+} number;
+
+static void scan_number(const unsigned char *s, number *nb) {
+    size_t i = 0, run = 0, prev = 0;
+    memset(nb, 0, sizeof(*nb));
+    if (s[0] == '+') nb->plus = 1, i = 1;
+    for (;;) {
+        size_t start = i;
+        while (is_digit(s[i])) {
+            if (nb->n < GROUP_MAX) nb->d[nb->n] = (char)s[i];
+            nb->n++;
+            i++;
+        }
+        run = i - start;
+        if (!nb->first) nb->first = i;
+        nb->end = i;
+        prev = run;
+        if ((s[i] != ' ' && s[i] != '-') || !is_digit(s[i + 1])) break;
+        size_t next = 0;
+        while (is_digit(s[i + 1 + next])) next++;
+        int short_code = nb->plus && nb->end == nb->first && prev <= 3;
+        if (next < 3 || (prev < 3 && !short_code)) break;
+        i++;
+    }
+    /* the check character of an 18-character ID number */
+    if (nb->n == 17 && (s[nb->end] == 'X' || s[nb->end] == 'x') && !is_alnum(s[nb->end + 1])) {
+        nb->d[nb->n++] = (char)s[nb->end];
+        nb->end++;
+        nb->x = 1;
+    }
+}
+
+/* The Luhn check of bank card numbers. */
+static int luhn_ok(const char *d, size_t n) {
+    int sum = 0;
+    for (size_t k = 0; k < n; k++) {
+        int v = d[n - 1 - k] - '0';
+        if (k % 2) v = v * 2 > 9 ? v * 2 - 9 : v * 2;
+        sum += v;
+    }
+    return sum % 10 == 0;
+}
+
+/* Writes the number at s (scan_number) masked: an 18-character ID number and a bank card
+ * (13..19 digits passing Luhn) keep their first 3 or 4 and last 4 characters; a phone number
+ * (7..15 digits) as put_digits. When the grouped whole is none of these, each group is judged
+ * alone. Returns the bytes consumed. */
+static size_t put_number(outbuf *o, const unsigned char *s) {
+    number nb;
+    scan_number(s, &nb);
+    if (nb.n <= GROUP_MAX) {
+        size_t keep = 0;
+        if (nb.n == 18 && !nb.plus)
+            keep = 3; /* ID number */
+        else if (nb.n >= 13 && nb.n <= 19 && !nb.plus && !nb.x && luhn_ok(nb.d, nb.n))
+            keep = 4; /* bank card */
+        if (keep) {
+            put(o, nb.d, keep);
+            put(o, "****", 4);
+            put(o, nb.d + nb.n - 4, 4);
+            return nb.end;
+        }
+        if (!nb.x && nb.n >= PHONE_MIN && nb.n <= PHONE_MAX) {
+            if (nb.plus) put(o, "+", 1);
+            put_digits(o, nb.d, nb.n);
+            return nb.end;
+        }
+    }
+    /* none of these as a whole: each group is judged alone, separators copied */
+    for (size_t i = 0; i < nb.end;) {
+        size_t j = i;
+        while (j < nb.end && is_digit(s[j])) j++;
+        if (j == i) {
+            put(o, (const char *)s + i, 1);
+            i++;
+            continue;
+        }
+        put_digits(o, (const char *)s + i, j - i);
+        i = j;
+    }
+    return nb.end;
+}
+
 /* Scans src once. At the start of each run of e-mail local-part characters the run is checked
  * for a following "@domain"; if found, the address is written masked and skipped. Otherwise
  * characters are copied, with each maximal digit run passed through put_digits. A truncated
@@ -94,11 +189,8 @@ size_t kf_mask_pii(char *dst, size_t dstlen, const char *src) {
                 continue;
             }
         }
-        if (is_digit(s[i])) {
-            size_t j = i;
-            while (is_digit(s[j])) j++;
-            put_digits(&o, (const char *)s + i, j - i);
-            i = j;
+        if (is_digit(s[i]) || (s[i] == '+' && is_digit(s[i + 1]))) {
+            i += put_number(&o, s + i);
             continue;
         }
         put(&o, (const char *)s + i, 1);

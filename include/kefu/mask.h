@@ -4,14 +4,21 @@
 
 #include <stddef.h>
 
-/** Copies src into dst (NUL-terminated, truncated to dstlen-1) with every phone number
- * (a run of 7..15 digits, optionally with a leading '+') shown as its first 3 and last 4 digits
- * around "****" (13812345678 -> 138****5678) and every e-mail address local part reduced to its
- * first character and "***" (john@example.com -> j***@example.com).
- * Runs of 7..10 digits keep only their last 4 (1234567 -> ****4567), since 3 + 4 would show
- * them whole. A '+' is kept as is (+8613812345678 -> +861****5678). An address wins over a
- * phone number in its local part (13812345678@qq.com -> 1***@qq.com). Bytes >= 0x80 are
- * copied untouched; a truncated result never ends in a partial UTF-8 sequence.
+/** Copies src into dst (NUL-terminated, truncated to dstlen-1) with personal data masked, for
+ * records and exports at rest (agents see the live text):
+ * - phone numbers: 7..15 digits, also written in groups ("138-1234-5678", "138 1234 5678") and
+ *   with a country code ("+86 13812345678"), show their first 3 and last 4 digits around "****"
+ *   (138****5678); runs of 7..10 digits only their last 4 (****4567), since 3 + 4 would show
+ *   them whole; a '+' is kept (+861****5678);
+ * - 18-character ID numbers (the last may be X): first 3 and last 4 (110****002X);
+ * - bank card numbers (13..19 digits, grouped or not, passing the Luhn check): first 4 and last
+ *   4 (4111****1111); other long numbers (order numbers) stay as they are;
+ * - e-mail addresses: the local part reduced to its first character and "***"
+ *   (john@example.com -> j***@example.com); an address wins over a phone number in its local
+ *   part (13812345678@qq.com -> 1***@qq.com).
+ * Groups join over one space or '-' only when both sides have 3 digits or more (a country code
+ * after '+' may be shorter), so dates and times stay readable. Bytes >= 0x80 are copied
+ * untouched; a truncated result of valid UTF-8 never ends in a partial sequence.
  * Returns the length written. */
 size_t kf_mask_pii(char *dst, size_t dstlen, const char *src);
 

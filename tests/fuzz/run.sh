@@ -5,7 +5,7 @@ set -eu
 secs=${1:-30}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build="$root/build-fuzz"
-targets="fuzz_codec_json fuzz_codec_msgpack fuzz_token"
+targets="fuzz_codec_json fuzz_codec_msgpack fuzz_token fuzz_mask"
 
 CC=clang cmake -S "$root" -B "$build" -DKEFU_FUZZ=ON -DKEFU_TESTS=OFF \
     -DSANITIZE=address,undefined -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

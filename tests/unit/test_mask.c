@@ -28,6 +28,24 @@ static void test_phone(void **state) {
     check("12345678901", "123****8901");     /* 11 digits */
 }
 
+/* Numbers as people write them (issue: masking at rest): groups, country codes, ID and bank
+ * card numbers. */
+static void test_grouped_numbers(void **state) {
+    (void)state;
+    check("138-1234-5678", "138****5678");
+    check("138 1234 5678", "138****5678");
+    check("call +86 13812345678 now", "call +861****5678 now");
+    check("+86-138-1234-5678", "+861****5678");
+    check("010-12345678", "010****5678");
+    check("ID 11010519491231002X ok", "ID 110****002X ok");
+    check("ID 110105194912310021", "ID 110****0021");
+    check("card 4111 1111 1111 1111.", "card 4111****1111.");
+    check("card 4111-1111-1111-1111", "card 4111****1111");
+    check("6222021234567890128", "6222****0128"); /* 19 digits, Luhn */
+    check("1234567890123456", "1234567890123456"); /* 16 digits, not Luhn: an order number */
+    check("phone 13812345678 card 4111111111111111", "phone 138****5678 card 4111****1111");
+}
+
 static void test_phone_short_runs(void **state) {
     (void)state;
     check("1234567", "****4567");    /* 7 digits */
@@ -41,7 +59,9 @@ static void test_not_phone(void **state) {
     check("123456", "123456");                     /* 6 digits */
     check("1234567890123456", "1234567890123456"); /* 16 digits */
     check("order 2026 item 42", "order 2026 item 42");
-    check("138-1234-5678", "138-1234-5678"); /* separate short runs */
+    check("2026-11-29 13:45", "2026-11-29 13:45"); /* a date: groups of 2 are not joined */
+    check("12-345-678", "12-345-678");             /* nor after a short first group */
+    check("1234 5678 9012 3456 7890 1234 5678", "1234 5678 9012 3456 7890 1234 5678");
     check("+", "+");
     check("+12", "+12");
 }
@@ -151,6 +171,7 @@ int main(void) {
         cmocka_unit_test(test_user_tag),
         cmocka_unit_test(test_phone),
         cmocka_unit_test(test_phone_short_runs),
+        cmocka_unit_test(test_grouped_numbers),
         cmocka_unit_test(test_not_phone),
         cmocka_unit_test(test_email),
         cmocka_unit_test(test_not_email),
