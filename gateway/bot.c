@@ -21,10 +21,7 @@
 #include "kefu/service.h"
 #include "request.h"
 
-/* uthash allocates through kefu's allocator (which aborts on a small allocation failure) */
-#define uthash_malloc(sz) kf_malloc(sz)
-#define uthash_free(ptr, sz) kf_free(ptr)
-#include <uthash.h>
+#include "kefu/hash.h" /* uthash, with kefu's allocator and hash */
 
 #define MAX_JOBS 16         /* queued events per conversation; more are dropped (counted) */
 #define MAX_TRIES 3         /* re-runs after another node changed the state first */
@@ -697,18 +694,16 @@ static void scan_staff(int64_t now) {
     argv[0] = "ZADD";
     argv[1] = KF_KEY_STAFF_SUPERVISORS;
     int n = 2;
-    for (size_t i = 0; i < gw->users_cap; i++) {
-        for (gw_user *u = gw->users[i]; u; u = u->hnext) {
-            if (!u->conns || (u->conns->ident.role != KF_ROLE_SUPERVISOR &&
-                              u->conns->ident.role != KF_ROLE_ADMIN))
-                continue;
-            argv[n++] = score;
-            argv[n++] = u->id;
-            if (n == (int)(sizeof(argv) / sizeof(argv[0]))) {
-                kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_SUPERVISORS), NULL,
-                              NULL, n, argv, NULL);
-                n = 2;
-            }
+    for (gw_user *u = gw->users; u; u = u->hh.next) {
+        if (!u->conns || (u->conns->ident.role != KF_ROLE_SUPERVISOR &&
+                          u->conns->ident.role != KF_ROLE_ADMIN))
+            continue;
+        argv[n++] = score;
+        argv[n++] = u->id;
+        if (n == (int)(sizeof(argv) / sizeof(argv[0]))) {
+            kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_SUPERVISORS), NULL,
+                          NULL, n, argv, NULL);
+            n = 2;
         }
     }
     if (n > 2)

@@ -3,6 +3,7 @@
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <libwebsockets.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,56 +17,30 @@
 #include "kefu/redis.h"
 #include "kefu/route.h"
 
-/* ---- local user index: open hashing by user id ---- */
-
-static uint64_t hash_str(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
+/* ---- local user index: gw->users, a uthash table by user id ---- */
 
 gw_user *gw_user_find(const char *id) {
-    if (!gw->users_cap) return NULL;
-    for (gw_user *u = gw->users[hash_str(id) & (gw->users_cap - 1)]; u; u = u->hnext)
-        if (strcmp(u->id, id) == 0) return u;
-    return NULL;
+    gw_user *u;
+    HASH_FIND(hh, gw->users, id, strlen(id), u);
+    return u;
 }
 
-static void users_grow(void) {
-    size_t cap = gw->users_cap ? gw->users_cap * 2 : 1024;
-    gw_user **nb = kf_calloc(cap, sizeof(*nb));
-    for (size_t i = 0; i < gw->users_cap; i++) {
-        for (gw_user *u = gw->users[i], *next; u; u = next) {
-            next = u->hnext;
-            size_t b = hash_str(u->id) & (cap - 1);
-            u->hnext = nb[b];
-            nb[b] = u;
-        }
-    }
-    kf_free(gw->users);
-    gw->users = nb;
-    gw->users_cap = cap;
-}
+static gw_user *hb_next; /* the next user the sliced presence refresh visits (NULL: the first) */
 
 static gw_user *user_get(const char *id) {
     gw_user *u = gw_user_find(id);
     if (u) return u;
-    if (gw->nusers + 1 > gw->users_cap) users_grow();
-    u = kf_calloc(1, sizeof(*u));
-    u->id = kf_strdup(id);
-    size_t b = hash_str(id) & (gw->users_cap - 1);
-    u->hnext = gw->users[b];
-    gw->users[b] = u;
-    gw->nusers++;
+    size_t len = strlen(id);
+    /* the id inline: one allocation per user, and no padding after the flags */
+    u = kf_calloc(1, offsetof(gw_user, id) + len + 1);
+    memcpy(u->id, id, len + 1);
+    HASH_ADD_KEYPTR(hh, gw->users, u->id, len, u);
     return u;
 }
 
 static void user_remove(gw_user *u) {
-    gw_user **pp = &gw->users[hash_str(u->id) & (gw->users_cap - 1)];
-    while (*pp != u) pp = &(*pp)->hnext;
-    *pp = u->hnext;
-    gw->nusers--;
-    kf_free(u->id);
+    if (hb_next == u) hb_next = u->hh.next;
+    HASH_DEL(gw->users, u);
     kf_free(u);
 }
 
@@ -206,9 +181,8 @@ void gw_router_detach(gw_conn *c) {
 
 /* Refreshes presence in slices: every second a share of the user index, so that each user is
  * refreshed once per third of presence_ttl_ms without a burst of commands (and of output
- * buffer memory) every few seconds. */
-static size_t hb_cursor;
-
+ * buffer memory) every few seconds. The slice walks the table in insertion order from hb_next;
+ * a user added meanwhile joins at the end and is reached within the period. */
 static void presence_refresh(const char *user) {
     char key[KF_KEY_MAX];
     kf_key_user_nodes(key, user);
@@ -220,17 +194,18 @@ static void presence_refresh(const char *user) {
 
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)arg;
-    if (what == 0 || !gw->users_cap) {
+    if (what == 0) {
         /* fd -1, what 0: a Redis server came back: everything at once */
-        for (size_t i = 0; i < gw->users_cap; i++)
-            for (gw_user *u = gw->users[i]; u; u = u->hnext) presence_store(u->id, NULL, NULL);
+        for (gw_user *u = gw->users; u; u = u->hh.next) presence_store(u->id, NULL, NULL);
     } else {
         long long period_s = gw->opt.presence_ttl_ms / 3000;
         if (period_s < 1) period_s = 1;
-        size_t slice = (gw->users_cap + (size_t)period_s - 1) / (size_t)period_s;
-        for (size_t n = 0; n < slice; n++, hb_cursor++) {
-            if (hb_cursor >= gw->users_cap) hb_cursor = 0;
-            for (gw_user *u = gw->users[hb_cursor]; u; u = u->hnext) presence_refresh(u->id);
+        size_t n = HASH_COUNT(gw->users);
+        size_t slice = (n + (size_t)period_s - 1) / (size_t)period_s;
+        for (size_t i = 0; i < slice; i++) {
+            if (!hb_next) hb_next = gw->users;
+            presence_refresh(hb_next->id);
+            hb_next = hb_next->hh.next;
         }
     }
     kf_redis_cmd_key(gw->redis, KF_KEY_NODES, NULL, NULL, "ZADD %s %lld %s", KF_KEY_NODES,
@@ -240,26 +215,22 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
 /* ---- presence cache: user -> nodes, for presence_cache_ms (see on_presence_stored) ---- */
 
 typedef struct pcache {
-    char *user;
+    UT_hash_handle hh;    /* in pc_table, keyed by user */
     char *nodes;          /* '\n'-joined node ids */
     uint32_t fetched;     /* gw_clock_ms() when the lookup was sent */
-    struct pcache *next;
+    char user[];
 } pcache;
 
-static pcache **pc_buckets;
-static size_t pc_cap, pc_n;
+static pcache *pc_table;
 
-static pcache *pc_find(const char *user, pcache ***slot) {
-    if (!pc_cap) return NULL;
-    pcache **pp = &pc_buckets[hash_str(user) & (pc_cap - 1)];
-    for (; *pp; pp = &(*pp)->next)
-        if (strcmp((*pp)->user, user) == 0) break;
-    if (slot) *slot = pp;
-    return *pp;
+static pcache *pc_find(const char *user) {
+    pcache *e;
+    HASH_FIND(hh, pc_table, user, strlen(user), e);
+    return e;
 }
 
 static void pc_free_entry(pcache *e) {
-    kf_free(e->user);
+    HASH_DEL(pc_table, e);
     kf_free(e->nodes);
     kf_free(e);
 }
@@ -267,46 +238,22 @@ static void pc_free_entry(pcache *e) {
 /* Drops every entry older than the cache lifetime (once a second, bounds the memory). */
 static void pc_expire(void) {
     uint32_t now = gw_clock_ms();
-    for (size_t i = 0; i < pc_cap; i++) {
-        for (pcache **pp = &pc_buckets[i]; *pp;) {
-            pcache *e = *pp;
-            if ((uint32_t)(now - e->fetched) >= (uint64_t)gw->opt.presence_cache_ms) {
-                *pp = e->next;
-                pc_free_entry(e);
-                pc_n--;
-            } else {
-                pp = &e->next;
-            }
-        }
+    pcache *e, *tmp;
+    HASH_ITER(hh, pc_table, e, tmp) {
+        if ((uint32_t)(now - e->fetched) >= (uint64_t)gw->opt.presence_cache_ms) pc_free_entry(e);
     }
 }
 
 /* A node (this one, or another through our inbox) registered this user: the copy lacks it. */
 static void pc_drop(const char *user) {
-    pcache **pp, *e = pc_find(user, &pp);
+    pcache *e = pc_find(user);
     if (!e) return;
-    *pp = e->next;
     pc_free_entry(e);
-    pc_n--;
     GW_M->presence_drops++;
 }
 
 static void pc_store(const char *user, const redisReply *reply, uint32_t fetched) {
     if (gw->opt.presence_cache_ms <= 0) return;
-    if (pc_n + 1 > pc_cap * 2) {
-        size_t cap = pc_cap ? pc_cap * 2 : 1024;
-        pcache **nb = kf_calloc(cap, sizeof(*nb));
-        for (size_t i = 0; i < pc_cap; i++)
-            for (pcache *e = pc_buckets[i], *next; e; e = next) {
-                next = e->next;
-                size_t b = hash_str(e->user) & (cap - 1);
-                e->next = nb[b];
-                nb[b] = e;
-            }
-        kf_free(pc_buckets);
-        pc_buckets = nb;
-        pc_cap = cap;
-    }
     size_t len = 0;
     for (size_t i = 0; i < reply->elements; i++) len += reply->element[i]->len + 1;
     char *nodes = kf_malloc(len + 1), *p = nodes;
@@ -316,7 +263,7 @@ static void pc_store(const char *user, const redisReply *reply, uint32_t fetched
         *p++ = '\n';
     }
     *p = '\0';
-    pcache **slot, *e = pc_find(user, &slot);
+    pcache *e = pc_find(user);
     if (e) {
         if ((int32_t)(fetched - e->fetched) < 0) { /* an older lookup answered late */
             kf_free(nodes);
@@ -324,10 +271,10 @@ static void pc_store(const char *user, const redisReply *reply, uint32_t fetched
         }
         kf_free(e->nodes);
     } else {
-        e = kf_calloc(1, sizeof(*e));
-        e->user = kf_strdup(user);
-        *slot = e;
-        pc_n++;
+        size_t ul = strlen(user);
+        e = kf_calloc(1, offsetof(pcache, user) + ul + 1);
+        memcpy(e->user, user, ul + 1);
+        HASH_ADD_KEYPTR(hh, pc_table, e->user, ul, e);
     }
     e->nodes = nodes;
     e->fetched = fetched;
@@ -391,59 +338,57 @@ static void lost_count(int cause, size_t pushes) {
 /* ---- resync notices: (conversation, users) to tell, kept until Redis can carry them ---- */
 
 #define NOTICE_MAX 8192
-#define NOTICE_BUCKETS 1024
 struct notice {
-    struct notice *next, *hnext;
-    char *users;
+    UT_hash_handle hh;    /* in notice_table, keyed by conv '\0' users: one per pair */
+    struct notice *next;  /* in the list notices_take() hands over */
+    char *users;          /* '\n'-separated, inside conv[] after the conversation */
     char conv[];
 };
-static struct notice *notices, **notices_tail = &notices, *notice_hash[NOTICE_BUCKETS];
-static size_t nnotices;
+static struct notice *notice_table; /* in insertion order: notices go out as they came */
 static int resync_everyone;  /* too many notices: every client of every node re-checks all */
 
 static void notice_add(const char *conv, const char *users, size_t ulen) {
     if (ulen == 0) return;
     if (resync_everyone) return;
-    uint64_t h = hash_str(conv);
-    for (size_t i = 0; i < ulen; i++) h = (h ^ (unsigned char)users[i]) * 1099511628211ull;
-    struct notice **b = &notice_hash[h & (NOTICE_BUCKETS - 1)];
-    for (struct notice *n = *b; n; n = n->hnext)
-        if (strcmp(n->conv, conv) == 0 && strlen(n->users) == ulen && !memcmp(n->users, users, ulen))
-            return;
-    if (nnotices >= NOTICE_MAX) {
+    /* Built before the lookup, which needs the key in one piece; notices are rare (lost
+     * pushes only), so a duplicate's allocation does not matter. */
+    size_t cl = strlen(conv), kl = cl + 1 + ulen;
+    struct notice *n = kf_malloc(sizeof(*n) + kl + 1), *old;
+    memcpy(n->conv, conv, cl + 1);
+    n->users = n->conv + cl + 1;
+    memcpy(n->users, users, ulen);
+    n->users[ulen] = '\0';
+    HASH_FIND(hh, notice_table, n->conv, kl, old);
+    if (old) {
+        kf_free(n);
+        return;
+    }
+    if (HASH_COUNT(notice_table) >= NOTICE_MAX) {
         kf_warn("more than %d conversations to resync: every client will re-check all of its "
                 "conversations", NOTICE_MAX);
         resync_everyone = 1;
+        kf_free(n);
         return;
     }
-    size_t cl = strlen(conv);
-    struct notice *n = kf_malloc(sizeof(*n) + cl + 1);
-    memcpy(n->conv, conv, cl + 1);
-    n->users = kf_strndup(users, ulen);
     n->next = NULL;
-    n->hnext = *b;
-    *b = n;
-    *notices_tail = n;
-    notices_tail = &n->next;
-    nnotices++;
-    GW_M->resync_pending = (int64_t)nnotices;
+    HASH_ADD_KEYPTR(hh, notice_table, n->conv, kl, n);
+    GW_M->resync_pending = (int64_t)HASH_COUNT(notice_table);
 }
 
-/* Hands over every pending notice (the caller frees them) and empties the set. */
+/* Hands over every pending notice, oldest first (the caller frees them), and empties the set:
+ * notices added while the caller routes them (a full route queue) wait for the next round. */
 static struct notice *notices_take(void) {
-    struct notice *list = notices;
-    notices = NULL;
-    notices_tail = &notices;
-    memset(notice_hash, 0, sizeof(notice_hash));
-    nnotices = 0;
+    struct notice *list = NULL, **tail = &list, *n, *tmp;
+    HASH_ITER(hh, notice_table, n, tmp) {
+        HASH_DEL(notice_table, n);
+        *tail = n;
+        tail = &n->next;
+    }
     GW_M->resync_pending = 0;
     return list;
 }
 
-static void notice_free(struct notice *n) {
-    kf_free(n->users);
-    kf_free(n);
-}
+static void notice_free(struct notice *n) { kf_free(n); }
 
 static void notices_clear(void) {
     for (struct notice *n = notices_take(), *next; n; n = next) {
@@ -776,7 +721,7 @@ void gw_route_push_text(char *json, size_t len, const char *conv, int signal,
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
     uint32_t clk = rt->asked_ms;
     for (size_t i = 0; i < nusers; i++) {
-        pcache *e = gw->opt.presence_cache_ms > 0 ? pc_find(users[i], NULL) : NULL;
+        pcache *e = gw->opt.presence_cache_ms > 0 ? pc_find(users[i]) : NULL;
         if (e && (uint32_t)(clk - e->fetched) < (uint64_t)gw->opt.presence_cache_ms) {
             for (const char *n = e->nodes, *nl; (nl = strchr(n, '\n')); n = nl + 1)
                 route_add_node(rt, n, (size_t)(nl - n));
@@ -1055,7 +1000,7 @@ static void on_redis_state(kf_redis *r, int up, void *priv) {
 
 void gw_router_check(void) {
     pc_expire();
-    if (nnotices || resync_everyone) notices_send();
+    if (notice_table || resync_everyone) notices_send();
     inbox_trim();
 }
 
@@ -1106,21 +1051,12 @@ void gw_router_stop(void) {
     }
     event_free(gw->inbox_retry_ev);
     event_free(gw->heartbeat_ev);
-    for (size_t i = 0; i < gw->users_cap; i++)
-        for (gw_user *u = gw->users[i], *next; u; u = next) {
-            next = u->hnext;
-            kf_free(u->id);
-            kf_free(u);
-        }
-    kf_free(gw->users);
-    gw->users = NULL;
-    for (size_t i = 0; i < pc_cap; i++)
-        for (pcache *e = pc_buckets[i], *next; e; e = next) {
-            next = e->next;
-            pc_free_entry(e);
-        }
-    kf_free(pc_buckets);
-    pc_buckets = NULL;
-    pc_cap = pc_n = 0;
-    gw->users_cap = gw->nusers = 0;
+    gw_user *u, *utmp;
+    HASH_ITER(hh, gw->users, u, utmp) {
+        HASH_DEL(gw->users, u);
+        kf_free(u);
+    }
+    hb_next = NULL;
+    pcache *e, *etmp;
+    HASH_ITER(hh, pc_table, e, etmp) pc_free_entry(e);
 }

@@ -312,6 +312,39 @@ def test_first_connection_resyncs_after_a_cached_lookup(spawn, cluster):
     run(body(), timeout=40)
 
 
+def test_presence_refresh_reaches_every_user(spawn, cluster):
+    """Presence is refreshed a share of the user index per second, so each user once per third
+    of presence_ttl_ms (6000 here: half of the users each second). Users joining and leaving
+    while the walk is under way must not make it skip anyone: later than every first
+    registration's expiry, each connected user's entry was refreshed within the last period."""
+    ttl = 6000
+    g = spawn.gateway(cluster.shards, name="refresh", presence_ttl_ms=ttl)
+    addr = cluster.shards[0].addr
+
+    async def body():
+        first = [await connect(g, "customer") for _ in range(30)]
+        await asyncio.sleep(2.5)
+        gone = first[::3]
+        for c in gone:
+            await c.close()
+        more = [await connect(g, "customer") for _ in range(15)]
+        await asyncio.sleep(2.5)
+        gone += more[::3]
+        for c in more[::3]:
+            await c.close()
+        await asyncio.sleep(ttl / 1000 + 1.5)
+        now_ms = time.time() * 1000
+        for c in first + more:
+            score = H.redis_call(addr, "ZSCORE", f"kefu:{{u:{c.user}}}:nodes", c.node)
+            if c in gone:
+                assert score is None, f"{c.user} left but is still present"
+            else:
+                # refreshed every 2 s (plus a tick of slack): expiry at least now + ttl - 3 s
+                assert score is not None and float(score) > now_ms + ttl - 3000, \
+                    f"{c.user}: presence expiry {score}, now {now_ms:.0f}"
+    run(body())
+
+
 def test_redis_restart_tells_every_client_to_resync(spawn):
     """A restarted Redis (new run_id) may have lost what it had not persisted: every connected
     client gets a resync (no conv: re-check everything) once presence is registered again."""
