@@ -1,7 +1,9 @@
 /* kefu-gateway: reads the configuration, then runs N gateway processes on one port
  * (SO_REUSEPORT), restarting any that dies and forwarding SIGTERM/SIGHUP to them. */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,15 +19,18 @@
 
 static volatile sig_atomic_t got_term, got_hup;
 
+/* SIGCHLD sets nothing: it only ends the master's wait, and the loop reaps every exited
+ * process each time round. */
 static void on_sig(int sig) {
     if (sig == SIGHUP)
         got_hup = 1;
-    else
+    else if (sig != SIGCHLD)
         got_term = 1;
 }
 
 static int g_argc;
 static char **g_argv;
+static sigset_t run_mask; /* the mask the master started with: children get it back */
 
 static pid_t spawn(int index, const gw_options *opt, const char *config_file) {
     pid_t master = getpid();
@@ -34,12 +39,20 @@ static pid_t spawn(int index, const gw_options *opt, const char *config_file) {
         signal(SIGTERM, SIG_DFL);
         signal(SIGINT, SIG_DFL);
         signal(SIGHUP, SIG_DFL);
+        signal(SIGCHLD, SIG_DFL);
+        sigprocmask(SIG_SETMASK, &run_mask, NULL);
         /* A process whose master died drains and exits: nobody would restart or stop it. */
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (getppid() != master) _exit(0);
         _exit(gw_server_run(index, opt, config_file, g_argc, g_argv));
     }
     return pid;
+}
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int main(int argc, char **argv) {
@@ -89,19 +102,33 @@ int main(int argc, char **argv) {
     }
     kf_log_set_ident("master");
 
+    /* SIGTERM, SIGINT, SIGHUP and SIGCHLD stay blocked except while the master waits in
+     * ppoll(), which unblocks them atomically: a signal that arrives after the flags were
+     * checked is delivered by that wait instead of being noticed only when a process exits
+     * (a blocking waitpid() there would keep a SIGTERM waiting until systemd's SIGKILL). */
+    sigset_t block;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGHUP);
+    sigaddset(&block, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &block, &run_mask);
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_sig;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    sa.sa_flags = SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     pid_t pids[MAX_PROCS];
-    time_t started[MAX_PROCS];
+    int64_t started[MAX_PROCS], restart_at[MAX_PROCS]; /* mono_ms(); restart_at 0: none due */
     for (int i = 0; i < nprocs; i++) {
         pids[i] = spawn(i, &opt, config_file);
-        started[i] = time(NULL);
+        started[i] = mono_ms();
+        restart_at[i] = 0;
         if (pids[i] < 0) {
             kf_error("fork failed: %s", strerror(errno));
             return 1;
@@ -109,52 +136,79 @@ int main(int argc, char **argv) {
     }
     kf_info("started %d gateway processes on port %lld", nprocs, opt.port);
 
-    int alive = nprocs, status = 0, failed = 0;
-    while (alive > 0) {
+    int alive = nprocs, due = 0, stopping = 0, failed = 0;
+    while (alive > 0 || due > 0) {
         if (got_term) {
             got_term = 0;
             kf_info("SIGTERM: draining %d processes", alive);
-            for (int i = 0; i < nprocs; i++)
+            for (int i = 0; i < nprocs; i++) {
                 if (pids[i] > 0) kill(pids[i], SIGTERM);
-            opt.processes = -1; /* no restarts from now on */
+                restart_at[i] = 0; /* no restarts from now on */
+            }
+            due = 0;
+            stopping = 1;
         }
         if (got_hup) {
             got_hup = 0;
             for (int i = 0; i < nprocs; i++)
                 if (pids[i] > 0) kill(pids[i], SIGHUP);
         }
-        pid_t pid = waitpid(-1, &status, 0);
-        if (pid < 0) {
-            if (errno == EINTR) continue;
-            break;
+        int status;
+        pid_t pid;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            for (int i = 0; i < nprocs; i++) {
+                if (pids[i] != pid) continue;
+                pids[i] = 0;
+                alive--;
+                int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+                int64_t ran = mono_ms() - started[i];
+                if (stopping) {
+                    /* Shutting down: the exit status reports how the processes ended now. */
+                    if (!clean) failed = 1;
+                    break;
+                }
+                if (WIFEXITED(status) && WEXITSTATUS(status) == 1 && ran < 2000) {
+                    kf_error("process %d failed at start-up; not restarting", i);
+                    failed = 1;
+                    break;
+                }
+                if (clean)
+                    kf_info("process %d (pid %d) exited; restarting", i, (int)pid);
+                else
+                    kf_error("process %d (pid %d) died (%s %d); restarting", i, (int)pid,
+                             WIFSIGNALED(status) ? "signal" : "exit status",
+                             WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+                /* one that dies at once is restarted a second later, not in a tight loop */
+                restart_at[i] = ran < 1000 ? mono_ms() + 1000 : mono_ms();
+                due++;
+                break;
+            }
         }
-        for (int i = 0; i < nprocs; i++) {
-            if (pids[i] != pid) continue;
-            pids[i] = 0;
-            alive--;
-            int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-            if (opt.processes == -1) {
-                /* Shutting down: the exit status reports how the processes ended now. */
-                if (!clean) failed = 1;
-                break;
+        int64_t now = mono_ms(), next = -1;
+        for (int i = 0; i < nprocs && due > 0; i++) {
+            if (!restart_at[i]) continue;
+            if (restart_at[i] > now) {
+                if (next < 0 || restart_at[i] < next) next = restart_at[i];
+                continue;
             }
-            if (WIFEXITED(status) && WEXITSTATUS(status) == 1 && time(NULL) - started[i] < 2) {
-                kf_error("process %d failed at start-up; not restarting", i);
-                failed = 1;
-                break;
-            }
-            if (clean)
-                kf_info("process %d (pid %d) exited; restarting", i, (int)pid);
-            else
-                kf_error("process %d (pid %d) died (%s %d); restarting", i, (int)pid,
-                         WIFSIGNALED(status) ? "signal" : "exit status",
-                         WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-            if (time(NULL) - started[i] < 1) sleep(1);
+            restart_at[i] = 0;
+            due--;
             pids[i] = spawn(i, &opt, config_file);
-            started[i] = time(NULL);
-            if (pids[i] > 0) alive++;
-            break;
+            started[i] = mono_ms();
+            if (pids[i] > 0)
+                alive++;
+            else
+                kf_error("fork failed: %s; process %d not restarted", strerror(errno), i);
         }
+        if (alive == 0 && due == 0) break;
+        struct timespec ts, *tmo = NULL;
+        if (next >= 0) {
+            int64_t wait = next - now;
+            ts.tv_sec = (time_t)(wait / 1000);
+            ts.tv_nsec = (long)(wait % 1000) * 1000000;
+            tmo = &ts;
+        }
+        ppoll(NULL, 0, tmo, &run_mask); /* returns on a signal (EINTR) or at the next restart */
     }
     kf_config_free(gw_option_table, &opt);
     return failed ? 1 : 0;
