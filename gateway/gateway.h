@@ -26,6 +26,7 @@ typedef struct gw_options {
     char *node_name;
     char *redis;
     char *jwt_secrets;
+    long long dev_secret;     /* no jwt_secrets: run on the public development secret */
     long long jwt_leeway_s;
     char *log_level;
     long long auth_timeout_ms;

@@ -78,12 +78,27 @@ int main(int argc, char **argv) {
         return 2;
     }
     kf_log_level = lvl;
+    kf_log_set_ident("master");
     if (opt.ack_replicas > 0 && opt.ack_timeout_ms >= opt.redis_timeout_ms) {
         /* a WAIT holds its connection: a longer one would look like a dead server */
         fprintf(stderr, "kefu-gateway: ack_timeout_ms (%lld) must be below redis_timeout_ms (%lld)\n",
                 opt.ack_timeout_ms, opt.redis_timeout_ms);
         kf_config_free(gw_option_table, &opt);
         return 2;
+    }
+    /* A gateway on the public development secret accepts tokens anyone can sign: only when
+     * asked for by name, never because a secret was forgotten. */
+    if (!opt.jwt_secrets || !opt.jwt_secrets[0]) {
+        if (!opt.dev_secret) {
+            kf_error("no jwt_secrets configured; refusing to start. Set jwt_secrets (config file, "
+                     "KEFU_JWT_SECRETS or --jwt-secrets; e.g. the output of 'openssl rand -hex "
+                     "32'), or for development only pass --dev-secret (dev_secret yes) to accept "
+                     "tokens signed with the public development secret");
+            kf_config_free(gw_option_table, &opt);
+            return 2;
+        }
+        kf_warn("dev_secret: no jwt_secrets, so tokens signed with the public development "
+                "secret are accepted; anyone can sign them: never do this in production");
     }
     if (!opt.node_name[0]) {
         char host[64] = "kefu";
@@ -100,7 +115,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kefu-gateway: cannot map shared metrics\n");
         return 1;
     }
-    kf_log_set_ident("master");
 
     /* SIGTERM, SIGINT, SIGHUP and SIGCHLD stay blocked except while the master waits in
      * ppoll(), which unblocks them atomically: a signal that arrives after the flags were

@@ -35,7 +35,8 @@ const kf_option gw_option_table[] = {
     {"route_retry_ms", KF_OPT_INT, O(route_retry_ms), "15000", 0, 600000, 1, "how long a push whose presence lookup failed is retried, keeping its place in line, before its users get a `resync` notice instead (`kefu_push_lost_total{cause=\"presence\"}`).", REDIS},
     {"route_queue_max", KF_OPT_INT, O(route_queue_max), "100000", 16, 100000000, 1, "pushes queued for routing per process; one beyond it is not queued and its users get a `resync` notice (`cause=\"overflow\"`).", REDIS},
 
-    {"jwt_secrets", KF_OPT_STR, O(jwt_secrets), "", 0, 0, 1, "HS256 secrets, comma-separated; a token signed by any of them is accepted (rotation: `NEW,OLD`). Empty = the built-in development secret, with a warning: never in production.", AUTH},
+    {"jwt_secrets", KF_OPT_STR, O(jwt_secrets), "", 0, 0, 1, "HS256 secrets, comma-separated; a token signed by any of them is accepted (rotation: `NEW,OLD`). Required: with none the gateway refuses to start (exit status 2) unless `dev_secret` is on; a reload that leaves none keeps the previous ones.", AUTH},
+    {"dev_secret", KF_OPT_BOOL, O(dev_secret), "no", 0, 1, 0, "development only: with no `jwt_secrets`, accept tokens signed with the public built-in secret `kefu-dev-secret-change-me` (what `kefu-token` and `kefu-load` sign with by default) instead of refusing to start; logged as a warning. Never in production: anyone can sign such a token.", AUTH},
     {"jwt_leeway_s", KF_OPT_INT, O(jwt_leeway_s), "30", 0, 3600, 1, "clock leeway for the `exp` and `nbf` claims, seconds.", AUTH},
     {"auth_timeout_ms", KF_OPT_INT, O(auth_timeout_ms), "5000", 100, 600000, 1, "time allowed from the upgrade to a valid `hello`; then close 4408.", AUTH},
 
@@ -73,6 +74,7 @@ const kf_option gw_option_table[] = {
 
 const kf_config_info gw_config_info = {
     "kefu-gateway", "/etc/kefu/gateway.conf",
-    "In production set at least: redis, node_name (unique per host) and jwt_secrets.",
+    "In production set at least: redis, node_name (unique per host) and jwt_secrets (without it "
+    "the gateway refuses to start).",
     NULL,
 };

@@ -917,8 +917,8 @@ static int load_secrets(void) {
     size_t nold = gw->nsecrets;
     gw->secrets = NULL;
     gw->nsecrets = 0;
-    const char *list = gw->opt.jwt_secrets && *gw->opt.jwt_secrets ? gw->opt.jwt_secrets : NULL;
-    if (!list) {
+    const char *list = gw->opt.jwt_secrets && *gw->opt.jwt_secrets ? gw->opt.jwt_secrets : "";
+    if (!*list && gw->opt.dev_secret) { /* without it the master refused to start */
         kf_warn("no jwt_secrets configured: using the built-in development secret; "
                 "never do this in production");
         list = "kefu-dev-secret-change-me";

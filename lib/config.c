@@ -261,8 +261,8 @@ static void dump_example(const kf_option *opts, const kf_config_info *info, FILE
     wrap(out,
          "Precedence: default < this file < environment (KEFU_<NAME>) < command-line flag "
          "(--name). [SIGHUP] marks options re-read from this file on SIGHUP (systemctl reload); "
-         "the others need a restart. Flags are not re-applied on SIGHUP: keep reloadable options "
-         "in this file. See docs/operations.md.", NULL, "# ", 96);
+         "the others need a restart. Flags are applied again on SIGHUP, so a reload cannot change "
+         "what a flag sets: keep reloadable options in this file. See docs/operations.md.", NULL, "# ", 96);
     if (info->intro) {
         fprintf(out, "#\n");
         wrap(out, info->intro, NULL, "# ", 96);

@@ -53,7 +53,7 @@ static const char usage_text[] =
     "  --format F           json (default) or msgpack\n"
     "  --auth A             hello (default: token in a hello frame) or url (?token=)\n"
     "  --secret S           JWT HS256 secret (default: first of $KEFU_JWT_SECRETS, else the\n"
-    "                       development secret)\n"
+    "                       development secret, for gateways run with --dev-secret)\n"
     "  --procs N            worker processes (default 1); each holds at most ~19.9k sockets\n"
     "  --src-ips N          spread connections over N loopback source addresses 127.0.x.y\n"
     "                       (default: one per 2000 connections, none up to 1000)\n"

@@ -27,7 +27,8 @@ static const char usage_text[] =
     "  --max-chats N     agent capacity 1..1000\n"
     "  --ttl SECONDS     lifetime (default 3600)\n"
     "  --secret S        signing secret (default: first of $KEFU_JWT_SECRETS, else the\n"
-    "                    development secret); with --verify, the only secret tried\n"
+    "                    development secret, for gateways run with --dev-secret); with\n"
+    "                    --verify, the only secret tried\n"
     "  --verify TOKEN    verify against --secret or every secret in $KEFU_JWT_SECRETS\n"
     "  -h, --help        show this help\n";
 

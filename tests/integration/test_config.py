@@ -99,3 +99,60 @@ def test_dump_config_example_loads_in_each_program(tmp_path):
     bad = subprocess.run([str(H.find_bin("kefu-gateway")), "--dump-config", "yaml"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "markdown or example" in bad.stderr
+
+
+DEV_SECRET = "kefu-dev-secret-change-me"
+
+
+async def rejected(g, secret):
+    c = await Client.open(g, "json")
+    await c.send({"type": "hello", "token": H.make_token(new_id("c"), "customer", secret=secret)})
+    assert (await c.expect_close())[:2] == (4401, "invalid token: bad_signature")
+
+
+def test_no_secret_refuses_to_start(spawn, cluster):
+    """No jwt_secrets (none, or an empty one) and no dev_secret: exit status 2 and a line
+    saying what to set; no gateway process is started."""
+    for i, secrets in enumerate((None, "")):
+        g = spawn.gateway(cluster.shards, name=f"nosecret{i}", jwt_secrets=secrets, ready=False)
+        g.proc.expect_exit = True
+        assert g.proc.wait(10) == 2, g.proc.tail()
+        log = g.proc.log_text()
+        assert "E no jwt_secrets configured; refusing to start" in log, log
+        assert "KEFU_JWT_SECRETS" in log and "--dev-secret" in log, log
+        assert "started" not in log, log
+
+
+def test_dev_secret_flag_runs_on_the_development_secret(spawn, cluster):
+    g = spawn.gateway(cluster.shards, name="devsecret", jwt_secrets=None,
+                      extra_args=["--dev-secret"])
+
+    async def body():
+        await connect(g, "customer", "json", secret=DEV_SECRET)
+        await rejected(g, H.SECRETS[0])
+    run(body())
+    log = g.proc.log_text()
+    assert "master W dev_secret: no jwt_secrets, so tokens signed with the public development " \
+           "secret are accepted" in log, log
+    assert "W no jwt_secrets configured: using the built-in development secret" in log, log
+
+
+def test_secret_kept_when_a_reload_leaves_none(spawn, cluster, tmp_path):
+    """A gateway started with a secret does not mention the development secret, and a reload
+    whose file no longer holds one keeps the previous secrets (it once fell back to the
+    development secret, so every real token failed and anyone could sign one)."""
+    cfg = tmp_path / "gateway.conf"
+    cfg.write_text(f"jwt_secrets = {H.SECRETS[0]}\n")
+    g = spawn.gateway(cluster.shards, name="keepsecret", jwt_secrets=None, config=cfg)
+
+    async def body():
+        await connect(g, "customer", "json")
+        await rejected(g, DEV_SECRET)
+        cfg.write_text("# the secret was removed by mistake\n")
+        g.proc.send_signal(signal.SIGHUP)
+        H.wait_until(lambda: "jwt_secrets holds no secret; keeping the previous 1" in
+                     g.proc.log_text(), what="the reload keeping the secret")
+        await connect(g, "customer", "json")
+        await rejected(g, DEV_SECRET)
+    run(body())
+    assert "development secret" not in g.proc.log_text()
