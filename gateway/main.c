@@ -69,6 +69,7 @@ int main(int argc, char **argv) {
     if (kf_config_load(gw_option_table, &opt, config_file, argc, argv, passthru, 0, err,
                        sizeof(err)) < 0) {
         fprintf(stderr, "kefu-gateway: %s\n", err);
+        kf_config_free(gw_option_table, &opt); /* what was set before the error */
         return 2;
     }
     int lvl = kf_log_parse_level(opt.log_level);
