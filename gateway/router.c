@@ -11,6 +11,7 @@
 #include "gateway.h"
 #include "handlers.h"
 #include "kefu/alloc.h"
+#include "kefu/hash.h"
 #include "kefu/keys.h"
 #include "kefu/slot.h"
 #include "kefu/log.h"
