@@ -85,16 +85,6 @@ static struct {
 /* The actor written as `by` into lifecycle events the bot causes. */
 static gw_conn bot_actor = {.ident = {.sub = (char *)"bot", .name = (char *)"bot"}};
 
-/* 64 bits of hash of a string from two of uthash's functions (Bob Jenkins's and one-at-a-time):
- * the not-the-bot's cache keeps it instead of the id. */
-static uint64_t hash64(const char *s) {
-    unsigned hi, lo;
-    size_t n = strlen(s);
-    HASH_JEN(s, n, hi);
-    HASH_OAT(s, n, lo);
-    return (uint64_t)hi << 32 | lo;
-}
-
 /* ---- the rule set ---- */
 
 static void update_gauges(void) {
@@ -147,7 +137,7 @@ static void dir_signature(char out[64]) {
             snprintf(path, sizeof(path), "%s/%s", gw->opt.bots_dir, de->d_name);
             if (stat(path, &st) < 0) continue;
             /* order-independent: sum of per-file hashes */
-            uint64_t fh = hash64(de->d_name) ^ ((uint64_t)st.st_size * 0x9E3779B97F4A7C15ull) ^
+            uint64_t fh = kf_hash_str(de->d_name) ^ ((uint64_t)st.st_size * 0x9E3779B97F4A7C15ull) ^
                           ((uint64_t)st.st_mtim.tv_sec * 1000000007ull + (uint64_t)st.st_mtim.tv_nsec);
             h += fh * 0xff51afd7ed558ccdull;
         }
@@ -194,13 +184,13 @@ static void conv_free(bot_conv *bc) {
 /* A state only moves from "bot" to "waiting"/"assigned"/"closed", never back, so a conversation
  * once seen elsewhere never needs its state read again for a customer message. */
 static int notbot_known(const char *id) {
-    uint64_t h = hash64(id) | 1; /* 0 marks an empty slot */
+    uint64_t h = kf_hash_str(id) | 1; /* 0 marks an empty slot */
     return B.notbot && B.notbot[(h >> 1) % NOTBOT_SLOTS] == h;
 }
 
 static void notbot_add(const char *id) {
     if (!B.notbot) B.notbot = kf_calloc(NOTBOT_SLOTS, sizeof(*B.notbot));
-    uint64_t h = hash64(id) | 1;
+    uint64_t h = kf_hash_str(id) | 1;
     B.notbot[(h >> 1) % NOTBOT_SLOTS] = h;
 }
 

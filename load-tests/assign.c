@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kefu/alloc.h"
+#include "kefu/hash.h"
 #include "kefu/token.h"
 #include "load.h"
 
@@ -50,15 +51,9 @@ typedef struct wstate {
     struct event *tick;
 } wstate;
 
-static uint32_t hash_str(const char *s) {
-    uint32_t h = 2166136261u;
-    while (*s) h = (h ^ (uint8_t)*s++) * 16777619u;
-    return h;
-}
-
 /* The entry of conv, created when absent; NULL when the table is full. */
 static wentry *entry(wstate *s, const char *conv) {
-    for (uint32_t i = hash_str(conv) & s->tab_mask, n = 0; n <= s->tab_mask; i = (i + 1) & s->tab_mask, n++) {
+    for (uint32_t i = kf_hash32(conv, strlen(conv)) & s->tab_mask, n = 0; n <= s->tab_mask; i = (i + 1) & s->tab_mask, n++) {
         wentry *e = &s->tab[i];
         if (!e->conv[0]) {
             if (s->tab_used * 4 >= (s->tab_mask + 1) * 3) return NULL;
