@@ -29,6 +29,15 @@ local function declaring(at, what)
   if not loading then fail(at, what .. " can only be declared while the rule files load") end
 end
 
+-- The start of every table declaration (bot, vars, templates, ...): where the rule file called
+-- it, refused outside loading and when s is no table. Returns that place for later messages.
+local function declaration(what, s, expects)
+  local at = K.where(3)
+  declaring(at, what)
+  if type(s) ~= "table" then fail(at, what .. " expects " .. expects) end
+  return at
+end
+
 local function events_list() return tconcat(EVENTS, ", ") end
 
 local function set(list)
@@ -176,9 +185,7 @@ end
 -- ---- declarations ----
 
 function E.bot(s)
-  local at = K.where(2)
-  declaring(at, "bot")
-  if type(s) ~= "table" then fail(at, "bot expects a table: bot { name = '...' }") end
+  local at = declaration("bot", s, "a table: bot { name = '...' }")
   if s.name ~= nil then
     if type(s.name) ~= "string" or #s.name == 0 or #s.name > 64 then fail(at, "bot name must be 1..64 bytes") end
     settings.name = s.name
@@ -192,9 +199,7 @@ function E.bot(s)
 end
 
 function E.vars(s)
-  local at = K.where(2)
-  declaring(at, "vars")
-  if type(s) ~= "table" then fail(at, "vars expects a table of names and values") end
+  local at = declaration("vars", s, "a table of names and values")
   for k, v in pairs(s) do
     if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
       fail(at, "vars: names must be texts and values texts or numbers")
@@ -204,9 +209,7 @@ function E.vars(s)
 end
 
 function E.templates(s)
-  local at = K.where(2)
-  declaring(at, "templates")
-  if type(s) ~= "table" then fail(at, "templates expects a table of names and texts") end
+  local at = declaration("templates", s, "a table of names and texts")
   for k, v in pairs(s) do
     if type(k) ~= "string" or type(v) ~= "string" then fail(at, "templates: names and texts must be texts") end
     T[k] = v
@@ -214,17 +217,13 @@ function E.templates(s)
 end
 
 function E.calendar(s)
-  local at = K.where(2)
-  declaring(at, "calendar")
-  if type(s) ~= "table" then fail(at, "calendar expects a table") end
+  local at = declaration("calendar", s, "a table")
   local ok, err = K.calendar(s)
   if not ok then fail(at, "calendar: " .. err) end
 end
 
 function E.rule(s)
-  local at = K.where(2)
-  declaring(at, "rule")
-  if type(s) ~= "table" then fail(at, "rule expects a table: rule { keywords = {...}, reply = '...' }") end
+  local at = declaration("rule", s, "a table: rule { keywords = {...}, reply = '...' }")
   known_fields(at, "rule", s, RULE_FIELDS, s.q and "a rule matches keywords = {...} and sends reply = '...'"
     or s.a and "a rule sends reply = '...'" or nil)
   local ev = event_of(at, s.on)
@@ -241,9 +240,7 @@ function E.rule(s)
 end
 
 function E.faq(s)
-  local at = K.where(2)
-  declaring(at, "faq")
-  if type(s) ~= "table" then fail(at, "faq expects a list: faq { {q = {...}, a = '...'}, ... }") end
+  local at = declaration("faq", s, "a list: faq { {q = {...}, a = '...'}, ... }")
   known_fields(at, "faq", s, FAQ_FIELDS, "entries go in the list: faq { {q = {...}, a = '...'}, ... }")
   if s.on ~= nil and s.on ~= "message" then fail(at, "faq tables answer messages (on = 'message')") end
   owners = owners + 1

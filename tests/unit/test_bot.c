@@ -371,6 +371,10 @@ static void test_load_errors(void **state) {
     load_fails("rule { on = 'mesage', reply = 'x' }", "unknown event 'mesage'");
     load_fails("\n\nrule { keywords = 'x', priority = 'urgent' }", "10_rules.lua:3: priority must be");
     load_fails("faq { { q = 'a' } }", "needs a (the answer)");
+    /* a declaration given no table names the rule file's line, not the prelude's */
+    load_fails("\nbot 'helper'", "10_rules.lua:2: bot expects a table: bot { name = '...' }");
+    load_fails("vars(3)", "10_rules.lua:1: vars expects a table of names and values");
+    load_fails("\n\n\nfaq 'x'", "10_rules.lua:4: faq expects a list");
     load_fails("calendar { timezone = 'Mars/Base' }", "unknown time zone");
     load_fails("calendar { hours = { weekdays = '9-18' } }", "bad hours '9-18'");
     load_fails("calendar { holidays = { '2026-02-30' } }", "bad date '2026-02-30'");
