@@ -148,6 +148,12 @@ def local_only():
         pytest.skip("needs process control (KEFU_TEST_GATEWAY is set)")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked long first (stable otherwise): xdist hands tests out in collection order, and
+    a one-minute drill started last would keep one worker busy after the others are done."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
