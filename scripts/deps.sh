@@ -4,7 +4,7 @@ set -eu
 PKGS="build-essential cmake pkg-config dpkg-dev ca-certificates curl
 libevent-dev libhiredis-dev libmsgpack-dev libjemalloc-dev liblua5.4-dev libjansson-dev
 libssl-dev libcmocka-dev uthash-dev redis-server redis-tools haproxy patch
-python3 python3-websockets python3-msgpack python3-pytest
+python3 python3-websockets python3-msgpack python3-pytest python3-pytest-xdist
 gnuplot-nox clang libclang-rt-14-dev
 shellcheck yamllint python3-yaml systemd strace procps"
 missing=""

@@ -148,6 +148,32 @@ def local_only():
         pytest.skip("needs process control (KEFU_TEST_GATEWAY is set)")
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist, spreads the tests marked long(seconds) over the first batches the
+    workers get, so that no worker runs several long drills while the others are done. xdist's
+    load scheduling hands each worker a first batch of consecutive tests (len // workers // 4
+    of them), then more on demand; were that to change, only the balance would suffer. A
+    serial run keeps the file order."""
+    n = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if n < 2:
+        return
+    seconds = {it: it.get_closest_marker("long").args[0]
+               for it in items if it.get_closest_marker("long")}
+    rest = [it for it in items if it not in seconds]
+    batches, load = [[] for _ in range(n)], [0] * n
+    for it in sorted(seconds, key=seconds.get, reverse=True):
+        k = load.index(min(load))
+        batches[k].append(it)
+        load[k] += seconds[it]
+    size = max(len(items) // n // 4, 2)
+    out = []
+    for b in batches:
+        fill = max(size - len(b), 0)
+        out += b + rest[:fill]
+        rest = rest[fill:]
+    items[:] = out + rest
+
+
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

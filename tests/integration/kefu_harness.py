@@ -31,25 +31,44 @@ SANITIZER_RE = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:|SUMMAR
 LIVE = []
 
 
+# Server ports come from a slice of 20000-31999, below the kernel's ephemeral range (32768 up):
+# a server restarted on its port later finds it free again, not taken by some client's outgoing
+# connection. Each pytest-xdist worker (PYTEST_XDIST_WORKER gw0, gw1, ...) owns its own slice and
+# never hands out a port twice, so two workers, or two servers of one test picked before either
+# binds (a Redis Cluster's twelve ports), can never get the same port. The bind check only keeps
+# away from other programs' servers.
+PORT_LO, PORT_HI = 20000, 32000
+_ports_given = set()
+
+
+def _port_slice():
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    width = (PORT_HI - PORT_LO) // max(count, 1)
+    lo = PORT_LO + (index % max(count, 1)) * width
+    return lo, lo + width
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def free_fixed_port():
-    """A free port below the kernel's ephemeral range (32768 up): a server that is restarted
-    on it later finds it free again, not taken by some client's outgoing connection."""
+    """A port no other server of this test run uses (see above), free when picked."""
     import random
-    for _ in range(200):
-        p = random.randrange(20000, 32000)
+    lo, hi = _port_slice()
+    for _ in range(1000):
+        p = random.randrange(lo, hi)
+        if p in _ports_given:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((HOST, p))
-                return p
             except OSError:
                 continue
-    return free_port()
+        _ports_given.add(p)
+        return p
+    raise AssertionError(f"no free port left in {lo}-{hi - 1}")
+
+
+free_fixed_port = free_port     # the old name: every port is below the ephemeral range now
 
 
 def wait_until(pred, timeout=5.0, interval=0.05, what="condition"):
@@ -244,9 +263,9 @@ class RedisCluster:
         for i in range(masters * (1 + replicas)):
             d = self.workdir / f"cluster-{i}"
             d.mkdir(parents=True, exist_ok=True)
-            r = Redis(d, port=free_fixed_port(), name="cluster")
+            r = Redis(d, port=free_port(), name="cluster")
             r.argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
-                       "--cluster-port", str(free_fixed_port()),  # not port + 10000
+                       "--cluster-port", str(free_port()),  # not port + 10000
                        "--cluster-node-timeout", str(node_timeout_ms),
                        "--cluster-require-full-coverage", "no",
                        "--cluster-replica-validity-factor", "0",

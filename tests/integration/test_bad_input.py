@@ -19,7 +19,13 @@ def customer_conv(cluster):
     async def body():
         c = await Client.open(cluster.n1, "json")
         await c.hello(tok)
+        other = await Client.open(cluster.n1, "json")
+        await other.hello(tok)
         conv, _ = await open_conv(c, topic="bad inputs")
+        # The customer's other devices are told of the new conversation through the node's
+        # inbox, after the answer. Seen here, that push can no longer reach a test's connection
+        # (same customer) opened meanwhile, which checks that nothing but its answers arrives.
+        await other.next_push("conv.state", conv=conv, state="waiting")
         return conv
     conv = run(body())
     yield tok, conv

@@ -145,6 +145,7 @@ def drill_gateways(spawn, rc, name, seeds=None, **opts):
     return [spawn.gateway(seeds, name=f"{name}a", **o), spawn.gateway(seeds, name=f"{name}b", **o)]
 
 
+@pytest.mark.long(13)
 def test_failover_drill_with_ack_replicas(spawn, tmp_path):
     """kill -9 the master holding the most keys while 1,500 msgs/s flow: its replica takes over,
     and the killed server, started again once it has, rejoins as the new master's replica. With ack_replicas=1
@@ -186,6 +187,7 @@ def test_failover_drill_with_ack_replicas(spawn, tmp_path):
         assert 1 <= g.proc.log_text().count("took over slots of") <= 2, g.proc.tail(40)
 
 
+@pytest.mark.long(15)
 def test_resharding_drill(spawn, tmp_path):
     """2,000 slots move from one master to another (redis-cli --cluster reshard) while 800
     msgs/s flow: the gateways follow MOVED and ASK; no request fails and nothing is lost."""
@@ -220,6 +222,7 @@ def test_resharding_drill(spawn, tmp_path):
 
 # ---- acknowledgements confirmed by replicas, on a stand-alone master ----
 
+@pytest.mark.long(14)
 def test_ack_replicas_on_standalone_master(spawn):
     """ack_replicas=1 with a stand-alone master and one replica: msg.send is acknowledged once
     the replica has it; with the replica stopped it is answered unavailable (stored, not

@@ -73,6 +73,7 @@ def test_haproxy_example_config_is_valid():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.long(57)
 def test_host_killed_and_rolling_restart_behind_haproxy(spawn, tmp_path):
     if not Path(HAPROXY).exists():
         pytest.skip("haproxy is not installed (scripts/deps.sh installs it)")
