@@ -62,47 +62,6 @@ json_t *kf_push_agent_monitor(const json_t *state);
  * returns the count. The strings stay owned by arr. */
 size_t kf_json_strings(const json_t *arr, const char **out, size_t max);
 
-/* ---- keys ---- */
-
-/* Agent state lives under one hash tag, {staff}: break ratios over every group an agent is in,
- * and an agent's capacity across all of its groups, are decided by one script. */
-#define KF_STAFF_PREFIX "kefu:{staff}:"
-#define KF_KEY_STAFF_CONFIG "kefu:{staff}:config"     /* hash: published worker configuration */
-#define KF_KEY_STAFF_AGENTS "kefu:{staff}:agents"     /* set: every registered agent */
-#define KF_KEY_STAFF_GROUPS "kefu:{staff}:groups"     /* set: every known group */
-#define KF_KEY_STAFF_BREAKS "kefu:{staff}:breaks"     /* zset: pending break request -> time */
-#define KF_KEY_STAFF_MONITORS "kefu:{staff}:monitors" /* zset: supervisor -> expiry (ms) */
-#define KF_KEY_STAFF_NOTRANSFER "kefu:{staff}:notransfer" /* hash: group -> wording */
-#define KF_KEY_STAFF_SUPERVISORS "kefu:{staff}:supervisors" /* zset: bot alert target -> seen ms */
-/* Agent record: name, groups, max, status, reason, since, pending, last_assigned, gone_since. */
-static inline void kf_key_staff_agent(char *k, const char *agent) {
-    snprintf(k, KF_KEY_MAX, KF_STAFF_PREFIX "agent:%s", agent);
-}
-/* Set of the conversations an agent holds: its load. */
-static inline void kf_key_staff_load(char *k, const char *agent) {
-    snprintf(k, KF_KEY_MAX, KF_STAFF_PREFIX "load:%s", agent);
-}
-/* SLA deadlines (member "<conv>|<kind>|<seq>|<step>|<deadline>|<due>", score = due ms), the
- * ones being fired (score = lease expiry) and the breach log. */
-#define KF_KEY_SLA_TIMERS "kefu:{sla}:timers"
-#define KF_KEY_SLA_FIRING "kefu:{sla}:firing"
-#define KF_KEY_SLA_BREACHES "kefu:{sla}:breaches"
-/* A conversation's record: one stream entry per state change (ev, by, ts, ...). */
-static inline void kf_key_conv_log(char *k, const char *conv) {
-    snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:log", conv);
-}
-/* Per group, beside its waiting queue: the assignment lock, its "run again" flag, and the
- * agent each re-queued conversation should not go back to. */
-static inline void kf_key_queue_lock(char *k, const char *group) {
-    snprintf(k, KF_KEY_MAX, "kefu:{q:%s}:lock", group);
-}
-static inline void kf_key_queue_dirty(char *k, const char *group) {
-    snprintf(k, KF_KEY_MAX, "kefu:{q:%s}:dirty", group);
-}
-static inline void kf_key_queue_exclude(char *k, const char *group) {
-    snprintf(k, KF_KEY_MAX, "kefu:{q:%s}:exclude", group);
-}
-
 typedef struct kf_redis kf_redis;
 typedef struct redisReply redisReply;
 
