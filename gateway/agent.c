@@ -506,6 +506,9 @@ static void on_rated(const redisReply *r, const char *err, void *priv) {
                               (json_int_t)rt->stars);
         if (rt->comment) json_object_set_new(p, "comment", json_string(rt->comment));
         gw_route_push(p, users, n, NULL);
+        char stars[8];
+        snprintf(stars, sizeof(stars), "%lld", rt->stars);
+        gw_lifecycle("rated", x->conv, x->c, "stars", stars, NULL, NULL); /* for the worker */
     }
     gw_ctx_free(x);
     kf_free(rt->comment);

@@ -189,6 +189,7 @@ static void handle(wk_job *j, const redisReply *kv) {
         const char *group = field(kv, "group");
         add_group(j, *group ? group : wk.opt.default_group);
         wk_sla_opened(j, conv, field(kv, "channel"), field(kv, "priority"), ts);
+        wk_patterns_opened(j, conv);
     } else if (!strcmp(e, "queued")) {
         /* queued again later (a bot handed it over): the first-response clock may start now */
         add_group(j, field(kv, "group"));
@@ -208,12 +209,16 @@ static void handle(wk_job *j, const redisReply *kv) {
             add_group(j, field(kv, "group"));
     } else if (!strcmp(e, "closed")) {
         wk_assign_forget(conv);
+        if (!strcmp(field(kv, "resolution"), "unresolved")) wk_patterns_unsatisfied(j, conv, "unresolved");
         if (*field(kv, "agent")) {
             char now[24];
             snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
             const char *argv[] = {"remove", field(kv, "agent"), conv, now};
             wk_staff_script("agent_load", on_closed_released, wk_job_ref(j), 4, argv);
         }
+    } else if (!strcmp(e, "rated")) {
+        long long stars = atoll(field(kv, "stars"));
+        if (stars >= 1 && stars <= 2) wk_patterns_unsatisfied(j, conv, "rated 2 or less");
     } else if (!strcmp(e, "agent")) {
         if (!strcmp(field(kv, "status"), "available")) wk_assign_kick_list(field(kv, "groups"));
     }

@@ -44,6 +44,8 @@ void wk_metrics_render(struct evbuffer *o) {
     counter(o, "kefu_worker_sla_timers_stale_total", "SLA deadlines of an earlier assignment or a closed conversation.", s->timers_stale);
     counter(o, "kefu_worker_sla_timers_reclaimed_total", "SLA deadlines fired again after the worker holding them died.", s->timers_reclaimed);
     counter(o, "kefu_worker_sla_breaches_total", "SLA breaches recorded.", s->breaches);
+    counter(o, "kefu_worker_pattern_alerts_total",
+            "Repeat and trend alerts sent to monitoring supervisors.", s->pattern_alerts);
     help(o, "kefu_worker_sla_fire_delay_seconds", "histogram", "How long after it was due an SLA deadline fired.");
     uint64_t cum = 0;
     for (int k = 0; k < WK_LATE_BUCKETS; k++) {

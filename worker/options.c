@@ -18,6 +18,7 @@ KF_SHARED_OPTION_CHECK(wk_options);
 #define SLA "Deadlines (SLA)"
 #define CLOSE "Closing and monitoring"
 #define HTTP "Health and metrics"
+#define PATTERNS "Patterns across conversations"
 
 const kf_option wk_option_table[] = {
     KF_SHARED_OPTION_REDIS(wk_options, REDIS),
@@ -63,6 +64,11 @@ const kf_option wk_option_table[] = {
     {"rate_window_ms", KF_OPT_INT, O(rate_window_ms), "86400000", 1000, BIG, 1, "how long after closing a customer may rate.", CLOSE},
     {"survey", KF_OPT_BOOL, O(survey), "yes", 0, 0, 1, "send `survey.request` to the customer on close.", CLOSE},
     {"monitor_ttl_ms", KF_OPT_INT, O(monitor_ttl_ms), "600000", 1000, BIG, 1, "a `monitor.subscribe` lasts this long.", CLOSE},
+
+    {"repeat_threshold", KF_OPT_INT, O(repeat_threshold), "3", 0, 1000, 1, "alert monitoring supervisors (`alert` kind `repeat`) when one customer's conversations about the same category or topic ended unsatisfied (closed `unresolved`, or rated 2 stars or less) this many times within `repeat_window_ms`; 0 = off.", PATTERNS},
+    {"repeat_window_ms", KF_OPT_INT, O(repeat_window_ms), "604800000", 60000, BIG, 1, "the window of `repeat_threshold` (default 7 days); one alert per customer and category or topic within it.", PATTERNS},
+    {"trend_threshold", KF_OPT_INT, O(trend_threshold), "5", 0, 100000, 1, "alert monitoring supervisors (`alert` kind `trend`) when this many different customers opened conversations on the same topic (compared without case and extra spaces) within `trend_window_ms`; 0 = off.", PATTERNS},
+    {"trend_window_ms", KF_OPT_INT, O(trend_window_ms), "600000", 1000, BIG, 1, "the window of `trend_threshold` (default 10 minutes); one alert per topic within it.", PATTERNS},
 
     {"http_bind", KF_OPT_STR, O(http_bind), "127.0.0.1", 0, 0, 0, "address of the `/healthz`, `/readyz` and `/metrics` listener (`0.0.0.0` where a prober on another host, e.g. the kubelet, must reach it).", HTTP},
     {"http_port", KF_OPT_INT, O(http_port), "9091", 0, 65535, 0, "port of that listener; 0 = none (and `--wait-ready` cannot work). A port in use stops the worker at start (exit status 2).", HTTP},

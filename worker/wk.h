@@ -56,6 +56,11 @@ typedef struct wk_options {
     long long rate_window_ms;
     long long survey;
     long long monitor_ttl_ms;
+    /* patterns across conversations */
+    long long repeat_threshold;
+    long long repeat_window_ms;
+    long long trend_threshold;
+    long long trend_window_ms;
     long long stats_interval_s;
     /* health, readiness and metrics over HTTP (http.c) */
     char *http_bind;
@@ -78,6 +83,7 @@ typedef struct wk_stats {
     uint64_t timers_fired, timers_cancelled, timers_stale, timers_reclaimed, breaches;
     uint64_t reassigned, positions_pushed;
     uint64_t agents_offline;
+    uint64_t pattern_alerts;  /* repeat and trend alerts (patterns.c) */
     uint64_t monitor_pushes;  /* pushes to monitoring supervisors (any list) */
     uint64_t monitor_dropped; /* pushes dropped because the supervisors' list could not be read */
     int64_t timer_late_max_ms; /* largest firing delay after the deadline since the last report */
@@ -130,6 +136,10 @@ void wk_push(json_t *payload, const char *const *users, size_t n);
  * from a {staff} script), or when NULL those subscribed when the push is made (the list is read
  * after this call, so nobody whose subscription was answered before is skipped). */
 void wk_push_monitors(json_t *payload, const json_t *monitors);
+
+/* patterns.c: repeat and trend alerts, fed by lifecycle events */
+void wk_patterns_unsatisfied(wk_job *j, const char *conv, const char *why);
+void wk_patterns_opened(wk_job *j, const char *conv);
 /** Publishes the business configuration to kefu:{staff}:config. */
 void wk_config_publish(void);
 /** The last publication of the configuration succeeded (0 before the first answer). */

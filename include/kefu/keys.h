@@ -38,6 +38,18 @@ static inline void kf_key_user_nodes(char *k, const char *user) {
 static inline void kf_key_user_cached(char *k, const char *user) {
     snprintf(k, KF_KEY_MAX, "kefu:{u:%s}:cachedby", user);
 }
+/* Patterns that concern supervisors (worker/patterns.c; pattern_count.lua): a customer's
+ * unsatisfying conversations about one category or topic (kind "c" or "t", and the value's
+ * kf_hash_str), conversation -> time; and a topic's customers, customer -> time. Each with the
+ * flag of its last alert. */
+static inline void kf_key_user_unsat(char *k, const char *user, const char *kind,
+                                     unsigned long long h, int alerted) {
+    snprintf(k, KF_KEY_MAX, "kefu:{u:%s}:unsat%s:%s:%016llx", user, alerted ? "-alerted" : "",
+             kind, h);
+}
+static inline void kf_key_trend(char *k, unsigned long long topic_hash, int alerted) {
+    snprintf(k, KF_KEY_MAX, "kefu:{trend:%016llx}:%s", topic_hash, alerted ? "alerted" : "customers");
+}
 /* A node's inbox stream. */
 static inline void kf_key_node_inbox(char *k, const char *node) {
     snprintf(k, KF_KEY_MAX, "kefu:{n:%s}:inbox", node);
