@@ -128,6 +128,18 @@ struct meta_read {
     int opened; /* 1: trend (opened), 0: repeat (unsatisfied) */
 };
 
+/* One more unsatisfying conversation of customer about this category or topic. */
+static void count_repeat(struct meta_read *m, const char *customer, const char *what,
+                         const char *value) {
+    char key[KF_KEY_MAX], flag[KF_KEY_MAX];
+    const char *kind = what[0] == 'c' ? "c" : "t";
+    unsigned long long h = kf_hash_str(value);
+    kf_key_user_unsat(key, customer, kind, h, 0);
+    kf_key_user_unsat(flag, customer, kind, h, 1);
+    count(m->j, m->conv, "repeat", what, value, customer, m->conv, key, flag,
+          wk.opt.repeat_window_ms, wk.opt.repeat_threshold);
+}
+
 static void on_meta(const redisReply *r, const char *err, void *priv) {
     struct meta_read *m = priv;
     int failed = err || r->type != REDIS_REPLY_ARRAY || r->elements != 3;
@@ -146,20 +158,8 @@ static void on_meta(const redisReply *r, const char *err, void *priv) {
                       wk.opt.trend_window_ms, wk.opt.trend_threshold);
             }
         } else if (*customer && strlen(customer) <= KF_SUB_MAX) {
-            if (*category) {
-                unsigned long long h = kf_hash_str(category);
-                kf_key_user_unsat(key, customer, "c", h, 0);
-                kf_key_user_unsat(flag, customer, "c", h, 1);
-                count(m->j, m->conv, "repeat", "category", category, customer, m->conv, key, flag,
-                      wk.opt.repeat_window_ms, wk.opt.repeat_threshold);
-            }
-            if (*norm) {
-                unsigned long long h = kf_hash_str(norm);
-                kf_key_user_unsat(key, customer, "t", h, 0);
-                kf_key_user_unsat(flag, customer, "t", h, 1);
-                count(m->j, m->conv, "repeat", "topic", norm, customer, m->conv, key, flag,
-                      wk.opt.repeat_window_ms, wk.opt.repeat_threshold);
-            }
+            if (*category) count_repeat(m, customer, "category", category);
+            if (*norm) count_repeat(m, customer, "topic", norm);
         }
     }
     wk_job_unref(m->j, failed);
