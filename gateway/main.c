@@ -30,7 +30,8 @@ static void on_sig(int sig) {
 
 static int g_argc;
 static char **g_argv;
-static sigset_t run_mask; /* the mask the master started with: children get it back */
+static sigset_t run_mask; /* the mask the master started with, the four signals it handles
+                           * unblocked: its wait and its children use it */
 
 static pid_t spawn(int index, const gw_options *opt, const char *config_file) {
     pid_t master = getpid();
@@ -128,6 +129,12 @@ int main(int argc, char **argv) {
     sigaddset(&block, SIGHUP);
     sigaddset(&block, SIGCHLD);
     sigprocmask(SIG_BLOCK, &block, &run_mask);
+    /* the wait, and the children, take these four unblocked even when whoever started the
+     * master had blocked them (a SIGTERM would otherwise wait for systemd's SIGKILL) */
+    sigdelset(&run_mask, SIGTERM);
+    sigdelset(&run_mask, SIGINT);
+    sigdelset(&run_mask, SIGHUP);
+    sigdelset(&run_mask, SIGCHLD);
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_sig;

@@ -918,7 +918,9 @@ static int load_secrets(void) {
     gw->secrets = NULL;
     gw->nsecrets = 0;
     const char *list = gw->opt.jwt_secrets && *gw->opt.jwt_secrets ? gw->opt.jwt_secrets : "";
-    if (!*list && gw->opt.dev_secret) { /* without it the master refused to start */
+    /* at start only (without it the master refused to start): a reload that leaves no
+     * secret keeps the running list below, never switches to the public one */
+    if (!*list && gw->opt.dev_secret && !old) {
         kf_warn("no jwt_secrets configured: using the built-in development secret; "
                 "never do this in production");
         list = "kefu-dev-secret-change-me";

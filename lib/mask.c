@@ -83,6 +83,8 @@ typedef struct {
     size_t n;              /* digits, in d; an ID number's final X counts as one */
     char d[GROUP_MAX + 1];
     int plus, x;
+    int groups;            /* digit runs joined */
+    int thousands;         /* 1..3 digits, then only groups of exactly 3: an amount */
 } number;
 
 static void scan_number(const unsigned char *s, number *nb) {
@@ -99,14 +101,21 @@ static void scan_number(const unsigned char *s, number *nb) {
         run = i - start;
         if (!nb->first) nb->first = i;
         nb->end = i;
+        nb->groups++;
+        if (nb->groups == 1)
+            nb->thousands = !nb->plus && run <= 3;
+        else if (run != 3)
+            nb->thousands = 0;
         prev = run;
         if ((s[i] != ' ' && s[i] != '-') || !is_digit(s[i + 1])) break;
         size_t next = 0;
         while (is_digit(s[i + 1 + next])) next++;
         int short_code = nb->plus && nb->end == nb->first && prev <= 3;
-        if (next < 3 || (prev < 3 && !short_code)) break;
+        /* a whole number already (a phone number, then a date) is not continued */
+        if (next < 3 || (prev < 3 && !short_code) || prev >= PHONE_MIN) break;
         i++;
     }
+    if (nb->groups < 2) nb->thousands = 0;
     /* the check character of an 18-character ID number */
     if (nb->n == 17 && (s[nb->end] == 'X' || s[nb->end] == 'x') && !is_alnum(s[nb->end + 1])) {
         nb->d[nb->n++] = (char)s[nb->end];
@@ -133,7 +142,7 @@ static int luhn_ok(const char *d, size_t n) {
 static size_t put_number(outbuf *o, const unsigned char *s) {
     number nb;
     scan_number(s, &nb);
-    if (nb.n <= GROUP_MAX) {
+    if (nb.n <= GROUP_MAX && !nb.thousands) {
         size_t keep = 0;
         if (nb.n == 18 && !nb.plus)
             keep = 3; /* ID number */

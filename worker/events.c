@@ -248,7 +248,9 @@ static void create_group(void) {
 static void on_events(const redisReply *r, const char *err, void *priv) {
     int own = priv != NULL;
     ev.reading = 0;
-    if (wk.stopping) return;
+    /* a read answered during the drain is left pending: this consumer after its restart, or
+     * another worker after claim_idle_ms, handles it (nothing new starts while draining) */
+    if (wk.stopping || wk.draining) return;
     if (err || r->type == REDIS_REPLY_ERROR) {
         ev.group_ok = 0;
         if (!err && strstr(r->str, "NOGROUP")) create_group();
@@ -290,7 +292,7 @@ static void read_events(void) {
 static void on_claimed(const redisReply *r, const char *err, void *priv) {
     (void)priv;
     ev.claiming = 0;
-    if (wk.stopping || err || r->type != REDIS_REPLY_ARRAY || r->elements < 2) {
+    if (wk.stopping || wk.draining || err || r->type != REDIS_REPLY_ARRAY || r->elements < 2) {
         if (!err && r && r->type == REDIS_REPLY_ERROR && strstr(r->str, "NOGROUP")) create_group();
         return;
     }

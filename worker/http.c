@@ -158,9 +158,13 @@ static int probe(const char *host, int port, char *why, size_t whylen) {
     struct timeval tv = {1, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    char req[128];
+    char req[512];
     int n = snprintf(req, sizeof(req),
                      "GET /readyz HTTP/1.0\r\nHost: %s\r\nConnection: close\r\n\r\n", host);
+    if (n < 0 || (size_t)n >= sizeof(req)) { /* a host name longer than HTTP wants */
+        snprintf(why, whylen, "http_bind '%.64s...' is too long", host);
+        goto out;
+    }
     if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
         snprintf(why, whylen, "sending the request: %s", strerror(errno));
         goto out;

@@ -33,11 +33,12 @@ struct pcount {
 };
 
 /* A topic as compared: ASCII letters in lower case, runs of white space as one space, no
- * leading or trailing space, at most TOPIC_MAX bytes (cut at a character boundary). */
+ * leading or trailing space, at most TOPIC_MAX bytes (a cut drops a character it splits). */
 static void topic_norm(const char *in, char *out) {
     size_t n = 0;
     int space = 0;
-    for (const unsigned char *p = (const unsigned char *)in; *p && n < TOPIC_MAX; p++) {
+    const unsigned char *p = (const unsigned char *)in;
+    for (; *p && n < TOPIC_MAX; p++) {
         if (isspace(*p)) {
             space = n > 0;
             continue;
@@ -46,8 +47,16 @@ static void topic_norm(const char *in, char *out) {
         space = 0;
         out[n++] = (char)(*p < 0x80 ? tolower(*p) : *p);
     }
-    while (n > 0 && ((unsigned char)out[n - 1] & 0xC0) == 0x80) n--; /* continuation bytes */
-    if (n > 0 && (unsigned char)out[n - 1] >= 0xC0) n--;               /* and their lead */
+    if (*p) { /* cut: drop a last character without all its bytes */
+        size_t i = n;
+        while (i > 0 && ((unsigned char)out[i - 1] & 0xC0) == 0x80) i--;
+        if (i > 0 && (unsigned char)out[i - 1] >= 0xC0) {
+            unsigned char lead = (unsigned char)out[i - 1];
+            size_t want = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+            if (n - (i - 1) < want) n = i - 1;
+        }
+        while (n > 0 && out[n - 1] == ' ') n--;
+    }
     out[n] = '\0';
 }
 
@@ -87,7 +96,8 @@ static void on_counted(const redisReply *r, const char *err, void *priv) {
             json_object_set_new(alert, "convs", convs);
         }
         wk.stats.pattern_alerts++;
-        kf_info("alert %s: %s (conversation %s)", pc->kind, reason, pc->conv);
+        /* topics are customers' words: the log names the pattern, not the topic */
+        kf_info("alert %s: %lld (%s) around conversation %s", pc->kind, n, pc->what, pc->conv);
         wk_push_monitors(alert, NULL);
         char log[KF_KEY_MAX], now[24];
         kf_key_conv_log(log, pc->conv);
@@ -102,7 +112,7 @@ static void on_counted(const redisReply *r, const char *err, void *priv) {
 
 static void count(wk_job *j, const char *conv, const char *kind, const char *what,
                   const char *value, const char *customer, const char *member, const char *key,
-                  const char *flag, long long window_ms, long long threshold) {
+                  const char *flag, long long window_ms, long long threshold, const char *mode) {
     struct pcount *pc = kf_calloc(1, sizeof(*pc));
     pc->j = wk_job_ref(j);
     snprintf(pc->conv, sizeof(pc->conv), "%s", conv);
@@ -115,8 +125,8 @@ static void count(wk_job *j, const char *conv, const char *kind, const char *wha
     snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
     snprintf(win, sizeof(win), "%lld", window_ms);
     snprintf(thr, sizeof(thr), "%lld", threshold);
-    const char *argv[] = {key, flag, member, now, win, thr};
-    kf_redis_script(wk.redis, kf_redis_slot(wk.redis, key), "pattern_count", on_counted, pc, 2, 6,
+    const char *argv[] = {key, flag, member, now, win, thr, mode};
+    kf_redis_script(wk.redis, kf_redis_slot(wk.redis, key), "pattern_count", on_counted, pc, 2, 7,
                     argv, NULL);
 }
 
@@ -137,7 +147,7 @@ static void count_repeat(struct meta_read *m, const char *customer, const char *
     kf_key_user_unsat(key, customer, kind, h, 0);
     kf_key_user_unsat(flag, customer, kind, h, 1);
     count(m->j, m->conv, "repeat", what, value, customer, m->conv, key, flag,
-          wk.opt.repeat_window_ms, wk.opt.repeat_threshold);
+          wk.opt.repeat_window_ms, wk.opt.repeat_threshold, "NX");
 }
 
 static void on_meta(const redisReply *r, const char *err, void *priv) {
@@ -155,7 +165,7 @@ static void on_meta(const redisReply *r, const char *err, void *priv) {
                 kf_key_trend(key, h, 0);
                 kf_key_trend(flag, h, 1);
                 count(m->j, m->conv, "trend", "topic", norm, customer, customer, key, flag,
-                      wk.opt.trend_window_ms, wk.opt.trend_threshold);
+                      wk.opt.trend_window_ms, wk.opt.trend_threshold, "GT");
             }
         } else if (*customer && strlen(customer) <= KF_SUB_MAX) {
             if (*category) count_repeat(m, customer, "category", category);

@@ -17,7 +17,9 @@
  *   (john@example.com -> j***@example.com); an address wins over a phone number in its local
  *   part (13812345678@qq.com -> 1***@qq.com).
  * Groups join over one space or '-' only when both sides have 3 digits or more (a country code
- * after '+' may be shorter), so dates and times stay readable. Bytes >= 0x80 are copied
+ * after '+' may be shorter) and the first is not a whole number already (7 digits or more), so
+ * dates and times stay readable, and a number followed by a date stays apart; amounts written
+ * in thousands (1 250 000) stay too. Bytes >= 0x80 are copied
  * untouched; a truncated result of valid UTF-8 never ends in a partial sequence.
  * Returns the length written. */
 size_t kf_mask_pii(char *dst, size_t dstlen, const char *src);

@@ -1,6 +1,7 @@
 -- Closes a conversation: its assigned agent, a supervisor/admin, or its customer (who ends the
 -- chat: a waiting one leaves the queue). A customer's close gets the resolution `abandoned`
--- when no agent had the conversation, `customer_closed` when one had.
+-- when no agent has the conversation at that moment (waiting, also after a transfer back to a
+-- queue, or with the bot), `customer_closed` when one has (assigned).
 -- KEYS[1] conversation meta hash, KEYS[2] (optional) its record stream (derived from KEYS[1]
 --         when absent: same hash tag, same slot)
 -- ARGV: user, role, resolution, now (ms), category ('' = none)

@@ -436,3 +436,22 @@ def test_bots_off_by_default(cluster):
     if not H.EXTERNAL:
         m = cluster.n1.metrics()
         assert m.has("kefu_bot_runs_total") and m.get("kefu_bot_runs_total") == 0
+
+
+def test_customer_ends_the_chat_with_the_bot(bots, cluster):
+    """A customer may end a conversation the bot still holds: closed as `abandoned` (no agent
+    had it), no survey, and the bot does not answer in it any more."""
+    async def body():
+        cust = await connect(bots[0], "customer", "json")
+        conv, _ = await open_bot(cust)
+        await bot_reply(cust, conv)
+        r = await cust.ok("conv.close", conv=conv)
+        assert r["state"] == "closed", r
+        assert meta_field(cluster, conv, "state") == "closed"
+        assert meta_field(cluster, conv, "resolution") == "abandoned"
+        assert meta_field(cluster, conv, "closed_by") == cust.user
+        await cust.no_push("survey.request", within=0.5, conv=conv)
+        await cust.err("conflict", "msg.send", conv=conv, text="还在吗", cid=new_id("c"))
+        await no_bot_reply(cust, conv)
+        await cust.err("conflict", "conv.rate", conv=conv, stars=1)
+    run(body())

@@ -117,6 +117,8 @@ def test_customer_leaves_the_queue(spawn):
         assert len(closed) == 1 and closed[0]["by"] == cust.user, closed
         assert closed[0]["resolution"] == "abandoned"
         await cust.no_push("survey.request", within=0.8, conv=conv)
+        f = await cust.err("conflict", "conv.rate", conv=conv, stars=1)   # nobody served them
+        assert "before an agent took it" in f["message"], f
         await cust.err("conflict", "conv.close", conv=conv)
         assert conv not in [e["conv"] for e in (await cust.ok("conv.list"))["convs"]]
     run(body())

@@ -4,6 +4,8 @@ unresolved, or rated 2 or less) repeat_threshold times, and trend_threshold cust
 conversations on the same topic; each raises one `alert` per window to monitoring supervisors
 and enters the conversation's record."""
 
+import asyncio
+
 from kefu_client import connect, run
 from worker_helpers import agent_on, open_waiting, record, wcluster
 
@@ -65,4 +67,27 @@ def test_trend_of_customers_on_one_topic_alerts(spawn):
         a = await sup.next_push("alert", kind="trend", timeout=5)
         assert (a["topic"], a["count"], a["conv"]) == ("wifi down", 3, conv), a
         assert any(e["ev"] == "alert" and e["kind"] == "trend" for e in record(wc, conv))
+    run(body(), timeout=60)
+
+
+def test_trend_compares_whole_topics_and_counts_customers_back_after_the_window(spawn):
+    """Chinese topics count as themselves (退款 is not 退货), and a customer whose earlier
+    conversation left the window counts again when they come back, while other customers keep
+    the topic's count alive."""
+    wc = wcluster(spawn, workers=1, trend_threshold=3, trend_window_ms=1500,
+                  repeat_threshold=0)
+
+    async def body():
+        sup = await connect(wc.n1, "supervisor", "json")
+        await sup.ok("monitor.subscribe")
+        a, b, c, d = [await connect(wc.n2, "customer", "json") for _ in range(4)]
+        await open_waiting(a, topic="退款")
+        await open_waiting(b, topic="退货")   # another topic: 退货 is not 退款
+        await asyncio.sleep(0.9)
+        await open_waiting(d, topic="退款")   # 2 customers: no alert yet
+        await sup.no_push("alert", within=0.8, kind="trend")
+        await open_waiting(a, topic="退款 ")  # a is back, after its first one left the window
+        conv = await open_waiting(c, topic="退款")
+        f = await sup.next_push("alert", kind="trend", timeout=5)
+        assert (f["topic"], f["count"], f["conv"]) == ("退款", 3, conv), f
     run(body(), timeout=60)

@@ -61,6 +61,9 @@ static void test_not_phone(void **state) {
     check("order 2026 item 42", "order 2026 item 42");
     check("2026-11-29 13:45", "2026-11-29 13:45"); /* a date: groups of 2 are not joined */
     check("12-345-678", "12-345-678");             /* nor after a short first group */
+    check("100 000 000 yuan", "100 000 000 yuan");  /* thousands: an amount */
+    check("1 250 000", "1 250 000");
+    check("13812345678 2026-11-29", "138****5678 2026-11-29"); /* a number, then a date */
     check("1234 5678 9012 3456 7890 1234 5678", "1234 5678 9012 3456 7890 1234 5678");
     check("+", "+");
     check("+12", "+12");
