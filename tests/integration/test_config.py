@@ -156,3 +156,23 @@ def test_secret_kept_when_a_reload_leaves_none(spawn, cluster, tmp_path):
         await rejected(g, DEV_SECRET)
     run(body())
     assert "development secret" not in g.proc.log_text()
+
+
+def test_reload_never_falls_back_to_the_development_secret(spawn, cluster, tmp_path):
+    """With dev_secret on and a real secret configured, a reload whose file lost the secret
+    keeps it too: the public development secret is for a start without any secret only."""
+    cfg = tmp_path / "gateway.conf"
+    cfg.write_text(f"jwt_secrets = {H.SECRETS[0]}\n")
+    g = spawn.gateway(cluster.shards, name="devkeep", jwt_secrets=None, config=cfg,
+                      extra_args=["--dev-secret"])
+
+    async def body():
+        await connect(g, "customer", "json")
+        await rejected(g, DEV_SECRET)
+        cfg.write_text("# the secret was removed by mistake\n")
+        g.proc.send_signal(signal.SIGHUP)
+        H.wait_until(lambda: "jwt_secrets holds no secret; keeping the previous 1" in
+                     g.proc.log_text(), what="the reload keeping the secret")
+        await connect(g, "customer", "json")
+        await rejected(g, DEV_SECRET)
+    run(body())
