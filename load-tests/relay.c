@@ -35,6 +35,7 @@ typedef struct rdir {
     uint32_t sent, acked, failed;
     uint32_t max_seen;      /* highest seq delivered + 1 */
     uint8_t *acked_bits, *seen_bits;
+    kl_sid *ids;            /* per seq: the id its acknowledgement gave (to name the lost) */
 } rdir;
 
 typedef struct pair {
@@ -56,6 +57,7 @@ typedef struct relay_state {
     uint64_t k_next, k_total;
     uint32_t seq_cap;
     uint64_t sent, acked, failed, delivered, healed, abandoned;
+    uint64_t awaited;       /* acknowledged messages not seen yet at the other end */
     int64_t t0;
     struct event *tick, *reconnect_tick;
     char prefix[40];        /* "<run>.<worker>." */
@@ -145,6 +147,10 @@ static int64_t sched_of(const relay_state *s, uint64_t k) {
 
 static uint64_t k_of(const relay_state *s, uint32_t pair_index, int dir, uint32_t seq) {
     return ((uint64_t)seq * s->ndirs + (uint64_t)dir) * s->n + pair_index;
+}
+
+static int bit_test(const uint8_t *bits, uint32_t i) {
+    return (bits[i >> 3] >> (i & 7)) & 1;
 }
 
 static int bit_test_set(uint8_t *bits, uint32_t i) {
@@ -245,6 +251,7 @@ static void on_history_page(kl_worker *w, relay_state *s, pair *p, int side, con
         if (!bit_test_set(d->seen_bits, seq)) {
             kl_count(w, KC_healed, 1);
             s->healed++;
+            if (bit_test(d->acked_bits, seq)) s->awaited--;
         }
     }
     if (v->more == 1 || ch->again) {
@@ -267,9 +274,13 @@ static void on_ack(kl_worker *w, relay_state *s, pair *p, int dir, const kl_view
     if (bit_test_set(d->acked_bits, seq)) return; /* answered twice: ignore */
     if (is_ok) {
         /* the sender's own message is part of its chain too */
-        if (v->id.p) chain_see(w, p, dir, v->id, v->prev);
+        if (v->id.p) {
+            chain_see(w, p, dir, v->id, v->prev);
+            kl_sid_parse(v->id, &d->ids[seq]);
+        }
         d->acked++;
         s->acked++;
+        if (!bit_test(d->seen_bits, seq)) s->awaited++;
         kl_count(w, KC_acked, 1);
         kl_record(w, KH_ack, kl_now_ns() - sched_of(s, k_of(s, p->index, dir, seq)));
         if (v->dup == 1) kl_count(w, KC_server_dups, 1);
@@ -329,6 +340,7 @@ static void on_delivery(kl_worker *w, relay_state *s, kl_client *c, const kl_vie
         return;
     }
     s->delivered++;
+    if (bit_test(d->acked_bits, seq)) s->awaited--;
     kl_count(w, KC_delivered, 1);
     if (seq + 1 < d->max_seen) kl_count(w, KC_out_of_order, 1);
     else d->max_seen = seq + 1;
@@ -413,6 +425,7 @@ static int relay_setup(kl_worker *w) {
         for (uint32_t d = 0; d < s->ndirs; d++) {
             p->d[d].acked_bits = kf_calloc(bytes, 1);
             p->d[d].seen_bits = kf_calloc(bytes, 1);
+            p->d[d].ids = kf_calloc(s->seq_cap, sizeof(kl_sid));
         }
         p->cust.owner = p->agent.owner = p;
         p->cust.index = p->agent.index = i;
@@ -502,8 +515,11 @@ static int relay_run_over(kl_worker *w, int64_t now) {
 static int relay_drained(kl_worker *w) {
     relay_state *s = w->sc;
     if (s->acked + s->failed < s->sent) return 0;
-    /* every acknowledged message seen, live or healed, and nobody still reconnecting */
-    if (s->delivered + s->healed < s->acked) return 0;
+    /* every acknowledged message seen, live or healed, and nobody still reconnecting. Counted
+     * message by message: the sums of delivered and healed cannot stand in for it, since they
+     * include messages answered with an error that were stored all the same (unreplicated),
+     * which would let the run end while acknowledged ones are still on their way. */
+    if (s->awaited) return 0;
     for (uint32_t i = 0; i < s->n; i++)
         if (s->p[i].down || s->p[i].ch[0].fetching || s->p[i].ch[1].fetching) return 0;
     return 1;
@@ -519,8 +535,15 @@ static void relay_finish(kl_worker *w) {
         for (uint32_t dd = 0; dd < s->ndirs; dd++) {
             rdir *d = &p->d[dd];
             for (uint32_t q = 0; q < s->seq_cap; q++) {
-                int a = (d->acked_bits[q >> 3] >> (q & 7)) & 1, seen = (d->seen_bits[q >> 3] >> (q & 7)) & 1;
-                if (a && !seen) lost++;
+                if (bit_test(d->acked_bits, q) && !bit_test(d->seen_bits, q) && lost++ < 20) {
+                    /* named, so that a failing drill can look them up in the stream */
+                    const chain *ch = &p->ch[1 - dd];
+                    fprintf(stderr, "kefu-load: never seen: conv %s %s%u.%u.%u id %llu-%llu; the %s "
+                            "holds up to %s%s\n", p->conv, s->prefix, i, dd, q,
+                            (unsigned long long)d->ids[q].ms, (unsigned long long)d->ids[q].seq,
+                            dd ? "customer" : "agent", ch->last_str[0] ? ch->last_str : "nothing",
+                            ch->fetching ? " (a history call in flight)" : "");
+                }
             }
             if (d->sent > d->acked + d->failed) unacked += d->sent - d->acked - d->failed;
         }
@@ -541,6 +564,7 @@ static void relay_free(kl_worker *w) {
         for (int d = 0; d < 2; d++) {
             kf_free(s->p[i].d[d].acked_bits);
             kf_free(s->p[i].d[d].seen_bits);
+            kf_free(s->p[i].d[d].ids);
         }
     }
     if (s->tick) event_free(s->tick);
