@@ -166,7 +166,7 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
     sb_printf(&b, "# HELP kefu_redis_kept Follow-up writes of answered requests (lifecycle events for the worker, transferred conversations' queue entries) waiting for their Redis server, tried again every 500 ms.\n# TYPE kefu_redis_kept gauge\n");
     EACH sb_printf(&b, "kefu_redis_kept{" P("") "} %lld\n", i, (long long)all[i].redis_kept);
     COUNTER("kefu_redis_kept_dropped_total", "Follow-up writes dropped because 100000 were already waiting.", redis_kept_dropped);
-    COUNTER("kefu_redis_unreplicated_total", "Messages stored but not confirmed by ack_replicas replicas within ack_timeout_ms (answered unavailable).", redis_unreplicated);
+    COUNTER("kefu_redis_unreplicated_total", "WAITs (one per server and loop iteration, covering every msg.send batch sent there) whose replicas did not confirm within ack_timeout_ms; their messages are stored and were answered unavailable.", redis_unreplicated);
     sb_printf(&b, "# HELP kefu_redis_command_seconds Redis command round-trip time.\n# TYPE kefu_redis_command_seconds histogram\n");
     uint64_t cum = 0, cnt = 0, sumus = 0;
     EACH cnt += all[i].redis_commands, sumus += all[i].redis_latency_us_sum;
