@@ -206,6 +206,7 @@ static void flag_name(const kf_option *o, char *buf, size_t len) {
         if (*p == '_') *p = '-';
 }
 
+/* --help: every option by section, with its range, default and reload behaviour. */
 static void usage(const kf_option *opts, const char *prog, const char *more) {
     printf("usage: %s [--config FILE] [--option value ...]\n"
            "       %s --dump-config markdown|example\n%s\n"
@@ -302,10 +303,6 @@ static void dump_markdown(const kf_option *opts, const kf_config_info *info, FIL
                 *d ? d : "empty", *d ? "`" : "", o->reloadable ? "yes" : "no", o->doc,
                 *range ? " " : "", range);
     }
-}
-
-void kf_config_usage(const kf_option *opts, const char *prog) {
-    usage(opts, prog, NULL);
 }
 
 int kf_config_dump(const kf_option *opts, const kf_config_info *info, const char *format, FILE *out) {

@@ -73,9 +73,6 @@ int kf_config_load(const kf_option *opts, void *cfg, const char *file, int argc,
 /** Frees the strings of cfg. */
 void kf_config_free(const kf_option *opts, void *cfg);
 
-/** Prints every option with its default and doc (for --help). */
-void kf_config_usage(const kf_option *opts, const char *prog);
-
 /** Prints the table as `format`: "markdown" (the tables of docs/operations.md, one per section)
  * or "example" (a configuration file with every option commented out at its default). Returns
  * 0, or -1 for an unknown format. */

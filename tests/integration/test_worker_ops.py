@@ -158,16 +158,26 @@ def test_metrics_move_with_an_assignment(spawn):
         assert after[name] == 0, name
 
 
-def test_readyz_503_while_draining(spawn):
-    """SIGTERM: no new work, the commands already sent are answered, then exit; /readyz says
-    503 stopping meanwhile. Redis is frozen so that the drain has something to wait for."""
+def worker_on_frozen_redis(spawn):
+    """A worker whose Redis is frozen (SIGSTOP; the caller sends SIGCONT) once a command of
+    it waits there (the SLA poll, every 20 ms): a drain then has something to wait for."""
     r = spawn.redis()
     w = spawn.worker([r])
     r.send_signal(signal.SIGSTOP)
     try:
-        # the SLA poll (every 20 ms) now waits for its answer
         wait_for(lambda: metrics(w)['kefu_worker_redis_pending{client="commands"}'] > 0, 5,
                  "a command waiting for the frozen Redis")
+    except BaseException:
+        r.send_signal(signal.SIGCONT)
+        raise
+    return r, w
+
+
+def test_readyz_503_while_draining(spawn):
+    """SIGTERM: no new work, the commands already sent are answered, then exit; /readyz says
+    503 stopping meanwhile. Redis is frozen so that the drain has something to wait for."""
+    r, w = worker_on_frozen_redis(spawn)
+    try:
         w.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: w.http("/readyz")[:2] == (503, "stopping\n"), 2, "503 stopping")
         assert w.http("/healthz")[0] == 200
@@ -180,12 +190,8 @@ def test_readyz_503_while_draining(spawn):
 
 
 def test_drain_bound_when_redis_never_answers(spawn):
-    r = spawn.redis()
-    w = spawn.worker([r])
-    r.send_signal(signal.SIGSTOP)
+    r, w = worker_on_frozen_redis(spawn)
     try:
-        wait_for(lambda: metrics(w)['kefu_worker_redis_pending{client="commands"}'] > 0, 5,
-                 "a command waiting for the frozen Redis")
         t0 = time.monotonic()
         w.proc.send_signal(signal.SIGTERM)
         assert w.proc.wait(5) == 0, w.proc.tail()
