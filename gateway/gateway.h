@@ -46,7 +46,7 @@ typedef struct gw_options {
     long long inbox_batch;
     long long presence_ttl_ms;
     long long presence_cache_ms;
-    long long cid_ttl_s;
+    long long cid_window;
     long long redis_timeout_ms;
     long long ack_replicas, ack_timeout_ms;
     long long drain_timeout_ms;

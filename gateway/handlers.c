@@ -519,26 +519,40 @@ static void on_batch_stored(const redisReply *r, const char *err, void *priv) {
     kf_free(sm);
 }
 
+/* The longest entry of a sender's cid window (msg_send.lua): "\n", 16 hex digits, " ", and a
+ * stream id of a 13-digit millisecond time, "-" and a sequence below 10^7 in one millisecond. */
+#define CID_WINDOW_ENTRY 40
+
+/* "\n", the cid's 64-bit hash in hex, " ": how the window names a cid (18 bytes). */
+static void cid_token(char tok[20], const char *cid) {
+    static const char hex[] = "0123456789abcdef";
+    uint64_t h = kf_hash_str(cid);
+    tok[0] = '\n';
+    for (int i = 16; i >= 1; i--, h >>= 4) tok[i] = hex[h & 15];
+    tok[17] = ' ';
+    tok[18] = '\0';
+}
+
 static void send_batch_flush(struct send_batch *b) {
     if (b->n == 0) return;
-    char maxlen[24], ttl[24];
+    char maxlen[24], winbytes[24];
     snprintf(maxlen, sizeof(maxlen), "%lld", gw->opt.history_maxlen);
-    snprintf(ttl, sizeof(ttl), "%lld", gw->opt.cid_ttl_s);
-    int argc = 2 + 8 * b->n; /* 3 keys per message, 2 shared values, 5 values per message */
+    snprintf(winbytes, sizeof(winbytes), "%lld", gw->opt.cid_window * CID_WINDOW_ENTRY);
+    int argc = 2 + 8 * b->n; /* 2 keys per message, 2 shared values, 6 values per message */
     const char **av = kf_malloc(sizeof(char *) * (size_t)argc);
     size_t *al = kf_malloc(sizeof(size_t) * (size_t)argc);
-    char (*keys)[3][KF_KEY_MAX] = kf_malloc(sizeof(*keys) * (size_t)b->n);
+    char (*keys)[2][KF_KEY_MAX] = kf_malloc(sizeof(*keys) * (size_t)b->n);
+    char (*toks)[20] = kf_malloc(sizeof(*toks) * (size_t)b->n);
 #define ARG(str, len) (av[k] = (str), al[k] = (len), k++)
     int k = 0;
     for (int i = 0; i < b->n; i++) {
         struct send_args *sa = b->sa[i];
         kf_key_conv_meta(keys[i][0], sa->x->conv);
         kf_key_conv_msgs(keys[i][1], sa->x->conv);
-        kf_key_conv_cid(keys[i][2], sa->x->conv, sa->x->c->ident.sub, sa->cid);
-        for (int j = 0; j < 3; j++) ARG(keys[i][j], strlen(keys[i][j]));
+        for (int j = 0; j < 2; j++) ARG(keys[i][j], strlen(keys[i][j]));
     }
     ARG(maxlen, strlen(maxlen));
-    ARG(ttl, strlen(ttl));
+    ARG(winbytes, strlen(winbytes));
     for (int i = 0; i < b->n; i++) {
         struct send_args *sa = b->sa[i];
         const gw_conn *c = sa->x->c;
@@ -548,6 +562,9 @@ static void send_batch_flush(struct send_batch *b) {
         ARG(c->ident.name, strlen(c->ident.name));
         ARG(sa->text, sa->text_len);
         ARG(sa->cid, strlen(sa->cid));
+        /* the window holds the cid's 64-bit hash: 18 bytes an entry whatever the cid's length */
+        cid_token(toks[i], sa->cid);
+        ARG(toks[i], 18);
     }
 #undef ARG
     struct sent_msgs *sm = kf_malloc(sizeof(*sm) + sizeof(sm->sa[0]) * (size_t)b->n);
@@ -556,9 +573,10 @@ static void send_batch_flush(struct send_batch *b) {
     b->n = 0;
     b->bytes = 0;
     /* acknowledged once ack_replicas replicas have it (kf_redis_set_durable; 0: at once) */
-    kf_redis_script_durable(gw->redis, b->slot, "msg_send", on_batch_stored, sm, 3 * sm->n,
+    kf_redis_script_durable(gw->redis, b->slot, "msg_send", on_batch_stored, sm, 2 * sm->n,
                             argc, av, al);
     kf_free(keys);
+    kf_free(toks);
     kf_free(av);
     kf_free(al);
 }

@@ -55,7 +55,7 @@ const kf_option gw_option_table[] = {
 
     {"history_maxlen", KF_OPT_INT, O(history_maxlen), "10000", 10, BIG, 1, "messages kept per conversation (approximate `MAXLEN` on each append).", CONV},
     {"history_page_max", KF_OPT_INT, O(history_page_max), "200", 1, 10000, 1, "largest `history` `limit`.", CONV},
-    {"cid_ttl_s", KF_OPT_INT, O(cid_ttl_s), "86400", 1, 31536000, 1, "how long a `cid` keeps `msg.send` idempotent, seconds.", CONV},
+    {"cid_window", KF_OPT_INT, O(cid_window), "16", 1, 1024, 1, "how many of a sender's latest messages in a conversation `msg.send` recognises by `cid`: a retry with the `cid` of one of them gets its `id` back (`dup`) and stores nothing; the window costs up to 40 bytes per message in the conversation's `meta` hash.", CONV},
     KF_SHARED_OPTION_INBOX_MAXLEN(gw_options, CONV),
     {"inbox_batch", KF_OPT_INT, O(inbox_batch), "4096", 1, 100000, 1, "inbox entries read per `XREAD`.", CONV},
     {"presence_ttl_ms", KF_OPT_INT, O(presence_ttl_ms), "30000", 1000, 3600000, 0, "presence expiry; the heartbeat refreshes it every third of this.", CONV},

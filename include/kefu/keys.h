@@ -20,11 +20,6 @@ static inline void kf_key_conv_msgs(char *k, const char *conv) {
 static inline void kf_key_conv_bot(char *k, const char *conv) {
     snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:bot", conv);
 }
-/* Idempotency record of one client message id (cid) of one sender; value = message id. The
- * user id is length-prefixed so no two (user, cid) pairs share a key. */
-static inline void kf_key_conv_cid(char *k, const char *conv, const char *user, const char *cid) {
-    snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:cid:%zu:%s:%s", conv, strlen(user), user, cid);
-}
 /* Set of a user's open conversations. */
 static inline void kf_key_user_convs(char *k, const char *user) {
     snprintf(k, KF_KEY_MAX, "kefu:{u:%s}:convs", user);

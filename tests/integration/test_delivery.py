@@ -88,6 +88,41 @@ def test_duplicate_send_signals_resync(spawn, cluster):
     run(body())
 
 
+def test_cid_window_is_bounded_and_keyless(spawn, cluster):
+    """msg.send recognises a retry among the sender's last cid_window messages of the
+    conversation (each sender its own window), stores no key per message, and forgets the
+    cids that fell out of the window: a retry of one of those is a new message."""
+    g = fast_gateway(spawn, cluster.shards, "cidwin", cid_window=4)
+    r = cluster.shards[0]
+
+    async def body():
+        cust, agent, conv = await assigned_pair(g)
+        conv_keys = lambda: sorted(r.call("KEYS", f"kefu:{{c:{conv}}}*"))  # noqa: E731
+        sent = [await send_msg(cust, conv, "c0")]
+        keys_before = conv_keys()    # meta and msgs
+        sent += [await send_msg(cust, conv, f"c{i}") for i in range(1, 6)]
+        # the agent's messages do not push the customer's cids out
+        for i in range(5):
+            await send_msg(agent, conv, f"a{i}")
+        assert conv_keys() == keys_before, "a key per message"
+        # the last four are recognised (whatever the window's ids weigh), in any order
+        for mid, _, cid in (sent[5], sent[2], sent[4], sent[3]):
+            ans = await cust.ok("msg.send", conv=conv, text="again", cid=cid)
+            assert ans["dup"] is True and ans["id"] == mid, (cid, ans)
+        # the first fell out of a window of 4: stored again, as a new message
+        ans = await cust.ok("msg.send", conv=conv, text="c0 again", cid=sent[0][2])
+        assert ans["dup"] is False and ans["id"] != sent[0][0], ans
+        h = await cust.ok("history", conv=conv)
+        assert [m["text"] for m in h["msgs"]] == [f"c{i}" for i in range(6)] + \
+            [f"a{i}" for i in range(5)] + ["c0 again"], h
+        # a closed conversation still answers a retry from the window, and refuses a new cid
+        await agent.ok("conv.close", conv=conv)
+        ans = await cust.ok("msg.send", conv=conv, text="late", cid=sent[5][2])
+        assert ans["dup"] is True and ans["id"] == sent[5][0], ans
+        await cust.err("conflict", "msg.send", conv=conv, text="late", cid=new_id("c"))
+    run(body())
+
+
 # ---- faults on the routing path ----
 
 async def pair_across_masters(g, rc):
