@@ -19,6 +19,7 @@ KF_SHARED_OPTION_CHECK(wk_options);
 #define CLOSE "Closing and monitoring"
 #define HTTP "Health and metrics"
 #define PATTERNS "Patterns across conversations"
+#define STATS "Statistics"
 
 const kf_option wk_option_table[] = {
     KF_SHARED_OPTION_REDIS(wk_options, REDIS),
@@ -69,6 +70,10 @@ const kf_option wk_option_table[] = {
     {"repeat_window_ms", KF_OPT_INT, O(repeat_window_ms), "604800000", 60000, BIG, 1, "the window of `repeat_threshold` (default 7 days); one alert per customer and category or topic within it.", PATTERNS},
     {"trend_threshold", KF_OPT_INT, O(trend_threshold), "5", 0, 100000, 1, "alert monitoring supervisors (`alert` kind `trend`) when this many different customers opened conversations on the same topic (compared without case and extra spaces) within `trend_window_ms`; 0 = off.", PATTERNS},
     {"trend_window_ms", KF_OPT_INT, O(trend_window_ms), "600000", 1000, BIG, 1, "the window of `trend_threshold` (default 10 minutes); one alert per topic within it.", PATTERNS},
+
+    {"stats_timezone", KF_OPT_STR, O(stats_timezone), "UTC", 0, 0, 1, "the time zone whose days and hours the statistics count by: an IANA name (`Asia/Shanghai`), `UTC` or an offset (`+08:00`). Changing it splits the day it changes on.", STATS},
+    {"stats_days", KF_OPT_INT, O(stats_days), "400", 1, 3650, 1, "how many days each day's statistics are kept in Redis.", STATS},
+    {"fcr_days", KF_OPT_INT, O(fcr_days), "7", 0, 365, 1, "first-contact resolution: a conversation closed `resolved` counts as resolved at first contact unless the same customer opens another on the same topic within this many days (0 = every resolved one counts).", STATS},
 
     {"http_bind", KF_OPT_STR, O(http_bind), "127.0.0.1", 0, 0, 0, "address of the `/healthz`, `/readyz` and `/metrics` listener (`0.0.0.0` where a prober on another host, e.g. the kubelet, must reach it).", HTTP},
     {"http_port", KF_OPT_INT, O(http_port), "9091", 0, 65535, 0, "port of that listener; 0 = none (and `--wait-ready` cannot work). A port in use stops the worker at start (exit status 2).", HTTP},
