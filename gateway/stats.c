@@ -29,7 +29,9 @@
 
 #define STATS_DAYS_MAX 366 /* a range covers at most this many days */
 #define STATS_INFLIGHT 4   /* days whose reads are in flight at once, per request */
-#define STATS_ROWS_MAX 2000 /* rows per answer: about 500 bytes each, well under outq_max_bytes */
+/* Rows per answer: one per STATS_ROW_BYTES of outq_max_bytes (a row takes 400-600 bytes), so that
+ * the answer stays one frame the connection may queue. */
+#define STATS_ROW_BYTES 1024
 #define STATS_TOP_MAX 50
 #define STATS_TOP_DEFAULT 10
 
@@ -79,6 +81,7 @@ typedef struct period {
 typedef struct stats_req {
     req_ctx *x;
     int by, breakdown, top;
+    size_t rows_max;
     int64_t first; /* days since 1970-01-01 */
     int ndays;
     int next;     /* next day to read (index from first) */
@@ -178,7 +181,7 @@ static void fail(stats_req *s, const char *code) {
 }
 
 /* The row of (period, value), created on first use; NULL once the answer would have more than
- * STATS_ROWS_MAX rows (the request then fails too_large). */
+ * rows_max rows (the request then fails too_large). */
 static row *row_get(stats_req *s, int p, const char *value, size_t vlen) {
     char key[24 + KF_KEY_MAX];
     int n = snprintf(key, sizeof(key), "%d|%.*s", p, (int)vlen, value);
@@ -186,7 +189,7 @@ static row *row_get(stats_req *s, int p, const char *value, size_t vlen) {
     row *r;
     HASH_FIND(hh, s->rows, key, (size_t)n, r);
     if (r) return r;
-    if (s->nrows >= STATS_ROWS_MAX) {
+    if (s->nrows >= s->rows_max) {
         fail(s, "too_large");
         return NULL;
     }
@@ -529,8 +532,10 @@ static json_t *answer(stats_req *s) {
     size_t k = 0;
     for (int p = 0; p < s->nperiods; p++) {
         /* every period has its row for `all`, days without statistics included */
-        if (s->breakdown == BD_ALL && (k == n || v[k]->period != p))
-            json_array_append_new(rows, row_json(s, row_get(s, p, "", 0)));
+        if (s->breakdown == BD_ALL && (k == n || v[k]->period != p)) {
+            row *z = row_get(s, p, "", 0); /* fits: at most rows_max periods */
+            if (z) json_array_append_new(rows, row_json(s, z));
+        }
         for (; k < n && v[k]->period == p; k++) json_array_append_new(rows, row_json(s, v[k]));
     }
     kf_free(v);
@@ -552,20 +557,24 @@ static json_t *answer(stats_req *s) {
                      busiest < 0 ? json_null() : json_integer(busiest));
 }
 
+static void reply_too_large(gw_conn *c, const json_t *req, size_t rows_max) {
+    char m[160];
+    snprintf(m, sizeof(m),
+             "more than %zu rows: shorten the range, or choose a longer 'by' or a narrower "
+             "'breakdown'",
+             rows_max);
+    gw_reply_error(c, req, "too_large", m);
+}
+
 static void finish(stats_req *s) {
     req_ctx *x = s->x;
     if (s->fail && !strcmp(s->fail, "gone"))
         ; /* nobody to answer */
     else if (!s->fail)
         gw_reply_ok(x->c, x->req, answer(s));
-    else if (!strcmp(s->fail, "too_large")) {
-        char m[128];
-        snprintf(m, sizeof(m),
-                 "more than %d rows: shorten the range, or choose a longer 'by' or a narrower "
-                 "'breakdown'",
-                 STATS_ROWS_MAX);
-        gw_reply_error(x->c, x->req, "too_large", m);
-    } else if (!strcmp(s->fail, "unavailable"))
+    else if (!strcmp(s->fail, "too_large"))
+        reply_too_large(x->c, x->req, s->rows_max);
+    else if (!strcmp(s->fail, "unavailable"))
         gw_reply_error(x->c, x->req, "unavailable", "storage unavailable, retry later");
     else
         gw_reply_error(x->c, x->req, "internal", "internal error");
@@ -631,6 +640,7 @@ static void h_stats_get(gw_conn *c, json_t *msg) {
     s->by = iby;
     s->breakdown = ibd;
     s->top = (int)top;
+    s->rows_max = (size_t)(gw->opt.outq_max_bytes / STATS_ROW_BYTES);
     s->first = a;
     s->ndays = (int)(b - a + 1);
     s->day_period = kf_malloc((size_t)s->ndays * sizeof(int));
@@ -644,6 +654,11 @@ static void h_stats_get(gw_conn *c, json_t *msg) {
         }
         s->periods[s->nperiods - 1].last = day;
         s->day_period[i] = s->nperiods - 1;
+    }
+    if (ibd == BD_ALL && (size_t)s->nperiods > s->rows_max) {
+        reply_too_large(c, req, s->rows_max);
+        stats_free(s);
+        return;
     }
     pump(s);
 }

@@ -436,24 +436,35 @@ def test_year_of_days(cluster, hand):
     run(body())
 
 
-def test_too_many_rows(cluster):
-    """More rows than an answer holds (2000) is too_large, with the request's req."""
+def test_too_many_rows(cluster, spawn):
+    """An answer holds one row per KiB of outq_max_bytes (1024 by default): more is too_large,
+    with the request's req, before or after reading."""
     if H.EXTERNAL:
         pytest.skip("writes the statistics keys into the test's Redis")
     r = cluster.shards[0]
-    fields = []
-    for i in range(2001):
-        fields += [f"closed|agent|a{i:04d}", 1]
-    r.call("DEL", "kefu:{st:20230601}:n")
-    r.call("HSET", "kefu:{st:20230601}:n", *fields)
+    for day, agents in (("20230601", 1024), ("20230602", 1025)):
+        fields = []
+        for i in range(agents):
+            fields += [f"closed|agent|a{i:04d}", 1]
+        r.call("DEL", f"kefu:{{st:{day}}}:n")
+        r.call("HSET", f"kefu:{{st:{day}}}:n", *fields)
+    small = spawn.gateway(cluster.shards, name="strows", outq_max_bytes=100 * 1024)
 
     async def body():
         sup = await connect(cluster.n1, "supervisor")
-        f = await sup.err("too_large", "stats.get", **{"from": "2023-06-01"}, to="2023-06-01",
-                          breakdown="agent")
-        assert "2000" in f["message"]
-        a = await sup.ok("stats.get", **{"from": "2023-06-01"}, to="2023-06-01")
+        a = await sup.ok("stats.get", **{"from": "2023-06-01"}, to="2023-06-01",
+                         breakdown="agent")
+        assert len(a["rows"]) == 1024 and a["rows"][-1]["value"] == "a1023"
+        f = await sup.err("too_large", "stats.get", **{"from": "2023-06-02"}, to="2023-06-02",
+                          breakdown="agent", _req="big")
+        assert "more than 1024 rows" in f["message"] and f["req"] == "big"
+        a = await sup.ok("stats.get", **{"from": "2023-06-02"}, to="2023-06-02")
         assert len(a["rows"]) == 1 and a["rows"][0]["closed"] == 0
+        # 100 rows on a gateway with 100 KiB: 101 days by day is refused before reading
+        sup = await connect(small, "supervisor")
+        await sup.ok("stats.get", **{"from": "2023-03-01"}, to="2023-06-08")
+        f = await sup.err("too_large", "stats.get", **{"from": "2023-03-01"}, to="2023-06-09")
+        assert "more than 100 rows" in f["message"]
     run(body())
 
 
