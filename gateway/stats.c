@@ -34,6 +34,7 @@
 #define STATS_ROW_BYTES 1024
 #define STATS_TOP_MAX 50
 #define STATS_TOP_DEFAULT 10
+#define NO_VALUE INT64_MIN /* a percentile of nothing (a time may be a little negative: clocks) */
 
 enum { BY_DAY, BY_WEEK, BY_MONTH, BY_TOTAL };
 static const char *const by_names[] = {"day", "week", "month", "total", NULL};
@@ -60,8 +61,9 @@ typedef struct row {
     const char *value; /* inside key */
     int period;
     long long m[M__COUNT];
-    int64_t *fr; /* first-response times (ms) of the row's days, for the percentiles */
+    int64_t *fr; /* first-response times (ms) of the row's days, until its period is read */
     size_t nfr, capfr;
+    int64_t p50, p90; /* nearest-rank percentiles once the period is read; NO_VALUE: none */
 } row;
 
 /* A range-wide count by name: SLA per priority (a = conversations, b = met), categories and
@@ -76,6 +78,7 @@ typedef struct period {
     int64_t first, last; /* days inside the range */
     char label[16];
     long long opened_all; /* opened|all| over the period: the channels' share */
+    int days_left;        /* days not read yet */
 } period;
 
 typedef struct stats_req {
@@ -197,6 +200,7 @@ static row *row_get(stats_req *s, int p, const char *value, size_t vlen) {
     r->key = kf_strdup(key);
     r->value = strchr(r->key, '|') + 1;
     r->period = p;
+    r->p50 = r->p90 = NO_VALUE;
     HASH_ADD_KEYPTR(hh, s->rows, r->key, (size_t)n, r);
     s->nrows++;
     return r;
@@ -242,9 +246,36 @@ static void stats_free(stats_req *s) {
 
 /* ---- reading a day ---- */
 
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Nearest rank: the ceil(p x n)-th smallest of sorted v, p given in tenths; NO_VALUE for none. */
+static int64_t nearest_rank(const int64_t *v, size_t n, int tenths) {
+    return n ? v[(n * (size_t)tenths + 9) / 10 - 1] : NO_VALUE;
+}
+
+/* Every day of period p is in: its rows' percentiles are final, and their first-response
+ * times are let go, so a request holds the times of one period (and the days in flight) at a
+ * time, not of the whole range (except by total). */
+static void period_done(stats_req *s, int p) {
+    for (row *r = s->rows; r; r = r->hh.next) {
+        if (r->period != p) continue;
+        if (r->nfr > 1) qsort(r->fr, r->nfr, sizeof(*r->fr), cmp_i64);
+        r->p50 = nearest_rank(r->fr, r->nfr, 5);
+        r->p90 = nearest_rank(r->fr, r->nfr, 9);
+        kf_free(r->fr);
+        r->fr = NULL;
+        r->nfr = r->capfr = 0;
+    }
+}
+
 static void day_done(day_read *d) {
     if (--d->pending > 0) return;
     stats_req *s = d->s;
+    int p = s->day_period[d->day];
+    if (--s->periods[p].days_left == 0 && !s->fail) period_done(s, p);
     kf_free(d);
     s->inflight--;
     pump(s);
@@ -410,17 +441,7 @@ static json_t *mean_ms(long long sum, long long n) {
     return json_integer(floor_div(2 * sum + n, 2 * n));
 }
 
-static int cmp_i64(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Nearest rank: the ceil(p x n)-th smallest, p given in tenths. */
-static json_t *percentile(const row *r, int tenths) {
-    if (r->nfr == 0) return json_null();
-    size_t k = (r->nfr * (size_t)tenths + 9) / 10;
-    return json_integer(r->fr[k - 1]);
-}
+static json_t *ms_or_null(int64_t v) { return v == NO_VALUE ? json_null() : json_integer(v); }
 
 static json_t *counter_or_null(const stats_req *s, const row *r, int m) {
     /* opened and abandoned are not kept per agent: a conversation has none when it opens,
@@ -435,7 +456,6 @@ static json_t *row_json(const stats_req *s, row *r) {
     char from[11], to[11];
     date_str(p->first, from);
     date_str(p->last, to);
-    if (r->nfr > 1) qsort(r->fr, r->nfr, sizeof(*r->fr), cmp_i64);
     json_t *dist = json_pack("[I, I, I, I, I]", (json_int_t)m[M_STARS_1], (json_int_t)m[M_STARS_2],
                              (json_int_t)m[M_STARS_3], (json_int_t)m[M_STARS_4],
                              (json_int_t)m[M_STARS_5]);
@@ -449,8 +469,8 @@ static json_t *row_json(const stats_req *s, row *r) {
         (json_int_t)m[M_RESOLVED], "resolution_rate", ratio(m[M_RESOLVED], m[M_CLOSED], 1e4),
         "abandoned", counter_or_null(s, r, M_ABANDONED), "fcr", (json_int_t)m[M_FCR], "fcr_rate",
         ratio(m[M_FCR], m[M_RESOLVED], 1e4), "first_response", "n", (json_int_t)m[M_FR_N],
-        "mean_ms", mean_ms(m[M_FR_MS], m[M_FR_N]), "p50_ms", percentile(r, 5), "p90_ms",
-        percentile(r, 9), "handling", "n", (json_int_t)m[M_HT_N], "mean_ms",
+        "mean_ms", mean_ms(m[M_FR_MS], m[M_FR_N]), "p50_ms", ms_or_null(r->p50), "p90_ms",
+        ms_or_null(r->p90), "handling", "n", (json_int_t)m[M_HT_N], "mean_ms",
         mean_ms(m[M_HT_MS], m[M_HT_N]), "satisfaction", "rated", (json_int_t)m[M_RATED],
         "offered", (json_int_t)m[M_OFFERED], "response_rate",
         ratio(m[M_RATED], m[M_OFFERED], 1e4), "mean", ratio(m[M_STARS_SUM], m[M_RATED], 100),
@@ -653,6 +673,7 @@ static void h_stats_get(gw_conn *c, json_t *msg) {
             period_label(iby, day, p->label);
         }
         s->periods[s->nperiods - 1].last = day;
+        s->periods[s->nperiods - 1].days_left++;
         s->day_period[i] = s->nperiods - 1;
     }
     if (ibd == BD_ALL && (size_t)s->nperiods > s->rows_max) {
