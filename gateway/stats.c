@@ -383,7 +383,9 @@ static void add_field(stats_req *s, day_read *d, const char *f, size_t flen, lon
         /* this day has first responses for the row: their times, for the percentiles */
         char tag[9], key[KF_KEY_MAX];
         day_tag(s->first + d->day, tag);
-        snprintf(key, sizeof(key), "kefu:{st:%s}:fr:%.*s", tag, (int)(flen - mlen - 1), dim);
+        int kl = snprintf(key, sizeof(key), "kefu:{st:%s}:fr:%.*s", tag, (int)(flen - mlen - 1),
+                          dim);
+        if (kl < 0 || (size_t)kl >= sizeof(key)) return; /* no such key: ids are shorter */
         fr_read *fr = kf_malloc(sizeof(*fr));
         fr->d = d;
         fr->r = r;
