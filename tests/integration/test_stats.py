@@ -5,6 +5,7 @@ hand from that same list: rows by day, ISO week, month and in total, for each br
 nearest-rank percentiles; missing days; the top-N order; rates with a zero denominator; both
 subprotocols; who may ask; every bad request."""
 
+import asyncio
 import math
 import random
 from collections import Counter, defaultdict
@@ -551,3 +552,80 @@ def test_on_redis_cluster(spawn):
         sup = await connect(g, "supervisor")
         await check_hand_answers(sup)
     run(body())
+
+
+# ---- with the worker that writes them ----
+
+def test_what_the_worker_counted(spawn):
+    """A short real day: the worker counts (in its time zone), stats.get reads the same
+    figures the test computes from the conversations' own records."""
+    import datetime
+    import zoneinfo
+    from kefu_client import send_msg
+    from worker_helpers import agent_on, meta, open_waiting, wcluster
+    tz = zoneinfo.ZoneInfo("Asia/Shanghai")
+    wc = wcluster(spawn, workers=1, stats_timezone="Asia/Shanghai", repeat_threshold=0,
+                  trend_threshold=0, routes="channel:mail=backoffice,*=default")
+
+    def local_day(ms):
+        return datetime.datetime.fromtimestamp(int(ms) / 1000, tz).date()
+
+    async def body():
+        agent = await agent_on(wc.n1, max_chats=5)
+        web = await connect(wc.n2, "customer", channel="web")
+        app = await connect(wc.n2, "customer", channel="app")
+        gone = await connect(wc.n1, "customer", channel="mail")  # a group nobody staffs
+        k1 = await open_waiting(web, topic="refund")
+        await agent.next_push("conv.assigned", conv=k1, timeout=5)
+        await send_msg(agent, k1, "hello")
+        await agent.ok("conv.close", conv=k1, category="consultation")
+        await web.ok("conv.rate", conv=k1, stars=4)
+        k2 = await open_waiting(app, topic="login")
+        await agent.next_push("conv.assigned", conv=k2, timeout=5)
+        await send_msg(agent, k2, "hi")
+        await agent.ok("conv.close", conv=k2, resolution="unresolved", category="fault")
+        k3 = await open_waiting(gone)
+        await gone.ok("conv.close", conv=k3)
+        metas = {k: meta(wc, k) for k in (k1, k2, k3)}
+        assert metas[k3]["resolution"] == "abandoned", metas[k3]
+        days = {local_day(m[f]) for m in metas.values() for f in ("created", "closed_at")}
+        assert len(days) == 1, f"the test ran across midnight in Asia/Shanghai: {days}"
+        day = days.pop().isoformat()
+        frs = {k: int(m["first_response"].split("-")[0]) -
+               (int(m["queued_us"]) // 1000 if int(m.get("queued_us", "0")) > 0
+                else int(m["created"]))
+               for k, m in metas.items() if m.get("first_response")}
+        assert set(frs) == {k1, k2}
+        frs = {k: max(0, v) for k, v in frs.items()}
+        sup = await connect(wc.n1, "supervisor")
+
+        async def settled():
+            a = await sup.ok("stats.get", **{"from": day}, to=day)
+            r = a["rows"][0]
+            return a if (r["closed"], r["satisfaction"]["rated"]) == (3, 1) else None
+        for _ in range(100):
+            a = await settled()
+            if a:
+                break
+            await asyncio.sleep(0.1)
+        assert a, "the worker did not count the day"
+        r = a["rows"][0]
+        assert (r["period"], r["opened"], r["closed"], r["resolved"], r["abandoned"],
+                r["fcr"]) == (day, 3, 3, 1, 1, 1)
+        assert r["resolution_rate"] == 0.3333 and r["fcr_rate"] == 1.0
+        v = sorted(frs.values())
+        assert r["first_response"] == {"n": 2, "mean_ms": (2 * sum(v) + 2) // 4,
+                                       "p50_ms": v[0], "p90_ms": v[1]}
+        assert r["satisfaction"] == {"rated": 1, "offered": 2, "response_rate": 0.5,
+                                     "mean": 4.0, "dist": [0, 0, 0, 1, 0]}
+        assert a["categories"] == [{"value": "consultation", "count": 1},
+                                   {"value": "fault", "count": 1}]
+        assert a["topics"] == [{"value": "login", "count": 1}, {"value": "refund", "count": 1}]
+        assert sum(a["peak_hours"]["counts"]) == 3
+        c = await sup.ok("stats.get", **{"from": day}, to=day, breakdown="channel")
+        assert [(x["value"], x["opened"], x["closed"], x["share"]) for x in c["rows"]] == \
+            [("app", 1, 1, 0.3333), ("mail", 1, 1, 0.3333), ("web", 1, 1, 0.3333)]
+        g = await sup.ok("stats.get", **{"from": day}, to=day, breakdown="agent")
+        assert [(x["value"], x["closed"], x["resolved"], x["first_response"]["n"])
+                for x in g["rows"]] == [(agent.user, 2, 1, 2)]
+    run(body(), timeout=90)
