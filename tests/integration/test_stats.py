@@ -525,6 +525,24 @@ def test_bad_requests(cluster, proto):
 
 # ---- Redis down, Redis Cluster ----
 
+def test_client_gone_mid_request(cluster, spawn, hand):
+    """Supervisors who leave right after asking for a year (the close may overtake the reads
+    or not): nothing leaks or breaks (the spawned gateway is checked by the sanitizers at exit,
+    in an ASan build), and the gateway goes on answering."""
+    g = spawn.gateway(cluster.shards, name="stgone")
+
+    async def body():
+        for _ in range(5):
+            sup = await connect(g, "supervisor")
+            await sup.send({"type": "stats.get", "req": 1, "from": "2024-01-01",
+                            "to": "2024-12-31", "breakdown": "channel"})
+            await sup.close()
+        sup = await connect(g, "supervisor")
+        a = await sup.ok("stats.get", **{"from": "2024-01-01"}, to="2024-12-31", by="total")
+        assert a["rows"][0]["first_response"]["n"] == 7
+    run(body())
+
+
 def test_redis_down_is_unavailable(spawn):
     r = spawn.redis()
     g = spawn.gateway([r], name="stdown", redis_timeout_ms=500)
