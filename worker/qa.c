@@ -157,7 +157,7 @@ static void draw_sample(struct draw *dr) {
         c[i].h = kf_hash_more(h, c[i].conv, strlen(c[i].conv));
     }
     qsort(c, n, sizeof(*c), by_hash);
-    /* ceil(rate x n), forgiving the error of a decimal rate in binary (0.05 x 20 is 1, not 2) */
+    /* ceil(rate x n), forgiving the error of a decimal rate in binary (0.07 x 100 is 7, not 8) */
     double want = ceil(strtod(wk.opt.qa_rate, NULL) * (double)n - 1e-9);
     size_t k = want <= 0 ? 0 : want >= (double)n ? n : (size_t)want;
     for (size_t i = 0; i < n; i++) {

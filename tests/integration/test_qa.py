@@ -32,7 +32,7 @@ def fnv1a(s):
 def expected_sample(seed, day, agents, rate, min_per_agent):
     """The draw as docs/operations.md defines it, computed here independently: conv -> rank."""
     ranked = sorted(agents, key=lambda c: (fnv1a(f"{seed}|{day}|{c}"), c))
-    k = min(len(ranked), max(0, math.ceil(rate * len(ranked) - 1e-9)))
+    k = min(len(ranked), max(0, math.ceil(round(rate * len(ranked), 9))))
     picked = set(ranked[:k])
     for a in sorted({a for a in agents.values() if a}):
         have = sum(1 for c in picked if agents[c] == a)
@@ -164,7 +164,8 @@ def test_sample_size_minimum_per_agent_and_reproducible(spawn):
 
 
 @pytest.mark.parametrize("n,rate,minimum,size", [
-    (20, "0.05", 0, 1),   # ceil(0.05 x 20) is exactly 1, not 2 by a rounding error
+    (20, "0.05", 0, 1),
+    (100, "0.07", 0, 7),  # 0.07 x 100 is 7.000000000000001 in binary: 7, not 8
     (41, "0.05", 0, 3),   # ceil(2.05)
     (10, "0", 1, 2),      # the minimum alone: one per agent (two agents)
     (10, "1", 0, 10),
