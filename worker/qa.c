@@ -21,11 +21,13 @@
 #include "wk.h"
 
 #define QA_TICK_MS 1000
+#define QA_RETRY_MS 10000 /* after a failed draw: Redis trouble is logged once per this */
 
 static struct {
     kf_tz tz;
     int64_t done_day; /* the last day (days since 1970-01-01) known to have its sample */
     int busy;         /* a draw is under way */
+    int64_t retry_at; /* no draw before this (ms) after a failure */
     struct event *tick;
 } qa;
 
@@ -123,6 +125,7 @@ static void on_stored(const redisReply *r, const char *err, void *priv) {
     char tag = kf_script_parse(r, err, 2, &a);
     qa.busy = 0;
     if (!tag) {
+        qa.retry_at = wk_now_ms() + QA_RETRY_MS;
         if (a.kind == KF_SCRIPT_BROKEN) kf_error("qa_sample: %s", a.detail ? a.detail : "bad reply");
         else if (!wk.stopping) kf_warn("QA sample of %s not stored: %s", dr->d, a.code);
     } else {
@@ -233,6 +236,7 @@ static void on_read(const redisReply *r, const char *err, void *priv, int agents
     if (--dr->pending) return;
     if (dr->failed || wk.stopping || (dr->nagents & 1)) {
         if (!wk.stopping) kf_warn("QA sample of %s: the day's conversations could not be read", dr->d);
+        qa.retry_at = wk_now_ms() + QA_RETRY_MS;
         qa.busy = 0;
         draw_free(dr);
         return;
@@ -245,7 +249,7 @@ static void on_agents(const redisReply *r, const char *err, void *priv) { on_rea
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    if (qa.busy || wk.draining || wk.stopping) return;
+    if (qa.busy || wk.draining || wk.stopping || wk_now_ms() < qa.retry_at) return;
     /* the day before the one (now - qa_delay_s) falls in */
     int64_t day = local_day(wk_now_ms() / 1000 - wk.opt.qa_delay_s) - 1;
     if (day == qa.done_day) return;

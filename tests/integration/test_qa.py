@@ -8,6 +8,7 @@ The statistics writer is another worker module: here the day's `kefu:{st:D}:clos
 
 import datetime
 import math
+import subprocess
 import time
 import zoneinfo
 from pathlib import Path
@@ -183,8 +184,7 @@ def test_sample_size_at_rate(spawn, n, rate, minimum, size):
     assert got == expected_sample("", d, agents, float(rate), minimum)
 
 
-def test_bad_qa_options(spawn, tmp_path):
-    import subprocess
+def test_bad_qa_options():
     for opt in (["--qa-rate", "1.5"], ["--qa-rate", "x"], ["--qa-rate", ""],
                 ["--stats-timezone", "Nowhere/Town"]):
         p = subprocess.run([str(H.find_bin("kefu-worker")), "--redis", "127.0.0.1:1", *opt],
