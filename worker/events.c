@@ -190,6 +190,7 @@ static void handle(wk_job *j, const redisReply *kv) {
         add_group(j, *group ? group : wk.opt.default_group);
         wk_sla_opened(j, conv, field(kv, "channel"), field(kv, "priority"), ts);
         wk_patterns_opened(j, conv);
+        wk_stats_opened(j, conv, ts);
     } else if (!strcmp(e, "queued")) {
         /* queued again later (a bot handed it over): the first-response clock may start now */
         add_group(j, field(kv, "group"));
@@ -209,6 +210,7 @@ static void handle(wk_job *j, const redisReply *kv) {
             add_group(j, field(kv, "group"));
     } else if (!strcmp(e, "closed")) {
         wk_assign_forget(conv);
+        wk_stats_closed(j, conv, ts);
         if (!strcmp(field(kv, "resolution"), "unresolved")) wk_patterns_unsatisfied(j, conv, "unresolved");
         if (*field(kv, "agent")) {
             char now[24];
@@ -219,6 +221,7 @@ static void handle(wk_job *j, const redisReply *kv) {
     } else if (!strcmp(e, "rated")) {
         long long stars = atoll(field(kv, "stars"));
         if (stars >= 1 && stars <= 2) wk_patterns_unsatisfied(j, conv, "rated 2 or less");
+        wk_stats_rated(j, conv, ts, stars);
     } else if (!strcmp(e, "agent")) {
         if (!strcmp(field(kv, "status"), "available")) wk_assign_kick_list(field(kv, "groups"));
     }

@@ -16,6 +16,7 @@
 #include "kefu/redis.h"
 #include "kefu/route.h"
 #include "kefu/service.h"
+#include "kefu/tz.h"
 #include "wk.h"
 
 wk_worker wk;
@@ -52,6 +53,13 @@ int wk_options_check(const wk_options *o, char *err, size_t errlen) {
             snprintf(err, errlen, "%s must look like 'key=ms,key=ms,*=ms'", names[i]);
             return -1;
         }
+    kf_tz tz;
+    char e2[200];
+    if (kf_tz_load(&tz, o->stats_timezone, e2, sizeof(e2)) < 0) {
+        snprintf(err, errlen, "stats_timezone: %s", e2);
+        return -1;
+    }
+    kf_tz_free(&tz);
     /* fallback_groups: group=group pairs */
     for (const char *s = o->fallback_groups; *s;) {
         const char *end = strchr(s, ',');
@@ -129,6 +137,7 @@ static void reload(void) {
     for (const kf_option *o = wk_option_table; o->name; o++)
         if (o->type == KF_OPT_STR && o->reloadable) kf_free(*(char **)((char *)&wk.opt + o->offset));
     wk.opt = fresh;
+    if (wk_stats_configure(&wk.opt, err, sizeof(err)) < 0) kf_error("SIGHUP: %s", err);
     int lvl = kf_log_parse_level(wk.opt.log_level);
     if (lvl >= 0) kf_log_level = lvl;
     wk_config_publish();
@@ -247,6 +256,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     kf_redis_on_state(wk.redis, on_state, NULL);
+    if (wk_stats_configure(&wk.opt, err, sizeof(err)) < 0) {
+        fprintf(stderr, "kefu-worker: %s\n", err);
+        return 2;
+    }
     wk_push_start();
     wk_events_start();
     wk_assign_start();
@@ -279,6 +292,7 @@ int main(int argc, char **argv) {
     wk_assign_stop();
     wk_events_stop();
     wk_push_stop();
+    wk_stats_stop();
     wk_http_stop();
     if (drain_ev) event_free(drain_ev);
     if (stats) event_free(stats);

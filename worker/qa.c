@@ -25,6 +25,7 @@
 
 static struct {
     kf_tz tz;
+    char tz_name[128]; /* the stats_timezone tz was loaded from (SIGHUP may change it) */
     int64_t done_day; /* the last day (days since 1970-01-01) known to have its sample */
     int busy;         /* a draw is under way */
     int64_t retry_at; /* no draw before this (ms) after a failure */
@@ -57,14 +58,22 @@ int wk_qa_check(const wk_options *o, char *err, size_t errlen) {
         snprintf(err, errlen, "qa_rate must be a number in 0..1");
         return -1;
     }
-    kf_tz tz;
-    char e[200];
-    if (kf_tz_load(&tz, o->stats_timezone, e, sizeof(e)) < 0) {
-        snprintf(err, errlen, "stats_timezone: %s", e);
-        return -1;
-    }
-    kf_tz_free(&tz);
     return 0;
+}
+
+/* Loads stats_timezone when it changed (at start, after a SIGHUP); the previous zone stays
+ * when the new one cannot be loaded (the option check loaded it already: unlikely). */
+static void tz_follow(void) {
+    if (!strcmp(qa.tz_name, wk.opt.stats_timezone)) return;
+    kf_tz fresh;
+    char err[200];
+    if (kf_tz_load(&fresh, wk.opt.stats_timezone, err, sizeof(err)) < 0) {
+        if (!qa.tz_name[0]) kf_tz_load(&qa.tz, "UTC", err, sizeof(err));
+    } else {
+        if (qa.tz_name[0]) kf_tz_free(&qa.tz);
+        qa.tz = fresh;
+    }
+    snprintf(qa.tz_name, sizeof(qa.tz_name), "%s", wk.opt.stats_timezone);
 }
 
 /* The local day (days since 1970-01-01) of unix time t_s. */
@@ -183,14 +192,15 @@ static void draw_sample(struct draw *dr) {
     kf_free(byagent);
     size_t size = 0;
     for (size_t i = 0; i < n; i++) size += c[i].picked;
-    /* ttl, n, k, rate, min, by, at, then rank/conv pairs */
+    /* expiry, n, k, rate, min, by, at, then rank/conv pairs */
     size_t argc = 2 + 7 + 2 * size;
     const char **argv = kf_calloc(argc, sizeof(char *));
     char (*ranks)[24] = kf_calloc(size ? size : 1, sizeof(*ranks));
-    char info[KF_KEY_MAX], sample[KF_KEY_MAX], ttl[24], sn[24], sk[24], smin[24], at[24];
+    char info[KF_KEY_MAX], sample[KF_KEY_MAX], expire[24], sn[24], sk[24], smin[24], at[24];
     kf_key_qa(info, dr->d, "info");
     kf_key_qa(sample, dr->d, "sample");
-    snprintf(ttl, sizeof(ttl), "%lld", wk.opt.qa_days * 86400);
+    /* kept as long as the day's statistics (stats.c: stats_days after the day) */
+    snprintf(expire, sizeof(expire), "%lld", (long long)(dr->day + 1 + wk.opt.stats_days) * 86400);
     snprintf(sn, sizeof(sn), "%zu", n);
     snprintf(sk, sizeof(sk), "%zu", k);
     snprintf(smin, sizeof(smin), "%lld", min);
@@ -198,7 +208,7 @@ static void draw_sample(struct draw *dr) {
     size_t a = 0;
     argv[a++] = info;
     argv[a++] = sample;
-    argv[a++] = ttl;
+    argv[a++] = expire;
     argv[a++] = sn;
     argv[a++] = sk;
     argv[a++] = wk.opt.qa_rate;
@@ -250,6 +260,7 @@ static void on_agents(const redisReply *r, const char *err, void *priv) { on_rea
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     if (qa.busy || wk.draining || wk.stopping || wk_now_ms() < qa.retry_at) return;
+    tz_follow();
     /* the day before the one (now - qa_delay_s) falls in */
     int64_t day = local_day(wk_now_ms() / 1000 - wk.opt.qa_delay_s) - 1;
     if (day == qa.done_day) return;
@@ -275,9 +286,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
 }
 
 void wk_qa_start(void) {
-    char err[200];
-    if (kf_tz_load(&qa.tz, wk.opt.stats_timezone, err, sizeof(err)) < 0) /* checked at load */
-        kf_tz_load(&qa.tz, "UTC", err, sizeof(err));
+    tz_follow();
     qa.done_day = INT64_MIN;
     qa.tick = wk_timer_every(QA_TICK_MS, on_tick, NULL);
 }

@@ -62,13 +62,14 @@ typedef struct wk_options {
     long long trend_threshold;
     long long trend_window_ms;
     long long stats_interval_s;
-    /* statistics and QA sampling (qa.c) */
     char *stats_timezone;
+    long long stats_days;
+    long long fcr_days;
+    /* QA sampling (qa.c) */
     char *qa_rate;
     long long qa_min_per_agent;
     char *qa_seed;
     long long qa_delay_s;
-    long long qa_days;
     /* health, readiness and metrics over HTTP (http.c) */
     char *http_bind;
     long long http_port;
@@ -149,6 +150,17 @@ void wk_push_monitors(json_t *payload, const json_t *monitors);
 /* patterns.c: repeat and trend alerts, fed by lifecycle events */
 void wk_patterns_unsatisfied(wk_job *j, const char *conv, const char *why);
 void wk_patterns_opened(wk_job *j, const char *conv);
+
+/* ---- statistics (stats.c) ---- */
+/** Loads stats_timezone; at start and on SIGHUP (0, or -1 with a reason). */
+int wk_stats_configure(const wk_options *o, char *err, size_t errlen);
+void wk_stats_stop(void);
+void wk_stats_opened(wk_job *j, const char *conv, long long ts);
+void wk_stats_closed(wk_job *j, const char *conv, long long ts);
+void wk_stats_rated(wk_job *j, const char *conv, long long ts, long long stars);
+struct evbuffer;
+/** This worker's statistics counters in the Prometheus text format. */
+void wk_stats_render(struct evbuffer *o);
 /** Publishes the business configuration to kefu:{staff}:config. */
 void wk_config_publish(void);
 /** The last publication of the configuration succeeded (0 before the first answer). */
@@ -190,7 +202,7 @@ void wk_presence_start(void);
 void wk_presence_stop(void);
 
 /* ---- qa.c: the daily QA sample ---- */
-/** Checks stats_timezone and qa_rate; 0 or -1 with err set. */
+/** Checks qa_rate; 0 or -1 with err set. */
 int wk_qa_check(const wk_options *o, char *err, size_t errlen);
 void wk_qa_start(void);
 void wk_qa_stop(void);

@@ -2,7 +2,7 @@
 -- the same seed); whichever gets here first writes it, the others find it there and change
 -- nothing. The info hash is the marker, so a day with nothing to sample is stored too.
 -- KEYS[1] kefu:{qa:<day>}:info (hash), KEYS[2] kefu:{qa:<day>}:sample (sorted set conv -> rank)
--- ARGV: ttl (s), n (closed that day), k (drawn at random), rate, min_per_agent, by, at (ms),
+-- ARGV: expiry (unix s: the day's statistics expire then), n (closed that day), k (drawn at random), rate, min_per_agent, by, at (ms),
 --       then rank, conv pairs (the whole sample)
 -- Returns {'S', size} when written by this call, {'D', size} when it was there already.
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -21,6 +21,6 @@ for i = 8, #ARGV, 2 do
 end
 redis.call('HSET', KEYS[1], 'n', ARGV[2], 'k', ARGV[3], 'sampled', tostring(size), 'rate', ARGV[4],
   'min_per_agent', ARGV[5], 'by', ARGV[6], 'at', ARGV[7])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if size > 0 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+if size > 0 then redis.call('EXPIREAT', KEYS[2], ARGV[1]) end
 return {'S', tostring(size)}

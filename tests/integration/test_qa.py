@@ -3,8 +3,8 @@
 number of workers), qa.list, and qa.review (stored in the meta, joins the record, counted once in
 the QA statistics of the day the conversation closed; a re-review applies the difference).
 
-The statistics writer is another worker module: here the day's `kefu:{st:D}:closed` and
-`:agent` keys are seeded by hand, as docs/architecture.md describes them."""
+The worker samples the previous day: its `kefu:{st:D}:closed` and `:agent` keys (written by the
+statistics, worker/stats.c) are seeded by hand here, as docs/architecture.md describes them."""
 
 import datetime
 import math
@@ -133,7 +133,11 @@ def test_sample_size_minimum_per_agent_and_reproducible(spawn):
     assert (info["n"], info["k"], info["sampled"], info["min_per_agent"]) == \
         ("40", "4", str(len(got)), "2")
     assert info["by"] == w1.name and info["rate"] == "0.1" and int(info["at"]) > 0
-    assert 399 * 86400 < r_(addr, "TTL", f"kefu:{{qa:{d}}}:sample") <= 400 * 86400
+    # kept as long as the day's statistics: until stats_days (400) days after the day
+    day_no = (datetime.date(int(d[:4]), int(d[4:6]), int(d[6:])) - datetime.date(1970, 1, 1)).days
+    for k in ("sample", "info"):
+        expire_at = r_(addr, "EXPIRETIME", f"kefu:{{qa:{d}}}:{k}")
+        assert expire_at == (day_no + 1 + 400) * 86400, (k, expire_at)
     assert r_(addr, "EXISTS", "kefu:{qa:%s}:info" % other) == 0 or other == d
     assert metric(w1, "kefu_worker_qa_samples_total") == 1
     assert metric(w1, "kefu_worker_qa_sampled_total") == len(got)
@@ -217,7 +221,16 @@ def test_list_review_record_and_statistics(spawn):
         late = await open_waiting(cust, topic="not counted")
         await cust.ok("conv.close", conv=late)
 
-        # the statistics say the three closed yesterday; `late` is in no day's statistics
+        # The statistics writer counted the closes today: move the three to yesterday (the
+        # day the worker samples), and take `late` out (in no day's statistics)
+        today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
+        tkey = f"kefu:{{st:{today}}}:closed"
+        H.wait_until(lambda: all(rcall(wc, f"st:{today}", "ZSCORE", tkey, c) is not None
+                                 for c in [c for c, _ in convs] + [late]),
+                     what="the closes counted by the statistics")
+        for c, _ in convs + [(late, "")]:
+            rcall(wc, f"st:{today}", "ZREM", tkey, c)
+            rcall(wc, f"st:{today}", "HDEL", f"kefu:{{st:{today}}}:agent", c)
         seed_day(wc.addrs[0], d, dict(convs), ttl_s=5000)
         # draw again, everything (the first worker's day is done: it does not draw again)
         for k in ("info", "sample"):
@@ -247,8 +260,9 @@ def test_list_review_record_and_statistics(spawn):
         await sup.ok("conv.record", conv=target)
 
         def stats():
+            """The QA counters of yesterday (the day's other counters are the writer's)."""
             flat = rcall(wc, f"st:{d}", "HGETALL", f"kefu:{{st:{d}}}:n")
-            return {k: int(v) for k, v in zip(flat[::2], flat[1::2])}
+            return {k: int(v) for k, v in zip(flat[::2], flat[1::2]) if k.startswith("qa_")}
 
         # a review: stored, joins the record, counted once on the day the conversation closed
         rv = await sup.ok("qa.review", conv=target, score=80, notes="polite, slow to answer",
