@@ -577,7 +577,7 @@ static void on_record(const redisReply *r, const char *err, void *priv) {
         for (size_t k = 0; k + 1 < kv->elements; k += 2) {
             const char *f = kv->element[k]->str, *v = kv->element[k + 1]->str;
             if (!strcmp(f, "ts") || !strcmp(f, "seq") || !strcmp(f, "overdue_ms") ||
-                !strcmp(f, "stars"))
+                !strcmp(f, "stars") || !strcmp(f, "score"))
                 json_object_set_new(o, f, json_integer(atoll(v)));
             else
                 json_object_set_new(o, f, json_string(v));

@@ -13,10 +13,11 @@
 #include <libwebsockets.h>
 
 #include "agent.h"
-#include "stats.h"
 #include "auth.h"
 #include "gateway.h"
 #include "handlers.h"
+#include "qa.h"
+#include "stats.h"
 #include "kefu/alloc.h"
 #include "kefu/keys.h"
 #include "kefu/slot.h"
@@ -1014,7 +1015,7 @@ const gw_handler gw_handlers_core[] = {
 
 /* Every module's request table; a type is looked up in order. */
 static const gw_handler *const handler_tables[] = {gw_handlers_core, gw_handlers_agent,
-                                                     gw_handlers_stats, NULL};
+                                                     gw_handlers_stats, gw_handlers_qa, NULL};
 
 void gw_handle_frame(gw_conn *c, json_t *msg) {
     json_t *type = json_object_get(msg, "type");

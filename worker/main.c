@@ -76,7 +76,7 @@ int wk_options_check(const wk_options *o, char *err, size_t errlen) {
         }
         s = end ? end + 1 : s + len;
     }
-    return 0;
+    return wk_qa_check(o, err, errlen);
 }
 
 struct event *wk_timer_every(long long ms, event_callback_fn cb, void *arg) {
@@ -265,6 +265,7 @@ int main(int argc, char **argv) {
     wk_assign_start();
     wk_sla_start();
     wk_presence_start();
+    wk_qa_start();
     struct event *stats = NULL;
     if (wk.opt.stats_interval_s > 0) {
         stats = event_new(wk.base, -1, EV_PERSIST, on_stats, NULL);
@@ -285,6 +286,7 @@ int main(int argc, char **argv) {
     kf_route_shutdown();
     kf_redis_free(wk.reader);
     kf_redis_free(wk.redis);
+    wk_qa_stop();
     wk_presence_stop();
     wk_sla_stop();
     wk_assign_stop();

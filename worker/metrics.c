@@ -46,6 +46,11 @@ void wk_metrics_render(struct evbuffer *o) {
     counter(o, "kefu_worker_sla_breaches_total", "SLA breaches recorded.", s->breaches);
     counter(o, "kefu_worker_pattern_alerts_total",
             "Repeat and trend alerts sent to monitoring supervisors.", s->pattern_alerts);
+    counter(o, "kefu_worker_qa_samples_total",
+            "Daily QA samples stored by this worker (the first worker to draw a day stores it).",
+            s->qa_samples);
+    counter(o, "kefu_worker_qa_sampled_total",
+            "Conversations in the QA samples this worker stored.", s->qa_sampled);
     help(o, "kefu_worker_sla_fire_delay_seconds", "histogram", "How long after it was due an SLA deadline fired.");
     uint64_t cum = 0;
     for (int k = 0; k < WK_LATE_BUCKETS; k++) {

@@ -20,6 +20,7 @@ KF_SHARED_OPTION_CHECK(wk_options);
 #define HTTP "Health and metrics"
 #define PATTERNS "Patterns across conversations"
 #define STATS "Statistics"
+#define QA "Quality assurance (QA) sampling"
 
 const kf_option wk_option_table[] = {
     KF_SHARED_OPTION_REDIS(wk_options, REDIS),
@@ -74,6 +75,11 @@ const kf_option wk_option_table[] = {
     {"stats_timezone", KF_OPT_STR, O(stats_timezone), "UTC", 0, 0, 1, "the time zone whose days and hours the statistics count by: an IANA name (`Asia/Shanghai`), `UTC` or an offset (`+08:00`). Changing it splits the day it changes on.", STATS},
     {"stats_days", KF_OPT_INT, O(stats_days), "400", 1, 3650, 1, "how many days each day's statistics are kept in Redis.", STATS},
     {"fcr_days", KF_OPT_INT, O(fcr_days), "7", 0, 365, 1, "first-contact resolution: a conversation closed `resolved` counts as resolved at first contact unless the same customer opens another on the same topic within this many days (0 = every resolved one counts).", STATS},
+
+    {"qa_rate", KF_OPT_STR, O(qa_rate), "0.05", 0, 0, 1, "share of the previous day's closed conversations drawn for QA review, a number in 0..1: the sample takes the ceil(qa_rate x n) best ranked.", QA},
+    {"qa_min_per_agent", KF_OPT_INT, O(qa_min_per_agent), "1", 0, 1000, 1, "each agent who closed conversations that day gets at least this many in the sample (their best ranked others are added).", QA},
+    {"qa_seed", KF_OPT_STR, O(qa_seed), "", 0, 0, 1, "secret of the draw: conversations are ranked by FNV-1a of `<qa_seed>|<day>|<conv>`, so the same seed draws the same sample. Set a private value: whoever knows it can tell in advance which conversations will be drawn.", QA},
+    {"qa_delay_s", KF_OPT_INT, O(qa_delay_s), "600", 0, 43200, 1, "the previous day is drawn this long after local midnight (its last closes are counted by then).", QA},
 
     {"http_bind", KF_OPT_STR, O(http_bind), "127.0.0.1", 0, 0, 0, "address of the `/healthz`, `/readyz` and `/metrics` listener (`0.0.0.0` where a prober on another host, e.g. the kubelet, must reach it).", HTTP},
     {"http_port", KF_OPT_INT, O(http_port), "9091", 0, 65535, 0, "port of that listener; 0 = none (and `--wait-ready` cannot work). A port in use stops the worker at start (exit status 2).", HTTP},

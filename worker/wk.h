@@ -65,6 +65,11 @@ typedef struct wk_options {
     char *stats_timezone;
     long long stats_days;
     long long fcr_days;
+    /* QA sampling (qa.c) */
+    char *qa_rate;
+    long long qa_min_per_agent;
+    char *qa_seed;
+    long long qa_delay_s;
     /* health, readiness and metrics over HTTP (http.c) */
     char *http_bind;
     long long http_port;
@@ -89,6 +94,8 @@ typedef struct wk_stats {
     uint64_t pattern_alerts;  /* repeat and trend alerts (patterns.c) */
     uint64_t monitor_pushes;  /* pushes to monitoring supervisors (any list) */
     uint64_t monitor_dropped; /* pushes dropped because the supervisors' list could not be read */
+    uint64_t qa_samples;      /* QA samples of a day stored by this worker (qa.c) */
+    uint64_t qa_sampled;      /* conversations in them */
     int64_t timer_late_max_ms; /* largest firing delay after the deadline since the last report */
     uint64_t timer_late_bucket[WK_LATE_BUCKETS]; /* firing delays (metrics histogram) */
     uint64_t timer_late_ms_sum;
@@ -193,6 +200,12 @@ void wk_sla_assigned(wk_job *j, const char *conv, const char *channel, long long
 /* ---- presence.c: agents whose devices all disconnected; load set repair ---- */
 void wk_presence_start(void);
 void wk_presence_stop(void);
+
+/* ---- qa.c: the daily QA sample ---- */
+/** Checks qa_rate; 0 or -1 with err set. */
+int wk_qa_check(const wk_options *o, char *err, size_t errlen);
+void wk_qa_start(void);
+void wk_qa_stop(void);
 
 /* ---- http.c: /healthz, /readyz, /metrics ---- */
 /** Listens on http_bind:http_port (nothing when the port is 0); -1 with err set. */

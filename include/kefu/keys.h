@@ -90,6 +90,16 @@ static inline void kf_key_staff_load(char *k, const char *agent) {
 static inline void kf_key_conv_log(char *k, const char *conv) {
     snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:log", conv);
 }
+/* One local day's statistics (docs/architecture.md): `n`, `seen`, `closed`, `agent`, `qa`, ... */
+static inline void kf_key_stats(char *k, const char *day, const char *what) {
+    snprintf(k, KF_KEY_MAX, "kefu:{st:%s}:%s", day, what);
+}
+/* One local day's QA sample (worker/qa.c, qa_sample.lua; day = YYYYMMDD in stats_timezone):
+ * `info` (hash: n, k, sampled, rate, min_per_agent, by, at; its presence means "drawn") and
+ * `sample` (sorted set conversation -> rank, 0 = best). */
+static inline void kf_key_qa(char *k, const char *day, const char *what) {
+    snprintf(k, KF_KEY_MAX, "kefu:{qa:%s}:%s", day, what);
+}
 /* Per group, beside its waiting queue: the assignment lock, its "run again" flag, and the
  * agent each re-queued conversation should not go back to. */
 static inline void kf_key_queue_lock(char *k, const char *group) {

@@ -18,6 +18,7 @@ import pytest
 import kefu_harness as H
 import test_chat
 import test_master
+import test_qa
 import test_worker_assign
 import test_worker_sla
 import test_worker_transfer
@@ -114,6 +115,11 @@ def test_worker_sla_on_cluster(cspawn):
 
 def test_worker_transfer_on_cluster(cspawn):
     test_worker_transfer.test_transfer_to_agent_and_group(cspawn)
+
+
+def test_qa_review_on_cluster(cspawn):
+    """The sample, the conversations and the day's statistics are on different slots."""
+    test_qa.test_list_review_record_and_statistics(cspawn)
 
 
 # ---- drills under load (kefu-load relay: a real client following the protocol's rules) ----
