@@ -252,6 +252,7 @@ int main(int argc, char **argv) {
     wk_assign_start();
     wk_sla_start();
     wk_presence_start();
+    wk_callback_start();
     struct event *stats = NULL;
     if (wk.opt.stats_interval_s > 0) {
         stats = event_new(wk.base, -1, EV_PERSIST, on_stats, NULL);
@@ -272,6 +273,7 @@ int main(int argc, char **argv) {
     kf_route_shutdown();
     kf_redis_free(wk.reader);
     kf_redis_free(wk.redis);
+    wk_callback_stop();
     wk_presence_stop();
     wk_sla_stop();
     wk_assign_stop();

@@ -19,6 +19,7 @@ KF_SHARED_OPTION_CHECK(wk_options);
 #define CLOSE "Closing and monitoring"
 #define HTTP "Health and metrics"
 #define PATTERNS "Patterns across conversations"
+#define CALLBACK "Customers who left mid-conversation"
 
 const kf_option wk_option_table[] = {
     KF_SHARED_OPTION_REDIS(wk_options, REDIS),
@@ -69,6 +70,9 @@ const kf_option wk_option_table[] = {
     {"repeat_window_ms", KF_OPT_INT, O(repeat_window_ms), "604800000", 60000, BIG, 1, "the window of `repeat_threshold` (default 7 days); one alert per customer and category or topic within it.", PATTERNS},
     {"trend_threshold", KF_OPT_INT, O(trend_threshold), "5", 0, 100000, 1, "alert monitoring supervisors (`alert` kind `trend`) when this many different customers opened conversations on the same topic (compared without case and extra spaces) within `trend_window_ms`; 0 = off.", PATTERNS},
     {"trend_window_ms", KF_OPT_INT, O(trend_window_ms), "600000", 1000, BIG, 1, "the window of `trend_threshold` (default 10 minutes); one alert per topic within it.", PATTERNS},
+
+    {"callback_grace_ms", KF_OPT_INT, O(callback_grace_ms), "30000", 0, BIG, 1, "a customer whose last connection closed while a conversation of theirs is `waiting` or `assigned`, and who is not connected again on any node this much later, makes an `alert` of kind `customer_left` (to the assigned agent, the joined and the monitoring supervisors), a `customer_left` entry in the record and a call-back task.", CALLBACK},
+    {"callback_deadline_ms", KF_OPT_INT, O(callback_deadline_ms), "7200000", 1000, BIG, 1, "a call-back task is due this long after it was created (default 2 h); later it is listed as `overdue`.", CALLBACK},
 
     {"http_bind", KF_OPT_STR, O(http_bind), "127.0.0.1", 0, 0, 0, "address of the `/healthz`, `/readyz` and `/metrics` listener (`0.0.0.0` where a prober on another host, e.g. the kubelet, must reach it).", HTTP},
     {"http_port", KF_OPT_INT, O(http_port), "9091", 0, 65535, 0, "port of that listener; 0 = none (and `--wait-ready` cannot work). A port in use stops the worker at start (exit status 2).", HTTP},
