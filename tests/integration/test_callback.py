@@ -320,4 +320,16 @@ def test_two_workers_create_each_task_once(spawn):
             assert len(left(record(s, conv))) == 1
         assert s.worker_metric("kefu_worker_callback_tasks_created_total") == 4
         assert rcall(s, "cb", "ZCARD", "kefu:{cb}:firing") == 0
+        # a worker that died after creating a task leaves its check in the firing set: when the
+        # lease runs out another runs it again, and nothing is doubled
+        f = got[0]
+        due = f["task"][len(f["conv"]) + 1:]
+        rcall(s, "cb", "ZADD", "kefu:{cb}:firing", "0", f"{f['customer']}|{due}")
+        deadline = time.time() + 5
+        while rcall(s, "cb", "ZCARD", "kefu:{cb}:firing") and time.time() < deadline:
+            await asyncio.sleep(0.1)
+        assert rcall(s, "cb", "ZCARD", "kefu:{cb}:firing") == 0
+        await sup.no_push("alert", within=0.5, kind="customer_left")
+        assert len(s.tasks()) == 4 and len(left(record(s, f["conv"]))) == 1
+        assert s.worker_metric("kefu_worker_callback_tasks_created_total") == 4
     run(body(), timeout=60)
