@@ -26,21 +26,20 @@ rule { keywords = {"human"}, handoff = true }
 
 
 class Setup:
-    def __init__(self, spawn, workers=1, bots=False, **wopts):
-        self.redis = spawn.redis()
+    def __init__(self, spawn, workers=1, bots=False, cluster=False, **wopts):
+        shards = spawn.redis_cluster().addrs[:3] if cluster else [spawn.redis().addr]
         gopts = {}
         if bots:
             d = spawn.workdir / f"rules-{uuid.uuid4().hex[:6]}"
             d.mkdir(parents=True)
             (d / "rules.lua").write_text(RULES, encoding="utf-8")
             gopts["bots_dir"] = str(d)
-        self.n1 = spawn.gateway([self.redis], name="ca", **gopts)
-        self.n2 = spawn.gateway([self.redis], name="cb", **gopts)
+        self.n1 = spawn.gateway(shards, name="ca", **gopts)
+        self.n2 = spawn.gateway(shards, name="cb", **gopts)
         wopts.setdefault("callback_grace_ms", GRACE_MS)
         wopts.setdefault("offline_grace_ms", 60000)
-        self.workers = [spawn.worker([self.redis], name=f"cw{i}", **wopts)
-                        for i in range(workers)]
-        self.addrs = [self.redis.addr]
+        self.workers = [spawn.worker(shards, name=f"cw{i}", **wopts) for i in range(workers)]
+        self.addrs = shards
 
     def tasks(self):
         """Every call-back task in Redis: id -> hash."""
@@ -333,3 +332,28 @@ def test_two_workers_create_each_task_once(spawn):
         assert len(s.tasks()) == 4 and len(left(record(s, f["conv"]))) == 1
         assert s.worker_metric("kefu_worker_callback_tasks_created_total") == 4
     run(body(), timeout=60)
+
+
+def test_on_a_redis_cluster(spawn):
+    """The conversation, the customer, the stream and the tasks on different masters: the
+    check, the task and its lifecycle work across slots."""
+    s = Setup(spawn, workers=2, cluster=True)
+
+    async def body():
+        agent = await agent_on(s.n1)
+        sup = await sup_on(s.n2)
+        cust = await connect(s.n2, "customer", "json")
+        conv = await open_waiting(cust)
+        await assigned_to(agent, conv)
+        await cust.close()
+        f = await sup.next_push("alert", kind="customer_left", timeout=8)
+        assert (f["conv"], f["agent"]) == (conv, agent.user), f
+        await agent.next_push("alert", kind="customer_left", timeout=5)
+        r = await sup.ok("callback.assign", task=f["task"], agent=agent.user)
+        assert r["task"]["state"] == "assigned"
+        r = await agent.ok("callback.done", task=f["task"], note="ok")
+        assert r["task"]["state"] == "done"
+        await asyncio.sleep(0.3)
+        assert [e["ev"] for e in record(s, conv) if e["ev"].startswith(("customer_", "callback_"))] \
+            == ["customer_left", "callback_assigned", "callback_done"]
+    run(body(), timeout=90)
