@@ -343,6 +343,9 @@ typedef struct gw_metrics {
     uint64_t bot_replies, bot_handoffs, bot_finishes, bot_alerts;
     uint64_t bot_reloads, bot_reload_failures, bot_conflicts, bot_dropped;
     int64_t bot_rules_loaded, bot_memory_bytes;
+    /* customers who left, call-back tasks (router.c, callback.c) */
+    uint64_t customer_left;   /* a customer's last connection here closed: event for the worker */
+    uint64_t callback_assigned, callback_done;
 } gw_metrics;
 
 extern const char *const gw_error_codes[ERR__COUNT];

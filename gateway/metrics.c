@@ -198,6 +198,10 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
     EACH sb_printf(&b, "kefu_bot_rules_loaded{" P("") "} %lld\n", i, (long long)all[i].bot_rules_loaded);
     sb_printf(&b, "# HELP kefu_bot_memory_bytes Heap of the bot rule set's Lua state.\n# TYPE kefu_bot_memory_bytes gauge\n");
     EACH sb_printf(&b, "kefu_bot_memory_bytes{" P("") "} %lld\n", i, (long long)all[i].bot_memory_bytes);
+    /* customers who left mid-conversation, call-back tasks (router.c, callback.c) */
+    COUNTER("kefu_customer_left_total", "Customers whose last connection to this gateway closed (a customer_left lifecycle event each).", customer_left);
+    COUNTER("kefu_callback_assigned_total", "Call-back tasks assigned (callback.assign).", callback_assigned);
+    COUNTER("kefu_callback_done_total", "Call-back tasks completed (callback.done).", callback_done);
     *len = b.len - headroom;
     return b.buf;
 }

@@ -177,6 +177,11 @@ void gw_router_detach(gw_conn *c) {
     char key[KF_KEY_MAX];
     kf_key_user_nodes(key, u->id);
     kf_redis_cmd_key(gw->redis, key, NULL, NULL, "ZREM %s %s", key, gw->node);
+    /* the worker checks later whether the customer is back on any node (worker/callback.c) */
+    if (c->ident.role == KF_ROLE_CUSTOMER) {
+        GW_M->customer_left++;
+        gw_lifecycle("customer_left", "", c, NULL, NULL, NULL, NULL);
+    }
     user_remove(u);
 }
 

@@ -222,6 +222,8 @@ static void handle(wk_job *j, const redisReply *kv) {
         long long stars = atoll(field(kv, "stars"));
         if (stars >= 1 && stars <= 2) wk_patterns_unsatisfied(j, conv, "rated 2 or less");
         wk_stats_rated(j, conv, ts, stars);
+    } else if (!strcmp(e, "customer_left")) {
+        wk_callback_left(j, field(kv, "by"), ts);
     } else if (!strcmp(e, "agent")) {
         if (!strcmp(field(kv, "status"), "available")) wk_assign_kick_list(field(kv, "groups"));
     }

@@ -51,6 +51,13 @@ void wk_metrics_render(struct evbuffer *o) {
             s->qa_samples);
     counter(o, "kefu_worker_qa_sampled_total",
             "Conversations in the QA samples this worker stored.", s->qa_sampled);
+    counter(o, "kefu_worker_callback_checks_total",
+            "Customer-left checks scheduled (a customer's last connection on a gateway closed).", s->callback_checks);
+    counter(o, "kefu_worker_callback_cancelled_total",
+            "Customer-left checks that ended without an alert: the customer was connected again, or had nothing open.", s->callback_cancelled);
+    counter(o, "kefu_worker_callback_alerts_total",
+            "customer_left alerts sent (one per call-back task created).", s->callback_alerts);
+    counter(o, "kefu_worker_callback_tasks_created_total", "Call-back tasks created.", s->callback_tasks);
     help(o, "kefu_worker_sla_fire_delay_seconds", "histogram", "How long after it was due an SLA deadline fired.");
     uint64_t cum = 0;
     for (int k = 0; k < WK_LATE_BUCKETS; k++) {

@@ -21,6 +21,7 @@ KF_SHARED_OPTION_CHECK(wk_options);
 #define PATTERNS "Patterns across conversations"
 #define STATS "Statistics"
 #define QA "Quality assurance (QA) sampling"
+#define CALLBACK "Customers who left mid-conversation"
 
 const kf_option wk_option_table[] = {
     KF_SHARED_OPTION_REDIS(wk_options, REDIS),
@@ -80,6 +81,8 @@ const kf_option wk_option_table[] = {
     {"qa_min_per_agent", KF_OPT_INT, O(qa_min_per_agent), "1", 0, 1000, 1, "each agent who closed conversations that day gets at least this many in the sample (their best ranked others are added).", QA},
     {"qa_seed", KF_OPT_STR, O(qa_seed), "", 0, 0, 1, "secret of the draw: conversations are ranked by FNV-1a of `<qa_seed>|<day>|<conv>`, so the same seed draws the same sample. Set a private value: whoever knows it can tell in advance which conversations will be drawn.", QA},
     {"qa_delay_s", KF_OPT_INT, O(qa_delay_s), "600", 0, 43200, 1, "the previous day is drawn this long after local midnight (its last closes are counted by then).", QA},
+    {"callback_grace_ms", KF_OPT_INT, O(callback_grace_ms), "30000", 0, BIG, 1, "a customer whose last connection closed while a conversation of theirs is `waiting` or `assigned`, and who is not connected again on any node this much later, makes an `alert` of kind `customer_left` (to the assigned agent, the joined and the monitoring supervisors), a `customer_left` entry in the record and a call-back task.", CALLBACK},
+    {"callback_deadline_ms", KF_OPT_INT, O(callback_deadline_ms), "7200000", 1000, BIG, 1, "a call-back task is due this long after it was created (default 2 h); later it is listed as `overdue`.", CALLBACK},
 
     {"http_bind", KF_OPT_STR, O(http_bind), "127.0.0.1", 0, 0, 0, "address of the `/healthz`, `/readyz` and `/metrics` listener (`0.0.0.0` where a prober on another host, e.g. the kubelet, must reach it).", HTTP},
     {"http_port", KF_OPT_INT, O(http_port), "9091", 0, 65535, 0, "port of that listener; 0 = none (and `--wait-ready` cannot work). A port in use stops the worker at start (exit status 2).", HTTP},

@@ -70,6 +70,9 @@ typedef struct wk_options {
     long long qa_min_per_agent;
     char *qa_seed;
     long long qa_delay_s;
+    /* customers who left mid-conversation (callback.c) */
+    long long callback_grace_ms;
+    long long callback_deadline_ms;
     /* health, readiness and metrics over HTTP (http.c) */
     char *http_bind;
     long long http_port;
@@ -92,6 +95,10 @@ typedef struct wk_stats {
     uint64_t reassigned, positions_pushed;
     uint64_t agents_offline;
     uint64_t pattern_alerts;  /* repeat and trend alerts (patterns.c) */
+    uint64_t callback_checks;    /* customer-left checks scheduled (callback.c) */
+    uint64_t callback_cancelled; /* ... ended without an alert: back in time, nothing open */
+    uint64_t callback_alerts;    /* customer_left alerts sent */
+    uint64_t callback_tasks;     /* call-back tasks created */
     uint64_t monitor_pushes;  /* pushes to monitoring supervisors (any list) */
     uint64_t monitor_dropped; /* pushes dropped because the supervisors' list could not be read */
     uint64_t qa_samples;      /* QA samples of a day stored by this worker (qa.c) */
@@ -196,6 +203,13 @@ void wk_sla_opened(wk_job *j, const char *conv, const char *channel, const char 
 /** Timers of an assignment `seq` made at assigned_ms. */
 void wk_sla_assigned(wk_job *j, const char *conv, const char *channel, long long seq,
                      long long assigned_ms);
+
+/* ---- callback.c: customers who left mid-conversation, call-back tasks ---- */
+void wk_callback_start(void);
+void wk_callback_stop(void);
+/** A customer's last connection on a gateway closed at left_ms: checks after callback_grace_ms
+ * (tracked by job j). */
+void wk_callback_left(wk_job *j, const char *customer, long long left_ms);
 
 /* ---- presence.c: agents whose devices all disconnected; load set repair ---- */
 void wk_presence_start(void);

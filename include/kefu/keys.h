@@ -86,6 +86,13 @@ static inline void kf_key_staff_load(char *k, const char *agent) {
 #define KF_KEY_SLA_TIMERS "kefu:{sla}:timers"
 #define KF_KEY_SLA_FIRING "kefu:{sla}:firing"
 #define KF_KEY_SLA_BREACHES "kefu:{sla}:breaches"
+/* Customers who left mid-conversation (worker/callback.c) and their call-back tasks
+ * (lua/redis/callback_task.lua), all under one hash tag: checks due (customer -> due ms), the
+ * ones being run ("<customer>|<due>" -> lease expiry), and the open tasks (id -> deadline), the
+ * slot every task script runs on. */
+#define KF_KEY_CB_CHECKS "kefu:{cb}:checks"
+#define KF_KEY_CB_FIRING "kefu:{cb}:firing"
+#define KF_KEY_CB_OPEN "kefu:{cb}:open"
 /* A conversation's record: one stream entry per state change (ev, by, ts, ...). */
 static inline void kf_key_conv_log(char *k, const char *conv) {
     snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:log", conv);
