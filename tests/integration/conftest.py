@@ -53,6 +53,13 @@ class Spawner:
         self.use_cluster_last = c
         return c.start()
 
+    def postgres(self):
+        """A private PostgreSQL server with a database `kefu` (H.Postgres), stopped at
+        teardown."""
+        pg = H.Postgres(self.workdir / f"pg-{uuid.uuid4().hex[:6]}").start()
+        self.redises.append(pg)
+        return pg
+
     def gateway(self, shards, name="x", ready=True, **opts):
         # unique node ids: dedicated nodes share the session shards (inboxes, presence)
         name = f"{name}-{uuid.uuid4().hex[:6]}"

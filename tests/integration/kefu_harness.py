@@ -8,9 +8,11 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -249,6 +251,74 @@ class Redis(Proc):
             s.sendall(out)
             time.sleep(0.05)
             return s.recv(1 << 20)
+
+
+PG_BIN = Path(os.environ.get("KEFU_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class Postgres(Proc):
+    """A private PostgreSQL server (Debian's postgresql package) on a loopback port, with trust
+    authentication for the loopback and a database `kefu`. PostgreSQL refuses to run as root:
+    as root, its data directory belongs to the `postgres` user and it runs as that user.
+    url is the libpq connection string kefu's options take; sql() runs a statement with psql
+    and returns the rows as lists of strings."""
+
+    def __init__(self, workdir, port=None, name="pg"):
+        self.port = port or free_port()
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # its own directory: the postgres user cannot enter the tests' private (0700) workdir
+        self.home = Path(tempfile.mkdtemp(prefix="kefu-pg-"))
+        self.data = self.home / "data"
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        super().__init__(f"{name}:{self.port}", self.as_user + [
+            PG_BIN / "postgres", "-D", self.data, "-p", self.port, "-h", HOST,
+            "-k", self.data, "-c", "fsync=off", "-c", "full_page_writes=off",
+            "-c", "synchronous_commit=off"],
+            self.workdir / f"pg-{self.port}.log", scan=False)
+
+    @property
+    def url(self):
+        return f"postgresql://postgres@{HOST}:{self.port}/kefu"
+
+    def start(self, timeout=30.0):
+        if not self.data.exists():
+            if self.as_user:
+                shutil.chown(self.home, "postgres")
+            subprocess.run(self.as_user + [str(PG_BIN / "initdb"), "-D", str(self.data),
+                                           "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                                           "--locale=C.UTF-8", "--no-sync"],
+                           check=True, capture_output=True, timeout=120)
+        super().start()
+        deadline = time.monotonic() + timeout
+        while True:
+            r = subprocess.run([str(PG_BIN / "pg_isready"), "-h", HOST, "-p", str(self.port)],
+                               capture_output=True)
+            if r.returncode == 0:
+                break
+            if not self.alive():
+                raise AssertionError(f"postgres on {self.port} exited:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"postgres on {self.port} does not answer")
+            time.sleep(0.1)
+        if self.sql("SELECT 1 FROM pg_database WHERE datname = 'kefu'", db="postgres") == []:
+            self.sql("CREATE DATABASE kefu", db="postgres")
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        rc = super().stop(sig, timeout)
+        if os.environ.get("KEFU_TEST_KEEP") != "1":
+            shutil.rmtree(self.home, ignore_errors=True)
+        return rc
+
+    def sql(self, statement, db="kefu"):
+        r = subprocess.run([str(PG_BIN / "psql"), "-X", "-q", "-At", "-F", "\t", "-v",
+                            "ON_ERROR_STOP=1", "-h", HOST, "-p", str(self.port), "-U",
+                            "postgres", "-d", db, "-c", statement],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise AssertionError(f"psql: {statement!r}: {r.stderr.strip()}")
+        return [line.split("\t") for line in r.stdout.splitlines()]
 
 
 class RedisCluster:
