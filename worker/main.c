@@ -279,7 +279,8 @@ int main(int argc, char **argv) {
     event_add(term, NULL);
     event_add(intr, NULL);
     event_add(hup, NULL);
-    kf_info("worker %s consuming %s (redis %s)", wk.consumer, KF_KEY_LIFECYCLE, wk.opt.redis);
+    kf_info("worker %s consuming kefu:{ev:*}:lifecycle, %d partitions (redis %s)", wk.consumer,
+            KF_PARTS, wk.opt.redis);
     event_base_dispatch(wk.base);
     log_stats();
     /* Pending commands fail while the clients are freed; their callbacks see `stopping`. */

@@ -90,6 +90,7 @@ extern const int wk_late_bounds_ms[WK_LATE_BUCKETS - 1];
 
 typedef struct wk_stats {
     uint64_t events, events_claimed, events_failed;
+    uint64_t events_old; /* of them read from the single stream of earlier versions */
     uint64_t assigned, assign_conflicts, reservations_undone;
     uint64_t timers_fired, timers_cancelled, timers_stale, timers_reclaimed, breaches;
     uint64_t reassigned, positions_pushed;
@@ -179,8 +180,13 @@ void wk_push_stop(void);
 void wk_events_start(void);
 void wk_events_stop(void);
 void wk_events_redis_up(void);
-/** The last XREADGROUP in the group was answered (the group exists, this consumer reads it). */
+/** The last read of every partition in the group was answered (the groups exist, this consumer
+ * reads them) and their servers are up. */
 int wk_events_reading(void);
+/** How many of the KF_PARTS partitions that is true of. */
+unsigned wk_events_partitions_reading(void);
+/** The single stream of earlier versions exists (and is drained), as far as this worker knows. */
+int wk_events_old_draining(void);
 
 /* ---- assign.c: queues and automatic assignment ---- */
 void wk_assign_start(void);
