@@ -53,6 +53,7 @@ struct stream {
     char claim_cursor[48];
     int group_ok;           /* the last read was answered: the group exists, we read it */
     int creating;           /* an XGROUP CREATE is outstanding */
+    int in_combined;        /* stand-alone: part of the combined read that is out */
     int absent;             /* the old stream: does not exist (nothing to drain) */
     int64_t next_poll;      /* the old stream: when to read it next */
 };
@@ -293,8 +294,12 @@ static void create_group(struct stream *st) {
     if (st->creating || !kf_redis_is_up(wk.redis, st->slot)) return;
     st->creating = 1;
     /* "0": a stream that exists before its group (the old one) is read from its start */
-    kf_redis_cmd(wk.redis, st->slot, on_group_created, st, "XGROUP CREATE %s " GROUP " 0%s",
-                 st->key, st == &ev.s[OLD] ? "" : " MKSTREAM");
+    if (st == &ev.s[OLD])
+        kf_redis_cmd(wk.redis, st->slot, on_group_created, st, "XGROUP CREATE %s " GROUP " 0",
+                     st->key);
+    else
+        kf_redis_cmd(wk.redis, st->slot, on_group_created, st,
+                     "XGROUP CREATE %s " GROUP " 0 MKSTREAM", st->key);
 }
 
 static struct stream *stream_of(const redisReply *name) {
@@ -330,20 +335,23 @@ static void got_entries(const redisReply *r, int own) {
     }
 }
 
-/* The answer of a read: of stream st alone, or (st NULL) the combined read of every partition. */
-static void answered(struct stream *st, const redisReply *r, const char *err, int own) {
+/* The answer of a read: of stream st alone, or (st NULL) the combined read of every partition.
+ * -1 when it failed: the tick reads again (not at once: a broken stream would spin). */
+static int answered(struct stream *st, const redisReply *r, const char *err, int own) {
     unsigned first = st ? (unsigned)(st - ev.s) : 0, end = st ? first + 1 : KF_PARTS;
     int failed = err || r->type == REDIS_REPLY_ERROR;
     for (unsigned i = first; i < end; i++) {
         struct stream *s = &ev.s[i];
+        if (!st && !s->in_combined) continue;
         s->group_ok = !failed;
         if (failed && !err && strstr(r->str, "NOGROUP")) create_group(s);
         if (i == OLD && failed) s->next_poll = wk_now_ms() + OLD_POLL_MS;
         if (i == OLD && !failed) s->absent = 0;
     }
-    if (failed) return; /* the tick retries */
+    if (failed) return -1; /* the tick retries */
     /* a read of our own pending entries answers [[stream, []]] once they are done */
     got_entries(r, own);
+    return 0;
 }
 
 /* A read answered during the drain is left pending: this consumer after its restart, or
@@ -352,24 +360,21 @@ static void on_own(const redisReply *r, const char *err, void *priv) {
     struct stream *st = priv;
     st->own_reading = 0;
     if (wk.stopping || wk.draining) return;
-    answered(st, r, err, 1);
-    read_events();
+    if (answered(st, r, err, 1) == 0) read_events();
 }
 
 static void on_new(const redisReply *r, const char *err, void *priv) {
     struct stream *st = priv;
     st->reading = 0;
     if (wk.stopping || wk.draining) return;
-    answered(st, r, err, 0);
-    read_events();
+    if (answered(st, r, err, 0) == 0) read_events();
 }
 
 static void on_combined(const redisReply *r, const char *err, void *priv) {
     (void)priv;
     ev.combined = 0;
     if (wk.stopping || wk.draining) return;
-    answered(NULL, r, err, 0);
-    read_events();
+    if (answered(NULL, r, err, 0) == 0) read_events();
 }
 
 static int old_due(void) {
@@ -402,19 +407,17 @@ static kf_redis *reader_of(unsigned p) {
 
 static void read_events(void) {
     if (wk.stopping || wk.draining) return;
-    int all_own = 1;
-    for (unsigned i = 0; i < NSTREAMS; i++) {
-        read_own(&ev.s[i]);
-        if (i < KF_PARTS && !ev.s[i].own_pending_done) all_own = 0;
-    }
-    int mode = kf_redis_is_cluster(wk.reader);
-    if (mode == 0) {
-        /* one server: one blocking read of every partition, once our pending ones are done */
-        if (!ev.combined && all_own && kf_redis_is_up(wk.reader, ev.s[0].slot)) {
+    int mode = kf_redis_is_cluster(wk.reader), own_out = 0;
+    for (unsigned p = 0; p < KF_PARTS; p++) own_out |= ev.s[p].own_reading;
+    if (mode == 0 && !own_out) {
+        /* one server: one blocking read of every partition whose pending entries of ours are
+         * done, sent once none of those reads is out (a partition that cannot be read, e.g. a
+         * key of the wrong type, holds up only itself; it joins the next read once it can) */
+        if (!ev.combined && kf_redis_is_up(wk.reader, ev.s[0].slot)) {
             const char *argv[10 + 2 * KF_PARTS];
             char count[24];
             snprintf(count, sizeof(count), "%lld", wk.opt.batch);
-            int argc = 0;
+            int argc = 0, n = 0;
             argv[argc++] = "XREADGROUP";
             argv[argc++] = "GROUP";
             argv[argc++] = GROUP;
@@ -424,10 +427,15 @@ static void read_events(void) {
             argv[argc++] = "BLOCK";
             argv[argc++] = "1000";
             argv[argc++] = "STREAMS";
-            for (unsigned p = 0; p < KF_PARTS; p++) argv[argc++] = ev.s[p].key;
-            for (unsigned p = 0; p < KF_PARTS; p++) argv[argc++] = ">";
-            ev.combined = 1;
-            kf_redis_argv(wk.reader, ev.s[0].slot, on_combined, NULL, argc, argv, NULL);
+            for (unsigned p = 0; p < KF_PARTS; p++) {
+                ev.s[p].in_combined = ev.s[p].own_pending_done;
+                if (ev.s[p].in_combined) argv[argc++] = ev.s[p].key, n++;
+            }
+            for (int i = 0; i < n; i++) argv[argc++] = ">";
+            if (n) {
+                ev.combined = 1;
+                kf_redis_argv(wk.reader, ev.s[0].slot, on_combined, NULL, argc, argv, NULL);
+            }
         }
     } else if (mode == 1) {
         for (unsigned p = 0; p < KF_PARTS; p++) {
@@ -441,6 +449,7 @@ static void read_events(void) {
                          wk.consumer, wk.opt.batch, st->key);
         }
     }
+    for (unsigned i = 0; i < NSTREAMS; i++) read_own(&ev.s[i]);
     /* the old stream: polled, never blocked on (only old gateways write it) */
     struct stream *o = &ev.s[OLD];
     if (!o->reading && o->own_pending_done && old_due() && kf_redis_is_up(wk.redis, o->slot)) {
