@@ -47,6 +47,7 @@ void wk_metrics_render(struct evbuffer *o) {
     counter(o, "kefu_worker_sla_timers_fired_total", "SLA deadlines that fired (warning, alert, breach or reassignment).", s->timers_fired);
     counter(o, "kefu_worker_sla_timers_cancelled_total", "SLA deadlines found already met when due.", s->timers_cancelled);
     counter(o, "kefu_worker_sla_timers_stale_total", "SLA deadlines of an earlier assignment or a closed conversation.", s->timers_stale);
+    gauge(o, "kefu_worker_sla_timers_kept", "SLA deadlines of automatic assignments kept until the master of their partition answers.", (long long)s->timers_kept);
     counter(o, "kefu_worker_sla_timers_reclaimed_total", "SLA deadlines fired again after the worker holding them died.", s->timers_reclaimed);
     counter(o, "kefu_worker_sla_breaches_total", "SLA breaches recorded.", s->breaches);
     counter(o, "kefu_worker_pattern_alerts_total",

@@ -67,6 +67,63 @@ static void arm_exact(int64_t deadline) {
     sl.exact_at = deadline;
 }
 
+/* A deadline scheduled outside an event (an automatic assignment) has no event to be handled
+ * again when its ZADD fails (its partition's master is down): it is kept here and added again
+ * once the master answers. Lost only if this worker exits meanwhile. */
+#define KEPT_MAX 100000
+
+struct kept {
+    struct kept *next;
+    struct part *pt;
+    char score[24];
+    char member[256];
+};
+
+static struct kept *kept_head, **kept_tail = &kept_head;
+
+static void kept_send(struct kept *k);
+
+static void on_kept_added(const redisReply *r, const char *err, void *priv) {
+    struct kept *k = priv;
+    if (wk.stopping || (!err && r->type != REDIS_REPLY_ERROR)) {
+        kf_free(k);
+        return;
+    }
+    if (wk.stats.timers_kept >= KEPT_MAX) {
+        kf_warn("SLA deadline of %s dropped: %d kept already", k->member, KEPT_MAX);
+        kf_free(k);
+        return;
+    }
+    k->next = NULL;
+    *kept_tail = k;
+    kept_tail = &k->next;
+    wk.stats.timers_kept++;
+}
+
+static void kept_send(struct kept *k) {
+    const char *argv[] = {"ZADD", k->pt->timers, k->score, k->member};
+    kf_redis_argv(wk.redis, k->pt->slot, on_kept_added, k, 4, argv, NULL);
+}
+
+/* Sends the kept deadlines whose partition's master is up again. */
+static void kept_retry(void) {
+    struct kept *list = kept_head;
+    kept_head = NULL;
+    kept_tail = &kept_head;
+    while (list) {
+        struct kept *k = list;
+        list = k->next;
+        if (kf_redis_is_up(wk.redis, k->pt->slot)) {
+            wk.stats.timers_kept--;
+            kept_send(k);
+        } else {
+            k->next = NULL;
+            *kept_tail = k;
+            kept_tail = &k->next;
+        }
+    }
+}
+
 static void schedule(wk_job *j, const char *conv, const char *kind, long long seq, int step,
                      long long deadline, long long due) {
     char member[256], score[24];
@@ -74,8 +131,16 @@ static void schedule(wk_job *j, const char *conv, const char *kind, long long se
              due);
     snprintf(score, sizeof(score), "%lld", due);
     struct part *pt = &sl.p[kf_part_of(conv)];
-    const char *argv[] = {"ZADD", pt->timers, score, member};
-    kf_redis_argv(wk.redis, pt->slot, j ? wk_job_cb : NULL, wk_job_ref(j), 4, argv, NULL);
+    if (j) {
+        const char *argv[] = {"ZADD", pt->timers, score, member};
+        kf_redis_argv(wk.redis, pt->slot, wk_job_cb, wk_job_ref(j), 4, argv, NULL);
+    } else {
+        struct kept *k = kf_calloc(1, sizeof(*k));
+        k->pt = pt;
+        snprintf(k->score, sizeof(k->score), "%s", score);
+        snprintf(k->member, sizeof(k->member), "%s", member);
+        kept_send(k);
+    }
     /* a claim answered after this ZADD was sent may not have seen it: kept in sched_min */
     if (pt->next_due && due < pt->next_due) pt->next_due = due;
     if (pt->claiming && due < pt->sched_min) pt->sched_min = due;
@@ -431,6 +496,7 @@ static void claim_due(void) {
 
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
+    if (kept_head && !wk.draining) kept_retry();
     claim_due();
 }
 
@@ -458,6 +524,14 @@ void wk_sla_start(void) {
 }
 
 void wk_sla_stop(void) {
+    if (wk.stats.timers_kept)
+        kf_warn("%llu SLA deadlines kept (their master was down) not stored before exit",
+                (unsigned long long)wk.stats.timers_kept);
+    while (kept_head) {
+        struct kept *k = kept_head;
+        kept_head = k->next;
+        kf_free(k);
+    }
     event_free(sl.poll_ev);
     event_free(sl.exact_ev);
 }

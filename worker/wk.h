@@ -93,6 +93,7 @@ typedef struct wk_stats {
     uint64_t events_old; /* of them read from the single stream of earlier versions */
     uint64_t assigned, assign_conflicts, reservations_undone;
     uint64_t timers_fired, timers_cancelled, timers_stale, timers_reclaimed, breaches;
+    uint64_t timers_kept; /* deadlines of automatic assignments waiting for their master (sla.c) */
     uint64_t reassigned, positions_pushed;
     uint64_t agents_offline;
     uint64_t pattern_alerts;  /* repeat and trend alerts (patterns.c) */
