@@ -331,7 +331,8 @@ static void got_entries(const redisReply *r, int own) {
                 snprintf(st->own_cursor, sizeof(st->own_cursor), "%s", last->element[0]->str);
         }
         if (idx == OLD && !own)
-            st->next_poll = wk_now_ms() + ((long long)entries->elements >= wk.opt.batch ? 0 : OLD_POLL_MS);
+            st->next_poll = wk_now_ms() +
+                            ((long long)entries->elements >= wk.opt.batch ? 0 : OLD_POLL_MS);
     }
 }
 
@@ -396,11 +397,11 @@ static kf_redis *reader_of(unsigned p) {
     struct stream *st = &ev.s[p];
     if (!st->reader) {
         char err[256];
-        /* the reader blocks up to 1 s in XREADGROUP: a reply may take that much longer */
+        /* the reader blocks up to 1 s in XREADGROUP: a reply may take that much longer. It
+         * cannot fail: wk.reader was made from the same address list. */
         st->reader = kf_redis_new(wk.base, wk.opt.redis, (int)wk.opt.redis_timeout_ms + 1000, err,
                                   sizeof(err));
-        if (!st->reader) kf_error("events: partition %u reader: %s", p, err); /* not reached:
-                                                                            the address parsed */
+        if (!st->reader) kf_error("events: partition %u reader: %s", p, err);
     }
     return st->reader;
 }
