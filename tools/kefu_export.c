@@ -139,15 +139,17 @@ static void out_str(exporter *x, const char *s) {
  * the next call) or at s itself. */
 static const char *masked(exporter *x, const char *s) {
     if (!x->mask || !s) return s;
-    /* Masking can lengthen a text (1234567 -> ****4567, a@b.cn -> a***@b.cn): less than
-     * twice its length, so a result that fills the buffer would be a bug. */
+    /* Masking can lengthen a text (1234567 -> ****4567, a@b.cn -> a***@b.cn), by less than
+     * its length; a result that fills the buffer may have been cut: larger, and again. */
     size_t need = 2 * strlen(s) + 16;
-    if (need > x->mcap) {
-        x->mcap = need;
-        x->mbuf = kf_realloc(x->mbuf, x->mcap);
+    for (;;) {
+        if (need > x->mcap) {
+            x->mcap = need;
+            x->mbuf = kf_realloc(x->mbuf, x->mcap);
+        }
+        if (kf_mask_pii(x->mbuf, x->mcap, s) < x->mcap - 1) return x->mbuf;
+        need = 2 * x->mcap;
     }
-    kf_mask_pii(x->mbuf, x->mcap, s);
-    return x->mbuf;
 }
 
 /* One CSV field (RFC 4180): quoted when it holds a comma, quote, CR or LF; quotes doubled. */

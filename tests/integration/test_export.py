@@ -5,6 +5,7 @@ backup and restore of docs/operations.md (deploy/kefu-archive-backup, pg_restore
 database, the same export byte for byte)."""
 
 import csv
+import datetime
 import io
 import json
 import os
@@ -49,7 +50,6 @@ RAW_FORMS = ["138-1234-5678", PHONE, "zhangsan@example.com", ID18, CARD, "139000
 
 def ms(iso):
     """Unix milliseconds of an ISO 8601 UTC time."""
-    import datetime
     return int(datetime.datetime.fromisoformat(iso).timestamp() * 1000)
 
 
@@ -347,6 +347,15 @@ def test_output_file(pg, tmp_path):
     assert r.stdout == ""
     assert path.read_bytes() == export(pg, "--format", "csv").stdout.encode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+    # replaced when the export succeeds, left as it was when it fails
+    path.write_text("old")
+    r = export(pg, "--channel", "wechat", "-o", str(path))
+    assert [json.loads(line)["conv"] for line in path.read_text().splitlines()] == ["c4"]
+    path.write_text("old")
+    r = export(pg, "-o", str(path), db=f"postgresql://postgres@{H.HOST}:{H.free_port()}/kefu",
+               check=False)
+    assert r.returncode == 3 and path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
 
 
 # ---- errors ----
@@ -395,6 +404,13 @@ def test_errors(pg, tmp_path):
         assert rc == 4 and "version 99" in err
     finally:
         pg.sql("DROP DATABASE kefu_empty", db="postgres")
+    # a user without the right to read the archive: a database error
+    pg.sql("CREATE ROLE kefu_noread LOGIN")
+    try:
+        rc, err = status(db=f"postgresql://kefu_noread@{H.HOST}:{pg.port}/kefu")
+        assert rc == 5 and "permission denied" in err
+    finally:
+        pg.sql("DROP ROLE kefu_noread")
     # an output that cannot be written: nothing left behind
     rc, err = status("-o", str(tmp_path / "no" / "such" / "dir.jsonl"))
     assert rc == 6 and "no/such" in err
