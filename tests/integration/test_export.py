@@ -10,7 +10,6 @@ import io
 import json
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -115,12 +114,11 @@ def seed_sql():
 
 
 @pytest.fixture(scope="module")
-def pg():
+def pg(tmp_path_factory):
     """One PostgreSQL server for the module, its database `kefu` holding the seeded archive."""
     if H.EXTERNAL:
         pytest.skip("needs process control (KEFU_TEST_GATEWAY is set)")
-    work = Path(tempfile.mkdtemp(prefix="kefu-export-"))
-    server = H.Postgres(work).start()
+    server = H.Postgres(tmp_path_factory.mktemp("export-pg")).start()
     try:
         server.sql(SCHEMA)
         server.sql(seed_sql())
