@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 import kefu_harness as H
 from kefu_client import connect, run, send_msg
 from worker_helpers import agent_on, meta, open_waiting, rcall, record, sanitized, wcluster
@@ -288,3 +290,12 @@ def test_retention_zero_keeps_forever(spawn):
         time.sleep(1)
         assert all(int(rcall(wc, "c:" + conv, "PTTL", k)) == -1 for k in conv_keys(conv)[:3])
     run(body())
+
+
+def test_archive_on_cluster(spawn):
+    """The first case on a Redis Cluster (3 masters): the conversation's keys, the archive
+    partitions and the lifecycle stream on different slots."""
+    if H.EXTERNAL:
+        pytest.skip("starts its own Redis Cluster")
+    spawn.use_cluster = True
+    test_archive_masked_rated_reviewed_trimmed(spawn)
