@@ -77,6 +77,7 @@ static struct {
     long long pending[PARTS], oldest[PARTS];
     PGresult *last;         /* the statement's result kept so far */
     int ok;                 /* ... no failure among them */
+    int warned;             /* the database's absence was logged (once until it is back) */
     uint64_t archived, failures, trimmed;
 } ar;
 
@@ -417,10 +418,13 @@ static void db_fail(const char *what) {
     if (ar.pg) snprintf(msg, sizeof(msg), "%s", PQerrorMessage(ar.pg));
     for (char *p = msg; *p; p++)
         if (*p == '\n') *p = ' ';
-    if (ar.state == DB_READY || ar.state == DB_SCHEMA)
-        kf_warn("archive database lost (%s): %s; reconnecting", what, msg);
-    else
+    if (ar.state == DB_READY || ar.state == DB_SCHEMA || !ar.warned) {
+        kf_warn("archive database %s (%s): %s; retrying with backoff",
+                ar.state == DB_READY || ar.state == DB_SCHEMA ? "lost" : "unreachable", what, msg);
+        ar.warned = 1;
+    } else {
         kf_debug("archive database: %s: %s", what, msg);
+    }
     if (ar.cur) {
         ar.failures++;
         finish(ar.cur, "release", "");
@@ -451,6 +455,7 @@ static void statement_done(PGresult *last, int ok) {
         }
         ar.state = DB_READY;
         ar.backoff_ms = BACKOFF_MIN_MS;
+        ar.warned = 0;
         kf_info("archive database connected, schema in place");
         pump();
         return;
@@ -664,6 +669,21 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* ---- start, stop, metrics ---- */
+
+int wk_archive_check(const wk_options *o, char *err, size_t errlen) {
+    if (!*o->archive_db) return 0;
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(o->archive_db, &perr);
+    if (!opts) {
+        snprintf(err, errlen, "archive_db: %s", perr ? perr : "not a connection string");
+        for (char *p = err; *p; p++)
+            if (*p == '\n') *p = ' ';
+        if (perr) PQfreemem(perr);
+        return -1;
+    }
+    PQconninfoFree(opts);
+    return 0;
+}
 
 void wk_archive_start(void) {
     if (!*wk.opt.archive_db) {

@@ -76,6 +76,7 @@ int wk_options_check(const wk_options *o, char *err, size_t errlen) {
         }
         s = end ? end + 1 : s + len;
     }
+    if (wk_archive_check(o, err, errlen) < 0) return -1;
     return wk_qa_check(o, err, errlen);
 }
 

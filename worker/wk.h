@@ -230,6 +230,8 @@ void wk_qa_start(void);
 void wk_qa_stop(void);
 
 /* ---- archive.c: closed conversations into PostgreSQL, trimmed from Redis ---- */
+/** Checks archive_db's syntax; 0 or -1 with err set. */
+int wk_archive_check(const wk_options *o, char *err, size_t errlen);
 void wk_archive_start(void);
 void wk_archive_stop(void);
 /** A conversation closed at ts: pending for the archive, or its keys' retention set. */

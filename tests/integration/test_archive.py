@@ -299,3 +299,9 @@ def test_archive_on_cluster(spawn):
         pytest.skip("starts its own Redis Cluster")
     spawn.use_cluster = True
     test_archive_masked_rated_reviewed_trimmed(spawn)
+
+
+def test_archive_db_malformed_is_refused():
+    r = subprocess.run([str(H.find_bin("kefu-worker")), "--archive-db", "host=db nonsense",
+                        "--http-port", "0"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "archive_db:" in r.stderr, (r.returncode, r.stderr)
