@@ -444,9 +444,9 @@ int kf_codec_encode(kf_format fmt, const json_t *obj, size_t headroom, char **ou
     g.data = kf_malloc(g.cap);
 
     if (fmt == KF_FMT_JSON) {
-        /* 15 significant digits: a rounded rate prints as 0.6667, not 0.66669999999999996 */
-        rc = json_dump_callback(obj, json_dump_write, &g,
-                                JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
+        /* reals with jansson's 17 digits: fewer would not read back as the same number (a
+         * rounded rate may print as 0.66669999999999996; it reads back as 0.6667) */
+        rc = json_dump_callback(obj, json_dump_write, &g, JSON_COMPACT | JSON_ENCODE_ANY);
     } else if (fmt == KF_FMT_MSGPACK) {
         msgpack_packer pk;
         msgpack_packer_init(&pk, &g, growbuf_write);

@@ -242,6 +242,7 @@ static void handle(wk_job *j, const redisReply *kv) {
     } else if (!strcmp(e, "closed")) {
         wk_assign_forget(conv);
         wk_stats_closed(j, conv, ts);
+        wk_archive_closed(j, conv, ts);
         if (!strcmp(field(kv, "resolution"), "unresolved")) wk_patterns_unsatisfied(j, conv, "unresolved");
         if (*field(kv, "agent")) {
             char now[24];
@@ -253,6 +254,7 @@ static void handle(wk_job *j, const redisReply *kv) {
         long long stars = atoll(field(kv, "stars"));
         if (stars >= 1 && stars <= 2) wk_patterns_unsatisfied(j, conv, "rated 2 or less");
         wk_stats_rated(j, conv, ts, stars);
+        wk_archive_rated(j, conv, ts);
     } else if (!strcmp(e, "customer_left")) {
         wk_callback_left(j, field(kv, "by"), ts);
     } else if (!strcmp(e, "agent")) {

@@ -76,6 +76,7 @@ int wk_options_check(const wk_options *o, char *err, size_t errlen) {
         }
         s = end ? end + 1 : s + len;
     }
+    if (wk_archive_check(o, err, errlen) < 0) return -1;
     return wk_qa_check(o, err, errlen);
 }
 
@@ -267,6 +268,7 @@ int main(int argc, char **argv) {
     wk_presence_start();
     wk_qa_start();
     wk_callback_start();
+    wk_archive_start();
     struct event *stats = NULL;
     if (wk.opt.stats_interval_s > 0) {
         stats = event_new(wk.base, -1, EV_PERSIST, on_stats, NULL);
@@ -288,6 +290,7 @@ int main(int argc, char **argv) {
     kf_route_shutdown();
     kf_redis_free(wk.reader);
     kf_redis_free(wk.redis);
+    wk_archive_stop();
     wk_qa_stop();
     wk_callback_stop();
     wk_presence_stop();

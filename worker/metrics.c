@@ -86,6 +86,7 @@ void wk_metrics_render(struct evbuffer *o) {
     counter(o, "kefu_worker_push_lookup_failures_total", "Presence lookups that failed (those users missed the push).", rs->lookup_failures);
     counter(o, "kefu_worker_push_no_recipient_total", "Pushes none of whose users was connected anywhere.", rs->no_recipient);
     wk_stats_render(o);
+    wk_archive_render(o);
 
     /* Redis: "commands" carries every command, "reader" only the blocking stream read */
     const struct {

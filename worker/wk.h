@@ -73,6 +73,14 @@ typedef struct wk_options {
     /* customers who left mid-conversation (callback.c) */
     long long callback_grace_ms;
     long long callback_deadline_ms;
+    /* the archive (archive.c) */
+    char *archive_db;
+    long long archive_mask;
+    long long archive_delay_s;
+    long long archive_trim_s;
+    long long archive_batch;
+    long long archive_lease_ms;
+    long long retention_days;
     /* health, readiness and metrics over HTTP (http.c) */
     char *http_bind;
     long long http_port;
@@ -227,6 +235,18 @@ void wk_presence_stop(void);
 int wk_qa_check(const wk_options *o, char *err, size_t errlen);
 void wk_qa_start(void);
 void wk_qa_stop(void);
+
+/* ---- archive.c: closed conversations into PostgreSQL, trimmed from Redis ---- */
+/** Checks archive_db's syntax; 0 or -1 with err set. */
+int wk_archive_check(const wk_options *o, char *err, size_t errlen);
+void wk_archive_start(void);
+void wk_archive_stop(void);
+/** A conversation closed at ts: pending for the archive, or its keys' retention set. */
+void wk_archive_closed(wk_job *j, const char *conv, long long ts);
+/** A conversation rated at ts: archived again (the rating joins the archive). */
+void wk_archive_rated(wk_job *j, const char *conv, long long ts);
+struct evbuffer;
+void wk_archive_render(struct evbuffer *o);
 
 /* ---- http.c: /healthz, /readyz, /metrics ---- */
 /** Listens on http_bind:http_port (nothing when the port is 0); -1 with err set. */

@@ -469,18 +469,6 @@ static void test_encode_msgpack_ints(void **state) {
     }
 }
 
-/* Rounded reals (stats.get's rates) print as written, not with 17 digits. */
-static void test_encode_json_reals_short(void **state) {
-    (void)state;
-    json_t *v = json_pack("{s:f, s:f, s:f}", "a", 0.6667, "b", 0.1, "c", 1.5);
-    size_t n;
-    char *out = enc(KF_FMT_JSON, v, 0, &n);
-    assert_int_equal(n, strlen("{\"a\":0.6667,\"b\":0.1,\"c\":1.5}"));
-    assert_memory_equal(out, "{\"a\":0.6667,\"b\":0.1,\"c\":1.5}", n);
-    free(out);
-    json_decref(v);
-}
-
 static void test_encode_msgpack_types(void **state) {
     (void)state;
     json_t *v = json_real(1.5);
@@ -667,7 +655,6 @@ int main(void) {
         cmocka_unit_test(test_round_trips),
         cmocka_unit_test(test_round_trip_large),
         cmocka_unit_test(test_encode_depth),
-        cmocka_unit_test(test_encode_json_reals_short),
         cmocka_unit_test(test_encode_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
