@@ -117,12 +117,8 @@ static void on_assigned_meta(const redisReply *r, const char *err, void *priv) {
             long long seq = r->element[2]->type == REDIS_REPLY_STRING ? atoll(r->element[2]->str) : 0;
             long long at = r->element[3]->type == REDIS_REPLY_STRING ? atoll(r->element[3]->str) : 0;
             const char *channel = r->element[4]->type == REDIS_REPLY_STRING ? r->element[4]->str : "";
-            if (a->count_load) {
-                char now[24];
-                snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
-                const char *argv[] = {"add", a->agent, a->conv, now};
-                wk_staff_script("agent_load", on_load_added, wk_job_ref(a->j), 4, argv);
-            }
+            if (a->count_load)
+                wk_agent_load("add", a->agent, a->conv, NULL, on_load_added, wk_job_ref(a->j));
             wk_sla_assigned(a->j, a->conv, channel, seq, at);
             wk_assign_forget(a->conv);
         }
@@ -212,12 +208,9 @@ static void handle(wk_job *j, const redisReply *kv) {
         wk_assign_forget(conv);
         wk_stats_closed(j, conv, ts);
         if (!strcmp(field(kv, "resolution"), "unresolved")) wk_patterns_unsatisfied(j, conv, "unresolved");
-        if (*field(kv, "agent")) {
-            char now[24];
-            snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
-            const char *argv[] = {"remove", field(kv, "agent"), conv, now};
-            wk_staff_script("agent_load", on_closed_released, wk_job_ref(j), 4, argv);
-        }
+        if (*field(kv, "agent"))
+            wk_agent_load("remove", field(kv, "agent"), conv, NULL, on_closed_released,
+                          wk_job_ref(j));
     } else if (!strcmp(e, "rated")) {
         long long stars = atoll(field(kv, "stars"));
         if (stars >= 1 && stars <= 2) wk_patterns_unsatisfied(j, conv, "rated 2 or less");
