@@ -519,12 +519,13 @@ static void cycle_start(struct group *g) {
 
 /* ---- periodic: every known group, even without events ---- */
 
+/* Each staff domain lists its own groups: a domain whose master is down hides only its own. */
 static void on_groups(const redisReply *r, const char *err, void *priv) {
     (void)priv;
-    as.listing = 0;
-    if (err || wk.stopping || r->type != REDIS_REPLY_ARRAY) return;
-    for (size_t i = 0; i < r->elements; i++)
-        if (r->element[i]->type == REDIS_REPLY_STRING) wk_assign_kick(r->element[i]->str);
+    if (!err && !wk.stopping && r->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i < r->elements; i++)
+            if (r->element[i]->type == REDIS_REPLY_STRING) wk_assign_kick(r->element[i]->str);
+    if (--as.listing > 0 || wk.stopping) return;
     for (size_t i = 0; i < as.n; i++) as.groups[i]->dirty = 1;
     schedule_run();
 }
@@ -532,9 +533,13 @@ static void on_groups(const redisReply *r, const char *err, void *priv) {
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     if (as.listing || wk.draining) return;
-    as.listing = 1;
-    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_GROUPS), on_groups, NULL,
-                 "SMEMBERS %s", KF_KEY_STAFF_GROUPS);
+    char doms[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1], key[KF_KEY_MAX];
+    size_t nd = kf_staff_domain_list(wk.opt.staff_domains, doms, KF_STAFF_DOMAINS_MAX);
+    as.listing = (int)nd;
+    for (size_t i = 0; i < nd; i++) {
+        kf_key_staff_in(key, doms[i], "groups");
+        kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, key), on_groups, NULL, "SMEMBERS %s", key);
+    }
 }
 
 void wk_assign_start(void) {

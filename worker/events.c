@@ -80,8 +80,10 @@ static const char *field(const redisReply *kv, const char *name) {
 
 static void add_group(wk_job *j, const char *group) {
     if (!kf_group_valid(group)) return;
-    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_GROUPS), wk_job_cb,
-                 wk_job_ref(j), "SADD %s %s", KF_KEY_STAFF_GROUPS, group);
+    char dom[KF_GROUP_MAX + 1], key[KF_KEY_MAX];
+    kf_key_staff_in(key, wk_domain_of(group, dom), "groups"); /* the group's staff domain */
+    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, key), wk_job_cb, wk_job_ref(j), "SADD %s %s",
+                 key, group);
     wk_assign_kick(group);
 }
 
