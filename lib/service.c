@@ -440,8 +440,12 @@ static int check_group(const char *dom, const char *grp, void *arg) {
     }
     for (size_t i = 0; i < c->ngroups; i++)
         if (!strcmp(c->seen_groups[i], grp)) {
-            snprintf(c->err, c->errlen, "group %s is in staff domains %s and %s", grp,
-                     c->seen_group_dom[i], dom);
+            if (!strcmp(c->seen_group_dom[i], dom))
+                snprintf(c->err, c->errlen, "group %s is listed twice in staff domain %s", grp,
+                         dom);
+            else
+                snprintf(c->err, c->errlen, "group %s is in staff domains %s and %s", grp,
+                         c->seen_group_dom[i], dom);
             return -1;
         }
     if (c->ngroups == 512) {

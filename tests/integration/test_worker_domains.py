@@ -178,6 +178,12 @@ def test_breaks_per_domain_and_supervisor_across_domains(spawn):
         await sup.next_push("monitor", kind="agent", agent=t[1].user, status="offline")
         for dom in ("sales", "help", "default"):
             assert staff(wc, dom, "ZSCORE", tag(dom) + "monitors", sup.user) is not None
+        # callback.assign knows the agents of every domain (the task is what is missing here)
+        for ag in (p[2], t[1]):
+            e = await sup.err("not_found", "callback.assign", task="cb-none", agent=ag.user)
+            assert e["message"] == "no such call-back task", e
+        e = await sup.err("not_found", "callback.assign", task="cb-none", agent="nobody-at-all")
+        assert e["message"] == "no such agent", e
     run(body())
 
 
