@@ -38,6 +38,8 @@
 static struct {
     char *spec;                 /* staff_domains as published ("" none); NULL: never read */
     char default_group[KF_GROUP_MAX + 1];
+    char *routes;               /* routes and default_priority as published, for conv.open */
+    char default_priority[8];
     char doms[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1];
     size_t ndoms;
     size_t ask;                 /* the domain whose copy the next read asks */
@@ -96,14 +98,15 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
         staff_resume();
         return;
     }
-    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
         if (sd.ndoms) sd.ask = (sd.ask + 1) % sd.ndoms;
         kf_debug("staff domains not read (%s); keeping what was read before",
                  err ? err : r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
         staff_resume();
         return;
     }
-    const redisReply *spec = r->element[0], *dg = r->element[1];
+    const redisReply *spec = r->element[0], *dg = r->element[1], *routes = r->element[2],
+                     *prio = r->element[3];
     const char *text = spec->type == REDIS_REPLY_STRING ? spec->str : "";
     char e[160];
     if (!kf_staff_domains_valid(text, e, sizeof(e))) {
@@ -119,6 +122,11 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
     }
     snprintf(sd.default_group, sizeof(sd.default_group), "%s",
              dg->type == REDIS_REPLY_STRING && kf_group_valid(dg->str) ? dg->str : "default");
+    kf_free(sd.routes);
+    sd.routes = kf_strdup(routes->type == REDIS_REPLY_STRING ? routes->str : "");
+    snprintf(sd.default_priority, sizeof(sd.default_priority), "%s",
+             prio->type == REDIS_REPLY_STRING && kf_priority_parse(prio->str) >= 0 ? prio->str
+                                                                                   : "medium");
     staff_resume();
 }
 
@@ -128,7 +136,7 @@ static void staff_read(void) {
     kf_key_staff_in(key, sd.ndoms ? sd.doms[sd.ask % sd.ndoms] : NULL, "config");
     sd.reading = 1;
     kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, key), on_staff_config, NULL,
-                 "HMGET %s staff_domains default_group", key);
+                 "HMGET %s staff_domains default_group routes default_priority", key);
 }
 
 static void on_staff_tick(evutil_socket_t fd, short what, void *arg) {
@@ -151,7 +159,16 @@ void gw_staff_stop(void) {
     if (sd.ev) event_free(sd.ev);
     sd.ev = NULL;
     kf_free(sd.spec);
-    sd.spec = NULL;
+    kf_free(sd.routes);
+    sd.spec = sd.routes = NULL;
+}
+
+int gw_staff_routing(const char **routes, const char **group, const char **priority) {
+    if (!sd.spec) return 0;
+    *routes = sd.routes ? sd.routes : "";
+    *group = sd.default_group;
+    *priority = sd.default_priority;
+    return 1;
 }
 
 const char *gw_staff_domain(const char *group, char *out) {

@@ -22,6 +22,10 @@ void gw_staff_stop(void);
 /** The staff domain of a group (NULL or "": the default group) into out, which holds
  * KF_GROUP_MAX + 1 bytes; NULL while the published configuration was never read. */
 const char *gw_staff_domain(const char *group, char *out);
+/** The routing the worker published (routes, default_group, default_priority) as last read
+ * from any staff domain's copy: 1, or 0 when never read. For conv.open while the {staff}
+ * master is down. The strings stay valid until the next read. */
+int gw_staff_routing(const char **routes, const char **group, const char **priority);
 /** Every staff domain ("default" first) into out, at most max; the count. */
 size_t gw_staff_domain_list(char (*out)[KF_GROUP_MAX + 1], size_t max);
 
