@@ -976,6 +976,12 @@ static int by_agent(const void *a, const void *b) {
     return strcmp(x ? x : "", y ? y : "");
 }
 
+static int by_since(const void *a, const void *b) {
+    json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "since"));
+    json_int_t y = json_integer_value(json_object_get(*(json_t *const *)b, "since"));
+    return x < y ? -1 : x > y;
+}
+
 static int by_string(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -993,24 +999,29 @@ static void mfan_finish(struct mfan *m) {
         gw_reply_ok(x->c, x->req, NULL);
         gw_ctx_free(x);
     } else {
-        /* agents by id, groups by name, as one domain's script sorts them */
+        /* agents by id, groups by name, breaks oldest first, as one domain's script has them */
         size_t na = json_array_size(m->agents), ng = json_object_size(m->groups);
-        json_t **av = kf_calloc(na + 1, sizeof(*av));
+        size_t nb = json_array_size(m->breaks);
+        json_t **av = kf_calloc(na + 1, sizeof(*av)), **bv = kf_calloc(nb + 1, sizeof(*bv));
         const char **gv = kf_calloc(ng + 1, sizeof(*gv));
         for (size_t i = 0; i < na; i++) av[i] = json_array_get(m->agents, i);
         qsort(av, na, sizeof(*av), by_agent);
+        for (size_t i = 0; i < nb; i++) bv[i] = json_array_get(m->breaks, i);
+        qsort(bv, nb, sizeof(*bv), by_since);
         size_t k = 0;
         const char *g;
         json_t *v;
         json_object_foreach(m->groups, g, v) gv[k++] = g;
         qsort(gv, ng, sizeof(*gv), by_string);
-        json_t *agents = json_array(), *groups = json_array();
+        json_t *agents = json_array(), *groups = json_array(), *breaks = json_array();
         for (size_t i = 0; i < na; i++) json_array_append(agents, av[i]);
+        for (size_t i = 0; i < nb; i++) json_array_append(breaks, bv[i]);
         for (size_t i = 0; i < ng; i++) json_array_append_new(groups, json_string(gv[i]));
         kf_free(av);
+        kf_free(bv);
         kf_free(gv);
-        json_t *j = json_pack("{s:o, s:O, s:o, s:O, s:I, s:O}", "agents", agents, "breaks",
-                              m->breaks, "groups", groups, "notransfer", m->notransfer,
+        json_t *j = json_pack("{s:o, s:o, s:o, s:O, s:I, s:O}", "agents", agents, "breaks",
+                              breaks, "groups", groups, "notransfer", m->notransfer,
                               "expires_at", m->expires, "unavailable_domains", m->unavailable);
         snapshot_start(x, j);
     }
