@@ -150,7 +150,7 @@ static void open_store(struct open_args *oa) {
     /* Answered once the conversation's own keys and its queue entry are stored (a bot
      * conversation is queued at its handoff, gateway/bot.c). The customer's conversation set
      * and the worker's lifecycle event follow as kept writes: another master being down
-     * (the {ev} stream's, the user's) must neither fail the request nor leave a conversation
+     * (the event's partition's, the user's) must neither fail the request nor leave a conversation
      * the customer was told did not open sitting in the queue. */
     x->pending = queue ? 4 : 2;
     unsigned slot = kf_redis_slot(gw->redis, meta);
@@ -164,11 +164,13 @@ static void open_store(struct open_args *oa) {
     if (queue) gw_queue_add(id, oa->group, oa->prio, c->ident.level, queued_us, open_step_done, x);
     const char *sargv[] = {"SADD", convs, id};
     gw_redis_kept(convs, 3, sargv);
-    const char *largv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "opened",
+    char lkey[KF_KEY_MAX];
+    kf_key_lifecycle(lkey, kf_part_of(id));
+    const char *largv[] = {"XADD", lkey, "MAXLEN", "~", "1000000", "*", "ev", "opened",
                            "conv", id, "by", c->ident.sub, "ts", now, "channel", oa->channel,
                            "ticket", x->ticket, "level", level, "group", oa->group,
                            "priority", prio};
-    gw_redis_kept(KF_KEY_LIFECYCLE, 24, largv);
+    gw_redis_kept(lkey, 24, largv);
     x = NULL;
 out:
     if (x) gw_ctx_free(x);

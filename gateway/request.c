@@ -336,12 +336,16 @@ void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char
                   const char *v1, const char *k2, const char *v2) {
     char ts[24];
     snprintf(ts, sizeof(ts), "%lld", (long long)gw_now_ms());
-    const char *argv[18] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", ev,
+    /* the conversation's partition; an event without one (agent status, customer_left) goes
+     * by its subject */
+    char key[KF_KEY_MAX];
+    kf_key_lifecycle(key, kf_part_of(*conv ? conv : c->ident.sub));
+    const char *argv[18] = {"XADD", key, "MAXLEN", "~", "1000000", "*", "ev", ev,
                             "conv", conv, "by", c->ident.sub, "ts", ts};
     int argc = 14;
     if (k1) argv[argc++] = k1, argv[argc++] = v1;
     if (k2) argv[argc++] = k2, argv[argc++] = v2;
-    gw_redis_kept(KF_KEY_LIFECYCLE, argc, argv);
+    gw_redis_kept(key, argc, argv);
 }
 
 void gw_redis_kept_member(const char *key, const char *verb, const char *member) {
@@ -415,9 +419,11 @@ static void on_enqueue_meta(const redisReply *r, const char *err, void *priv) {
     /* Tells the worker a group has one more conversation waiting. */
     char ts[24];
     snprintf(ts, sizeof(ts), "%lld", (long long)gw_now_ms());
-    const char *argv[] = {"XADD", KF_KEY_LIFECYCLE, "MAXLEN", "~", "1000000", "*", "ev", "queued",
+    char key[KF_KEY_MAX];
+    kf_key_lifecycle(key, kf_part_of(ea->conv));
+    const char *argv[] = {"XADD", key, "MAXLEN", "~", "1000000", "*", "ev", "queued",
                           "conv", ea->conv, "by", "", "ts", ts, "group", ea->group};
-    gw_redis_kept(KF_KEY_LIFECYCLE, 16, argv);
+    gw_redis_kept(key, 16, argv);
     kf_free(ea);
 }
 

@@ -104,7 +104,8 @@ void gw_redis_kept(const char *key, int argc, const char **argv);
 void gw_redis_kept_stop(void);
 /** A set operation (SADD, SREM, ZREM) on key that follows an answered request (kept). */
 void gw_redis_kept_member(const char *key, const char *verb, const char *member);
-/** XADD to the lifecycle stream (kept): ev, conv, by (c's user), ts and up to two more fields. */
+/** XADD to the lifecycle stream (kept), the partition of conv (of c's user when conv is ""):
+ * ev, conv, by (c's user), ts and up to two more fields. */
 void gw_lifecycle(const char *ev, const char *conv, const gw_conn *c, const char *k1,
                   const char *v1, const char *k2, const char *v2);
 

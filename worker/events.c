@@ -1,9 +1,22 @@
-/* The lifecycle stream kefu:{ev}:lifecycle, read in the consumer group `workers`. An event is
- * acknowledged once every command it caused has succeeded; one that failed, or whose worker
- * died, stays pending and is taken over by XAUTOCLAIM after claim_idle_ms. Handling an event
- * twice is harmless: every write it causes is idempotent (set adds, timers keyed by their
- * deadline, scripts that re-check state). */
+/* The lifecycle stream, in KF_PARTS partitions kefu:{ev:<k>-..}:lifecycle (include/kefu/keys.h),
+ * each read in the consumer group `workers`. An event is acknowledged once every command it
+ * caused has succeeded; one that failed, or whose worker died, stays pending and is taken over
+ * by XAUTOCLAIM after claim_idle_ms. Handling an event twice is harmless: every write it causes
+ * is idempotent (set adds, timers keyed by their deadline, scripts that re-check state).
+ *
+ * Reading: a command's keys must share a slot in a cluster, so the partitions cannot be read by
+ * one XREADGROUP there. On a stand-alone server one blocking XREADGROUP covers them all (what
+ * one stream cost); on a cluster each partition has a blocking XREADGROUP of its own, on a
+ * client of its own (a blocking read holds its connection), so an event is read as soon as it
+ * is written whatever its partition, and a master that is down holds up only its partitions.
+ * Idle, that is one command per partition per second (the BLOCK), plus one XAUTOCLAIM per
+ * partition every claim_interval_ms.
+ *
+ * The single stream kefu:{ev}:lifecycle of earlier versions is drained too: polled every
+ * second while it exists (old gateways may still write to it during a rolling upgrade), every
+ * 10 s while it does not. */
 #include <event2/event.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,21 +29,38 @@
 #include "wk.h"
 
 #define GROUP "workers"
+#define NSTREAMS (KF_PARTS + 1) /* the partitions, then the old single stream */
+#define OLD KF_PARTS
+#define OLD_POLL_MS 1000
+#define OLD_ABSENT_POLL_MS 10000
 
 struct wk_job {
     char id[48];
     int refs;
     int failed;
+    unsigned stream; /* index in ev.s: where it is acknowledged */
 };
 
-static struct {
+struct stream {
+    char key[KF_KEY_MAX];
     unsigned slot;
-    int reading;            /* an XREADGROUP is outstanding (on wk.reader) */
+    kf_redis *reader;       /* cluster: the client of its blocking reads (wk.reader for 0) */
+    int reading;            /* a read of new entries is outstanding */
+    int own_reading;        /* a read of our own pending entries is outstanding */
     int own_pending_done;   /* our own pending entries (a restart) were read back */
     char own_cursor[48];    /* paging through them */
     int claiming;
     char claim_cursor[48];
-    int group_ok;           /* the last XREADGROUP was answered: the group exists, we read it */
+    int group_ok;           /* the last read was answered: the group exists, we read it */
+    int creating;           /* an XGROUP CREATE is outstanding */
+    int in_combined;        /* stand-alone: part of the combined read that is out */
+    int absent;             /* the old stream: does not exist (nothing to drain) */
+    int64_t next_poll;      /* the old stream: when to read it next */
+};
+
+static struct {
+    struct stream s[NSTREAMS];
+    int combined;           /* stand-alone: the one blocking read of every partition is out */
     struct event *tick, *claim_ev;
 } ev;
 
@@ -38,9 +68,10 @@ static void read_events(void);
 
 /* ---- jobs ---- */
 
-static wk_job *job_new(const char *id) {
+static wk_job *job_new(const char *id, unsigned stream) {
     wk_job *j = kf_calloc(1, sizeof(*j));
     snprintf(j->id, sizeof(j->id), "%s", id);
+    j->stream = stream;
     j->refs = 1;
     return j;
 }
@@ -58,8 +89,8 @@ void wk_job_unref(wk_job *j, int failed) {
         wk.stats.events_failed++;
         kf_warn("event %s not completed; left pending for a retry", j->id);
     } else if (!wk.stopping) {
-        kf_redis_cmd(wk.redis, ev.slot, NULL, NULL, "XACK %s " GROUP " %s", KF_KEY_LIFECYCLE,
-                     j->id);
+        kf_redis_cmd(wk.redis, ev.s[j->stream].slot, NULL, NULL, "XACK %s " GROUP " %s",
+                     ev.s[j->stream].key, j->id);
     }
     kf_free(j);
 }
@@ -209,6 +240,7 @@ static void handle(wk_job *j, const redisReply *kv) {
     } else if (!strcmp(e, "closed")) {
         wk_assign_forget(conv);
         wk_stats_closed(j, conv, ts);
+        wk_archive_closed(j, conv, ts);
         if (!strcmp(field(kv, "resolution"), "unresolved")) wk_patterns_unsatisfied(j, conv, "unresolved");
         if (*field(kv, "agent"))
             wk_agent_load("remove", field(kv, "agent"), conv, NULL, on_closed_released,
@@ -217,6 +249,7 @@ static void handle(wk_job *j, const redisReply *kv) {
         long long stars = atoll(field(kv, "stars"));
         if (stars >= 1 && stars <= 2) wk_patterns_unsatisfied(j, conv, "rated 2 or less");
         wk_stats_rated(j, conv, ts, stars);
+        wk_archive_rated(j, conv, ts);
     } else if (!strcmp(e, "customer_left")) {
         wk_callback_left(j, field(kv, "by"), ts);
     } else if (!strcmp(e, "agent")) {
@@ -224,7 +257,7 @@ static void handle(wk_job *j, const redisReply *kv) {
     }
 }
 
-static void process_entries(const redisReply *entries, int claimed) {
+static void process_entries(const redisReply *entries, int claimed, unsigned stream) {
     for (size_t i = 0; i < entries->elements; i++) {
         const redisReply *e = entries->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
@@ -232,7 +265,8 @@ static void process_entries(const redisReply *entries, int claimed) {
             continue;
         wk.stats.events++;
         if (claimed) wk.stats.events_claimed++;
-        wk_job *j = job_new(e->element[0]->str);
+        if (stream == OLD) wk.stats.events_old++;
+        wk_job *j = job_new(e->element[0]->str, stream);
         handle(j, e->element[1]);
         wk_job_unref(j, 0);
     }
@@ -240,78 +274,222 @@ static void process_entries(const redisReply *entries, int claimed) {
 
 /* ---- reading ---- */
 
-static void create_group(void) {
-    kf_redis_cmd(wk.redis, ev.slot, NULL, NULL, "XGROUP CREATE %s " GROUP " 0 MKSTREAM",
-                 KF_KEY_LIFECYCLE);
+static void on_group_created(const redisReply *r, const char *err, void *priv) {
+    struct stream *st = priv;
+    st->creating = 0;
+    if (err || st != &ev.s[OLD]) return;
+    /* the old stream's group is created only on a stream that exists (no MKSTREAM) */
+    if (r->type != REDIS_REPLY_ERROR || strstr(r->str, "BUSYGROUP")) {
+        st->absent = 0;
+    } else {
+        st->absent = 1;
+        st->next_poll = wk_now_ms() + OLD_ABSENT_POLL_MS;
+    }
 }
 
-static void on_events(const redisReply *r, const char *err, void *priv) {
-    int own = priv != NULL;
-    ev.reading = 0;
-    /* a read answered during the drain is left pending: this consumer after its restart, or
-     * another worker after claim_idle_ms, handles it (nothing new starts while draining) */
-    if (wk.stopping || wk.draining) return;
-    if (err || r->type == REDIS_REPLY_ERROR) {
-        ev.group_ok = 0;
-        if (!err && strstr(r->str, "NOGROUP")) create_group();
-        return; /* the tick retries */
-    }
-    ev.group_ok = 1;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2) {
-        const redisReply *entries = r->element[0]->element[1];
-        process_entries(entries, own);
-        if (own && entries->elements == 0) ev.own_pending_done = 1;
+static void create_group(struct stream *st) {
+    if (st->creating || !kf_redis_is_up(wk.redis, st->slot)) return;
+    st->creating = 1;
+    /* "0": a stream that exists before its group (the old one) is read from its start */
+    if (st == &ev.s[OLD])
+        kf_redis_cmd(wk.redis, st->slot, on_group_created, st, "XGROUP CREATE %s " GROUP " 0",
+                     st->key);
+    else
+        kf_redis_cmd(wk.redis, st->slot, on_group_created, st,
+                     "XGROUP CREATE %s " GROUP " 0 MKSTREAM", st->key);
+}
+
+static struct stream *stream_of(const redisReply *name) {
+    if (name->type != REDIS_REPLY_STRING) return NULL;
+    for (unsigned i = 0; i < NSTREAMS; i++)
+        if (!strcmp(ev.s[i].key, name->str)) return &ev.s[i];
+    return NULL;
+}
+
+/* What a read of new entries (blocking or not) or of our own pending ones answered: NULL on a
+ * timeout, else [[stream, [entries]], ...]. */
+static void got_entries(const redisReply *r, int own) {
+    if (r->type != REDIS_REPLY_ARRAY) return;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *se = r->element[i];
+        if (se->type != REDIS_REPLY_ARRAY || se->elements != 2 ||
+            se->element[1]->type != REDIS_REPLY_ARRAY)
+            continue;
+        struct stream *st = stream_of(se->element[0]);
+        if (!st) continue;
+        const redisReply *entries = se->element[1];
+        unsigned idx = (unsigned)(st - ev.s);
+        process_entries(entries, own, idx);
+        if (own && entries->elements == 0) st->own_pending_done = 1;
         if (own && entries->elements) {
             const redisReply *last = entries->element[entries->elements - 1];
             if (last->type == REDIS_REPLY_ARRAY && last->elements >= 1 &&
                 last->element[0]->type == REDIS_REPLY_STRING)
-                snprintf(ev.own_cursor, sizeof(ev.own_cursor), "%s", last->element[0]->str);
+                snprintf(st->own_cursor, sizeof(st->own_cursor), "%s", last->element[0]->str);
         }
-    } else if (own) {
-        ev.own_pending_done = 1;
+        if (idx == OLD && !own)
+            st->next_poll = wk_now_ms() +
+                            ((long long)entries->elements >= wk.opt.batch ? 0 : OLD_POLL_MS);
     }
-    read_events();
+}
+
+/* The answer of a read: of stream st alone, or (st NULL) the combined read of every partition.
+ * -1 when it failed: the tick reads again (not at once: a broken stream would spin). */
+static int answered(struct stream *st, const redisReply *r, const char *err, int own) {
+    unsigned first = st ? (unsigned)(st - ev.s) : 0, end = st ? first + 1 : KF_PARTS;
+    int failed = err || r->type == REDIS_REPLY_ERROR;
+    for (unsigned i = first; i < end; i++) {
+        struct stream *s = &ev.s[i];
+        if (!st && !s->in_combined) continue;
+        s->group_ok = !failed;
+        if (failed && !err && strstr(r->str, "NOGROUP")) create_group(s);
+        if (i == OLD && failed) s->next_poll = wk_now_ms() + OLD_POLL_MS;
+        if (i == OLD && !failed) s->absent = 0;
+    }
+    if (failed) return -1; /* the tick retries */
+    /* a read of our own pending entries answers [[stream, []]] once they are done */
+    got_entries(r, own);
+    return 0;
+}
+
+/* A read answered during the drain is left pending: this consumer after its restart, or
+ * another worker after claim_idle_ms, handles it (nothing new starts while draining). */
+static void on_own(const redisReply *r, const char *err, void *priv) {
+    struct stream *st = priv;
+    st->own_reading = 0;
+    if (wk.stopping || wk.draining) return;
+    if (answered(st, r, err, 1) == 0) read_events();
+}
+
+static void on_new(const redisReply *r, const char *err, void *priv) {
+    struct stream *st = priv;
+    st->reading = 0;
+    if (wk.stopping || wk.draining) return;
+    if (answered(st, r, err, 0) == 0) read_events();
+}
+
+static void on_combined(const redisReply *r, const char *err, void *priv) {
+    (void)priv;
+    ev.combined = 0;
+    if (wk.stopping || wk.draining) return;
+    if (answered(NULL, r, err, 0) == 0) read_events();
+}
+
+static int old_due(void) {
+    return wk_now_ms() >= ev.s[OLD].next_poll;
+}
+
+/* After a restart under the same name: what this consumer had read but not finished, before
+ * anything new (the commands client: these reads do not block). */
+static void read_own(struct stream *st) {
+    if (st->own_reading || st->own_pending_done || !kf_redis_is_up(wk.redis, st->slot)) return;
+    if (st == &ev.s[OLD] && st->absent && !old_due()) return;
+    st->own_reading = 1;
+    kf_redis_cmd(wk.redis, st->slot, on_own, st,
+                 "XREADGROUP GROUP " GROUP " %s COUNT %lld STREAMS %s %s", wk.consumer,
+                 wk.opt.batch, st->key, st->own_cursor);
+}
+
+static kf_redis *reader_of(unsigned p) {
+    struct stream *st = &ev.s[p];
+    if (!st->reader) {
+        char err[256];
+        /* the reader blocks up to 1 s in XREADGROUP: a reply may take that much longer. It
+         * cannot fail: wk.reader was made from the same address list. */
+        st->reader = kf_redis_new(wk.base, wk.opt.redis, (int)wk.opt.redis_timeout_ms + 1000, err,
+                                  sizeof(err));
+        if (!st->reader) kf_error("events: partition %u reader: %s", p, err);
+    }
+    return st->reader;
 }
 
 static void read_events(void) {
-    if (ev.reading || wk.stopping || wk.draining || !kf_redis_is_up(wk.reader, ev.slot)) return;
-    ev.reading = 1;
-    if (!ev.own_pending_done) {
-        /* After a restart under the same name: what this consumer had read but not finished. */
-        kf_redis_cmd(wk.reader, ev.slot, on_events, &ev,
-                     "XREADGROUP GROUP " GROUP " %s COUNT %lld STREAMS %s %s", wk.consumer,
-                     wk.opt.batch, KF_KEY_LIFECYCLE, ev.own_cursor);
-        return;
+    if (wk.stopping || wk.draining) return;
+    int mode = kf_redis_is_cluster(wk.reader), own_out = 0;
+    for (unsigned p = 0; p < KF_PARTS; p++) own_out |= ev.s[p].own_reading;
+    if (mode == 0 && !own_out) {
+        /* one server: one blocking read of every partition whose pending entries of ours are
+         * done, sent once none of those reads is out (a partition that cannot be read, e.g. a
+         * key of the wrong type, holds up only itself; it joins the next read once it can) */
+        if (!ev.combined && kf_redis_is_up(wk.reader, ev.s[0].slot)) {
+            const char *argv[10 + 2 * KF_PARTS];
+            char count[24];
+            snprintf(count, sizeof(count), "%lld", wk.opt.batch);
+            int argc = 0, n = 0;
+            argv[argc++] = "XREADGROUP";
+            argv[argc++] = "GROUP";
+            argv[argc++] = GROUP;
+            argv[argc++] = wk.consumer;
+            argv[argc++] = "COUNT";
+            argv[argc++] = count;
+            argv[argc++] = "BLOCK";
+            argv[argc++] = "1000";
+            argv[argc++] = "STREAMS";
+            for (unsigned p = 0; p < KF_PARTS; p++) {
+                ev.s[p].in_combined = ev.s[p].own_pending_done;
+                if (ev.s[p].in_combined) argv[argc++] = ev.s[p].key, n++;
+            }
+            for (int i = 0; i < n; i++) argv[argc++] = ">";
+            if (n) {
+                ev.combined = 1;
+                kf_redis_argv(wk.reader, ev.s[0].slot, on_combined, NULL, argc, argv, NULL);
+            }
+        }
+    } else if (mode == 1) {
+        for (unsigned p = 0; p < KF_PARTS; p++) {
+            struct stream *st = &ev.s[p];
+            if (st->reading || !st->own_pending_done) continue;
+            kf_redis *rd = reader_of(p);
+            if (!rd || !kf_redis_is_up(rd, st->slot)) continue;
+            st->reading = 1;
+            kf_redis_cmd(rd, st->slot, on_new, st,
+                         "XREADGROUP GROUP " GROUP " %s COUNT %lld BLOCK 1000 STREAMS %s >",
+                         wk.consumer, wk.opt.batch, st->key);
+        }
     }
-    kf_redis_cmd(wk.reader, ev.slot, on_events, NULL,
-                 "XREADGROUP GROUP " GROUP " %s COUNT %lld BLOCK 1000 STREAMS %s >", wk.consumer,
-                 wk.opt.batch, KF_KEY_LIFECYCLE);
+    for (unsigned i = 0; i < NSTREAMS; i++) read_own(&ev.s[i]);
+    /* the old stream: polled, never blocked on (only old gateways write it) */
+    struct stream *o = &ev.s[OLD];
+    if (!o->reading && o->own_pending_done && old_due() && kf_redis_is_up(wk.redis, o->slot)) {
+        o->reading = 1;
+        o->next_poll = wk_now_ms() + OLD_POLL_MS; /* the answer may set it sooner */
+        kf_redis_cmd(wk.redis, o->slot, on_new, o,
+                     "XREADGROUP GROUP " GROUP " %s COUNT %lld STREAMS %s >", wk.consumer,
+                     wk.opt.batch, o->key);
+    }
 }
 
 /* XAUTOCLAIM answers [next cursor, [entries], [deleted ids]]. */
 static void on_claimed(const redisReply *r, const char *err, void *priv) {
-    (void)priv;
-    ev.claiming = 0;
+    struct stream *st = priv;
+    st->claiming = 0;
     if (wk.stopping || wk.draining || err || r->type != REDIS_REPLY_ARRAY || r->elements < 2) {
-        if (!err && r && r->type == REDIS_REPLY_ERROR && strstr(r->str, "NOGROUP")) create_group();
+        if (!err && r && r->type == REDIS_REPLY_ERROR && strstr(r->str, "NOGROUP"))
+            create_group(st);
         return;
     }
     if (r->element[0]->type == REDIS_REPLY_STRING)
-        snprintf(ev.claim_cursor, sizeof(ev.claim_cursor), "%s", r->element[0]->str);
+        snprintf(st->claim_cursor, sizeof(st->claim_cursor), "%s", r->element[0]->str);
     const redisReply *entries = r->element[1];
     if (entries->type == REDIS_REPLY_ARRAY && entries->elements) {
-        kf_info("took over %zu events left pending by a stopped worker", entries->elements);
-        process_entries(entries, 1);
+        kf_info("took over %zu events of %s left pending by a stopped worker", entries->elements,
+                st->key);
+        process_entries(entries, 1, (unsigned)(st - ev.s));
     }
 }
 
 static void on_claim_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    if (ev.claiming || wk.draining || !kf_redis_is_up(wk.redis, ev.slot)) return;
-    ev.claiming = 1;
-    kf_redis_cmd(wk.redis, ev.slot, on_claimed, NULL,
-                 "XAUTOCLAIM %s " GROUP " %s %lld %s COUNT %lld", KF_KEY_LIFECYCLE, wk.consumer,
-                 wk.opt.claim_idle_ms, ev.claim_cursor, wk.opt.batch);
+    if (wk.draining) return;
+    for (unsigned i = 0; i < NSTREAMS; i++) {
+        struct stream *st = &ev.s[i];
+        if (st->claiming || !kf_redis_is_up(wk.redis, st->slot)) continue;
+        if (i == OLD && st->absent) continue;
+        st->claiming = 1;
+        kf_redis_cmd(wk.redis, st->slot, on_claimed, st,
+                     "XAUTOCLAIM %s " GROUP " %s %lld %s COUNT %lld", st->key, wk.consumer,
+                     wk.opt.claim_idle_ms, st->claim_cursor, wk.opt.batch);
+    }
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
@@ -319,18 +497,37 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     read_events();
 }
 
-int wk_events_reading(void) { return ev.group_ok && kf_redis_is_up(wk.reader, ev.slot); }
+static int partition_reading(unsigned p) {
+    const struct stream *st = &ev.s[p];
+    kf_redis *rd = kf_redis_is_cluster(wk.reader) == 1 ? st->reader : wk.reader;
+    return st->group_ok && rd && kf_redis_is_up(rd, st->slot);
+}
+
+unsigned wk_events_partitions_reading(void) {
+    unsigned n = 0;
+    for (unsigned p = 0; p < KF_PARTS; p++) n += partition_reading(p);
+    return n;
+}
+
+int wk_events_reading(void) { return wk_events_partitions_reading() == KF_PARTS; }
+
+int wk_events_old_draining(void) { return !ev.s[OLD].absent; }
 
 void wk_events_redis_up(void) {
-    if (!kf_redis_is_up(wk.redis, ev.slot)) return;
-    create_group();
+    for (unsigned i = 0; i < NSTREAMS; i++) create_group(&ev.s[i]);
     read_events();
 }
 
 void wk_events_start(void) {
-    ev.slot = kf_redis_slot(wk.redis, KF_KEY_LIFECYCLE);
-    snprintf(ev.claim_cursor, sizeof(ev.claim_cursor), "0-0");
-    snprintf(ev.own_cursor, sizeof(ev.own_cursor), "0");
+    for (unsigned i = 0; i < NSTREAMS; i++) {
+        struct stream *st = &ev.s[i];
+        if (i < KF_PARTS) kf_key_lifecycle(st->key, i);
+        else snprintf(st->key, sizeof(st->key), "%s", KF_KEY_LIFECYCLE_OLD);
+        st->slot = kf_redis_slot(wk.redis, st->key);
+        snprintf(st->claim_cursor, sizeof(st->claim_cursor), "0-0");
+        snprintf(st->own_cursor, sizeof(st->own_cursor), "0");
+    }
+    ev.s[0].reader = wk.reader;
     ev.tick = wk_timer_every(100, on_tick, NULL);
     ev.claim_ev = wk_timer_every(wk.opt.claim_interval_ms, on_claim_tick, NULL);
 }
@@ -338,4 +535,9 @@ void wk_events_start(void) {
 void wk_events_stop(void) {
     event_free(ev.tick);
     event_free(ev.claim_ev);
+    /* pending reads fail inside kf_redis_free; their callbacks see wk.stopping */
+    for (unsigned p = 1; p < KF_PARTS; p++) {
+        kf_redis_free(ev.s[p].reader);
+        ev.s[p].reader = NULL;
+    }
 }

@@ -23,8 +23,9 @@ static struct evhttp *http;
 const char *wk_ready_reason(void) {
     static char why[96];
     if (wk.draining || wk.stopping) return "stopping";
-    /* Every slot: the worker's work touches the {staff}, {sla}, {ev} and every conversation's
-     * keys, so a worker missing some of them cannot be relied on to do it. */
+    /* Every slot: the worker's work touches {staff}, every partition of the lifecycle stream
+     * and of the deadlines, and every conversation's keys, so a worker missing some of them
+     * cannot be relied on to do all of it. */
     unsigned up = kf_redis_slots_up(wk.redis);
     if (up < 16384) {
         snprintf(why, sizeof(why), "redis: %u of 16384 slots reachable", up);

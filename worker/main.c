@@ -90,6 +90,7 @@ int wk_options_check(const wk_options *o, char *err, size_t errlen) {
         }
         s = end ? end + 1 : s + len;
     }
+    if (wk_archive_check(o, err, errlen) < 0) return -1;
     return wk_qa_check(o, err, errlen);
 }
 
@@ -282,6 +283,7 @@ int main(int argc, char **argv) {
     wk_presence_start();
     wk_qa_start();
     wk_callback_start();
+    wk_archive_start();
     struct event *stats = NULL;
     if (wk.opt.stats_interval_s > 0) {
         stats = event_new(wk.base, -1, EV_PERSIST, on_stats, NULL);
@@ -294,7 +296,8 @@ int main(int argc, char **argv) {
     event_add(term, NULL);
     event_add(intr, NULL);
     event_add(hup, NULL);
-    kf_info("worker %s consuming %s (redis %s)", wk.consumer, KF_KEY_LIFECYCLE, wk.opt.redis);
+    kf_info("worker %s consuming kefu:{ev:*}:lifecycle, %d partitions (redis %s)", wk.consumer,
+            KF_PARTS, wk.opt.redis);
     event_base_dispatch(wk.base);
     log_stats();
     /* Pending commands fail while the clients are freed; their callbacks see `stopping`. */
@@ -302,6 +305,7 @@ int main(int argc, char **argv) {
     kf_route_shutdown();
     kf_redis_free(wk.reader);
     kf_redis_free(wk.redis);
+    wk_archive_stop();
     wk_qa_stop();
     wk_callback_stop();
     wk_presence_stop();

@@ -28,12 +28,17 @@ void wk_metrics_render(struct evbuffer *o) {
     const kf_route_stats *rs = kf_route_get_stats();
     gauge(o, "kefu_worker_ready", "The worker can do its job (/readyz answers 200) (1) or not (0).",
           wk_ready_reason() == NULL);
-    gauge(o, "kefu_worker_consumer_group_reading", "The last read of the lifecycle stream in the consumer group was answered (1) or not (0).",
+    gauge(o, "kefu_worker_consumer_group_reading", "The last read of every partition of the lifecycle stream in the consumer group was answered (1) or not (0).",
           wk_events_reading());
+    gauge(o, "kefu_worker_event_partitions_reading", "Partitions of the lifecycle stream (of 16) whose last read was answered and whose Redis server is up.",
+          wk_events_partitions_reading());
+    gauge(o, "kefu_worker_old_stream_draining", "The single lifecycle stream of earlier versions exists and is drained (1) or not (0).",
+          wk_events_old_draining());
     gauge(o, "kefu_worker_config_published", "The last publication of the configuration to the gateways succeeded (1) or not (0).",
           wk_config_published());
     counter(o, "kefu_worker_events_total", "Lifecycle events handled (read or taken over).", s->events);
     counter(o, "kefu_worker_events_claimed_total", "Lifecycle events taken over from a stopped worker or read back after a restart.", s->events_claimed);
+    counter(o, "kefu_worker_events_old_total", "Lifecycle events read from the single stream of earlier versions (a rolling upgrade).", s->events_old);
     counter(o, "kefu_worker_events_failed_total", "Lifecycle events not completed (left pending for a retry).", s->events_failed);
     counter(o, "kefu_worker_assigned_total", "Conversations assigned automatically.", s->assigned);
     counter(o, "kefu_worker_assign_conflicts_total", "Assignments given up because the conversation or the agent changed first.", s->assign_conflicts);
@@ -42,6 +47,7 @@ void wk_metrics_render(struct evbuffer *o) {
     counter(o, "kefu_worker_sla_timers_fired_total", "SLA deadlines that fired (warning, alert, breach or reassignment).", s->timers_fired);
     counter(o, "kefu_worker_sla_timers_cancelled_total", "SLA deadlines found already met when due.", s->timers_cancelled);
     counter(o, "kefu_worker_sla_timers_stale_total", "SLA deadlines of an earlier assignment or a closed conversation.", s->timers_stale);
+    gauge(o, "kefu_worker_sla_timers_kept", "SLA deadlines of automatic assignments kept until the master of their partition answers.", (long long)s->timers_kept);
     counter(o, "kefu_worker_sla_timers_reclaimed_total", "SLA deadlines fired again after the worker holding them died.", s->timers_reclaimed);
     counter(o, "kefu_worker_sla_breaches_total", "SLA breaches recorded.", s->breaches);
     counter(o, "kefu_worker_pattern_alerts_total",
@@ -80,6 +86,7 @@ void wk_metrics_render(struct evbuffer *o) {
     counter(o, "kefu_worker_push_lookup_failures_total", "Presence lookups that failed (those users missed the push).", rs->lookup_failures);
     counter(o, "kefu_worker_push_no_recipient_total", "Pushes none of whose users was connected anywhere.", rs->no_recipient);
     wk_stats_render(o);
+    wk_archive_render(o);
 
     /* Redis: "commands" carries every command, "reader" only the blocking stream read */
     const struct {

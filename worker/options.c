@@ -22,6 +22,7 @@ KF_SHARED_OPTION_CHECK(wk_options);
 #define STATS "Statistics"
 #define QA "Quality assurance (QA) sampling"
 #define CALLBACK "Customers who left mid-conversation"
+#define ARCHIVE "Archive and retention"
 
 const kf_option wk_option_table[] = {
     KF_SHARED_OPTION_REDIS(wk_options, REDIS),
@@ -84,6 +85,14 @@ const kf_option wk_option_table[] = {
     {"qa_delay_s", KF_OPT_INT, O(qa_delay_s), "600", 0, 43200, 1, "the previous day is drawn this long after local midnight (its last closes are counted by then).", QA},
     {"callback_grace_ms", KF_OPT_INT, O(callback_grace_ms), "30000", 0, BIG, 1, "a customer whose last connection closed while a conversation of theirs is `waiting` or `assigned`, and who is not connected again on any node this much later, makes an `alert` of kind `customer_left` (to the assigned agent, the joined and the monitoring supervisors), a `customer_left` entry in the record and a call-back task.", CALLBACK},
     {"callback_deadline_ms", KF_OPT_INT, O(callback_deadline_ms), "7200000", 1000, BIG, 1, "a call-back task is due this long after it was created (default 2 h); later it is listed as `overdue`.", CALLBACK},
+
+    {"archive_db", KF_OPT_STR, O(archive_db), "", 0, 0, 0, "the archive database, a libpq connection string (`postgresql://kefu@db.example/kefu`, or `host=... dbname=...`; a password is better kept in `~/.pgpass` or `PGPASSWORD` than here): closed conversations are written to it (schema `sql/kefu-archive.sql`, created at start when missing) and later trimmed from Redis. Empty = no archive: closed conversations stay in Redis for `retention_days`. Give every worker the same value.", ARCHIVE},
+    {"archive_mask", KF_OPT_BOOL, O(archive_mask), "yes", 0, 0, 1, "mask personal data (phone numbers, e-mail addresses, ID and bank card numbers) in the texts and names written to the archive: messages, names, topic, comments, QA notes. Agents still see the live text in Redis.", ARCHIVE},
+    {"archive_delay_s", KF_OPT_INT, O(archive_delay_s), "300", 0, 31536000, 1, "a closed conversation is archived this long after the close, so the rating usually comes first (a rating that comes later archives it again).", ARCHIVE},
+    {"archive_trim_s", KF_OPT_INT, O(archive_trim_s), "604800", 0, 31536000, 1, "an archived conversation's Redis keys are deleted this long after it was first archived (default 7 days), by one more archive pass that catches late QA reviews; keep it above `rate_window_ms`, since a conversation no longer in Redis cannot be rated or reviewed.", ARCHIVE},
+    {"archive_batch", KF_OPT_INT, O(archive_batch), "100", 1, 10000, 1, "conversations a worker claims per archive poll (every second, or at once when a full batch is done).", ARCHIVE},
+    {"archive_lease_ms", KF_OPT_INT, O(archive_lease_ms), "60000", 1000, 3600000, 1, "a claimed conversation not archived within this (its worker died or stalled) is handed to another worker.", ARCHIVE},
+    {"retention_days", KF_OPT_INT, O(retention_days), "30", 0, 36500, 1, "without `archive_db`: a closed conversation's Redis keys (meta, messages, record, bot state) expire this many days after the close; 0 = kept forever. Statistics and QA samples are kept apart (`stats_days`).", ARCHIVE},
 
     {"http_bind", KF_OPT_STR, O(http_bind), "127.0.0.1", 0, 0, 0, "address of the `/healthz`, `/readyz` and `/metrics` listener (`0.0.0.0` where a prober on another host, e.g. the kubelet, must reach it).", HTTP},
     {"http_port", KF_OPT_INT, O(http_port), "9091", 0, 65535, 0, "port of that listener; 0 = none (and `--wait-ready` cannot work). A port in use stops the worker at start (exit status 2).", HTTP},

@@ -1,12 +1,23 @@
 /* SLA deadlines. Each is a member "<conv>|<kind>|<seq>|<step>|<deadline>|<due>" of the sorted
- * set kefu:{sla}:timers scored by when it is due (the deadline itself, or later for a step that
- * follows a breach: the alert is due sla_alert_after_ms after the deadline it reports on), so
- * they survive restarts and any worker may fire them. Every timer_poll_ms (and exactly at a deadline this worker knows of) sla_claim.lua
- * moves the due ones into kefu:{sla}:firing under a lease: each is handed to one worker. That
- * worker runs sla_fire.lua on the conversation, which decides (answered? reassigned? closed?)
- * and records the breach once (HSETNX), then pushes and removes it from the firing set. A
- * worker that dies in between leaves it there; its lease runs out and another fires it: the
- * record is never doubled, the push may be lost.
+ * set kefu:{sla:<k>-..}:timers of its conversation's partition (include/kefu/keys.h) scored by
+ * when it is due (the deadline itself, or later for a step that follows a breach: the alert is
+ * due sla_alert_after_ms after the deadline it reports on), so they survive restarts and any
+ * worker may fire them. sla_claim.lua moves the due ones of a partition into its
+ * kefu:{sla:<k>-..}:firing under a lease: each is handed to one worker. That worker runs
+ * sla_fire.lua on the conversation, which decides (answered? reassigned? closed?) and records
+ * the breach once (HSETNX), then pushes and removes it from the firing set. A worker that dies
+ * in between leaves it there; its lease runs out and another fires it: the record is never
+ * doubled, the push may be lost.
+ *
+ * Claiming: a partition is claimed when its earliest deadline this worker knows of is due
+ * (checked every timer_poll_ms, and exactly at a deadline closer than that), and at least every
+ * SCAN_MS anyway. The earliest deadline comes from the last claim's answer and from what this
+ * worker scheduled since; the scan finds what other workers scheduled (they fire it themselves
+ * unless they died) and leases that ran out. A partition whose master is down is skipped: its
+ * deadlines fire once the master (or its replica) answers; the others are not held up.
+ *
+ * The two sets of earlier versions, kefu:{sla}:timers and :firing, are claimed the same way (as
+ * one more "partition"): nothing is added to them, so they empty as their deadlines fire.
  *
  * kinds: fr (first response; steps 0 warn the agent, 1 alert supervisors, 2 reassign),
  *        respond and resolve (priority tiers, from opening; alert supervisors). */
@@ -23,16 +34,28 @@
 #include "wk.h"
 
 #define CLAIM_MAX 200
+#define SCAN_MS 500
+#define NPARTS (KF_PARTS + 1) /* the partitions, then the sets of earlier versions */
+#define OLD KF_PARTS
+#define NEVER INT64_MAX
 
-static struct {
+struct part {
+    char timers[KF_KEY_MAX], firing[KF_KEY_MAX];
     unsigned slot;
     int claiming;
     int again;              /* claim again as soon as the current claim is answered */
+    int64_t next_due;       /* the earliest deadline known to this worker; 0: not known yet */
+    int64_t sched_min;      /* the earliest scheduled since the claim in flight was sent */
+    int64_t last_claim;
+};
+
+static struct {
+    struct part p[NPARTS];
     int64_t exact_at;       /* when the exact timer is armed for; 0 = not armed */
     struct event *poll_ev, *exact_ev;
 } sl;
 
-static void claim(void);
+static void claim(struct part *pt);
 
 static void arm_exact(int64_t deadline) {
     int64_t now = wk_now_ms();
@@ -44,14 +67,83 @@ static void arm_exact(int64_t deadline) {
     sl.exact_at = deadline;
 }
 
+/* A deadline scheduled outside an event (an automatic assignment) has no event to be handled
+ * again when its ZADD fails (its partition's master is down): it is kept here and added again
+ * once the master answers. Lost only if this worker exits meanwhile. */
+#define KEPT_MAX 100000
+
+struct kept {
+    struct kept *next;
+    struct part *pt;
+    char score[24];
+    char member[256];
+};
+
+static struct kept *kept_head, **kept_tail = &kept_head;
+
+static void kept_send(struct kept *k);
+
+static void on_kept_added(const redisReply *r, const char *err, void *priv) {
+    struct kept *k = priv;
+    if (wk.stopping || (!err && r->type != REDIS_REPLY_ERROR)) {
+        kf_free(k);
+        return;
+    }
+    if (wk.stats.timers_kept >= KEPT_MAX) {
+        kf_warn("SLA deadline of %s dropped: %d kept already", k->member, KEPT_MAX);
+        kf_free(k);
+        return;
+    }
+    k->next = NULL;
+    *kept_tail = k;
+    kept_tail = &k->next;
+    wk.stats.timers_kept++;
+}
+
+static void kept_send(struct kept *k) {
+    const char *argv[] = {"ZADD", k->pt->timers, k->score, k->member};
+    kf_redis_argv(wk.redis, k->pt->slot, on_kept_added, k, 4, argv, NULL);
+}
+
+/* Sends the kept deadlines whose partition's master is up again. */
+static void kept_retry(void) {
+    struct kept *list = kept_head;
+    kept_head = NULL;
+    kept_tail = &kept_head;
+    while (list) {
+        struct kept *k = list;
+        list = k->next;
+        if (kf_redis_is_up(wk.redis, k->pt->slot)) {
+            wk.stats.timers_kept--;
+            kept_send(k);
+        } else {
+            k->next = NULL;
+            *kept_tail = k;
+            kept_tail = &k->next;
+        }
+    }
+}
+
 static void schedule(wk_job *j, const char *conv, const char *kind, long long seq, int step,
                      long long deadline, long long due) {
     char member[256], score[24];
     snprintf(member, sizeof(member), "%s|%s|%lld|%d|%lld|%lld", conv, kind, seq, step, deadline,
              due);
     snprintf(score, sizeof(score), "%lld", due);
-    const char *argv[] = {"ZADD", KF_KEY_SLA_TIMERS, score, member};
-    kf_redis_argv(wk.redis, sl.slot, j ? wk_job_cb : NULL, wk_job_ref(j), 4, argv, NULL);
+    struct part *pt = &sl.p[kf_part_of(conv)];
+    if (j) {
+        const char *argv[] = {"ZADD", pt->timers, score, member};
+        kf_redis_argv(wk.redis, pt->slot, wk_job_cb, wk_job_ref(j), 4, argv, NULL);
+    } else {
+        struct kept *k = kf_calloc(1, sizeof(*k));
+        k->pt = pt;
+        snprintf(k->score, sizeof(k->score), "%s", score);
+        snprintf(k->member, sizeof(k->member), "%s", member);
+        kept_send(k);
+    }
+    /* a claim answered after this ZADD was sent may not have seen it: kept in sched_min */
+    if (pt->next_due && due < pt->next_due) pt->next_due = due;
+    if (pt->claiming && due < pt->sched_min) pt->sched_min = due;
     arm_exact(due);
 }
 
@@ -96,6 +188,7 @@ void wk_sla_assigned(wk_job *j, const char *conv, const char *channel, long long
 /* ---- firing ---- */
 
 struct firing {
+    struct part *pt; /* the partition whose firing set holds it */
     char member[256];
     char conv[72];
     char kind[16];
@@ -108,8 +201,8 @@ struct firing {
 
 static void done(struct firing *f) {
     if (!wk.stopping) {
-        const char *argv[] = {"ZREM", KF_KEY_SLA_FIRING, f->member};
-        kf_redis_argv(wk.redis, sl.slot, NULL, NULL, 3, argv, NULL);
+        const char *argv[] = {"ZREM", f->pt->firing, f->member};
+        kf_redis_argv(wk.redis, f->pt->slot, NULL, NULL, 3, argv, NULL);
     }
     kf_free(f);
 }
@@ -126,11 +219,13 @@ static void record_breach(const struct firing *f, const char *agent, const char 
     snprintf(step, sizeof(step), "%d", f->step);
     snprintf(od, sizeof(od), "%lld", overdue);
     snprintf(ts, sizeof(ts), "%lld", f->fired_at);
-    const char *argv[] = {"XADD", KF_KEY_SLA_BREACHES, "MAXLEN", "~", "1000000", "*",
+    /* the log of the conversation's partition (whichever set the deadline came from) */
+    char key[KF_KEY_MAX];
+    kf_key_sla(key, kf_part_of(f->conv), "breaches");
+    const char *argv[] = {"XADD", key, "MAXLEN", "~", "1000000", "*",
                           "conv", f->conv, "kind", alert_kind(f->kind), "step", step,
                           "agent", agent, "reason", reason, "overdue_ms", od, "ts", ts};
-    kf_redis_argv(wk.redis, kf_redis_slot(wk.redis, KF_KEY_SLA_BREACHES), NULL, NULL, 20, argv,
-                  NULL);
+    kf_redis_argv(wk.redis, kf_redis_slot(wk.redis, key), NULL, NULL, 20, argv, NULL);
     wk.stats.breaches++;
 }
 
@@ -313,8 +408,9 @@ static void on_fired(const redisReply *r, const char *err, void *priv) {
     done(f);
 }
 
-static void fire(const char *member) {
+static void fire(struct part *pt, const char *member) {
     struct firing *f = kf_calloc(1, sizeof(*f));
+    f->pt = pt;
     snprintf(f->member, sizeof(f->member), "%s", member);
     char buf[256];
     snprintf(buf, sizeof(buf), "%s", member);
@@ -344,8 +440,8 @@ static void fire(const char *member) {
 }
 
 static void on_claimed(const redisReply *r, const char *err, void *priv) {
-    (void)priv;
-    sl.claiming = 0;
+    struct part *pt = priv;
+    pt->claiming = 0;
     if (wk.stopping || err || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         if (!err && r && r->type == REDIS_REPLY_ERROR) kf_error("sla_claim: %s", r->str);
         return;
@@ -356,50 +452,85 @@ static void on_claimed(const redisReply *r, const char *err, void *priv) {
         /* a deadline long past was held by a worker that died while firing it */
         const char *last = strrchr(r->element[i]->str, '|');
         if (last && now - atoll(last + 1) > wk.opt.sla_lease_ms) wk.stats.timers_reclaimed++;
-        fire(r->element[i]->str);
+        fire(pt, r->element[i]->str);
     }
+    int64_t next = NEVER;
     if (r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len)
-        arm_exact(atoll(r->element[0]->str));
-    if (r->elements - 1 >= CLAIM_MAX || sl.again) {
-        sl.again = 0;
-        claim();
+        next = atoll(r->element[0]->str);
+    pt->next_due = next < pt->sched_min ? next : pt->sched_min;
+    if (pt->next_due != NEVER) arm_exact(pt->next_due);
+    if (r->elements - 1 >= CLAIM_MAX || pt->again) {
+        pt->again = 0;
+        claim(pt);
     }
 }
 
-static void claim(void) {
+static void claim(struct part *pt) {
     if (wk.stopping || wk.draining) return;
-    if (sl.claiming) {
-        sl.again = 1;
+    if (pt->claiming) {
+        pt->again = 1;
         return;
     }
-    if (!kf_redis_is_up(wk.redis, sl.slot)) return;
-    sl.claiming = 1;
+    if (!kf_redis_is_up(wk.redis, pt->slot)) return;
+    pt->claiming = 1;
+    pt->sched_min = NEVER;
+    pt->last_claim = wk_now_ms();
     char now[24], max[16], lease[24];
-    snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
+    snprintf(now, sizeof(now), "%lld", (long long)pt->last_claim);
     snprintf(max, sizeof(max), "%d", CLAIM_MAX);
     snprintf(lease, sizeof(lease), "%lld", wk.opt.sla_lease_ms);
-    const char *argv[] = {KF_KEY_SLA_TIMERS, KF_KEY_SLA_FIRING, now, max, lease};
-    kf_redis_script(wk.redis, sl.slot, "sla_claim", on_claimed, NULL, 2, 5, argv, NULL);
+    const char *argv[] = {pt->timers, pt->firing, now, max, lease};
+    kf_redis_script(wk.redis, pt->slot, "sla_claim", on_claimed, pt, 2, 5, argv, NULL);
+}
+
+/* Claims the partitions with a deadline due, and those not looked at for SCAN_MS. */
+static void claim_due(void) {
+    int64_t now = wk_now_ms();
+    for (unsigned i = 0; i < NPARTS; i++) {
+        struct part *pt = &sl.p[i];
+        if (pt->claiming) continue;
+        if (pt->next_due <= now || now - pt->last_claim >= SCAN_MS) claim(pt);
+    }
 }
 
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    claim();
+    if (kept_head && !wk.draining) kept_retry();
+    claim_due();
 }
 
 static void on_exact(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     sl.exact_at = 0;
-    claim();
+    claim_due();
 }
 
 void wk_sla_start(void) {
-    sl.slot = kf_redis_slot(wk.redis, KF_KEY_SLA_TIMERS);
+    for (unsigned i = 0; i < NPARTS; i++) {
+        struct part *pt = &sl.p[i];
+        if (i < KF_PARTS) {
+            kf_key_sla(pt->timers, i, "timers");
+            kf_key_sla(pt->firing, i, "firing");
+        } else {
+            snprintf(pt->timers, sizeof(pt->timers), "%s", KF_KEY_SLA_TIMERS_OLD);
+            snprintf(pt->firing, sizeof(pt->firing), "%s", KF_KEY_SLA_FIRING_OLD);
+        }
+        pt->slot = kf_redis_slot(wk.redis, pt->timers);
+        pt->sched_min = NEVER;
+    }
     sl.poll_ev = wk_timer_every(wk.opt.timer_poll_ms, on_poll, NULL);
     sl.exact_ev = evtimer_new(wk.base, on_exact, NULL);
 }
 
 void wk_sla_stop(void) {
+    if (wk.stats.timers_kept)
+        kf_warn("%llu SLA deadlines kept (their master was down) not stored before exit",
+                (unsigned long long)wk.stats.timers_kept);
+    while (kept_head) {
+        struct kept *k = kept_head;
+        kept_head = k->next;
+        kf_free(k);
+    }
     event_free(sl.poll_ev);
     event_free(sl.exact_ev);
 }

@@ -74,6 +74,14 @@ typedef struct wk_options {
     /* customers who left mid-conversation (callback.c) */
     long long callback_grace_ms;
     long long callback_deadline_ms;
+    /* the archive (archive.c) */
+    char *archive_db;
+    long long archive_mask;
+    long long archive_delay_s;
+    long long archive_trim_s;
+    long long archive_batch;
+    long long archive_lease_ms;
+    long long retention_days;
     /* health, readiness and metrics over HTTP (http.c) */
     char *http_bind;
     long long http_port;
@@ -91,8 +99,10 @@ extern const int wk_late_bounds_ms[WK_LATE_BUCKETS - 1];
 
 typedef struct wk_stats {
     uint64_t events, events_claimed, events_failed;
+    uint64_t events_old; /* of them read from the single stream of earlier versions */
     uint64_t assigned, assign_conflicts, reservations_undone;
     uint64_t timers_fired, timers_cancelled, timers_stale, timers_reclaimed, breaches;
+    uint64_t timers_kept; /* deadlines of automatic assignments waiting for their master (sla.c) */
     uint64_t reassigned, positions_pushed;
     uint64_t agents_offline;
     uint64_t pattern_alerts;  /* repeat and trend alerts (patterns.c) */
@@ -196,8 +206,13 @@ void wk_push_stop(void);
 void wk_events_start(void);
 void wk_events_stop(void);
 void wk_events_redis_up(void);
-/** The last XREADGROUP in the group was answered (the group exists, this consumer reads it). */
+/** The last read of every partition in the group was answered (the groups exist, this consumer
+ * reads them) and their servers are up. */
 int wk_events_reading(void);
+/** How many of the KF_PARTS partitions that is true of. */
+unsigned wk_events_partitions_reading(void);
+/** The single stream of earlier versions exists (and is drained), as far as this worker knows. */
+int wk_events_old_draining(void);
 
 /* ---- assign.c: queues and automatic assignment ---- */
 void wk_assign_start(void);
@@ -237,6 +252,18 @@ void wk_presence_stop(void);
 int wk_qa_check(const wk_options *o, char *err, size_t errlen);
 void wk_qa_start(void);
 void wk_qa_stop(void);
+
+/* ---- archive.c: closed conversations into PostgreSQL, trimmed from Redis ---- */
+/** Checks archive_db's syntax; 0 or -1 with err set. */
+int wk_archive_check(const wk_options *o, char *err, size_t errlen);
+void wk_archive_start(void);
+void wk_archive_stop(void);
+/** A conversation closed at ts: pending for the archive, or its keys' retention set. */
+void wk_archive_closed(wk_job *j, const char *conv, long long ts);
+/** A conversation rated at ts: archived again (the rating joins the archive). */
+void wk_archive_rated(wk_job *j, const char *conv, long long ts);
+struct evbuffer;
+void wk_archive_render(struct evbuffer *o);
 
 /* ---- http.c: /healthz, /readyz, /metrics ---- */
 /** Listens on http_bind:http_port (nothing when the port is 0); -1 with err set. */

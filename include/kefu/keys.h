@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kefu/hash.h"
+
 #define KF_KEY_MAX 400
 
 /* Conversation metadata hash: customer, channel, topic, ticket, state, agent, created, ... */
@@ -57,8 +59,47 @@ static inline void kf_key_ticket_seq(char *k, const char *channel_day) {
 static inline void kf_key_queue(char *k, const char *group) {
     snprintf(k, KF_KEY_MAX, "kefu:{q:%s}:waiting", group);
 }
-/* Conversation lifecycle events (opened, accepted, closed, joined) for the worker. */
-#define KF_KEY_LIFECYCLE "kefu:{ev}:lifecycle"
+/* Partitions of the lifecycle stream and of the SLA deadlines: each lives in KF_PARTS slots,
+ * so losing one Redis Cluster master stalls only the partitions it serves. A conversation's
+ * events and deadlines go to partition kf_part_of(conversation id), so its events stay in order;
+ * an event without a conversation goes by its subject (agent status: the agent; customer_left:
+ * the customer). Gateways and workers must agree on KF_PARTS and on the tags below: changing
+ * either moves every key, which needs a migration like the one from the single stream
+ * (docs/operations.md, "Upgrading to partitioned events and deadlines").
+ *
+ * The tags are "<name>:<k>-<two letters>", the letters picked (by searching) so that partition
+ * k's slot lies near the middle of the k-th sixteenth of the 16384 slots: any split of the slot
+ * range into contiguous shares, as redis-cli --cluster create makes, gives each master about
+ * KF_PARTS / masters partitions (5, 6 and 5 of 3 masters). tests/unit/test_slot.c checks it. */
+#define KF_PARTS 16
+static inline const char *kf_ev_tag(unsigned p) {
+    static const char *const tags[KF_PARTS] = {
+        "ev:0-ca",  "ev:1-ri",  "ev:2-ny",  "ev:3-ou",  "ev:4-kd",  "ev:5-zl",
+        "ev:6-vx",  "ev:7-gp",  "ev:8-oz",  "ev:9-nv",  "ev:10-yz", "ev:11-ww",
+        "ev:12-ja", "ev:13-km", "ev:14-nz", "ev:15-ov"};
+    return tags[p % KF_PARTS];
+}
+static inline const char *kf_sla_tag(unsigned p) {
+    static const char *const tags[KF_PARTS] = {
+        "sla:0-lu",  "sla:1-my",  "sla:2-qi",  "sla:3-pe",  "sla:4-dp",  "sla:5-ux",
+        "sla:6-yl",  "sla:7-hd",  "sla:8-pj",  "sla:9-ab",  "sla:10-wn", "sla:11-ff",
+        "sla:12-kt", "sla:13-jx", "sla:14-oo", "sla:15-nc"};
+    return tags[p % KF_PARTS];
+}
+
+/** Partition of a conversation (or of the subject of an event without one): FNV-1a, folded
+ * (kf_hash32), mod KF_PARTS. Stable across versions and processes. */
+static inline unsigned kf_part_of(const char *id) {
+    return kf_hash32(id, strlen(id)) % KF_PARTS;
+}
+/* Conversation lifecycle events (opened, accepted, closed, joined, ...) for the worker, stream
+ * partition p. Consumer group `workers`. */
+static inline void kf_key_lifecycle(char *k, unsigned p) {
+    snprintf(k, KF_KEY_MAX, "kefu:{%s}:lifecycle", kf_ev_tag(p));
+}
+/* The single stream of versions before the partitions: still drained by workers (events.c)
+ * until it is empty, so that a rolling upgrade loses no event an old gateway wrote. */
+#define KF_KEY_LIFECYCLE_OLD "kefu:{ev}:lifecycle"
 /* Nodes seen: sorted set node -> last heartbeat (ms). */
 #define KF_KEY_NODES "kefu:{nodes}:alive"
 
@@ -104,11 +145,16 @@ static inline void kf_key_staff_load_in(char *k, const char *domain, const char 
 static inline void kf_key_staff_load(char *k, const char *agent) {
     kf_key_staff_load_in(k, NULL, agent);
 }
-/* SLA deadlines (member "<conv>|<kind>|<seq>|<step>|<deadline>|<due>", score = due ms), the
- * ones being fired (score = lease expiry) and the breach log. */
-#define KF_KEY_SLA_TIMERS "kefu:{sla}:timers"
-#define KF_KEY_SLA_FIRING "kefu:{sla}:firing"
-#define KF_KEY_SLA_BREACHES "kefu:{sla}:breaches"
+/* SLA deadlines of partition p (member "<conv>|<kind>|<seq>|<step>|<deadline>|<due>", score =
+ * due ms), the ones being fired (score = lease expiry) and the breach log (what = "timers",
+ * "firing", "breaches"). */
+static inline void kf_key_sla(char *k, unsigned p, const char *what) {
+    snprintf(k, KF_KEY_MAX, "kefu:{%s}:%s", kf_sla_tag(p), what);
+}
+/* The single deadline sets of versions before the partitions: workers still fire what is in
+ * them (sla.c); nothing is added. The old breach log is left to its readers. */
+#define KF_KEY_SLA_TIMERS_OLD "kefu:{sla}:timers"
+#define KF_KEY_SLA_FIRING_OLD "kefu:{sla}:firing"
 /* Customers who left mid-conversation (worker/callback.c) and their call-back tasks
  * (lua/redis/callback_task.lua), all under one hash tag: checks due (customer -> due ms), the
  * ones being run ("<customer>|<due>" -> lease expiry), and the open tasks (id -> deadline), the

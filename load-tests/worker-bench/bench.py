@@ -124,8 +124,9 @@ def main():
             last_deadline = t_end + args.fr_ms
             while time.time() * 1000 < last_deadline + 3000 and len(arrivals) < len(done):
                 await asyncio.sleep(0.2)
-            entries = H.redis_call(H.shard_addr(addrs, "sla"), "XRANGE", "kefu:{sla}:breaches",
-                                   "-", "+")
+            entries = [e for p in range(H.PARTS)   # the breach log of every partition
+                       for e in H.redis_call(H.shard_addr(addrs, H.SLA_TAGS[p]), "XRANGE",
+                                             H.sla_key(p, "breaches"), "-", "+")]
             overdue = [int(dict(zip(kv[::2], kv[1::2]))["overdue_ms"]) for _, kv in entries]
             recv = [at - dl for at, dl in arrivals.values()]
             print(f"timers: {len(overdue)} first-response breaches fired; fired after the "

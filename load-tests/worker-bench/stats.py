@@ -64,7 +64,7 @@ def fill(port, n, now):
         for ev, extra in (("opened", ["channel", ch, "group", g, "priority", "medium"]),
                           ("closed", ["resolution", res, "agent", agent]),
                           ("rated", ["stars", 1 + i % 5])):
-            buf.append(resp("XADD", "kefu:{ev}:lifecycle", "*", "ev", ev, "conv", conv,
+            buf.append(resp("XADD", H.lifecycle_key(H.part_of(conv)), "*", "ev", ev, "conv", conv,
                             "by", cust, "ts", created, *extra))
     subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=b"".join(buf), check=True,
                    stdout=subprocess.DEVNULL)
@@ -82,7 +82,7 @@ def main():
         procs.append(r)
         now = int(time.time() * 1000)
         fill(r.port, args.convs, now)
-        events = int(r.call("XLEN", "kefu:{ev}:lifecycle"))
+        events = sum(int(r.call("XLEN", H.lifecycle_key(p))) for p in range(H.PARTS))
         r.call("CONFIG", "RESETSTAT")
         mem0 = int(r.call("INFO", "memory").split("used_memory:")[1].split()[0])
         rc0 = cpu_s(r.p.pid)
@@ -92,9 +92,16 @@ def main():
         procs += wks
         deadline = time.time() + 600
         while time.time() < deadline:
-            g = r.call("XINFO", "GROUPS", "kefu:{ev}:lifecycle")
-            info = dict(zip(g[0][::2], g[0][1::2])) if g else {}
-            if info.get("lag") == 0 and info.get("pending") == 0:
+            done = True
+            for p in range(H.PARTS):   # every partition read and acknowledged
+                g = r.call("XINFO", "GROUPS", H.lifecycle_key(p)) if r.call(
+                    "EXISTS", H.lifecycle_key(p)) else []
+                info = dict(zip(g[0][::2], g[0][1::2])) if g else {}
+                if g and not (info.get("lag") == 0 and info.get("pending") == 0):
+                    done = False
+                if not g:
+                    done = False   # the worker has not created its group yet
+            if done:
                 break
             time.sleep(0.05)
         took = time.time() - t0

@@ -1,7 +1,8 @@
 -- Claims the SLA deadlines that are due: moves them from the timer set to the firing set with
 -- a lease, so each is handed to exactly one worker; deadlines whose lease ran out (their worker
 -- died while firing them) are handed out again.
--- KEYS[1] kefu:{sla}:timers, KEYS[2] kefu:{sla}:firing
+-- KEYS[1] kefu:{sla:<k>-..}:timers, KEYS[2] kefu:{sla:<k>-..}:firing (one partition; or the two
+-- sets of earlier versions, kefu:{sla}:timers and :firing, while they drain)
 -- ARGV: now (ms), most to claim, lease (ms)
 -- Returns {next deadline or "", member...}
 local now, max, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])

@@ -771,3 +771,32 @@ def key_shard(tag, nshards):
 
 def conv_shard(conv, nshards):
     return key_shard("c:" + conv, nshards)
+
+
+# Partitions of the lifecycle stream and the SLA deadlines (include/kefu/keys.h): the same
+# tags and the same hash as the C side; a mismatch shows as events or timers not found.
+PARTS = 16
+EV_TAGS = ["ev:0-ca", "ev:1-ri", "ev:2-ny", "ev:3-ou", "ev:4-kd", "ev:5-zl", "ev:6-vx",
+           "ev:7-gp", "ev:8-oz", "ev:9-nv", "ev:10-yz", "ev:11-ww", "ev:12-ja", "ev:13-km",
+           "ev:14-nz", "ev:15-ov"]
+SLA_TAGS = ["sla:0-lu", "sla:1-my", "sla:2-qi", "sla:3-pe", "sla:4-dp", "sla:5-ux", "sla:6-yl",
+            "sla:7-hd", "sla:8-pj", "sla:9-ab", "sla:10-wn", "sla:11-ff", "sla:12-kt",
+            "sla:13-jx", "sla:14-oo", "sla:15-nc"]
+OLD_LIFECYCLE = "kefu:{ev}:lifecycle"
+
+
+def part_of(ident):
+    """Partition of a conversation (or of an event's subject): 64-bit FNV-1a folded to 32 bits
+    (kf_hash32), mod PARTS."""
+    h = 14695981039346656037
+    for b in ident.encode():
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return ((h ^ (h >> 32)) & 0xFFFFFFFF) % PARTS
+
+
+def lifecycle_key(p):
+    return f"kefu:{{{EV_TAGS[p]}}}:lifecycle"
+
+
+def sla_key(p, what):
+    return f"kefu:{{{SLA_TAGS[p]}}}:{what}"

@@ -380,48 +380,57 @@ def test_inbox_master_frozen_keeps_node_ready_and_heals(spawn):
 
 
 def test_lifecycle_event_kept_while_its_master_is_frozen(spawn):
-    """conv.accept and conv.open are answered ok while the master of the lifecycle stream is
-    frozen (SIGSTOP, a cluster without replicas): their events for the worker are kept and
-    stored once the master answers again, not lost (the worker counts the accepted
+    """conv.accept and conv.open are answered ok while the master of their lifecycle stream
+    partition is frozen (SIGSTOP, a cluster without replicas): their events for the worker are
+    kept and stored once the master answers again, not lost (the worker counts the accepted
     conversation in the agent's load, and queues the opened one, from them)."""
     rc = spawn.redis_cluster(replicas=0)
     g = spawn.gateway(rc.addrs, name="kept", redis_timeout_ms=1500)
     slots = rc.slots()
-    victim = rc.master_of("kefu:{ev}:lifecycle", slots)
-    # conv.open needs the ticket counter and the default queue: a channel whose counter is
-    # elsewhere (redis-cli gives slot 270, {q:default}, and 10894, {ev}, different masters)
+    # the master of the middle partitions: neither the default queue ({q:default}, slot 270)
+    # nor the agent state ({staff}, 14951) is there
+    victim = rc.master_of(H.lifecycle_key(8), slots)
     assert rc.master_of("kefu:{q:default}:waiting", slots) is not victim
     day = time.strftime("%Y%m%d")
     channel = next(ch for ch in (f"ch{i}" for i in range(100))
                    if rc.master_of(f"kefu:{{t:{ch}-{day}}}:seq", slots) is not victim)
 
+    def on_victim(conv):
+        return rc.master_of(H.lifecycle_key(H.part_of(conv)), slots) is victim
+
     async def body():
         cust = await connect(g, "customer", "json", sub=rc.user_id("cust", slots, off=victim),
                              channel=channel)
         agent = await connect(g, "agent", "json", sub=rc.user_id("agen", slots, off=victim))
+        # its own keys elsewhere, its events on the victim
         conv = await open_conv_where(
-            cust, lambda c: rc.master_of(f"kefu:{{c:{c}}}:meta", slots) is not victim)
+            cust, lambda c: rc.master_of(f"kefu:{{c:{c}}}:meta", slots) is not victim
+            and on_victim(c))
         os.kill(victim.pid, signal.SIGSTOP)
         try:
             a = await agent.ok("conv.accept", conv=conv)
             assert a["state"] == "assigned"
             # stored, queued and answered ok all the same, unless the new conversation's own
-            # keys landed on the frozen master (its id is random): then the client tries again
-            for _ in range(10):
+            # keys landed on the frozen master (its id is random): then the client tries again;
+            # opened until one's events belong on the frozen master
+            opened = None
+            for _ in range(40):
                 r = await cust.request("conv.open", _timeout=10)
-                if r["type"] == "ok":
+                if r["type"] != "ok":
+                    assert r["code"] == "unavailable", r
+                    continue
+                if on_victim(r["conv"]):
+                    opened = r["conv"]
                     break
-                assert r["code"] == "unavailable", r
-            assert r["type"] == "ok", r
-            opened = r["conv"]
+            assert opened, "no conversation with its events on the frozen master"
             wait_for(lambda: gauges(g).get("kefu_redis_kept") >= 2, 10, "the events kept")
         finally:
             os.kill(victim.pid, signal.SIGCONT)
         return conv, opened
-    conv, opened = run(body(), timeout=40)
+    conv, opened = run(body(), timeout=60)
 
     def stored(ev, conv):
-        for _id, kv in rc.call("XRANGE", "kefu:{ev}:lifecycle", "-", "+"):
+        for _id, kv in rc.call("XRANGE", H.lifecycle_key(H.part_of(conv)), "-", "+"):
             d = dict(zip(kv[::2], kv[1::2]))
             if d.get("ev") == ev and d.get("conv") == conv:
                 return True
@@ -433,10 +442,12 @@ def test_lifecycle_event_kept_while_its_master_is_frozen(spawn):
     wait_for(lambda: gauges(g).get("kefu_redis_kept") == 0, 10, "nothing kept any more")
 
 
-@pytest.mark.parametrize("hot", ["{staff}", "{ev}"])
+@pytest.mark.parametrize("hot", ["{staff}", "{ev:8-oz}"])
 def test_workers_follow_a_failover(cspawn, hot):
-    """Two workers on a cluster; the master holding the agent state ({staff}) or the lifecycle
-    stream ({ev}) is killed with kill -9 while conversations wait. Its replica takes over; the
+    """Two workers on a cluster; the master holding the agent state ({staff}) or the middle
+    partitions of the lifecycle stream ({ev:8-oz}: not the first master, which the test reads
+    through) is killed with kill -9 while conversations
+    wait. Its replica takes over; the
     workers follow it: every conversation opened before and after the kill is assigned, none
     twice, and no agent gets more than max_chats."""
     wc = wcluster(cspawn, redis_timeout_ms=2000)
@@ -492,3 +503,90 @@ def test_workers_follow_a_failover(cspawn, hot):
             assert conv in loads[meta(wc, conv)["agent"]], (conv, loads)
         assert all(len(x) <= 20 for x in loads.values()), loads
     run(body(), timeout=90)
+
+
+def test_master_down_stalls_only_its_partitions(spawn):
+    """The lifecycle stream and the SLA deadlines are spread over 16 partitions (5 or 6 per
+    master of 3). One master is killed (kill -9) and its replica takes over only after the
+    cluster-node-timeout (6 s here): meanwhile the events of conversations whose partitions
+    live on the other masters are read, and their first-response deadlines fire on time; the
+    deadlines of the killed master's partitions wait, and fire once the replica has taken over.
+    Nothing is lost: every conversation gets its one warning, every opened event is stored in
+    its own partition."""
+    rc = spawn.redis_cluster(node_timeout_ms=6000)
+    slots = rc.slots()
+    victim = rc.master_of(H.lifecycle_key(8), slots)
+    # what every conversation needs lives elsewhere: agent state, the queue, the inbox, the
+    # ticket counter, the users
+    assert rc.master_of("kefu:{staff}:config", slots) is not victim
+    assert rc.master_of("kefu:{q:default}:waiting", slots) is not victim
+    day = time.strftime("%Y%m%d")
+    channel = next(ch for ch in (f"ch{i}" for i in range(100))
+                   if rc.master_of(f"kefu:{{t:{ch}-{day}}}:seq", slots) is not victim)
+    on_victim = {p for p in range(H.PARTS)
+                 if rc.master_of(H.sla_key(p, "timers"), slots) is victim}
+    assert 5 <= len(on_victim) <= 6, on_victim
+    assert all(rc.master_of(H.lifecycle_key(p), slots) is victim for p in on_victim)
+    masters = rc.addrs[:3]
+    for _ in range(20):   # a gateway whose inbox is elsewhere (its name is random)
+        g = spawn.gateway(masters, name="g", redis_timeout_ms=1500)
+        if rc.master_of(f"kefu:{{n:{g.name}-0}}:inbox", slots) is not victim:
+            break
+    else:
+        raise AssertionError("no gateway inbox off the victim")
+    ws = [spawn.worker(masters, name=f"wk{i}", redis_timeout_ms=1500, offline_grace_ms=60000,
+                       sla_first_response_ms="*=1000", sla_alert_after_ms=600000)
+          for i in range(2)]
+
+    def events_read():
+        return sum(H.Metrics(w.http("/metrics")[1]).get("kefu_worker_events_total") for w in ws)
+
+    def promoted():
+        return victim.port not in {m.port for m in rc.masters_now()}
+
+    async def body():
+        agent = await agent_on(g, max_chats=50, sub=rc.user_id("agen", slots, off=victim))
+        cust = await connect(g, "customer", "json", sub=rc.user_id("cust", slots, off=victim),
+                             channel=channel)
+        before = events_read()
+        victim.p.send_signal(signal.SIGKILL)
+        victim.p.wait()
+        t_kill = time.monotonic()
+        held, free = [], []
+        while len(held) < 3 or len(free) < 3:
+            r = await cust.request("conv.open")
+            if r["type"] != "ok":   # its own keys were on the dead master
+                assert r["code"] == "unavailable", r
+                continue
+            (held if H.part_of(r["conv"]) in on_victim else free).append(r["conv"])
+            assert len(held) + len(free) < 60
+        # the others' deadlines fire on time, before the replica takes over
+        warned = {}
+        for c in free:
+            w = await agent.next_push("sla.warning", conv=c, timeout=5)
+            assert w["overdue_ms"] < 500, w
+            warned[c] = w
+        assert not promoted(), "the failover came before the test could look"
+        assert time.monotonic() - t_kill < 5.5
+        assert events_read() - before >= len(free)   # their partitions are read meanwhile
+        assert not [f for f in agent.frames if f.get("type") == "sla.warning"
+                    and f.get("conv") in held], "a deadline of the dead master fired"
+        # the dead master's share: after the replica took over, late, but not lost
+        wait_for(promoted, 20, "the replica promoted")
+        t_promoted = time.monotonic()
+        for c in held:
+            w = await agent.next_push("sla.warning", conv=c, timeout=15)
+            warned[c] = w
+        assert time.monotonic() - t_kill > 5.5
+        await agent.no_push("sla.warning", within=1.0)   # each warned once
+        return held, free, warned, t_promoted
+    held, free, warned, _ = run(body(), timeout=90)
+    for c in held:
+        assert warned[c]["overdue_ms"] >= 2000, warned[c]   # waited for the failover
+    for c in held + free:
+        p = H.part_of(c)
+
+        def stored(c=c, p=p):
+            return any(dict(zip(kv[::2], kv[1::2])).get("conv") == c
+                       for _id, kv in rc.call("XRANGE", H.lifecycle_key(p), "-", "+"))
+        wait_for(stored, 10, f"the opened event of {c} in partition {p}")

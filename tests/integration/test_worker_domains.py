@@ -317,10 +317,10 @@ def test_cluster_domain_master_lost(spawn, lost):
     victim = rc.master_of(f"{tag(lost)}config", slots)
     masters = {d: rc.master_of(f"{tag(d)}config", slots) for d in ("sales", "help", "default")}
     assert len({m.port for m in masters.values()}) == 3, "the docs' example: three masters"
-    # the drill loses that master only: every other key this test touches lives elsewhere
+    # The drill loses that master only: the single-slot keys this test needs live elsewhere.
+    # (The lifecycle partitions on it hold their events back until it is replaced: the
+    # assignment rounds, every assign_interval_ms, do not wait for them.)
     off = lambda key: rc.master_of(key, slots) is not victim  # noqa: E731
-    for key in ("kefu:{ev}:lifecycle", "kefu:{nodes}:alive"):
-        assert off(key), key
     days = {time.strftime("%Y%m%d"), time.strftime("%Y%m%d", time.gmtime())}
     channel = next(ch for ch in ("web", "app", "mail", "chat", "wx", "sms", "line", "kiosk")
                    if all(off(f"kefu:{{t:{ch}-{d}}}:seq") for d in days))

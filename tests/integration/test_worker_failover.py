@@ -14,8 +14,13 @@ from worker_helpers import agent_on, open_waiting, rcall, record, wcluster
 
 
 def pending_by_consumer(wc):
-    summary = rcall(wc, "ev", "XPENDING", "kefu:{ev}:lifecycle", "workers")
-    return {name: int(n) for name, n in (summary[3] or [])}
+    """Pending events per consumer, over every partition of the lifecycle stream."""
+    out = Counter()
+    for p in range(H.PARTS):
+        summary = rcall(wc, H.EV_TAGS[p], "XPENDING", H.lifecycle_key(p), "workers")
+        for name, n in (summary[3] or []):
+            out[name] += int(n)
+    return out
 
 
 def test_killed_worker_loses_no_event_and_fires_no_timer_twice(spawn):
@@ -68,13 +73,16 @@ def test_killed_worker_loses_no_event_and_fires_no_timer_twice(spawn):
 
         # deadlines a dead worker had claimed: simulated by moving three of them into the
         # firing set, leased as if claimed when due
-        members = rcall(wc, "sla", "ZRANGE", "kefu:{sla}:timers", 0, -1)
+        members = sorted((m for p in range(H.PARTS)
+                          for m in rcall(wc, H.SLA_TAGS[p], "ZRANGE", H.sla_key(p, "timers"), 0, -1)),
+                         key=lambda m: int(m.split("|")[5]))   # by due time, as one set was
         taken = [m for m in members if m.split("|")[3] == "0"][:3]
         assert len(taken) == 3, members
         for m in taken:
             due = int(m.split("|")[5])
-            rcall(wc, "sla", "ZREM", "kefu:{sla}:timers", m)
-            rcall(wc, "sla", "ZADD", "kefu:{sla}:firing", due + 800, m)
+            p = H.part_of(m.split("|")[0])
+            rcall(wc, H.SLA_TAGS[p], "ZREM", H.sla_key(p, "timers"), m)
+            rcall(wc, H.SLA_TAGS[p], "ZADD", H.sla_key(p, "firing"), due + 800, m)
 
         # every first-response deadline passes unanswered: exactly one warning and one
         # recorded breach per conversation
@@ -87,7 +95,8 @@ def test_killed_worker_loses_no_event_and_fires_no_timer_twice(spawn):
         for conv in convs:
             breaches = [e for e in record(wc, conv) if e["ev"] == "sla.breach"]
             assert len(breaches) == 1, (conv, breaches)
-        assert rcall(wc, "sla", "ZCARD", "kefu:{sla}:firing") == 0
+        assert all(rcall(wc, H.SLA_TAGS[p], "ZCARD", H.sla_key(p, "firing")) == 0
+                   for p in range(H.PARTS))
         reclaimed = {m.split("|")[0] for m in taken}
         late = [int(e["overdue_ms"]) for c in reclaimed for e in record(wc, c)
                 if e["ev"] == "sla.breach"]

@@ -62,7 +62,7 @@ def test_ready_only_once_redis_group_and_config_are_there(spawn, tmp_path):
     # Redis comes, but the lifecycle stream and the configuration hash are in the way (wrong
     # types): connected is not enough
     r = spawn.redis(port=port)
-    r.call("SET", "kefu:{ev}:lifecycle", "not a stream")
+    r.call("SET", H.lifecycle_key(5), "not a stream")   # one partition is enough
     r.call("SET", "kefu:{staff}:config", "not a hash")
     wait_for(lambda: w.http("/readyz")[1].startswith("not reading the lifecycle stream"), 10,
              "503 for the consumer group")
@@ -72,10 +72,13 @@ def test_ready_only_once_redis_group_and_config_are_there(spawn, tmp_path):
     assert m['kefu_worker_redis_slots_up{client="commands"}'] == 16384
     assert m['kefu_worker_redis_slots_up{client="reader"}'] == 16384
 
-    r.call("DEL", "kefu:{ev}:lifecycle")   # the worker creates the group and reads it
+    # one broken partition holds up only itself: the other 15 are read
+    assert m["kefu_worker_event_partitions_reading"] == 15
+    r.call("DEL", H.lifecycle_key(5))   # the worker creates the group and reads it
     wait_for(lambda: w.http("/readyz")[1] == "configuration not published yet\n", 5,
              "503 for the configuration")
     assert metrics(w)["kefu_worker_consumer_group_reading"] == 1
+    assert metrics(w)["kefu_worker_event_partitions_reading"] == 16
     assert metrics(w)["kefu_worker_config_published"] == 0
 
     r.call("DEL", "kefu:{staff}:config")

@@ -10,6 +10,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "kefu/keys.h"
 #include "kefu/slot.h"
 
 static unsigned slot(const char *k) {
@@ -191,6 +192,60 @@ static void test_cluster_slots(void **state) {
     assert_int_equal(kf_cluster_slots_parse(NULL, r, 8), -1);
 }
 
+/* The partition tags of include/kefu/keys.h: partition k's slot lies in the k-th sixteenth of
+ * the slot range, so contiguous splits (redis-cli --cluster create) spread them evenly; the
+ * usual 3-master split gives each master 5 or 6 partitions of each kind. */
+static void test_partition_tags(void **state) {
+    (void)state;
+    const unsigned share = KF_SLOTS / KF_PARTS;
+    const unsigned split[3] = {5460, 10922, 16383}; /* last slot of each of 3 masters */
+    unsigned per_master[2][3] = {{0}};
+    char k[KF_KEY_MAX];
+    for (unsigned p = 0; p < KF_PARTS; p++) {
+        kf_key_lifecycle(k, p);
+        unsigned ev = slot(k);
+        kf_key_sla(k, p, "timers");
+        unsigned sla = slot(k);
+        char k2[KF_KEY_MAX];
+        kf_key_sla(k2, p, "firing");
+        assert_int_equal(slot(k2), sla); /* one claim script runs on both */
+        kf_key_sla(k2, p, "breaches");
+        assert_int_equal(slot(k2), sla);
+        assert_true(ev >= p * share && ev < (p + 1) * share);
+        assert_true(sla >= p * share && sla < (p + 1) * share);
+        for (int m = 0; m < 3; m++)
+            if (ev <= split[m]) { per_master[0][m]++; break; }
+        for (int m = 0; m < 3; m++)
+            if (sla <= split[m]) { per_master[1][m]++; break; }
+    }
+    for (int kind = 0; kind < 2; kind++)
+        for (int m = 0; m < 3; m++)
+            assert_true(per_master[kind][m] == 5 || per_master[kind][m] == 6);
+    /* the old single stream is a slot of its own, not one of the partitions' */
+    kf_key_lifecycle(k, 0);
+    assert_string_equal(k, "kefu:{ev:0-ca}:lifecycle");
+    assert_int_not_equal(slot(KF_KEY_LIFECYCLE_OLD), slot(k));
+}
+
+/* A conversation's partition is stable (gateways and workers of any version agree) and the
+ * hash spreads ids over every partition. */
+static void test_partition_of(void **state) {
+    (void)state;
+    /* fixed values: tests/integration/kefu_harness.py's part_of() must give the same */
+    assert_int_equal(kf_part_of("c1"), 14);
+    assert_int_equal(kf_part_of("abc"), 2);
+    assert_int_equal(kf_part_of("agent7"), 5);
+    unsigned seen[KF_PARTS] = {0};
+    char id[32];
+    for (int i = 0; i < 1600; i++) {
+        snprintf(id, sizeof(id), "conv-%d", i);
+        unsigned p = kf_part_of(id);
+        assert_true(p < KF_PARTS);
+        seen[p]++;
+    }
+    for (unsigned p = 0; p < KF_PARTS; p++) assert_true(seen[p] > 50 && seen[p] < 150);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crc16),
@@ -200,6 +255,8 @@ int main(void) {
         cmocka_unit_test(test_slot_range),
         cmocka_unit_test(test_redirects),
         cmocka_unit_test(test_cluster_slots),
+        cmocka_unit_test(test_partition_tags),
+        cmocka_unit_test(test_partition_of),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
