@@ -2,12 +2,16 @@
  * transfers (conv.transfer, group.transfers), ratings (conv.rate), a conversation's record
  * (conv.record) and supervisor monitoring (monitor.subscribe, monitor.unsubscribe).
  *
- * Agent state is decided by scripts on the {staff} slot (lua/redis/agent_*.lua, ...), a
- * conversation's by scripts in its own slot. A transfer spans both: check on the conversation,
- * reserve on {staff}, commit on the conversation, and undo the reservation when the commit
- * loses. The worker learns about changes from the lifecycle stream. */
+ * Agent state is decided by scripts on the slot of the agent's staff domain ({staff}, or
+ * {staff:<domain>} when the worker's staff_domains lists the agent's groups; lua/redis/agent_*.lua,
+ * ...), a conversation's by scripts in its own slot. A transfer spans both: check on the
+ * conversation, reserve on the domain of its group, commit on the conversation, and undo the
+ * reservation when the commit loses. Supervisors' requests that concern every agent (monitoring,
+ * break decisions by agent id) go to every domain. The worker learns about changes from the
+ * lifecycle stream. */
 #include "agent.h"
 
+#include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,13 +28,175 @@
 #define COMMENT_MAX 1024
 #define HISTORY_ON_TRANSFER 20
 
+#define STAFF_REFRESH_MS 1000
+
+/* ---- staff domains: read from the published configuration, every STAFF_REFRESH_MS ----
+ * Requests must not wait for the configuration on every call (its slot may be the one that is
+ * down), so the last answer is kept. Every domain holds a copy: when the default one does not
+ * answer, the next read asks another domain's. */
+
+static struct {
+    char *spec;                 /* staff_domains as published ("" none); NULL: never read */
+    char default_group[KF_GROUP_MAX + 1];
+    char *routes;               /* routes and default_priority as published, for conv.open */
+    char default_priority[8];
+    char doms[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1];
+    size_t ndoms;
+    size_t ask;                 /* the domain whose copy the next read asks */
+    int reading, stopping;
+    struct event *ev;
+    struct staff_wait *waiting; /* requests that came before the first read answered */
+} sd;
+
+/* A request held until the staff domains are known: at a gateway's start, before the first
+ * read of the configuration is answered. */
+struct staff_wait {
+    req_ctx *x;
+    json_t *msg;
+    void (*handler)(gw_conn *c, json_t *msg);
+    struct staff_wait *next;
+};
+
+static void staff_read(void);
+
+/* Holds the request when the staff domains were never read: 1 (the handler runs again once the
+ * read is answered, or the request gets `unavailable`), else 0. */
+static int staff_defer(gw_conn *c, json_t *msg, void (*handler)(gw_conn *, json_t *)) {
+    if (sd.spec) return 0;
+    struct staff_wait *w = kf_calloc(1, sizeof(*w));
+    w->x = gw_ctx_new(c, json_object_get(msg, "req"));
+    w->msg = json_incref(msg);
+    w->handler = handler;
+    w->next = sd.waiting;
+    sd.waiting = w;
+    staff_read();
+    return 1;
+}
+
+static void staff_resume(void) {
+    struct staff_wait *w = sd.waiting;
+    sd.waiting = NULL;
+    while (w) {
+        struct staff_wait *next = w->next;
+        if (sd.stopping || !gw_conn_open(w->x->c))
+            ; /* nobody to answer */
+        else if (sd.spec)
+            w->handler(w->x->c, w->msg);
+        else
+            gw_reply_error(w->x->c, w->x->req, "unavailable",
+                           "staff configuration unavailable, retry later");
+        json_decref(w->msg);
+        gw_ctx_free(w->x);
+        w = next;
+    }
+}
+
+static void on_staff_config(const redisReply *r, const char *err, void *priv) {
+    (void)priv;
+    sd.reading = 0;
+    if (sd.stopping) {
+        staff_resume();
+        return;
+    }
+    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
+        if (sd.ndoms) sd.ask = (sd.ask + 1) % sd.ndoms;
+        kf_debug("staff domains not read (%s); keeping what was read before",
+                 err ? err : r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+        staff_resume();
+        return;
+    }
+    const redisReply *spec = r->element[0], *dg = r->element[1], *routes = r->element[2],
+                     *prio = r->element[3];
+    const char *text = spec->type == REDIS_REPLY_STRING ? spec->str : "";
+    char e[160];
+    if (!kf_staff_domains_valid(text, e, sizeof(e))) {
+        kf_warn("published staff_domains ignored: %s", e);
+        text = "";
+    }
+    if (!sd.spec || strcmp(sd.spec, text) != 0) {
+        if (sd.spec) kf_info("staff domains now: %s", *text ? text : "(none)");
+        kf_free(sd.spec);
+        sd.spec = kf_strdup(text);
+        sd.ndoms = kf_staff_domain_list(sd.spec, sd.doms, KF_STAFF_DOMAINS_MAX);
+        sd.ask = 0;
+    }
+    snprintf(sd.default_group, sizeof(sd.default_group), "%s",
+             dg->type == REDIS_REPLY_STRING && kf_group_valid(dg->str) ? dg->str : "default");
+    kf_free(sd.routes);
+    sd.routes = kf_strdup(routes->type == REDIS_REPLY_STRING ? routes->str : "");
+    snprintf(sd.default_priority, sizeof(sd.default_priority), "%s",
+             prio->type == REDIS_REPLY_STRING && kf_priority_parse(prio->str) >= 0 ? prio->str
+                                                                                   : "medium");
+    staff_resume();
+}
+
+static void staff_read(void) {
+    if (sd.reading || sd.stopping) return;
+    char key[KF_KEY_MAX];
+    kf_key_staff_in(key, sd.ndoms ? sd.doms[sd.ask % sd.ndoms] : NULL, "config");
+    sd.reading = 1;
+    kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, key), on_staff_config, NULL,
+                 "HMGET %s staff_domains default_group routes default_priority", key);
+}
+
+static void on_staff_tick(evutil_socket_t fd, short what, void *arg) {
+    (void)fd, (void)what, (void)arg;
+    staff_read();
+}
+
+void gw_staff_start(void) {
+    memset(&sd, 0, sizeof(sd));
+    snprintf(sd.default_group, sizeof(sd.default_group), "default");
+    sd.ev = event_new(gw->base, -1, EV_PERSIST, on_staff_tick, NULL);
+    struct timeval tv = {STAFF_REFRESH_MS / 1000, (STAFF_REFRESH_MS % 1000) * 1000};
+    event_add(sd.ev, &tv);
+    staff_read();
+}
+
+void gw_staff_stop(void) {
+    sd.stopping = 1;
+    staff_resume();
+    if (sd.ev) event_free(sd.ev);
+    sd.ev = NULL;
+    kf_free(sd.spec);
+    kf_free(sd.routes);
+    sd.spec = sd.routes = NULL;
+}
+
+int gw_staff_routing(const char **routes, const char **group, const char **priority) {
+    if (!sd.spec) return 0;
+    *routes = sd.routes ? sd.routes : "";
+    *group = sd.default_group;
+    *priority = sd.default_priority;
+    return 1;
+}
+
+const char *gw_staff_domain(const char *group, char *out) {
+    if (!sd.spec) return NULL;
+    return kf_staff_domain_of(sd.spec, group && *group ? group : sd.default_group, out,
+                              KF_GROUP_MAX + 1);
+}
+
+size_t gw_staff_domain_list(char (*out)[KF_GROUP_MAX + 1], size_t max) {
+    if (sd.ndoms == 0) return kf_staff_domain_list(NULL, out, max);
+    size_t n = sd.ndoms < max ? sd.ndoms : max;
+    memcpy(out, sd.doms, n * sizeof(sd.doms[0]));
+    return n;
+}
+
+/* The domain of a request's group, or an `unavailable` answer while the staff domains were never
+ * read (NULL then). */
+static const char *domain_or_reply(gw_conn *c, json_t *req, const char *group, char *out) {
+    const char *d = gw_staff_domain(group, out);
+    if (!d) gw_reply_error(c, req, "unavailable", "staff configuration not read yet, retry later");
+    return d;
+}
+
 /* ---- helpers ---- */
 
-static unsigned staff_slot(void) { return kf_redis_slot(gw->redis, KF_KEY_STAFF_CONFIG); }
-
-static void staff_script(const char *name, kf_redis_cb *cb, void *priv, int argc,
-                         const char **argv) {
-    kf_staff_script(gw->redis, name, cb, priv, argc, argv);
+static void staff_script(const char *domain, const char *name, kf_redis_cb *cb, void *priv,
+                         int argc, const char **argv) {
+    kf_staff_script_in(gw->redis, domain, name, cb, priv, argc, argv);
 }
 
 static void conv_script(const char *conv, const char *name, kf_redis_cb *cb, void *priv,
@@ -102,12 +268,42 @@ static void on_released(const redisReply *r, const char *err, void *priv) {
     json_decref(j);
 }
 
-void gw_agent_release(const char *agent, const char *conv) {
+void gw_agent_release_in(const char *agent, const char *conv, const char *domain) {
     if (!agent || !*agent) return;
     char now[24];
     now_str(now);
     const char *argv[] = {"remove", agent, conv, now};
-    staff_script("agent_load", on_released, NULL, 4, argv);
+    staff_script(domain, "agent_load", on_released, NULL, 4, argv);
+}
+
+struct release {
+    char agent[KF_SUB_MAX + 1];
+    char conv[72];
+};
+
+static void on_release_group(const redisReply *r, const char *err, void *priv) {
+    struct release *rl = priv;
+    char dom[KF_GROUP_MAX + 1];
+    if (!err && r->type != REDIS_REPLY_ERROR && !sd.stopping &&
+        gw_staff_domain(r->type == REDIS_REPLY_STRING ? r->str : NULL, dom))
+        gw_agent_release_in(rl->agent, rl->conv, dom);
+    /* else the worker releases it when it reads the close (worker/events.c) */
+    kf_free(rl);
+}
+
+void gw_agent_release(const char *agent, const char *conv) {
+    if (!agent || !*agent) return;
+    if (!sd.spec || !*sd.spec) {
+        gw_agent_release_in(agent, conv, NULL);
+        return;
+    }
+    /* the domain of the conversation's group holds the agent's load */
+    struct release *rl = kf_calloc(1, sizeof(*rl));
+    snprintf(rl->agent, sizeof(rl->agent), "%s", agent);
+    snprintf(rl->conv, sizeof(rl->conv), "%s", conv);
+    char meta[KF_KEY_MAX];
+    kf_key_conv_meta(meta, conv);
+    kf_redis_cmd_key(gw->redis, meta, on_release_group, rl, "HGET %s group", meta);
 }
 
 /* ---- agent.status ---- */
@@ -165,6 +361,7 @@ static void on_status(const redisReply *r, const char *err, void *priv) {
 
 static void h_agent_status(gw_conn *c, json_t *msg) {
     json_t *req = json_object_get(msg, "req");
+    if (staff_defer(c, msg, h_agent_status)) return;
     const char *status, *reason;
     if (gw_get_str(c, msg, "status", 1, 16, &status) < 0) return;
     if (gw_get_str(c, msg, "reason", 0, 16, &reason) < 0) return;
@@ -182,6 +379,22 @@ static void h_agent_status(gw_conn *c, json_t *msg) {
         gw_reply_error(c, req, "bad_request", "field 'reason' goes with status away only");
         return;
     }
+    /* Every group of the agent is in one staff domain, whose slot decides its breaks and holds
+     * its load; skills across two would need two slots at once, so they are refused. */
+    char dom[KF_GROUP_MAX + 1], other[KF_GROUP_MAX + 1];
+    if (!sd.spec) {
+        gw_reply_error(c, req, "unavailable", "staff configuration not read yet, retry later");
+        return;
+    }
+    if (kf_staff_domain_of_groups(sd.spec, c->ident.skills, sd.default_group, dom, other,
+                                  sizeof(dom)) < 0) {
+        char m[160];
+        snprintf(m, sizeof(m),
+                 "the token's skills span staff domains %s and %s; an agent's groups must all "
+                 "be in one staff domain", dom, other);
+        gw_reply_error(c, req, "forbidden", m);
+        return;
+    }
     req_ctx *x = gw_ctx_new(c, req);
     char now[24], max[16];
     now_str(now);
@@ -189,25 +402,37 @@ static void h_agent_status(gw_conn *c, json_t *msg) {
     const char *argv[] = {c->ident.sub, c->ident.name, c->ident.skills ? c->ident.skills : "", max,
                           status, reason ? reason : "", now,
                           kf_role_name((kf_role)c->ident.role)};
-    staff_script("agent_status", on_status, x, 8, argv);
+    staff_script(dom, "agent_status", on_status, x, 8, argv);
 }
 
-/* ---- break.approve / break.deny ---- */
+/* ---- break.approve / break.deny ----
+ * The request names the agent only, so every staff domain is asked: the agent is registered in
+ * one, the others answer not_found. */
 
 struct decide {
     req_ctx *x;
     int approve;
     char agent[KF_SUB_MAX + 1];
     char *note;
+    int pending;         /* domains not answered yet */
+    int unavailable;     /* some domain could not answer */
+    int no_break;        /* some domain knows the agent, without a pending request */
+    json_t *won;         /* the answer of the domain that decided */
+    char *refusal_code, *refusal_msg; /* another refusal than not_found */
 };
 
-static void on_decided(const redisReply *r, const char *err, void *priv) {
-    struct decide *d = priv;
+static void decide_finish(struct decide *d) {
     req_ctx *x = d->x;
-    kf_script_ans a;
-    json_t *j = kf_script_parse(r, err, 1, &a) ? script_json(r, 1) : NULL;
+    json_t *j = d->won;
     if (!j) {
-        reply_script_failure(x, &a);
+        if (d->refusal_code)
+            gw_reply_error(x->c, x->req, d->refusal_code, d->refusal_msg);
+        else if (d->unavailable)
+            gw_reply_error(x->c, x->req, "unavailable", "storage unavailable, retry later");
+        else
+            gw_reply_error(x->c, x->req, "not_found",
+                           d->no_break ? "the agent has no pending break request"
+                                       : "no such agent");
         goto out;
     }
     json_t *self = json_object_get(j, "self"), *mon = json_object_get(j, "monitors");
@@ -229,28 +454,67 @@ static void on_decided(const redisReply *r, const char *err, void *priv) {
 out:
     gw_ctx_free(x);
     kf_free(d->note);
+    kf_free(d->refusal_code);
+    kf_free(d->refusal_msg);
     kf_free(d);
+}
+
+static void on_decided(const redisReply *r, const char *err, void *priv) {
+    struct decide *d = priv;
+    kf_script_ans a;
+    json_t *j = kf_script_parse(r, err, 1, &a) ? script_json(r, 1) : NULL;
+    if (j) {
+        if (d->won) json_decref(d->won); /* registered in two domains: either answer will do */
+        d->won = j;
+    } else if (a.kind == KF_SCRIPT_REFUSED && !strcmp(a.code, "not_found")) {
+        if (a.message && strstr(a.message, "pending")) d->no_break = 1;
+    } else if (a.kind == KF_SCRIPT_REFUSED) {
+        kf_free(d->refusal_code);
+        kf_free(d->refusal_msg);
+        d->refusal_code = kf_strdup(a.code);
+        d->refusal_msg = kf_strdup(a.message ? a.message : a.code);
+    } else {
+        if (a.kind == KF_SCRIPT_BROKEN && a.detail) kf_error("redis script error: %s", a.detail);
+        d->unavailable = 1;
+    }
+    if (--d->pending == 0) decide_finish(d);
 }
 
 static void decide(gw_conn *c, json_t *msg, int approve) {
     const char *agent, *note = NULL;
+    json_t *req = json_object_get(msg, "req");
     if (gw_get_str(c, msg, "agent", 1, KF_SUB_MAX, &agent) < 0) return;
     if (!approve && gw_get_str(c, msg, "note", 0, NOTE_MAX, &note) < 0) return;
+    if (!sd.spec) {
+        gw_reply_error(c, req, "unavailable", "staff configuration not read yet, retry later");
+        return;
+    }
     struct decide *d = kf_calloc(1, sizeof(*d));
-    d->x = gw_ctx_new(c, json_object_get(msg, "req"));
+    d->x = gw_ctx_new(c, req);
     d->approve = approve;
     snprintf(d->agent, sizeof(d->agent), "%s", agent);
     d->note = note ? kf_strdup(note) : NULL;
     char now[24];
     now_str(now);
     const char *argv[] = {agent, approve ? "approve" : "deny", now};
-    staff_script("break_decide", on_decided, d, 3, argv);
+    size_t n = sd.ndoms ? sd.ndoms : 1;
+    d->pending = (int)n;
+    for (size_t i = 0; i < n; i++)
+        staff_script(sd.ndoms ? sd.doms[i] : NULL, "break_decide", on_decided, d, 3, argv);
 }
 
-static void h_break_approve(gw_conn *c, json_t *msg) { decide(c, msg, 1); }
-static void h_break_deny(gw_conn *c, json_t *msg) { decide(c, msg, 0); }
+static void h_break_approve(gw_conn *c, json_t *msg) {
+    if (!staff_defer(c, msg, h_break_approve)) decide(c, msg, 1);
+}
+static void h_break_deny(gw_conn *c, json_t *msg) {
+    if (!staff_defer(c, msg, h_break_deny)) decide(c, msg, 0);
+}
 
-/* ---- conv.transfer: check (conv) -> reserve (staff) -> commit (conv) [-> undo (staff)] ---- */
+/* ---- conv.transfer: check (conv) -> reserve (staff) -> commit (conv) [-> undo (staff)] ----
+ * The staff steps run in the staff domain of the conversation's group: its agents are the only
+ * ones a transfer to an agent may reach. A transfer to a group of another domain only puts the
+ * conversation in that group's queue (the queues are per group, in no domain), once that
+ * domain says the group exists; that domain's agents then get it like any waiting one. */
 
 struct transfer {
     req_ctx *x;
@@ -258,6 +522,8 @@ struct transfer {
     char to_group[KF_GROUP_MAX + 1];
     char from_agent[KF_SUB_MAX + 1];
     char from_group[KF_GROUP_MAX + 1];
+    char from_dom[KF_GROUP_MAX + 1]; /* staff domain of from_group */
+    char to_dom[KF_GROUP_MAX + 1];   /* staff domain of to_group */
     char customer[KF_SUB_MAX + 1];
     char *note;
     json_t *target;   /* reserved agent's state (to an agent) */
@@ -285,7 +551,7 @@ static void transfer_done_agent(struct transfer *t, json_t *view) {
     gw_redis_kept_member(key, "SREM", x->conv);
     kf_key_user_convs(key, t->to_agent);
     gw_redis_kept_member(key, "SADD", x->conv);
-    gw_agent_release(t->from_agent, x->conv);
+    gw_agent_release_in(t->from_agent, x->conv, t->from_dom);
     snprintf(seq, sizeof(seq), "%lld", (long long)json_integer_value(json_object_get(view, "seq")));
     gw_lifecycle("transferred", x->conv, c, "agent", t->to_agent, "seq", seq);
     const char *name = json_string_value(json_object_get(t->target, "name"));
@@ -313,7 +579,7 @@ static void transfer_done_group(struct transfer *t, json_t *view) {
     char key[KF_KEY_MAX];
     kf_key_user_convs(key, t->from_agent);
     gw_redis_kept_member(key, "SREM", x->conv);
-    gw_agent_release(t->from_agent, x->conv);
+    gw_agent_release_in(t->from_agent, x->conv, t->from_dom);
     /* Back in the queue with its original waiting time. */
     int prio = kf_priority_parse(json_string_value(json_object_get(view, "priority")));
     const char *qs = json_string_value(json_object_get(view, "queued_us"));
@@ -351,7 +617,7 @@ static void on_transfer_committed(const redisReply *r, const char *err, void *pr
             char now[24];
             now_str(now);
             const char *argv[] = {"remove", t->to_agent, t->x->conv, now};
-            staff_script("agent_load", on_transfer_undone, NULL, 4, argv);
+            staff_script(t->from_dom, "agent_load", on_transfer_undone, NULL, 4, argv);
         }
         reply_script_failure(t->x, &a);
         transfer_free(t);
@@ -365,12 +631,23 @@ static void on_transfer_committed(const redisReply *r, const char *err, void *pr
     transfer_free(t);
 }
 
+static void transfer_commit(struct transfer *t);
+static void on_transfer_group_known(const redisReply *r, const char *err, void *priv);
+
 static void on_transfer_reserved(const redisReply *r, const char *err, void *priv) {
     struct transfer *t = priv;
     kf_script_ans a;
     json_t *j = kf_script_parse(r, err, 1, &a) ? script_json(r, 1) : NULL;
     if (!j) {
-        reply_script_failure(t->x, &a);
+        if (t->to_agent[0] && a.kind == KF_SCRIPT_REFUSED && !strcmp(a.code, "not_found") &&
+            sd.ndoms > 1) {
+            char m[160];
+            snprintf(m, sizeof(m), "no such agent in staff domain %s (the conversation's)",
+                     t->from_dom);
+            gw_reply_error(t->x->c, t->x->req, "not_found", m);
+        } else {
+            reply_script_failure(t->x, &a);
+        }
         transfer_free(t);
         return;
     }
@@ -378,6 +655,31 @@ static void on_transfer_reserved(const redisReply *r, const char *err, void *pri
     json_t *target = json_object_get(j, "target");
     if (target) t->target = json_incref(target);
     json_decref(j);
+    if (t->to_group[0] && strcmp(t->from_dom, t->to_dom) != 0) {
+        /* another domain's group: it must exist there */
+        char key[KF_KEY_MAX];
+        kf_key_staff_in(key, t->to_dom, "groups");
+        kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, key), on_transfer_group_known, t,
+                     "SISMEMBER %s %s", key, t->to_group);
+        return;
+    }
+    transfer_commit(t);
+}
+
+static void on_transfer_group_known(const redisReply *r, const char *err, void *priv) {
+    struct transfer *t = priv;
+    if (err || r->type != REDIS_REPLY_INTEGER) {
+        gw_reply_error(t->x->c, t->x->req, "unavailable", "storage unavailable, retry later");
+        transfer_free(t);
+    } else if (r->integer == 0) {
+        gw_reply_error(t->x->c, t->x->req, "not_found", "no such group");
+        transfer_free(t);
+    } else {
+        transfer_commit(t);
+    }
+}
+
+static void transfer_commit(struct transfer *t) {
     gw_conn *c = t->x->c;
     char now[24], hist[8];
     now_str(now);
@@ -414,15 +716,23 @@ static void on_transfer_checked(const redisReply *r, const char *err, void *priv
         transfer_free(t);
         return;
     }
+    if (!gw_staff_domain(t->from_group, t->from_dom) ||
+        (t->to_group[0] && !gw_staff_domain(t->to_group, t->to_dom))) {
+        gw_reply_error(c, t->x->req, "unavailable", "staff configuration not read yet, retry later");
+        transfer_free(t);
+        return;
+    }
+    int other = t->to_group[0] && strcmp(t->from_dom, t->to_dom) != 0;
     char now[24];
     now_str(now);
     const char *argv[] = {t->from_group, kf_role_name((kf_role)c->ident.role), t->to_agent,
-                          t->to_group, t->x->conv, now, t->from_agent};
-    staff_script("transfer_reserve", on_transfer_reserved, t, 7, argv);
+                          t->to_group, t->x->conv, now, t->from_agent, other ? "1" : ""};
+    staff_script(t->from_dom, "transfer_reserve", on_transfer_reserved, t, 8, argv);
 }
 
 static void h_conv_transfer(gw_conn *c, json_t *msg) {
     json_t *req = json_object_get(msg, "req");
+    if (staff_defer(c, msg, h_conv_transfer)) return;
     const char *to_agent, *to_group, *note;
     if (gw_get_str(c, msg, "to_agent", 0, KF_SUB_MAX, &to_agent) < 0) return;
     if (gw_get_str(c, msg, "to_group", 0, KF_GROUP_MAX, &to_group) < 0) return;
@@ -460,6 +770,7 @@ static void on_policy_set(const redisReply *r, const char *err, void *priv) {
 
 static void h_group_transfers(gw_conn *c, json_t *msg) {
     json_t *req = json_object_get(msg, "req");
+    if (staff_defer(c, msg, h_group_transfers)) return;
     const char *group, *message;
     json_t *allowed = json_object_get(msg, "allowed");
     if (gw_get_str(c, msg, "group", 1, KF_GROUP_MAX, &group) < 0) return;
@@ -472,15 +783,19 @@ static void h_group_transfers(gw_conn *c, json_t *msg) {
         gw_reply_error(c, req, "bad_request", "field 'allowed' must be true or false");
         return;
     }
+    /* the wording lives in the group's staff domain, where transfer_reserve.lua reads it */
+    char dom[KF_GROUP_MAX + 1], key[KF_KEY_MAX];
+    if (!domain_or_reply(c, req, group, dom)) return;
+    kf_key_staff_in(key, dom, "notransfer");
+    unsigned slot = kf_redis_slot(gw->redis, key);
     req_ctx *x = gw_ctx_new(c, req);
     snprintf(x->group, sizeof(x->group), "%s", group);
     x->limit = json_is_true(allowed);
     if (x->limit)
-        kf_redis_cmd(gw->redis, staff_slot(), on_policy_set, x, "HDEL %s %s",
-                     KF_KEY_STAFF_NOTRANSFER, group);
+        kf_redis_cmd(gw->redis, slot, on_policy_set, x, "HDEL %s %s", key, group);
     else
-        kf_redis_cmd(gw->redis, staff_slot(), on_policy_set, x, "HSET %s %s %s",
-                     KF_KEY_STAFF_NOTRANSFER, group, message ? message : "");
+        kf_redis_cmd(gw->redis, slot, on_policy_set, x, "HSET %s %s %s", key, group,
+                     message ? message : "");
 }
 
 /* ---- conv.rate: the window comes from the published configuration ---- */
@@ -548,8 +863,8 @@ static void h_conv_rate(gw_conn *c, json_t *msg) {
     rt->x = x;
     rt->stars = stars;
     rt->comment = comment ? kf_strdup(comment) : NULL;
-    kf_redis_cmd(gw->redis, staff_slot(), on_rate_window, rt, "HGET %s rate_window_ms",
-                 KF_KEY_STAFF_CONFIG);
+    kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_CONFIG), on_rate_window, rt,
+                 "HGET %s rate_window_ms", KF_KEY_STAFF_CONFIG);
 }
 
 /* ---- conv.record: the conversation's state changes ---- */
@@ -615,6 +930,8 @@ static void snapshot_answer(struct snapshot *s) {
     json_t *a = json_pack("{s:O, s:O, s:O, s:o}", "agents", json_object_get(s->snap, "agents"),
                           "breaks", json_object_get(s->snap, "breaks"), "expires_at",
                           json_object_get(s->snap, "expires_at"), "groups", s->groups);
+    json_t *un = json_object_get(s->snap, "unavailable_domains");
+    if (json_array_size(un)) json_object_set(a, "unavailable_domains", un);
     json_t *br = json_object_get(a, "breaks");
     if (!json_is_array(br)) json_object_set_new(a, "breaks", json_array());
     if (!json_is_array(json_object_get(a, "agents"))) json_object_set_new(a, "agents", json_array());
@@ -640,18 +957,117 @@ static void on_group_len(const redisReply *r, const char *err, void *priv) {
     if (--s->pending == 0) snapshot_answer(s);
 }
 
+/* Every staff domain keeps its own list of monitoring supervisors (its scripts read it in their
+ * slot), so a subscription is written to each, and the snapshot is the union of theirs. A domain
+ * that cannot answer is named in unavailable_domains; its agents' changes reach the supervisor
+ * once it is back and the subscription is renewed. */
+struct mfan {
+    req_ctx *x;
+    int pending, answered, unsubscribe;
+    json_t *agents, *breaks, *groups, *notransfer, *unavailable;
+    json_int_t expires;
+    kf_script_ans fail; /* the last failure; its code and message point at the copies below */
+    char fail_code[24], fail_msg[160];
+};
+
+static int by_agent(const void *a, const void *b) {
+    const char *x = json_string_value(json_object_get(*(json_t *const *)a, "agent"));
+    const char *y = json_string_value(json_object_get(*(json_t *const *)b, "agent"));
+    return strcmp(x ? x : "", y ? y : "");
+}
+
+static int by_since(const void *a, const void *b) {
+    json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "since"));
+    json_int_t y = json_integer_value(json_object_get(*(json_t *const *)b, "since"));
+    return x < y ? -1 : x > y;
+}
+
+static int by_string(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void snapshot_start(req_ctx *x, json_t *j);
+
+static void mfan_finish(struct mfan *m) {
+    req_ctx *x = m->x;
+    if (m->answered == 0) {
+        m->fail.code = m->fail_code;
+        m->fail.message = m->fail_msg;
+        reply_script_failure(x, &m->fail);
+        gw_ctx_free(x);
+    } else if (m->unsubscribe) {
+        gw_reply_ok(x->c, x->req, NULL);
+        gw_ctx_free(x);
+    } else {
+        /* agents by id, groups by name, breaks oldest first, as one domain's script has them */
+        size_t na = json_array_size(m->agents), ng = json_object_size(m->groups);
+        size_t nb = json_array_size(m->breaks);
+        json_t **av = kf_calloc(na + 1, sizeof(*av)), **bv = kf_calloc(nb + 1, sizeof(*bv));
+        const char **gv = kf_calloc(ng + 1, sizeof(*gv));
+        for (size_t i = 0; i < na; i++) av[i] = json_array_get(m->agents, i);
+        qsort(av, na, sizeof(*av), by_agent);
+        for (size_t i = 0; i < nb; i++) bv[i] = json_array_get(m->breaks, i);
+        qsort(bv, nb, sizeof(*bv), by_since);
+        size_t k = 0;
+        const char *g;
+        json_t *v;
+        json_object_foreach(m->groups, g, v) gv[k++] = g;
+        qsort(gv, ng, sizeof(*gv), by_string);
+        json_t *agents = json_array(), *groups = json_array(), *breaks = json_array();
+        for (size_t i = 0; i < na; i++) json_array_append(agents, av[i]);
+        for (size_t i = 0; i < nb; i++) json_array_append(breaks, bv[i]);
+        for (size_t i = 0; i < ng; i++) json_array_append_new(groups, json_string(gv[i]));
+        kf_free(av);
+        kf_free(bv);
+        kf_free(gv);
+        json_t *j = json_pack("{s:o, s:o, s:o, s:O, s:I, s:O}", "agents", agents, "breaks",
+                              breaks, "groups", groups, "notransfer", m->notransfer,
+                              "expires_at", m->expires, "unavailable_domains", m->unavailable);
+        snapshot_start(x, j);
+    }
+    json_decref(m->agents);
+    json_decref(m->breaks);
+    json_decref(m->groups);
+    json_decref(m->notransfer);
+    json_decref(m->unavailable);
+    kf_free(m);
+}
+
+struct mfan_one {
+    struct mfan *m;
+    char dom[KF_GROUP_MAX + 1];
+};
+
 static void on_snapshot(const redisReply *r, const char *err, void *priv) {
-    req_ctx *x = priv;
+    struct mfan_one *o = priv;
+    struct mfan *m = o->m;
     kf_script_ans a;
     json_t *j = kf_script_parse(r, err, 1, &a) ? script_json(r, 1) : NULL;
-    if (!j) {
-        if (a.kind == KF_SCRIPT_OK)
-            gw_reply_ok(x->c, x->req, NULL); /* unsubscribed */
-        else
-            reply_script_failure(x, &a);
-        gw_ctx_free(x);
-        return;
+    if (j || a.kind == KF_SCRIPT_OK) {
+        m->answered++;
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(j, "agents"), i, v) json_array_append(m->agents, v);
+        json_array_foreach(json_object_get(j, "breaks"), i, v) json_array_append(m->breaks, v);
+        json_array_foreach(json_object_get(j, "groups"), i, v)
+            if (json_is_string(v)) json_object_set(m->groups, json_string_value(v), json_true());
+        json_t *nt = json_object_get(j, "notransfer");
+        if (json_is_object(nt)) json_object_update(m->notransfer, nt);
+        json_int_t exp = json_integer_value(json_object_get(j, "expires_at"));
+        if (exp > m->expires) m->expires = exp;
+    } else {
+        if (a.kind == KF_SCRIPT_BROKEN && a.detail) kf_error("redis script error: %s", a.detail);
+        json_array_append_new(m->unavailable, json_string(o->dom));
+        m->fail.kind = a.kind;
+        snprintf(m->fail_code, sizeof(m->fail_code), "%s", a.code ? a.code : "internal");
+        snprintf(m->fail_msg, sizeof(m->fail_msg), "%s", a.message ? a.message : m->fail_code);
     }
+    if (j) json_decref(j);
+    kf_free(o);
+    if (--m->pending == 0) mfan_finish(m);
+}
+
+static void snapshot_start(req_ctx *x, json_t *j) {
     struct snapshot *s = kf_calloc(1, sizeof(*s));
     s->x = x;
     s->snap = j;
@@ -680,15 +1096,38 @@ static void on_snapshot(const redisReply *r, const char *err, void *priv) {
 }
 
 static void monitor(gw_conn *c, json_t *msg, const char *op) {
-    req_ctx *x = gw_ctx_new(c, json_object_get(msg, "req"));
+    json_t *req = json_object_get(msg, "req");
+    if (!sd.spec) {
+        gw_reply_error(c, req, "unavailable", "staff configuration not read yet, retry later");
+        return;
+    }
+    struct mfan *m = kf_calloc(1, sizeof(*m));
+    m->x = gw_ctx_new(c, req);
+    m->unsubscribe = !strcmp(op, "unsubscribe");
+    m->agents = json_array();
+    m->breaks = json_array();
+    m->groups = json_object();
+    m->notransfer = json_object();
+    m->unavailable = json_array();
     char now[24];
     now_str(now);
     const char *argv[] = {op, c->ident.sub, now};
-    staff_script("monitor", on_snapshot, x, 3, argv);
+    size_t n = sd.ndoms ? sd.ndoms : 1;
+    m->pending = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        struct mfan_one *o = kf_calloc(1, sizeof(*o));
+        o->m = m;
+        snprintf(o->dom, sizeof(o->dom), "%s", sd.ndoms ? sd.doms[i] : KF_STAFF_DEFAULT);
+        staff_script(o->dom, "monitor", on_snapshot, o, 3, argv);
+    }
 }
 
-static void h_monitor_subscribe(gw_conn *c, json_t *msg) { monitor(c, msg, "subscribe"); }
-static void h_monitor_unsubscribe(gw_conn *c, json_t *msg) { monitor(c, msg, "unsubscribe"); }
+static void h_monitor_subscribe(gw_conn *c, json_t *msg) {
+    if (!staff_defer(c, msg, h_monitor_subscribe)) monitor(c, msg, "subscribe");
+}
+static void h_monitor_unsubscribe(gw_conn *c, json_t *msg) {
+    if (!staff_defer(c, msg, h_monitor_unsubscribe)) monitor(c, msg, "unsubscribe");
+}
 
 const gw_handler gw_handlers_agent[] = {
     {"agent.status", R_STAFF, h_agent_status},

@@ -12,6 +12,7 @@
 
 #include <event2/event.h>
 
+#include "agent.h"
 #include "bot.h"
 #include "kefu/alloc.h"
 #include "kefu/bot.h"
@@ -469,12 +470,13 @@ static void on_alert_targets(const redisReply *r, const char *err, void *priv) {
     kf_free(ac);
 }
 
+/* bot_staff.lua on the staff domain of the conversation's group: its agents, and its copy of
+ * the monitoring supervisors and alert recipients (every domain holds them all). */
 static void staff_script(const char *mode, const char *group, kf_redis_cb *cb, void *priv) {
-    char now[24];
+    char now[24], dom[KF_GROUP_MAX + 1];
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
-    const char *argv[] = {KF_KEY_STAFF_CONFIG, mode, now, group ? group : ""};
-    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_CONFIG), "bot_staff", cb,
-                    priv, 1, 4, argv, NULL);
+    const char *argv[] = {mode, now, group ? group : ""};
+    kf_staff_script_in(gw->redis, gw_staff_domain(group, dom), "bot_staff", cb, priv, 3, argv);
 }
 
 static void on_agents(const redisReply *r, const char *err, void *priv) {
@@ -604,7 +606,7 @@ static void on_applied(const redisReply *r, const char *err, void *priv) {
                                     "kind", "sensitive", "conv", bc->id, "reason",
                                     a->value ? a->value : "", "ticket", fv(bc, F_TICKET), "group",
                                     group, "priority", *prio ? prio : "medium", "customer", customer);
-            staff_script("sups", NULL, on_alert_targets, ac);
+            staff_script("sups", group, on_alert_targets, ac);
         }
         if (a->kind == KF_BOT_ACT_SET && a->key && (!strcmp(a->key, "priority") || !strcmp(a->key, "group")))
             requeue = 1;
@@ -676,13 +678,16 @@ static void check_waits(int64_t now) {
     }
 }
 
-/* Registers this node's supervisors and admins as alert recipients (kefu:{staff}:supervisors). */
-static void scan_staff(int64_t now) {
+/* Registers this node's supervisors and admins as alert recipients (kefu:{staff}:supervisors),
+ * in every staff domain's copy, which bot_staff.lua reads in the domain of the alert's group. */
+static void scan_staff_in(const char *domain, int64_t now, int trim) {
     const char *argv[2 + 256 * 2];
-    char score[24];
+    char score[24], key[KF_KEY_MAX];
     snprintf(score, sizeof(score), "%lld", (long long)now);
+    kf_key_staff_in(key, domain, "supervisors");
+    unsigned slot = kf_redis_slot(gw->redis, key);
     argv[0] = "ZADD";
-    argv[1] = KF_KEY_STAFF_SUPERVISORS;
+    argv[1] = key;
     int n = 2;
     for (gw_user *u = gw->users; u; u = u->hh.next) {
         if (!u->conns || (u->conns->ident.role != KF_ROLE_SUPERVISOR &&
@@ -691,20 +696,22 @@ static void scan_staff(int64_t now) {
         argv[n++] = score;
         argv[n++] = u->id;
         if (n == (int)(sizeof(argv) / sizeof(argv[0]))) {
-            kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_SUPERVISORS), NULL,
-                          NULL, n, argv, NULL);
+            kf_redis_argv(gw->redis, slot, NULL, NULL, n, argv, NULL);
             n = 2;
         }
     }
-    if (n > 2)
-        kf_redis_argv(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_SUPERVISORS), NULL, NULL,
-                      n, argv, NULL);
-    if (now - B.last_trim_ms > 60000) {
-        B.last_trim_ms = now;
-        kf_redis_cmd_key(gw->redis, KF_KEY_STAFF_SUPERVISORS, NULL, NULL,
-                         "ZREMRANGEBYSCORE %s -inf %lld", KF_KEY_STAFF_SUPERVISORS,
-                         (long long)(now - 3600000));
-    }
+    if (n > 2) kf_redis_argv(gw->redis, slot, NULL, NULL, n, argv, NULL);
+    if (trim)
+        kf_redis_cmd(gw->redis, slot, NULL, NULL, "ZREMRANGEBYSCORE %s -inf %lld", key,
+                     (long long)(now - 3600000));
+}
+
+static void scan_staff(int64_t now) {
+    int trim = now - B.last_trim_ms > 60000;
+    if (trim) B.last_trim_ms = now;
+    char doms[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1];
+    size_t nd = gw_staff_domain_list(doms, KF_STAFF_DOMAINS_MAX);
+    for (size_t i = 0; i < nd; i++) scan_staff_in(doms[i], now, trim);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {

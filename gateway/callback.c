@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "agent.h"
 #include "gateway.h"
 #include "kefu/alloc.h"
 #include "kefu/keys.h"
@@ -25,6 +26,7 @@ struct cb_req {
     char task[TASK_MAX + 1];
     char agent[KF_SUB_MAX + 1];
     char *note;
+    int pending, known, failed; /* callback.assign: staff domains asked, saying yes, failing */
 };
 
 static void cb_req_free(struct cb_req *q) {
@@ -143,14 +145,20 @@ static void on_assigned(const redisReply *r, const char *err, void *priv) {
     cb_req_free(q);
 }
 
+/* One staff domain's answer; the agent is known when any domain registered it. */
 static void on_agent_known(const redisReply *r, const char *err, void *priv) {
     struct cb_req *q = priv;
-    if (err || r->type != REDIS_REPLY_INTEGER) {
+    if (err || r->type != REDIS_REPLY_INTEGER)
+        q->failed = 1;
+    else if (r->integer == 1)
+        q->known = 1;
+    if (--q->pending > 0) return;
+    if (!q->known && q->failed) {
         gw_reply_error(q->x->c, q->x->req, "unavailable", "storage unavailable, retry later");
         cb_req_free(q);
         return;
     }
-    if (r->integer != 1) {
+    if (!q->known) {
         gw_reply_error(q->x->c, q->x->req, "not_found", "no such agent");
         cb_req_free(q);
         return;
@@ -167,9 +175,14 @@ static void h_callback_assign(gw_conn *c, json_t *msg) {
     struct cb_req *q;
     if (get_task(c, msg, &q) < 0) return;
     snprintf(q->agent, sizeof(q->agent), "%s", agent);
-    /* only a registered agent (one who ever set a status) can call back */
-    kf_redis_cmd_key(gw->redis, KF_KEY_STAFF_AGENTS, on_agent_known, q, "SISMEMBER %s %s",
-                     KF_KEY_STAFF_AGENTS, q->agent);
+    /* only a registered agent (one who ever set a status) can call back: in any staff domain */
+    char doms[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1], key[KF_KEY_MAX];
+    size_t nd = gw_staff_domain_list(doms, KF_STAFF_DOMAINS_MAX);
+    q->pending = (int)nd;
+    for (size_t i = 0; i < nd; i++) {
+        kf_key_staff_in(key, doms[i], "agents");
+        kf_redis_cmd_key(gw->redis, key, on_agent_known, q, "SISMEMBER %s %s", key, q->agent);
+    }
 }
 
 /* ---- callback.done ---- */

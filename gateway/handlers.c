@@ -188,10 +188,12 @@ static void on_ticket(const redisReply *r, const char *err, void *priv) {
     if (--oa->pending == 0) open_store(oa);
 }
 
-/* The published routing; when the {staff} slot cannot answer the defaults apply, so the
- * conversation still reaches a queue. */
+/* The published routing; when the {staff} slot cannot answer, the copy the gateway read last
+ * from any staff domain applies, or without one the defaults, so the conversation still reaches
+ * a queue. */
 static void on_open_config(const redisReply *r, const char *err, void *priv) {
     struct open_args *oa = priv;
+    const char *routes_read, *group_read, *prio_read;
     if (!err && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
         const redisReply *routes = r->element[0], *group = r->element[1], *prio = r->element[2];
         if (routes->type == REDIS_REPLY_STRING && routes->len) oa->routes = kf_strdup(routes->str);
@@ -199,6 +201,14 @@ static void on_open_config(const redisReply *r, const char *err, void *priv) {
             snprintf(oa->group, sizeof(oa->group), "%s", group->str);
         if (prio->type == REDIS_REPLY_STRING && kf_priority_parse(prio->str) >= 0)
             oa->prio = kf_priority_parse(prio->str);
+    } else if (gw_staff_routing(&routes_read, &group_read, &prio_read)) {
+        /* the copy read last from any staff domain (gateway/agent.c): losing the {staff}
+         * master does not send every new conversation to the default group */
+        kf_debug("conv.open: routing configuration unavailable (%s); the copy read last",
+                 err ? err : "bad reply");
+        if (*routes_read) oa->routes = kf_strdup(routes_read);
+        snprintf(oa->group, sizeof(oa->group), "%s", group_read);
+        oa->prio = kf_priority_parse(prio_read);
     } else {
         kf_warn("conv.open: routing configuration unavailable (%s); default group",
                 err ? err : "bad reply");

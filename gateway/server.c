@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "agent.h"
 #include "auth.h"
 #include "bot.h"
 #include "gateway.h"
@@ -1066,6 +1067,7 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
     rx_resume_ev = evtimer_new(gw->base, on_rx_resume, NULL);
     flush_ev = event_new(gw->base, -1, 0, on_flush, NULL);
     gw_router_start();
+    gw_staff_start();
     gw_bot_start();
     gw->sweep_ev = event_new(gw->base, -1, EV_PERSIST, on_sweep, NULL);
     struct timeval sec = {1, 0};
@@ -1089,6 +1091,7 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
         conn_gone(&p, NULL);
     }
     gw_bot_stop();
+    gw_staff_stop();
     gw_msg_send_stop();
     gw_redis_kept_stop();
     gw_router_stop();

@@ -2,6 +2,7 @@
  * per-key values. */
 #include "kefu/service.h"
 
+#include "kefu/alloc.h"
 #include "kefu/redis.h"
 
 #include <ctype.h>
@@ -270,14 +271,199 @@ size_t kf_json_strings(const json_t *arr, const char **out, size_t max) {
     return n;
 }
 
+void kf_staff_script_in(kf_redis *r, const char *domain, const char *name, kf_redis_cb *cb,
+                        void *priv, int argc, const char **argv) {
+    const char *av[24];
+    char cfg[KF_KEY_MAX];
+    if (argc > 23) abort();
+    kf_key_staff_in(cfg, domain, "config");
+    av[0] = cfg;
+    for (int i = 0; i < argc; i++) av[1 + i] = argv[i];
+    kf_redis_script(r, kf_redis_slot(r, cfg), name, cb, priv, 1, argc + 1, av, NULL);
+}
+
 void kf_staff_script(kf_redis *r, const char *name, kf_redis_cb *cb, void *priv, int argc,
                      const char **argv) {
-    const char *av[24];
-    if (argc > 23) abort();
-    av[0] = KF_KEY_STAFF_CONFIG;
-    for (int i = 0; i < argc; i++) av[1 + i] = argv[i];
-    kf_redis_script(r, kf_redis_slot(r, KF_KEY_STAFF_CONFIG), name, cb, priv, 1, argc + 1, av,
-                    NULL);
+    kf_staff_script_in(r, NULL, name, cb, priv, argc, argv);
+}
+
+/* ---- staff domains ---- */
+
+/* Next name of a list at *s ending at any of stops or NUL; copies it into out (out holds one byte
+ * more than a valid name, so a truncated name is still too long to be valid). Returns its length, leaves *s on the stop. */
+static size_t next_name(const char **s, const char *stops, char *out, size_t outlen) {
+    const char *p = *s;
+    while (*p == ' ' || *p == '\t') p++;
+    const char *start = p;
+    while (*p && !strchr(stops, *p)) p++;
+    const char *end = p;
+    while (end > start && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r')) end--;
+    size_t n = (size_t)(end - start);
+    snprintf(out, outlen, "%.*s", (int)(n < outlen ? n : outlen - 1), start);
+    *s = p;
+    return n;
+}
+
+/* Walks spec: calls fn(domain, group, arg) for each listed group, in order; stops and returns
+ * -1 with err set at a syntax error, or fn's nonzero answer. */
+static int domains_walk(const char *spec, int (*fn)(const char *, const char *, void *),
+                        void *arg, char *err, size_t errlen) {
+    char dom[KF_GROUP_MAX + 2], grp[KF_GROUP_MAX + 2];
+    const char *s = spec ? spec : "";
+    while (*s) {
+        if (*s == ';' || *s == '\n' || *s == ' ' || *s == '\t' || *s == '\r') {
+            s++;
+            continue;
+        }
+        size_t n = next_name(&s, "=;\n", dom, sizeof(dom));
+        if (*s != '=') {
+            snprintf(err, errlen, "staff domain '%.*s' has no '=' and groups", (int)n, dom);
+            return -1;
+        }
+        if (!kf_group_valid(dom)) {
+            snprintf(err, errlen, "staff domain name '%s' must match [a-z0-9_-]{1,32}", dom);
+            return -1;
+        }
+        s++;
+        for (;;) {
+            next_name(&s, ",;\n", grp, sizeof(grp));
+            if (!kf_group_valid(grp)) {
+                snprintf(err, errlen, "staff domain %s: group '%s' must match [a-z0-9_-]{1,32}",
+                         dom, grp);
+                return -1;
+            }
+            int rc = fn(dom, grp, arg);
+            if (rc) return rc;
+            if (*s != ',') break;
+            s++;
+        }
+    }
+    return 0;
+}
+
+struct dom_find {
+    const char *group;
+    char *out;
+    size_t outlen;
+};
+
+static int find_group(const char *dom, const char *grp, void *arg) {
+    struct dom_find *f = arg;
+    if (strcmp(grp, f->group) != 0) return 0;
+    snprintf(f->out, f->outlen, "%s", dom);
+    return 1;
+}
+
+const char *kf_staff_domain_of(const char *spec, const char *group, char *out, size_t outlen) {
+    char err[8];
+    struct dom_find f = {group ? group : "", out, outlen};
+    if (domains_walk(spec, find_group, &f, err, sizeof(err)) != 1)
+        snprintf(out, outlen, "%s", KF_STAFF_DEFAULT);
+    return out;
+}
+
+int kf_staff_domain_of_groups(const char *spec, const char *groups, const char *default_group,
+                              char *out, char *other, size_t outlen) {
+    char g[KF_GROUP_MAX + 2], d[KF_GROUP_MAX + 1];
+    const char *s = groups ? groups : "";
+    int seen = 0;
+    while (*s == ',') s++;
+    if (!*s) {
+        kf_staff_domain_of(spec, default_group, out, outlen);
+        return 0;
+    }
+    while (*s) {
+        next_name(&s, ",", g, sizeof(g));
+        if (*s == ',') s++;
+        if (!*g) continue;
+        kf_staff_domain_of(spec, g, d, sizeof(d));
+        if (!seen) {
+            snprintf(out, outlen, "%s", d);
+            seen = 1;
+        } else if (strcmp(out, d) != 0) {
+            if (other) snprintf(other, outlen, "%s", d);
+            return -1;
+        }
+    }
+    if (!seen) kf_staff_domain_of(spec, default_group, out, outlen);
+    return 0;
+}
+
+struct dom_list {
+    char (*out)[KF_GROUP_MAX + 1];
+    size_t n, max;
+};
+
+static int list_domain(const char *dom, const char *grp, void *arg) {
+    (void)grp;
+    struct dom_list *l = arg;
+    for (size_t i = 0; i < l->n; i++)
+        if (!strcmp(l->out[i], dom)) return 0;
+    if (l->n < l->max) snprintf(l->out[l->n++], KF_GROUP_MAX + 1, "%s", dom);
+    return 0;
+}
+
+size_t kf_staff_domain_list(const char *spec, char (*out)[KF_GROUP_MAX + 1], size_t max) {
+    char err[8];
+    if (max == 0) return 0;
+    struct dom_list l = {out, 1, max};
+    snprintf(out[0], KF_GROUP_MAX + 1, "%s", KF_STAFF_DEFAULT);
+    if (domains_walk(spec, list_domain, &l, err, sizeof(err)) < 0) return 1;
+    return l.n;
+}
+
+struct dom_check {
+    char seen_groups[512][KF_GROUP_MAX + 1];
+    char seen_group_dom[512][KF_GROUP_MAX + 1];
+    size_t ngroups;
+    char closed[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1]; /* domains whose list ended */
+    size_t nclosed;
+    char cur[KF_GROUP_MAX + 1];
+    char *err;
+    size_t errlen;
+};
+
+static int check_group(const char *dom, const char *grp, void *arg) {
+    struct dom_check *c = arg;
+    if (strcmp(c->cur, dom) != 0) {
+        for (size_t i = 0; i < c->nclosed; i++)
+            if (!strcmp(c->closed[i], dom)) {
+                snprintf(c->err, c->errlen, "staff domain %s is listed twice", dom);
+                return -1;
+            }
+        if (c->nclosed == KF_STAFF_DOMAINS_MAX) {
+            snprintf(c->err, c->errlen, "at most %d staff domains", KF_STAFF_DOMAINS_MAX);
+            return -1;
+        }
+        snprintf(c->closed[c->nclosed++], KF_GROUP_MAX + 1, "%s", dom);
+        snprintf(c->cur, sizeof(c->cur), "%s", dom);
+    }
+    for (size_t i = 0; i < c->ngroups; i++)
+        if (!strcmp(c->seen_groups[i], grp)) {
+            if (!strcmp(c->seen_group_dom[i], dom))
+                snprintf(c->err, c->errlen, "group %s is listed twice in staff domain %s", grp,
+                         dom);
+            else
+                snprintf(c->err, c->errlen, "group %s is in staff domains %s and %s", grp,
+                         c->seen_group_dom[i], dom);
+            return -1;
+        }
+    if (c->ngroups == 512) {
+        snprintf(c->err, c->errlen, "at most 512 groups in staff_domains");
+        return -1;
+    }
+    snprintf(c->seen_groups[c->ngroups], KF_GROUP_MAX + 1, "%s", grp);
+    snprintf(c->seen_group_dom[c->ngroups++], KF_GROUP_MAX + 1, "%s", dom);
+    return 0;
+}
+
+int kf_staff_domains_valid(const char *spec, char *err, size_t errlen) {
+    struct dom_check *c = kf_calloc(1, sizeof(*c));
+    c->err = err;
+    c->errlen = errlen;
+    int rc = domains_walk(spec, check_group, c, err, errlen);
+    kf_free(c);
+    return rc == 0;
 }
 
 void kf_conv_script(kf_redis *r, const char *conv, const char *name, kf_redis_cb *cb, void *priv,

@@ -2,11 +2,13 @@
  *
  *   1. the head of the queue, in queue order (ZRANGE of kefu:{q:<group>}:waiting), and the
  *      agent each re-queued conversation should avoid;
- *   2. assign_reserve.lua on {staff}: an agent per conversation, its capacity reserved;
+ *   2. assign_reserve.lua on the group's staff domain ({staff} or {staff:<domain>}): an agent
+ *      per conversation, its capacity reserved;
  *   3. conv_assign.lua on each conversation's slot: commit, unless a manual conv.accept (or
  *      anything else) changed it first; then the reservation is undone (agent_load.lua).
  *
- * until nobody can take more. Capacity is checked and reserved atomically on {staff}, and the
+ * until nobody can take more. Capacity is checked and reserved atomically on the domain's slot
+ * (an agent's groups are all in one domain, so all of its load is there), and the
  * conversation changes hands atomically on its own slot, so whatever the workers and agents
  * do at the same time, no agent is ever over max_chats and no conversation has two agents.
  * Customers waiting get queue.position pushes, monitors the queue lengths. */
@@ -296,11 +298,11 @@ static void on_undone(const redisReply *r, const char *err, void *priv) {
     if (js) json_decref(js);
 }
 
-static void undo_reservation(const char *agent, const char *conv) {
+static void undo_reservation(const char *group, const char *agent, const char *conv) {
     char now[24];
     snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
     const char *argv[] = {"remove", agent, conv, now};
-    wk_staff_script("agent_load", on_undone, NULL, 4, argv);
+    wk_staff_script_for(group, "agent_load", on_undone, NULL, 4, argv);
     wk.stats.reservations_undone++;
 }
 
@@ -352,7 +354,7 @@ static void on_committed(const redisReply *r, const char *err, void *priv) {
              * load repair in presence.c removes it if the conversation never became ours). */
             kf_warn("assignment commit of a conversation failed: %s", err);
         } else if (r->type == REDIS_REPLY_ERROR) {
-            undo_reservation(cm->agent, cm->conv);
+            undo_reservation(rd->g->name, cm->agent, cm->conv);
         } else {
             const char *state = r->type == REDIS_REPLY_ARRAY && r->elements >= 3 &&
                                         r->element[2]->type == REDIS_REPLY_STRING
@@ -365,7 +367,7 @@ static void on_committed(const redisReply *r, const char *err, void *priv) {
             wk.stats.assign_conflicts++;
             /* Accepted by the very agent we reserved: its load is right as it is. */
             if (!(strcmp(state, "assigned") == 0 && strcmp(holder, cm->agent) == 0))
-                undo_reservation(cm->agent, cm->conv);
+                undo_reservation(rd->g->name, cm->agent, cm->conv);
             /* Not waiting in this group any more (accepted, closed, moved): a stale entry. */
             queue_drop(rd->g->name, cm->conv);
             rd->g->pos_stale = 1;
@@ -452,7 +454,8 @@ static void on_exclude(const redisReply *r, const char *err, void *priv) {
     snprintf(defmax, sizeof(defmax), "%lld", wk.opt.default_max_chats);
     const char *argv[] = {g->name, fallback_of(g->name, fb, sizeof(fb)), relax, now_s, batch,
                           defmax};
-    wk_staff_script("assign_reserve", on_reserved, rd, 6, argv);
+    /* the group's staff domain: its fallback is in the same one (wk_options_check) */
+    wk_staff_script_for(g->name, "assign_reserve", on_reserved, rd, 6, argv);
     kf_free(batch);
 }
 
@@ -516,12 +519,13 @@ static void cycle_start(struct group *g) {
 
 /* ---- periodic: every known group, even without events ---- */
 
+/* Each staff domain lists its own groups: a domain whose master is down hides only its own. */
 static void on_groups(const redisReply *r, const char *err, void *priv) {
     (void)priv;
-    as.listing = 0;
-    if (err || wk.stopping || r->type != REDIS_REPLY_ARRAY) return;
-    for (size_t i = 0; i < r->elements; i++)
-        if (r->element[i]->type == REDIS_REPLY_STRING) wk_assign_kick(r->element[i]->str);
+    if (!err && !wk.stopping && r->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i < r->elements; i++)
+            if (r->element[i]->type == REDIS_REPLY_STRING) wk_assign_kick(r->element[i]->str);
+    if (--as.listing > 0 || wk.stopping) return;
     for (size_t i = 0; i < as.n; i++) as.groups[i]->dirty = 1;
     schedule_run();
 }
@@ -529,9 +533,13 @@ static void on_groups(const redisReply *r, const char *err, void *priv) {
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     if (as.listing || wk.draining) return;
-    as.listing = 1;
-    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_GROUPS), on_groups, NULL,
-                 "SMEMBERS %s", KF_KEY_STAFF_GROUPS);
+    char doms[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1], key[KF_KEY_MAX];
+    size_t nd = kf_staff_domain_list(wk.opt.staff_domains, doms, KF_STAFF_DOMAINS_MAX);
+    as.listing = (int)nd;
+    for (size_t i = 0; i < nd; i++) {
+        kf_key_staff_in(key, doms[i], "groups");
+        kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, key), on_groups, NULL, "SMEMBERS %s", key);
+    }
 }
 
 void wk_assign_start(void) {

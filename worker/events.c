@@ -111,8 +111,10 @@ static const char *field(const redisReply *kv, const char *name) {
 
 static void add_group(wk_job *j, const char *group) {
     if (!kf_group_valid(group)) return;
-    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_GROUPS), wk_job_cb,
-                 wk_job_ref(j), "SADD %s %s", KF_KEY_STAFF_GROUPS, group);
+    char dom[KF_GROUP_MAX + 1], key[KF_KEY_MAX];
+    kf_key_staff_in(key, wk_domain_of(group, dom), "groups"); /* the group's staff domain */
+    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, key), wk_job_cb, wk_job_ref(j), "SADD %s %s",
+                 key, group);
     wk_assign_kick(group);
 }
 
@@ -148,12 +150,8 @@ static void on_assigned_meta(const redisReply *r, const char *err, void *priv) {
             long long seq = r->element[2]->type == REDIS_REPLY_STRING ? atoll(r->element[2]->str) : 0;
             long long at = r->element[3]->type == REDIS_REPLY_STRING ? atoll(r->element[3]->str) : 0;
             const char *channel = r->element[4]->type == REDIS_REPLY_STRING ? r->element[4]->str : "";
-            if (a->count_load) {
-                char now[24];
-                snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
-                const char *argv[] = {"add", a->agent, a->conv, now};
-                wk_staff_script("agent_load", on_load_added, wk_job_ref(a->j), 4, argv);
-            }
+            if (a->count_load)
+                wk_agent_load("add", a->agent, a->conv, NULL, on_load_added, wk_job_ref(a->j));
             wk_sla_assigned(a->j, a->conv, channel, seq, at);
             wk_assign_forget(a->conv);
         }
@@ -244,12 +242,9 @@ static void handle(wk_job *j, const redisReply *kv) {
         wk_stats_closed(j, conv, ts);
         wk_archive_closed(j, conv, ts);
         if (!strcmp(field(kv, "resolution"), "unresolved")) wk_patterns_unsatisfied(j, conv, "unresolved");
-        if (*field(kv, "agent")) {
-            char now[24];
-            snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
-            const char *argv[] = {"remove", field(kv, "agent"), conv, now};
-            wk_staff_script("agent_load", on_closed_released, wk_job_ref(j), 4, argv);
-        }
+        if (*field(kv, "agent"))
+            wk_agent_load("remove", field(kv, "agent"), conv, NULL, on_closed_released,
+                          wk_job_ref(j));
     } else if (!strcmp(e, "rated")) {
         long long stars = atoll(field(kv, "stars"));
         if (stars >= 1 && stars <= 2) wk_patterns_unsatisfied(j, conv, "rated 2 or less");

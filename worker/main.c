@@ -60,6 +60,10 @@ int wk_options_check(const wk_options *o, char *err, size_t errlen) {
         return -1;
     }
     kf_tz_free(&tz);
+    if (!kf_staff_domains_valid(o->staff_domains, e, sizeof(e))) {
+        snprintf(err, errlen, "staff_domains: %s", e);
+        return -1;
+    }
     /* fallback_groups: group=group pairs */
     for (const char *s = o->fallback_groups; *s;) {
         const char *end = strchr(s, ',');
@@ -72,6 +76,16 @@ int wk_options_check(const wk_options *o, char *err, size_t errlen) {
         }
         if (!kf_group_valid(a) || !kf_group_valid(b)) {
             snprintf(err, errlen, "fallback_groups must look like 'group=fallback,...'");
+            return -1;
+        }
+        /* assign_reserve.lua picks from both groups in one script: one slot, one domain */
+        char da[KF_GROUP_MAX + 1], db[KF_GROUP_MAX + 1];
+        kf_staff_domain_of(o->staff_domains, a, da, sizeof(da));
+        kf_staff_domain_of(o->staff_domains, b, db, sizeof(db));
+        if (strcmp(da, db) != 0) {
+            snprintf(err, errlen,
+                     "fallback_groups: %s (staff domain %s) cannot fall back to %s (staff domain %s)",
+                     a, da, b, db);
             return -1;
         }
         s = end ? end + 1 : s + len;
@@ -185,11 +199,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
 }
 
 /* A Redis server became usable (first connect, reconnect, a replica took over): publish the
- * configuration when it is the {staff} one, and make sure the lifecycle stream's group exists. */
+ * configuration when it holds a staff domain's copy, and make sure the lifecycle stream's group
+ * exists. */
 static void on_state(kf_redis *r, int up, void *priv) {
     (void)priv;
     if (!up) return;
-    if (kf_redis_is_up(r, kf_redis_slot(r, KF_KEY_STAFF_CONFIG))) wk_config_publish();
+    if (wk_config_slot_up()) wk_config_publish();
     wk_events_redis_up();
 }
 

@@ -40,6 +40,7 @@ const kf_option wk_option_table[] = {
     {"default_group", KF_OPT_STR, O(default_group), "default", 0, 0, 1, "group of conversations no route matches, and of agents whose token has no skills.", ROUTE},
     {"default_priority", KF_OPT_STR, O(default_priority), "medium", 0, 0, 1, "priority of conversations no route gives one: `high`, `medium` or `low`.", ROUTE},
     {"fallback_groups", KF_OPT_STR, O(fallback_groups), "", 0, 0, 1, "skill relaxation: `group=fallback,...`; after `relax_after_ms` of waiting the fallback's agents are eligible too.", ROUTE},
+    {"staff_domains", KF_OPT_STR, O(staff_domains), "", 0, 0, 0, "partition of the skill groups into staff domains, published to the gateways: `domain=group,group;domain=group,...`. A domain's agent state (status, breaks, load) lives under its own Redis hash tag `{staff:<domain>}`, so on a Redis Cluster losing one master stalls only its domains; groups listed nowhere are in the domain `default` (tag `{staff}`). A group's fallback must be in its domain; an agent whose skills span two domains is refused. Change it only with every agent offline (see Staff domains).", ROUTE},
     {"relax_after_ms", KF_OPT_INT, O(relax_after_ms), "60000", 0, BIG, 1, "waiting time before a conversation may go to its group's fallback.", ROUTE},
     {"default_max_chats", KF_OPT_INT, O(default_max_chats), "5", 1, 1000, 1, "capacity of an agent whose token has no `max_chats`.", ROUTE},
     {"assign_batch", KF_OPT_INT, O(assign_batch), "50", 1, 500, 1, "waiting conversations considered per assignment round.", ROUTE},

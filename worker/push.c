@@ -1,6 +1,6 @@
-/* The worker's Redis helpers: script calls on the {staff} and conversation slots, pushes to
- * users and monitoring supervisors through the node inboxes, and the configuration it publishes
- * for the gateways and the {staff} scripts. */
+/* The worker's Redis helpers: script calls on the staff domains' ({staff}, {staff:<domain>})
+ * and conversation slots, pushes to users and monitoring supervisors through the node inboxes,
+ * and the configuration it publishes for the gateways and the staff scripts. */
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,10 +11,68 @@
 #include "kefu/log.h"
 #include "kefu/route.h"
 #include "kefu/service.h"
+#include "kefu/token.h"
 #include "wk.h"
 
 void wk_staff_script(const char *name, kf_redis_cb *cb, void *priv, int argc, const char **argv) {
     kf_staff_script(wk.redis, name, cb, priv, argc, argv);
+}
+
+const char *wk_domain_of(const char *group, char *out) {
+    return kf_staff_domain_of(wk.opt.staff_domains, group ? group : wk.opt.default_group, out,
+                              KF_GROUP_MAX + 1);
+}
+
+void wk_staff_script_for(const char *group, const char *name, kf_redis_cb *cb, void *priv,
+                         int argc, const char **argv) {
+    char dom[KF_GROUP_MAX + 1];
+    kf_staff_script_in(wk.redis, wk_domain_of(group, dom), name, cb, priv, argc, argv);
+}
+
+/* agent_load.lua waiting for the conversation's group, which names the domain */
+struct load_op {
+    char op[8];
+    char agent[KF_SUB_MAX + 1];
+    char conv[72];
+    kf_redis_cb *cb;
+    void *priv;
+};
+
+static void load_op_run(struct load_op *l, const char *group) {
+    char now[24];
+    snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
+    const char *argv[] = {l->op, l->agent, l->conv, now};
+    wk_staff_script_for(group, "agent_load", l->cb, l->priv, 4, argv);
+}
+
+static void on_load_group(const redisReply *r, const char *err, void *priv) {
+    struct load_op *l = priv;
+    if (err || r->type == REDIS_REPLY_ERROR) {
+        if (l->cb) l->cb(NULL, err ? err : r->str, l->priv);
+    } else {
+        /* a conversation without a group is in the default one (conv_transfer.lua does so) */
+        load_op_run(l, r->type == REDIS_REPLY_STRING && kf_group_valid(r->str) ? r->str
+                                                                               : "default");
+    }
+    kf_free(l);
+}
+
+void wk_agent_load(const char *op, const char *agent, const char *conv, const char *group,
+                   kf_redis_cb *cb, void *priv) {
+    struct load_op *l = kf_calloc(1, sizeof(*l));
+    snprintf(l->op, sizeof(l->op), "%s", op);
+    snprintf(l->agent, sizeof(l->agent), "%s", agent);
+    snprintf(l->conv, sizeof(l->conv), "%s", conv);
+    l->cb = cb;
+    l->priv = priv;
+    if (group || !*wk.opt.staff_domains) {
+        load_op_run(l, group ? group : wk.opt.default_group);
+        kf_free(l);
+        return;
+    }
+    char meta[KF_KEY_MAX];
+    kf_key_conv_meta(meta, conv);
+    kf_redis_cmd_key(wk.redis, meta, on_load_group, l, "HGET %s group", meta);
 }
 
 void wk_conv_script(const char *conv, const char *name, kf_redis_cb *cb, void *priv, int argc,
@@ -111,8 +169,18 @@ static void monitors_read(void) {
     mon.reading = mon.waiting;
     mon.waiting = NULL;
     mon.waiting_tail = &mon.waiting;
-    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_MONITORS), on_monitors, NULL,
-                 "ZRANGEBYSCORE %s %lld +inf", KF_KEY_STAFF_MONITORS, (long long)wk_now_ms());
+    /* Every staff domain keeps the whole list (monitor.subscribe writes to each): read it from
+     * the first one whose master is up, so one lost master does not silence the pushes. */
+    char doms[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1], key[KF_KEY_MAX];
+    size_t nd = kf_staff_domain_list(wk.opt.staff_domains, doms, KF_STAFF_DOMAINS_MAX);
+    kf_key_staff_in(key, NULL, "monitors");
+    for (size_t i = 0; i < nd; i++) {
+        kf_key_staff_in(key, doms[i], "monitors");
+        if (kf_redis_is_up(wk.redis, kf_redis_slot(wk.redis, key))) break;
+        kf_key_staff_in(key, NULL, "monitors");
+    }
+    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, key), on_monitors, NULL,
+                 "ZRANGEBYSCORE %s %lld +inf", key, (long long)wk_now_ms());
 }
 
 void wk_push_monitors(json_t *payload, const json_t *list) {
@@ -134,20 +202,37 @@ void wk_push_monitors(json_t *payload, const json_t *list) {
     monitors_read();
 }
 
-/* ---- the published configuration ---- */
+/* ---- the published configuration ----
+ * One copy per staff domain: a domain's scripts read it as KEYS[1] in their own slot, and the
+ * gateways read staff_domains from any copy whose master is up. */
 
-static int published; /* the last publication succeeded: /readyz */
+static int published;    /* every copy's last publication succeeded: /readyz */
+static int publish_fail; /* copies of the publication in flight that failed */
+static int publish_left; /* copies of the publication in flight */
 
 static void on_published(const redisReply *r, const char *err, void *priv) {
     (void)priv;
-    published = !err && r->type != REDIS_REPLY_ERROR;
-    if (!published)
+    int ok = !err && r->type != REDIS_REPLY_ERROR;
+    if (!ok) {
+        publish_fail++;
         kf_warn("publishing the configuration failed: %s", err ? err : r->str);
-    else
-        kf_debug("configuration published to %s", KF_KEY_STAFF_CONFIG);
+    }
+    if (--publish_left > 0) return;
+    published = publish_fail == 0;
+    if (published) kf_debug("configuration published to every staff domain");
 }
 
 int wk_config_published(void) { return published; }
+
+int wk_config_slot_up(void) {
+    char doms[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1], key[KF_KEY_MAX];
+    size_t nd = kf_staff_domain_list(wk.opt.staff_domains, doms, KF_STAFF_DOMAINS_MAX);
+    for (size_t i = 0; i < nd; i++) {
+        kf_key_staff_in(key, doms[i], "config");
+        if (kf_redis_is_up(wk.redis, kf_redis_slot(wk.redis, key))) return 1;
+    }
+    return 0;
+}
 
 void wk_config_publish(void) {
     const wk_options *o = &wk.opt;
@@ -160,26 +245,37 @@ void wk_config_publish(void) {
     snprintf(win, sizeof(win), "%lld", o->rate_window_ms);
     snprintf(ttl, sizeof(ttl), "%lld", o->monitor_ttl_ms);
     snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
-    const char *argv[] = {"HSET", KF_KEY_STAFF_CONFIG,
-                          "routes", o->routes,
-                          "default_group", o->default_group,
-                          "default_priority", o->default_priority,
-                          "default_max_chats", maxc,
-                          "break_policy", o->break_policy,
-                          "break_meal_pct", meal,
-                          "break_restroom_pct", rest,
-                          "break_handover_pct", hand,
-                          "break_other_max", other,
-                          "rate_window_ms", win,
-                          "survey", o->survey ? "1" : "0",
-                          "monitor_ttl_ms", ttl,
-                          "published_by", wk.consumer,
-                          "published_at", now};
-    kf_redis_argv(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_CONFIG), on_published, NULL,
-                  (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
+    char doms[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1], key[KF_KEY_MAX];
+    size_t nd = kf_staff_domain_list(o->staff_domains, doms, KF_STAFF_DOMAINS_MAX);
+    if (publish_left == 0) publish_fail = 0;
+    for (size_t i = 0; i < nd; i++) {
+        kf_key_staff_in(key, doms[i], "config");
+        const char *argv[] = {"HSET", key,
+                              "routes", o->routes,
+                              "default_group", o->default_group,
+                              "default_priority", o->default_priority,
+                              "default_max_chats", maxc,
+                              "break_policy", o->break_policy,
+                              "break_meal_pct", meal,
+                              "break_restroom_pct", rest,
+                              "break_handover_pct", hand,
+                              "break_other_max", other,
+                              "rate_window_ms", win,
+                              "survey", o->survey ? "1" : "0",
+                              "monitor_ttl_ms", ttl,
+                              "staff_domains", o->staff_domains,
+                              "staff_domain", doms[i],
+                              "published_by", wk.consumer,
+                              "published_at", now};
+        publish_left++;
+        kf_redis_argv(wk.redis, kf_redis_slot(wk.redis, key), on_published, NULL,
+                      (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
+    }
     /* The default group exists from the start, so transfers to it and snapshots see it. */
-    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, KF_KEY_STAFF_GROUPS), NULL, NULL, "SADD %s %s",
-                 KF_KEY_STAFF_GROUPS, o->default_group);
+    char dom[KF_GROUP_MAX + 1];
+    kf_key_staff_in(key, wk_domain_of(o->default_group, dom), "groups");
+    kf_redis_cmd(wk.redis, kf_redis_slot(wk.redis, key), NULL, NULL, "SADD %s %s", key,
+                 o->default_group);
 }
 
 void wk_push_start(void) {}

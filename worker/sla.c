@@ -287,8 +287,7 @@ static void on_requeued(const redisReply *r, const char *err, void *priv) {
         if (!group) group = wk.opt.default_group;
         char now[24], key[KF_KEY_MAX];
         snprintf(now, sizeof(now), "%lld", f->fired_at);
-        const char *argv[] = {"remove", rq->agent, f->conv, now};
-        wk_staff_script("agent_load", on_released_old, NULL, 4, argv);
+        wk_agent_load("remove", rq->agent, f->conv, group, on_released_old, NULL);
         kf_key_user_convs(key, rq->agent);
         kf_redis_cmd_key(wk.redis, key, NULL, NULL, "SREM %s %s", key, f->conv);
         /* The exclusion first: both on the queue's slot, so a round never sees one without

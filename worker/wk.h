@@ -28,6 +28,7 @@ typedef struct wk_options {
     char *default_group;
     char *default_priority;
     char *fallback_groups;
+    char *staff_domains;
     long long relax_after_ms;
     long long default_max_chats;
     long long assign_batch;
@@ -149,8 +150,20 @@ void wk_job_unref(wk_job *j, int failed);
 void wk_job_cb(const redisReply *r, const char *err, void *priv);
 
 /* ---- Redis helpers (push.c) ---- */
-/** EVALSHA of a {staff} script with the configuration hash as KEYS[1]. */
+/** EVALSHA of a staff script on the default domain's slot ({staff}), with its configuration
+ * hash as KEYS[1]. Staff state of a group goes through wk_staff_script_for. */
 void wk_staff_script(const char *name, kf_redis_cb *cb, void *priv, int argc, const char **argv);
+/** The staff domain of a group (option staff_domains; NULL: the default group's) into out, which
+ * holds KF_GROUP_MAX + 1 bytes. Returns out. */
+const char *wk_domain_of(const char *group, char *out);
+/** The same script on the slot of the staff domain of group (NULL: the default group's). */
+void wk_staff_script_for(const char *group, const char *name, kf_redis_cb *cb, void *priv,
+                         int argc, const char **argv);
+/** agent_load.lua op ("add" | "remove") of conv for agent, in the staff domain of the
+ * conversation's group: group when known, else read from the conversation (only when there are
+ * staff domains). cb gets the script's answer, or (NULL, err) when the group could not be read. */
+void wk_agent_load(const char *op, const char *agent, const char *conv, const char *group,
+                   kf_redis_cb *cb, void *priv);
 /** EVALSHA of a conversation script with meta, messages and record stream as KEYS. */
 void wk_conv_script(const char *conv, const char *name, kf_redis_cb *cb, void *priv, int argc,
                     const char **argv);
@@ -178,10 +191,14 @@ void wk_stats_rated(wk_job *j, const char *conv, long long ts, long long stars);
 struct evbuffer;
 /** This worker's statistics counters in the Prometheus text format. */
 void wk_stats_render(struct evbuffer *o);
-/** Publishes the business configuration to kefu:{staff}:config. */
+/** Publishes the business configuration to every staff domain's copy (kefu:{staff}:config,
+ * kefu:{staff:<domain>}:config). */
 void wk_config_publish(void);
-/** The last publication of the configuration succeeded (0 before the first answer). */
+/** The last publication of the configuration succeeded in every staff domain (0 before the
+ * first answers). */
 int wk_config_published(void);
+/** The master of some staff domain's copy of the configuration is up. */
+int wk_config_slot_up(void);
 void wk_push_start(void);
 void wk_push_stop(void);
 

@@ -104,8 +104,12 @@ static inline void kf_key_lifecycle(char *k, unsigned p) {
 #define KF_KEY_NODES "kefu:{nodes}:alive"
 
 
-/* Agent state lives under one hash tag, {staff}: break ratios over every group an agent is in,
- * and an agent's capacity across all of its groups, are decided by one script. */
+/* Agent state lives under one hash tag per staff domain (worker option staff_domains, which
+ * partitions the skill groups): break ratios over every group an agent is in, and an agent's
+ * capacity across all of its groups, are decided by one script on the domain's slot. The domain
+ * `default` keeps the tag {staff}, so a deployment without domains has the keys it always had;
+ * domain d has {staff:d}. The *_STAFF_* names below are the default domain's keys. */
+#define KF_STAFF_DEFAULT "default"
 #define KF_STAFF_PREFIX "kefu:{staff}:"
 #define KF_KEY_STAFF_CONFIG "kefu:{staff}:config"     /* hash: published worker configuration */
 #define KF_KEY_STAFF_AGENTS "kefu:{staff}:agents"     /* set: every registered agent */
@@ -114,13 +118,32 @@ static inline void kf_key_lifecycle(char *k, unsigned p) {
 #define KF_KEY_STAFF_MONITORS "kefu:{staff}:monitors" /* zset: supervisor -> expiry (ms) */
 #define KF_KEY_STAFF_NOTRANSFER "kefu:{staff}:notransfer" /* hash: group -> wording */
 #define KF_KEY_STAFF_SUPERVISORS "kefu:{staff}:supervisors" /* zset: bot alert target -> seen ms */
+/* Key `what` ("config", "agents", "monitors", "agent:<id>", ...) of a staff domain; NULL, "" and
+ * "default" are the default domain. Every domain holds its own copy of config (the scripts'
+ * KEYS[1]), monitors and supervisors; the groups it lists keep their notransfer wording there. */
+static inline void kf_key_staff_item(char *k, const char *domain, const char *what,
+                                     const char *id) {
+    if (!domain || !*domain || !strcmp(domain, KF_STAFF_DEFAULT))
+        snprintf(k, KF_KEY_MAX, KF_STAFF_PREFIX "%s%s", what, id);
+    else
+        snprintf(k, KF_KEY_MAX, "kefu:{staff:%.32s}:%s%s", domain, what, id);
+}
+static inline void kf_key_staff_in(char *k, const char *domain, const char *what) {
+    kf_key_staff_item(k, domain, what, "");
+}
 /* Agent record: name, groups, max, status, reason, since, pending, last_assigned, gone_since. */
+static inline void kf_key_staff_agent_in(char *k, const char *domain, const char *agent) {
+    kf_key_staff_item(k, domain, "agent:", agent);
+}
 static inline void kf_key_staff_agent(char *k, const char *agent) {
-    snprintf(k, KF_KEY_MAX, KF_STAFF_PREFIX "agent:%s", agent);
+    kf_key_staff_agent_in(k, NULL, agent);
 }
 /* Set of the conversations an agent holds: its load. */
+static inline void kf_key_staff_load_in(char *k, const char *domain, const char *agent) {
+    kf_key_staff_item(k, domain, "load:", agent);
+}
 static inline void kf_key_staff_load(char *k, const char *agent) {
-    snprintf(k, KF_KEY_MAX, KF_STAFF_PREFIX "load:%s", agent);
+    kf_key_staff_load_in(k, NULL, agent);
 }
 /* SLA deadlines of partition p (member "<conv>|<kind>|<seq>|<step>|<deadline>|<due>", score =
  * due ms), the ones being fired (score = lease expiry) and the breach log (what = "timers",

@@ -51,6 +51,27 @@ long long kf_spec_value(const char *spec, const char *key, long long def);
 /** 1 when spec is a well-formed "k=v,..." list of integers >= 0 (keys [a-z0-9_*-]+), else 0. */
 int kf_spec_valid(const char *spec);
 
+/* ---- staff domains: the partition of the skill groups whose agent state shares a slot ----
+ * Spec (worker option staff_domains, published to the gateways): "domain=group,group;..." --
+ * domains separated by ';' or newlines, a domain's groups by ','; names [a-z0-9_-]{1,32}.
+ * A group listed nowhere belongs to the domain "default" (KF_STAFF_DEFAULT), which may also be
+ * listed. NULL or "" is no domain but the default. */
+
+/** 1 when spec is well formed: every name valid, no group in two domains, no domain twice, no
+ * domain without groups; else 0 with err set. */
+int kf_staff_domains_valid(const char *spec, char *err, size_t errlen);
+/** The domain of group under spec, into out (at most KF_GROUP_MAX + 1 bytes). Returns out. */
+const char *kf_staff_domain_of(const char *spec, const char *group, char *out, size_t outlen);
+/** The domain of a comma-joined group list (an agent's skills; "" stands for default_group).
+ * Returns 0 with the domain in out, or -1 when the groups span two domains (out then holds the
+ * first domain, other the second). */
+int kf_staff_domain_of_groups(const char *spec, const char *groups, const char *default_group,
+                              char *out, char *other, size_t outlen);
+/** Every domain of spec, "default" first (always present): names into out[i] (each
+ * KF_GROUP_MAX + 1 bytes), at most max. Returns the count. */
+size_t kf_staff_domain_list(const char *spec, char (*out)[KF_GROUP_MAX + 1], size_t max);
+#define KF_STAFF_DOMAINS_MAX 64
+
 /* ---- pushes built from script answers (shared so gateway and worker send the same shapes) ---- */
 
 /** The `conv.assigned` push for conv from the view conv_assign.lua / conv_transfer.lua return
@@ -70,6 +91,11 @@ typedef struct redisReply redisReply;
 void kf_staff_script(kf_redis *r, const char *name,
                      void (*cb)(const redisReply *, const char *, void *), void *priv, int argc,
                      const char **argv);
+/** The same on the slot of staff domain `domain` (NULL or "default": {staff}): KEYS[1] is the
+ * domain's copy of the configuration, whose prefix the scripts build every other key from. */
+void kf_staff_script_in(kf_redis *r, const char *domain, const char *name,
+                        void (*cb)(const redisReply *, const char *, void *), void *priv,
+                        int argc, const char **argv);
 /** EVALSHA of a conversation script on r: KEYS are the conversation's meta hash, messages
  * stream and record stream; argv (at most 21) ARGV. */
 void kf_conv_script(kf_redis *r, const char *conv, const char *name,

@@ -1,9 +1,10 @@
 -- Adds a conversation to an agent's load set or removes it (idempotent both ways).
--- KEYS[1] kefu:{staff}:config
+-- KEYS[1] kefu:{staff}:config, or kefu:{staff:<domain>}:config of a staff domain
 -- ARGV: op (add | remove), agent, conv, now (ms)
 -- Returns {"S", json {self: state, monitors, changed}} or {"S", ""} for an unknown agent
 -- (add is refused for an agent that never registered, so no state is made up for it).
-local P = 'kefu:{staff}:'
+-- every key of the staff domain shares the prefix of its configuration copy (KEYS[1])
+local P = string.sub(KEYS[1], 1, -7)
 local now = tonumber(ARGV[4])
 local id = ARGV[2]
 local akey = P .. 'agent:' .. id

@@ -1,11 +1,12 @@
 -- Agent presence for the worker's sweep: lists the agents that are not offline, then applies
 -- what the sweep found. An agent none of whose devices is connected is marked gone (it gets
 -- no new conversations) and, after the grace period, offline; one that is back is unmarked.
--- KEYS[1] kefu:{staff}:config
+-- KEYS[1] kefu:{staff}:config, or kefu:{staff:<domain>}:config of a staff domain
 -- ARGV: "list"
 --    or "apply", now (ms), grace (ms), lines "<agent>\t<connected: 1 | 0>\n"...
 -- Returns list: {agent...}; apply: {"S", json {changed: [state...], monitors}}.
-local P = 'kefu:{staff}:'
+-- every key of the staff domain shares the prefix of its configuration copy (KEYS[1])
+local P = string.sub(KEYS[1], 1, -7)
 if ARGV[1] == 'list' then
   local out = {}
   for _, id in ipairs(redis.call('SMEMBERS', P .. 'agents')) do

@@ -1,12 +1,13 @@
 -- Sets an agent's status (available | away | offline) under the break rules of every group the
 -- agent is in, registering the agent first; grants queued break requests that now fit.
--- KEYS[1] kefu:{staff}:config (the worker's published configuration; all other keys used here
---         are kefu:{staff}:* and so in the same slot)
+-- KEYS[1] kefu:{staff}:config, or kefu:{staff:<domain>}:config of a staff domain (the worker's
+--         published configuration; all other keys used here share its prefix and so its slot)
 -- ARGV: agent, name, groups (comma-joined token skills, '' = the default group), max_chats
 --       ('0' = the configured default), status, reason (away only), now (ms), role
 -- Returns {"S"|"Q", json} (Q: break queued for approval) or {"E", code, message}.
 -- json: {self: state, granted: [state...], monitors: [user...], message}
-local P = 'kefu:{staff}:'
+-- every key of the staff domain shares the prefix of its configuration copy (KEYS[1])
+local P = string.sub(KEYS[1], 1, -7)
 local cfg = {}
 do
   local c = redis.call('HGETALL', KEYS[1])

@@ -4,11 +4,12 @@
 -- after relax_ms of waiting, the fallback group's agents too. A reservation adds the
 -- conversation to the agent's load set; the caller commits it on the conversation's shard
 -- (conv_assign.lua) and removes it again (agent_load.lua remove) when the commit loses.
--- KEYS[1] kefu:{staff}:config
+-- KEYS[1] kefu:{staff}:config, or kefu:{staff:<domain>}:config of a staff domain
 -- ARGV: group, fallback group ('' = none), relax_ms, now (ms), batch, default max_chats
 --       batch: one line per conversation, "<conv>\t<waited ms>\t<agent to avoid or ''>"
 -- Returns {"S", json {a: [[conv, state]...], monitors}}.
-local P = 'kefu:{staff}:'
+-- every key of the staff domain shares the prefix of its configuration copy (KEYS[1])
+local P = string.sub(KEYS[1], 1, -7)
 local now = tonumber(ARGV[4])
 local relax = tonumber(ARGV[3]) or 0
 local defmax = tonumber(ARGV[6]) or 5

@@ -1,11 +1,13 @@
 -- Staff lookups for the bot: who gets sensitive-issue alerts, and whether a group has an agent.
--- KEYS[1] kefu:{staff}:config (every key read here is kefu:{staff}:*, the same slot)
+-- KEYS[1] kefu:{staff}:config, or kefu:{staff:<domain>}:config of a staff domain (every key read
+--         here shares its prefix and so its slot)
 -- ARGV: mode, now (ms), group
---   "sups":   supervisors and admins to alert: those monitoring (kefu:{staff}:monitors, score =
---             expiry) and those connected lately (kefu:{staff}:supervisors, score = last seen)
+--   "sups":   supervisors and admins to alert: those monitoring (<prefix>monitors, score =
+--             expiry) and those connected lately (<prefix>supervisors, score = last seen)
 --   "agents": how many agents of the group are available and connected
 -- Returns a list of user ids ("sups") or an integer ("agents").
-local P = 'kefu:{staff}:'
+-- every key of the staff domain shares the prefix of its configuration copy (KEYS[1])
+local P = string.sub(KEYS[1], 1, -7)
 local now = tonumber(ARGV[2])
 if ARGV[1] == 'sups' then
   local seen, out = {}, {}

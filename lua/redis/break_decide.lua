@@ -1,8 +1,9 @@
 -- A supervisor approves or denies an agent's queued break request.
--- KEYS[1] kefu:{staff}:config
+-- KEYS[1] kefu:{staff}:config, or kefu:{staff:<domain>}:config of a staff domain
 -- ARGV: agent, decision (approve | deny), now (ms)
 -- Returns {"S", json {self: state, reason, monitors}} or {"E", code, message}.
-local P = 'kefu:{staff}:'
+-- every key of the staff domain shares the prefix of its configuration copy (KEYS[1])
+local P = string.sub(KEYS[1], 1, -7)
 local now = tonumber(ARGV[3])
 local defmax = tonumber(redis.call('HGET', KEYS[1], 'default_max_chats') or '5') or 5
 local id = ARGV[1]

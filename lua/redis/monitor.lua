@@ -1,10 +1,11 @@
 -- Subscribes a supervisor to live monitoring (or ends it) and returns the snapshot.
--- KEYS[1] kefu:{staff}:config
+-- KEYS[1] kefu:{staff}:config, or kefu:{staff:<domain>}:config of a staff domain
 -- ARGV: op (subscribe | unsubscribe), user, now (ms); the subscription lasts the configured
 --       monitor_ttl_ms (default 10 minutes)
 -- Returns {"S", json {agents: [state...], breaks: [{agent, reason, since}], groups: [...],
 --          notransfer: {group: wording}, expires_at}} or {"S", ""} after unsubscribe.
-local P = 'kefu:{staff}:'
+-- every key of the staff domain shares the prefix of its configuration copy (KEYS[1])
+local P = string.sub(KEYS[1], 1, -7)
 local now = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', P .. 'monitors', '-inf', now)
 if ARGV[1] == 'unsubscribe' then

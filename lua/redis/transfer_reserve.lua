@@ -1,10 +1,11 @@
 -- Checks a transfer against the group's transfer policy and reserves the target agent's
 -- capacity (to an agent) or checks the target group exists (to a group).
--- KEYS[1] kefu:{staff}:config
+-- KEYS[1] kefu:{staff}:config, or kefu:{staff:<domain>}:config of a staff domain
 -- ARGV: from group, caller role, to agent ('' for a group), to group, conv, now (ms),
---       current agent
+--       current agent, '1' when the group is of another staff domain (checked there)
 -- Returns {"S", json {target: state | nil, monitors}} or {"E", code, message}.
-local P = 'kefu:{staff}:'
+-- every key of the staff domain shares the prefix of its configuration copy (KEYS[1])
+local P = string.sub(KEYS[1], 1, -7)
 local now = tonumber(ARGV[6])
 local forbid = redis.call('HGET', P .. 'notransfer', ARGV[1])
 if forbid and ARGV[2] == 'agent' then
@@ -13,7 +14,7 @@ if forbid and ARGV[2] == 'agent' then
 end
 local monitors = redis.call('ZRANGEBYSCORE', P .. 'monitors', now, '+inf')
 if ARGV[3] == '' then
-  if redis.call('SISMEMBER', P .. 'groups', ARGV[4]) == 0 then
+  if ARGV[8] ~= '1' and redis.call('SISMEMBER', P .. 'groups', ARGV[4]) == 0 then
     return {'E', 'not_found', 'no such group'}
   end
   return {'S', cjson.encode({monitors = monitors})}

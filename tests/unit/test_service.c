@@ -119,11 +119,79 @@ static void test_spec(void **state) {
     assert_false(kf_spec_valid(NULL));
 }
 
+static void test_staff_domains(void **state) {
+    (void)state;
+    const char *spec = "sales=presales, aftersales;\nhelp=tech,billing";
+    char d[KF_GROUP_MAX + 1], o[KF_GROUP_MAX + 1], err[160];
+    assert_true(kf_staff_domains_valid(spec, err, sizeof(err)));
+    assert_true(kf_staff_domains_valid("", err, sizeof(err)));
+    assert_true(kf_staff_domains_valid(NULL, err, sizeof(err)));
+    assert_true(kf_staff_domains_valid("default=x;a=b;", err, sizeof(err)));
+    assert_string_equal(kf_staff_domain_of(spec, "aftersales", d, sizeof(d)), "sales");
+    assert_string_equal(kf_staff_domain_of(spec, "billing", d, sizeof(d)), "help");
+    assert_string_equal(kf_staff_domain_of(spec, "other", d, sizeof(d)), "default");
+    assert_string_equal(kf_staff_domain_of("", "tech", d, sizeof(d)), "default");
+    assert_string_equal(kf_staff_domain_of(spec, "tec", d, sizeof(d)), "default");
+    /* an agent's skills: one domain, or refused */
+    assert_int_equal(kf_staff_domain_of_groups(spec, "presales,aftersales", "default", d, o,
+                                               sizeof(d)), 0);
+    assert_string_equal(d, "sales");
+    assert_int_equal(kf_staff_domain_of_groups(spec, "tech,presales", "default", d, o, sizeof(d)),
+                     -1);
+    assert_string_equal(d, "help");
+    assert_string_equal(o, "sales");
+    assert_int_equal(kf_staff_domain_of_groups(spec, "x,presales", "default", d, o, sizeof(d)), -1);
+    assert_string_equal(o, "sales");
+    assert_int_equal(kf_staff_domain_of_groups(spec, "", "tech", d, o, sizeof(d)), 0);
+    assert_string_equal(d, "help");
+    assert_int_equal(kf_staff_domain_of_groups(spec, NULL, "other", d, o, sizeof(d)), 0);
+    assert_string_equal(d, "default");
+    /* the list: default first, each once */
+    char list[4][KF_GROUP_MAX + 1];
+    assert_int_equal(kf_staff_domain_list(spec, list, 4), 3);
+    assert_string_equal(list[0], "default");
+    assert_string_equal(list[1], "sales");
+    assert_string_equal(list[2], "help");
+    assert_int_equal(kf_staff_domain_list("default=a;b=c", list, 4), 2);
+    assert_int_equal(kf_staff_domain_list("", list, 4), 1);
+    assert_int_equal(kf_staff_domain_list(spec, list, 2), 2);
+    /* refused */
+    static const struct {
+        const char *spec, *why;
+    } bad[] = {
+        {"sales=a;help=a", "group a is in staff domains sales and help"},
+        {"sales=a;help=b;sales=c", "staff domain sales is listed twice"},
+        {"sales=a,a", "group a is listed twice in staff domain sales"},
+        {"Sales=a", "staff domain name 'Sales' must match"},
+        {"sales=", "staff domain sales: group '' must match"},
+        {"sales=a,", "staff domain sales: group '' must match"},
+        {"sales", "staff domain 'sales' has no '='"},
+        {"sales=a b", "group 'a b' must match"},
+        {"abcdefghijklmnopqrstuvwxyz0123456=a", "must match"},
+        {"s=abcdefghijklmnopqrstuvwxyz0123456", "must match"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        assert_false(kf_staff_domains_valid(bad[i].spec, err, sizeof(err)));
+        assert_non_null(strstr(err, bad[i].why));
+    }
+    /* the keys: default keeps {staff} */
+    char k[KF_KEY_MAX];
+    kf_key_staff_in(k, "default", "config");
+    assert_string_equal(k, KF_KEY_STAFF_CONFIG);
+    kf_key_staff_in(k, NULL, "monitors");
+    assert_string_equal(k, KF_KEY_STAFF_MONITORS);
+    kf_key_staff_agent_in(k, "sales", "a1");
+    assert_string_equal(k, "kefu:{staff:sales}:agent:a1");
+    kf_key_staff_load_in(k, "", "a1");
+    assert_string_equal(k, "kefu:{staff}:load:a1");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_priority), cmocka_unit_test(test_group_valid),
         cmocka_unit_test(test_queue_order), cmocka_unit_test(test_routes),
-        cmocka_unit_test(test_spec),
+        cmocka_unit_test(test_spec), cmocka_unit_test(test_staff_domains),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
