@@ -282,11 +282,6 @@ void kf_staff_script_in(kf_redis *r, const char *domain, const char *name, kf_re
     kf_redis_script(r, kf_redis_slot(r, cfg), name, cb, priv, 1, argc + 1, av, NULL);
 }
 
-void kf_staff_script(kf_redis *r, const char *name, kf_redis_cb *cb, void *priv, int argc,
-                     const char **argv) {
-    kf_staff_script_in(r, NULL, name, cb, priv, argc, argv);
-}
-
 /* ---- staff domains ---- */
 
 /* Next name of a list at *s ending at any of stops or NUL; copies it into out (out holds one byte

@@ -14,10 +14,6 @@
 #include "kefu/token.h"
 #include "wk.h"
 
-void wk_staff_script(const char *name, kf_redis_cb *cb, void *priv, int argc, const char **argv) {
-    kf_staff_script(wk.redis, name, cb, priv, argc, argv);
-}
-
 const char *wk_domain_of(const char *group, char *out) {
     return kf_staff_domain_of(wk.opt.staff_domains, group ? group : wk.opt.default_group, out,
                               KF_GROUP_MAX + 1);

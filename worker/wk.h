@@ -150,9 +150,6 @@ void wk_job_unref(wk_job *j, int failed);
 void wk_job_cb(const redisReply *r, const char *err, void *priv);
 
 /* ---- Redis helpers (push.c) ---- */
-/** EVALSHA of a staff script on the default domain's slot ({staff}), with its configuration
- * hash as KEYS[1]. Staff state of a group goes through wk_staff_script_for. */
-void wk_staff_script(const char *name, kf_redis_cb *cb, void *priv, int argc, const char **argv);
 /** The staff domain of a group (option staff_domains; NULL: the default group's) into out, which
  * holds KF_GROUP_MAX + 1 bytes. Returns out. */
 const char *wk_domain_of(const char *group, char *out);

@@ -86,13 +86,9 @@ size_t kf_json_strings(const json_t *arr, const char **out, size_t max);
 typedef struct kf_redis kf_redis;
 typedef struct redisReply redisReply;
 
-/** EVALSHA of a {staff} script on r: KEYS[1] is KF_KEY_STAFF_CONFIG, argv (at most 23) ARGV.
- * Shared by the gateway and the worker. */
-void kf_staff_script(kf_redis *r, const char *name,
-                     void (*cb)(const redisReply *, const char *, void *), void *priv, int argc,
-                     const char **argv);
-/** The same on the slot of staff domain `domain` (NULL or "default": {staff}): KEYS[1] is the
- * domain's copy of the configuration, whose prefix the scripts build every other key from. */
+/** EVALSHA of a staff script on the slot of staff domain `domain` (NULL or "default": {staff}):
+ * KEYS[1] is the domain's copy of the configuration, whose prefix the scripts build every other
+ * key from; argv (at most 23) ARGV. Shared by the gateway and the worker. */
 void kf_staff_script_in(kf_redis *r, const char *domain, const char *name,
                         void (*cb)(const redisReply *, const char *, void *), void *priv,
                         int argc, const char **argv);
