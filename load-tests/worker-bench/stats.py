@@ -10,7 +10,15 @@ nothing left to deliver or acknowledge): events per second, conversations per se
 CPU the workers and Redis spent per conversation (from /proc). Finally it checks the day's
 `closed|all|` counter is N and reports the Redis memory of the statistics per conversation.
 
-Usage: load-tests/worker-bench/stats [--convs N] [--workers W]   (KEFU_BIN_DIR: default build/)
+With --archive, each conversation also gets its messages (6, two of them with a phone number
+and an e-mail to mask) and its record, a private PostgreSQL server is started (as the
+integration tests do) and the workers archive every conversation (archive_delay_s 0) and then
+trim it from Redis (archive_trim_s 2): it reports archived conversations per second, the lag
+from the start to the last one archived, the CPU of the workers, Redis and PostgreSQL per
+conversation, and Redis memory per conversation before and after the trim.
+
+Usage: load-tests/worker-bench/stats [--convs N] [--workers W] [--archive]
+       (KEFU_BIN_DIR: default build/)
 """
 
 import argparse
@@ -42,8 +50,9 @@ def resp(*args):
     return b"".join(out)
 
 
-def fill(port, n, now):
-    """N closed conversations: meta, and opened/closed/rated events, as the gateways write."""
+def fill(port, n, now, archive=False):
+    """N closed conversations: meta, and opened/closed/rated events, as the gateways write;
+    with archive, their messages and records too."""
     buf = []
     channels, groups = ["web", "app", "wechat"], ["default", "vip", "billing", "tech"]
     for i in range(n):
@@ -61,6 +70,18 @@ def fill(port, n, now):
                         "first_response", f"{first}-0", "closed_at", closed, "resolution", res,
                         "priority", "medium", "topic", f"topic {i % 50}",
                         "category", "consultation", "rating", 1 + i % 5))
+        if archive:
+            texts = ["你好，我的订单还没到", "您好，请提供订单号", "订单号 20261129001，电话 138-1234-5678",
+                     "好的，我查一下", "邮箱 zhang.san@example.com 也可以联系我", "已经发货了，明天到"]
+            for k, t in enumerate(texts):
+                who, role = (cust, "customer") if k % 2 == 0 else (agent, "agent")
+                buf.append(resp("XADD", f"kefu:{{c:{conv}}}:msgs", f"{created + 1000 * (k + 1)}-0",
+                                "from", who, "role", role, "name", who, "text", t,
+                                "cid", f"c{i}-{k}"))
+            for k, (ev, by) in enumerate((("opened", cust), ("accepted", agent),
+                                          ("closed", agent), ("rated", cust))):
+                buf.append(resp("XADD", f"kefu:{{c:{conv}}}:log", f"{created + 10 * k}-0", "ev", ev,
+                                "by", by, "ts", created + 10 * k))
         for ev, extra in (("opened", ["channel", ch, "group", g, "priority", "medium"]),
                           ("closed", ["resolution", res, "agent", agent]),
                           ("rated", ["stars", 1 + i % 5])):
@@ -74,7 +95,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--convs", type=int, default=20000)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--archive", action="store_true")
     args = ap.parse_args()
+    if args.archive:
+        return archive_bench(args)
     wd = tempfile.mkdtemp(prefix="kefu-sbench-")
     procs = []
     try:
@@ -131,6 +155,81 @@ def main():
             print("MISMATCH: not every conversation counted once", file=sys.stderr)
             return 1
         return 0
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def pg_cpu_s(pg):
+    """CPU of every process of the PostgreSQL server (the postmaster's children included)."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{pid}/status") as f:
+                user = next(ln for ln in f if ln.startswith("Uid:")).split()[1]
+        except (OSError, StopIteration):
+            continue
+        if b"postgres" in cmd and user != "0":
+            total += cpu_s(int(pid))
+    return total
+
+
+def used_memory(r):
+    return int(r.call("INFO", "memory").split("used_memory:")[1].split()[0])
+
+
+def archive_bench(args):
+    wd = tempfile.mkdtemp(prefix="kefu-abench-")
+    procs = []
+    try:
+        r = H.Redis(wd + "/redis").start()
+        procs.append(r)
+        pg = H.Postgres(wd + "/pg").start()
+        procs.append(pg)
+        mem0 = used_memory(r)
+        now = int(time.time() * 1000)
+        fill(r.port, args.convs, now, archive=True)
+        mem_filled = used_memory(r)
+        r.call("CONFIG", "RESETSTAT")
+        rc0, pc0 = cpu_s(r.p.pid), pg_cpu_s(pg)
+        t0 = time.time()
+        wks = [H.Worker(wd, [r], name=f"aw{i}", log_level="warn", position_max=0,
+                        archive_db=pg.url, archive_delay_s=0, archive_trim_s=2,
+                        archive_batch=500).start()
+               for i in range(args.workers)]
+        procs += wks
+        archived, deadline = 0, time.time() + 600
+        while time.time() < deadline:
+            archived = int(pg.sql("SELECT count(*) FROM kefu_conversations")[0][0])
+            if archived >= args.convs:
+                break
+            time.sleep(0.2)
+        took = time.time() - t0
+        wcpu = sum(cpu_s(w.proc.p.pid) for w in wks)
+        rcpu, pcpu = cpu_s(r.p.pid) - rc0, pg_cpu_s(pg) - pc0
+        msgs = int(pg.sql("SELECT count(*) FROM kefu_messages")[0][0])
+        evs = int(pg.sql("SELECT count(*) FROM kefu_events")[0][0])
+        masked = int(pg.sql("SELECT count(*) FROM kefu_messages WHERE body LIKE '%1234-5678%'")[0][0])
+        # the trim: every conversation's keys gone after archive_trim_s and the final pass
+        while time.time() < deadline and r.call("KEYS", "kefu:{c:b0000000*") != []:
+            time.sleep(0.5)
+        left = len(r.call("KEYS", "kefu:{c:*"))
+        mem_trimmed = used_memory(r)
+        db_bytes = int(pg.sql("SELECT pg_database_size('kefu')")[0][0])
+        print(f"archive: {args.convs} conversations ({msgs} messages, {evs} record entries), "
+              f"{args.workers} worker(s): all archived {took:.2f} s after the start -> "
+              f"{archived / took:.0f} conversations/s; CPU per conversation: workers "
+              f"{wcpu / args.convs * 1e6:.0f} us, redis {rcpu / args.convs * 1e6:.0f} us, "
+              f"postgres {pcpu / args.convs * 1e6:.0f} us; redis memory per conversation "
+              f"{(mem_filled - mem0) / args.convs:.0f} B before the trim, "
+              f"{(mem_trimmed - mem0) / args.convs:.0f} B after ({left} conversation keys left); "
+              f"database {db_bytes / args.convs:.0f} B per conversation; unmasked phone numbers "
+              f"in the archive: {masked}; load average {os.getloadavg()[0]:.2f}")
+        return 0 if archived == args.convs and msgs == 6 * args.convs and masked == 0 else 1
     finally:
         for p in reversed(procs):
             p.stop()
