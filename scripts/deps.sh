@@ -7,7 +7,8 @@ libssl-dev libcmocka-dev uthash-dev redis-server redis-tools haproxy patch
 python3 python3-websockets python3-msgpack python3-pytest python3-pytest-xdist
 gnuplot-nox clang libclang-rt-14-dev
 shellcheck yamllint python3-yaml systemd strace procps tzdata
-postgresql libpq-dev"
+postgresql libpq-dev
+chromium chromium-driver python3-selenium fonts-noto-cjk"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -4,6 +4,7 @@ nodes with special limits, per-test sanitizer scans of every gateway log, time l
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -146,6 +147,8 @@ def spawn(workdir, request):
         pytest.skip("needs process control (KEFU_TEST_GATEWAY is set)")
     sp = Spawner(workdir / request.node.name.replace("/", "_")[:80], request)
     yield sp
+    if "browser" in sys.modules:  # browsers first: their pages hold connections open
+        sys.modules["browser"].quit_all()
     sp.teardown()
 
 
