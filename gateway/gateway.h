@@ -62,6 +62,10 @@ typedef struct gw_options {
     char *bot_timezone;
     long long bot_clock_offset_s;
     long long bot_watch;
+    /* web assets (gateway/web.c, docs/web.md) */
+    long long web;
+    char *web_dir;
+    char *web_connect_src;
 } gw_options;
 
 extern const kf_option gw_option_table[];

@@ -18,10 +18,11 @@ KF_SHARED_OPTION_CHECK(gw_options);
 #define CONV "Conversations and routing"
 #define SHUTDOWN "Shutdown"
 #define BOTS "Bots"
+#define WEB "Web assets"
 
 const kf_option gw_option_table[] = {
     {"bind", KF_OPT_STR, O(bind), "0.0.0.0", 0, 0, 0, "IPv4 address to listen on (IPv6 is not supported).", LISTEN},
-    {"port", KF_OPT_INT, O(port), "8080", 1, 65535, 0, "WebSocket and HTTP port (`/ws`, `/metrics`, `/healthz`, `/readyz`), shared by all processes of the host (`SO_REUSEPORT`).", LISTEN},
+    {"port", KF_OPT_INT, O(port), "8080", 1, 65535, 0, "WebSocket and HTTP port (`/ws`, `/metrics`, `/healthz`, `/readyz`, the web assets), shared by all processes of the host (`SO_REUSEPORT`).", LISTEN},
     {"processes", KF_OPT_INT, O(processes), "0", 0, 256, 0, "gateway processes on the port; 0 = number of online cores.", LISTEN},
     {"node_name", KF_OPT_STR, O(node_name), "", 0, 0, 0, "node id prefix; process `i` is node `<node_name>-<i>` and has its own inbox stream. Empty = the host name. Must be unique across the deployment.", LISTEN},
     {"max_connections", KF_OPT_INT, O(max_connections), "0", 0, 10000000, 0, "WebSocket connections per process; 0 = the file descriptor limit (raised to its hard limit at start, `LimitNOFILE`) less 64 for Redis connections and the listener (with many cluster masters set it yourself: docs/operations.md, \"Capacity and limits\").", LISTEN},
@@ -69,6 +70,10 @@ const kf_option gw_option_table[] = {
     {"bot_timezone", KF_OPT_STR, O(bot_timezone), "local", 0, 0, 0, "time zone of bot calendars that name none: an IANA name, `+08:00`, `UTC` or `local`.", BOTS},
     {"bot_clock_offset_s", KF_OPT_INT, O(bot_clock_offset_s), "0", -3153600000LL, 3153600000LL, 1, "seconds added to the clock the rules see (tests of off-hours rules).", BOTS},
     {"bot_watch", KF_OPT_BOOL, O(bot_watch), "no", 0, 1, 1, "reload the rules when a file in `bots_dir` changes (checked every second).", BOTS},
+
+    {"web", KF_OPT_BOOL, O(web), "yes", 0, 1, 0, "serve the web assets compiled into the binary on the port: the customer widget (`/widget.js`), the demo page (`/demo/`, also `/`), the agent workbench (`/agent/`) and the supervisor console (`/console/`); docs/web.md. `no` = only `/ws`, `/metrics`, `/healthz`, `/readyz`.", WEB},
+    {"web_dir", KF_OPT_STR, O(web_dir), "", 0, 0, 0, "development: serve the web assets from this directory (e.g. the repository's `web/`) instead of the compiled-in copy, read again on every request and never cached (`Cache-Control: no-store`, no gzip). Empty = the compiled-in copy.", WEB},
+    {"web_connect_src", KF_OPT_STR, O(web_connect_src), "", 0, 0, 0, "more sources for the `connect-src` of the pages' Content-Security-Policy, space-separated (e.g. `wss://gw2.example.com` when pages served by one gateway connect to other gateway hosts; `ws://127.0.0.1:*`). The page's own host (`ws:`/`wss:`) is always allowed.", WEB},
     {NULL, 0, 0, NULL, 0, 0, 0, NULL, NULL},
 };
 

@@ -1,5 +1,5 @@
 /* One gateway process: libwebsockets on a libevent loop, connections, output queues, timers,
- * HTTP endpoints, signals and draining. */
+ * HTTP endpoints (the web assets: web.c), signals and draining. */
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
@@ -27,6 +27,7 @@
 #include "kefu/redis.h"
 #include "kefu/utf8.h"
 #include "request.h"
+#include "web.h"
 
 gw_server *gw;
 
@@ -635,6 +636,17 @@ static int http_request(struct lws *wsi, struct http_pss *hp, const char *uri) {
         status = 426;
         body = text_body("WebSocket upgrade required\n", &len);
     } else {
+        int w = gw_web_request(wsi, uri, &body, &len); /* web.c */
+        if (w > 0) return -1;
+        if (w == 0) {
+            if (body) {
+                hp->body = body;
+                hp->len = len;
+                lws_callback_on_writable(wsi);
+                return 0;
+            }
+            return lws_http_transaction_completed(wsi) ? -1 : 0;
+        }
         status = 404;
         body = text_body("not found\n", &len);
     }
