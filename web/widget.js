@@ -32,7 +32,8 @@
       endq: 'End this chat?', yes: 'End', no: 'Cancel',
       rate: 'How was our service?', comment: 'Anything to tell us? (optional)', submit: 'Submit',
       thanks: 'Thank you for your feedback!', noauth: 'Chat is not available right now.',
-      agent: 'Agent', stars: ['Very poor', 'Poor', 'Fair', 'Good', 'Excellent']
+      agent: 'Agent', botting: 'Our assistant is answering', ready: 'Ask us anything',
+      stars: ['Very poor', 'Poor', 'Fair', 'Good', 'Excellent']
     },
     zh: {
       title: '在线客服', open: '联系客服', close: '最小化', end: '结束会话',
@@ -45,7 +46,8 @@
       endq: '确定结束本次会话吗？', yes: '结束', no: '取消',
       rate: '请为本次服务评分', comment: '还有什么想告诉我们的吗？（选填）', submit: '提交',
       thanks: '感谢您的评价！', noauth: '客服暂时无法连接。',
-      agent: '客服', stars: ['非常不满意', '不满意', '一般', '满意', '非常满意']
+      agent: '客服', botting: '智能助手为您服务', ready: '有问题随时问我们',
+      stars: ['非常不满意', '不满意', '一般', '满意', '非常满意']
     }
   };
 
@@ -330,6 +332,7 @@
       self.held = [];
       held.forEach(function (m) { self.push(m); });
       self.status(null);
+      if (!self.state) self.sub.textContent = self.t.ready;
       self.flush();
       if (!self.conv && !self.panel.hidden) self.openConv();
     }).catch(function () {
@@ -452,8 +455,8 @@
       this.endBtn.hidden = true;
       this.restart.hidden = false;
       this.typingEl.hidden = true;
-    } else {
-      this.sub.textContent = t.title;
+    } else if (state === 'bot') {
+      this.sub.textContent = t.botting;
     }
   };
 

@@ -28,6 +28,9 @@ def chrome(width=1280, height=900, lang="en-US"):
     opts.add_experimental_option("prefs", {"intl.accept_languages": lang})
     drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
     drv.set_page_load_timeout(30)
+    # headless windows have a minimum width (about 500 px): a phone's viewport needs emulation
+    drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600})
     LIVE.append(drv)
     return drv
 

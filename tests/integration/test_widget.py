@@ -1,0 +1,218 @@
+"""The customer widget (web/widget.js) in headless Chromium on the demo page, against real
+gateways, Redis, the retail bots and a kefu-worker; the agent is a protocol client
+(kefu_client). Screenshots go to $KEFU_SCREENSHOT_DIR (docs/screenshots for the README)."""
+
+import asyncio
+import signal
+import threading
+import urllib.parse
+
+import pytest
+
+import kefu_harness as H
+from kefu_client import close_all, history_all, new_id
+from test_bots import offset_to, rules_dir
+from worker_helpers import agent_on
+
+browser = pytest.importorskip("browser")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+WAIT = 15
+
+
+class Loop:
+    """An asyncio loop in a thread for the protocol clients, beside the synchronous browser."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout=WAIT):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self):
+        try:
+            self.run(close_all(), 5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+@pytest.fixture
+def aio():
+    lp = Loop()
+    yield lp
+    lp.stop()
+
+
+def start_kefu(spawn, nodes=1, bots=True, offset=None, **gw):
+    shards = [spawn.redis()]
+    opts = {"web_connect_src": "ws://127.0.0.1:*"}
+    if bots:
+        opts["bots_dir"] = str(rules_dir(spawn.workdir, copy_retail=True))
+        opts["bot_clock_offset_s"] = offset if offset is not None else offset_to(2026, 11, 23, 10, 0)
+    opts.update(gw)
+    gws = [spawn.gateway(shards, name=f"g{i}", **opts) for i in range(nodes)]
+    spawn.worker(shards, name="wk", offline_grace_ms=60000)
+    return gws
+
+
+def demo_url(page_node, gateways, token, **extra):
+    frag = {"token": token, "gateways": ",".join(g.ws_url for g in gateways), **extra}
+    return f"http://{page_node.host}:{page_node.port}/demo/#" + urllib.parse.urlencode(frag)
+
+
+def customer_token(name="Li Lei"):
+    return H.make_token(new_id("cust"), "customer", name=name, channel="web")
+
+
+def wait(drv, cond, what, timeout=WAIT):
+    return WebDriverWait(drv, timeout).until(lambda d: cond(d), message=what)
+
+
+def texts(drv, sel):
+    return [e.text for e in drv.find_elements(By.CSS_SELECTOR, sel)]
+
+
+def has_text(sel, text):
+    return lambda d: any(text in t for t in texts(d, sel))
+
+
+def send(drv, text):
+    box = drv.find_element(By.CSS_SELECTOR, ".kefu-input")
+    box.send_keys(text)
+    drv.find_element(By.CSS_SELECTOR, ".kefu-send").click()
+
+
+def open_widget(drv):
+    wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, ".kefu-launcher"), "the launcher")
+    drv.find_element(By.CSS_SELECTOR, ".kefu-launcher").click()
+    wait(drv, lambda d: d.find_element(By.CSS_SELECTOR, ".kefu-panel").is_displayed(), "the panel")
+
+
+def test_widget_chat_with_bot_agent_and_survey(spawn, aio):
+    (g,) = start_kefu(spawn)
+    agent = aio.run(agent_on(g, name="Wang Fang"))
+    drv = browser.chrome(lang="en-US")
+    drv.get(demo_url(g, [g], customer_token()))
+    assert texts(drv, ".kefu-launcher-text") == ["Chat with us"]
+    browser.shot(drv, "widget-launcher")
+    open_widget(drv)
+    # the retail bot greets, and hands off when asked for a human
+    wait(drv, has_text(".kefu-bot .kefu-text", "welcome"), "the bot's greeting")
+    send(drv, "I want a human agent please")
+    push = aio.run(agent.next_push("conv.assigned", timeout=WAIT))
+    conv = push["conv"]
+    wait(drv, has_text(".kefu-sub", "Wang Fang is serving you"), "the agent's name")
+    # messages both ways, Chinese and English
+    aio.run(agent.ok("msg.send", conv=conv, text="您好，我是王芳，请问有什么可以帮您？", cid="a1"))
+    wait(drv, has_text(".kefu-theirs .kefu-text", "我是王芳"), "the agent's Chinese message")
+    send(drv, "我的订单 12345 还没到 — my order has not arrived")
+    m = aio.run(agent.next_push("msg", conv=conv, timeout=WAIT))
+    assert m["text"] == "我的订单 12345 还没到 — my order has not arrived" and m["cid"].startswith("w-")
+    # the customer's panel is open: the widget says it read the agent's message
+    r = aio.run(agent.next_push("read", conv=conv, timeout=WAIT))
+    assert r["from"]["role"] == "customer"
+    # the agent reads: "Read" under the customer's message; the agent types: an indicator
+    aio.run(agent.ok("read", conv=conv, id=m["id"]))
+    wait(drv, has_text(".kefu-mine.kefu-read .kefu-meta", "Read"), "the read mark")
+    aio.run(agent.ok("typing", conv=conv))
+    wait(drv, has_text(".kefu-typing", "Wang Fang is typing"), "the typing indicator")
+    # the customer types: the agent sees it
+    drv.find_element(By.CSS_SELECTOR, ".kefu-input").send_keys("t")
+    aio.run(agent.next_push("typing", conv=conv, timeout=WAIT))
+    drv.find_element(By.CSS_SELECTOR, ".kefu-input").clear()
+    aio.run(agent.ok("msg.send", conv=conv, text="It ships today. 今天发货。", cid="a2"))
+    wait(drv, has_text(".kefu-theirs .kefu-text", "It ships today"), "the agent's English message")
+    wait(drv, lambda d: d.find_element(By.CSS_SELECTOR, ".kefu-typing").get_attribute("hidden"),
+         "the typing indicator gone with the message")
+    browser.shot(drv, "widget-chat")
+    # the agent closes; the customer rates 4 stars with a comment
+    aio.run(agent.ok("conv.close", conv=conv, resolution="resolved", category="consultation"))
+    wait(drv, has_text(".kefu-note", "The chat has ended"), "the closed notice")
+    wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, ".kefu-survey .kefu-star"), "the survey")
+    drv.find_elements(By.CSS_SELECTOR, ".kefu-star")[3].click()
+    drv.find_element(By.CSS_SELECTOR, ".kefu-comment").send_keys("Quick and kind, 谢谢")
+    browser.shot(drv, "widget-survey")
+    drv.find_element(By.CSS_SELECTOR, ".kefu-rate").click()
+    rated = aio.run(agent.next_push("conv.rated", conv=conv, timeout=WAIT))
+    assert rated["stars"] == 4 and rated["comment"] == "Quick and kind, 谢谢"
+    wait(drv, has_text(".kefu-thanks", "Thank you"), "the thanks")
+    # every message shown once, in the order stored
+    hist, _ = aio.run(history_all(agent, conv))
+    shown = texts(drv, ".kefu-msg .kefu-text")
+    assert shown == [h["text"] for h in hist], (shown, hist)
+
+
+def test_widget_customer_ends_the_chat(spawn, aio):
+    (g,) = start_kefu(spawn, bots=False)
+    agent = aio.run(agent_on(g, name="Zhao Lei"))
+    drv = browser.chrome(lang="en-US")
+    drv.get(demo_url(g, [g], customer_token(), open="1"))
+    wait(drv, lambda d: d.find_element(By.CSS_SELECTOR, ".kefu-panel").is_displayed(), "the panel")
+    push = aio.run(agent.next_push("conv.assigned", timeout=WAIT))
+    wait(drv, has_text(".kefu-sub", "Zhao Lei is serving you"), "the agent's name")
+    drv.find_element(By.CSS_SELECTOR, ".kefu-end").click()
+    drv.find_element(By.CSS_SELECTOR, ".kefu-yes").click()
+    st = aio.run(agent.next_push("conv.state", conv=push["conv"], timeout=WAIT))
+    assert st["state"] == "closed" and st["resolution"] == "customer_closed"
+    wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, ".kefu-survey"), "the survey")
+    wait(drv, lambda d: d.find_element(By.CSS_SELECTOR, ".kefu-restart").is_displayed(),
+         "a new chat offered")
+
+
+def test_widget_survives_its_gateway_being_killed(spawn, aio):
+    g1, g2 = start_kefu(spawn, nodes=2, bots=False)
+    agent = aio.run(agent_on(g2, name="Chen Jing"))
+    drv = browser.chrome(lang="en-US")
+    # the page comes from g2; the widget is given both and connects to g1 first
+    drv.get(demo_url(g2, [g1, g2], customer_token(), open="1"))
+    push = aio.run(agent.next_push("conv.assigned", timeout=WAIT))
+    conv = push["conv"]
+    wait(drv, has_text(".kefu-sub", "Chen Jing is serving you"), "assigned")
+    send(drv, "hello before the crash")
+    aio.run(agent.next_push("msg", conv=conv, timeout=WAIT))
+    aio.run(agent.ok("msg.send", conv=conv, text="answer one", cid="b1"))
+    wait(drv, has_text(".kefu-theirs .kefu-text", "answer one"), "answer one")
+
+    g1.proc.expect_exit = True
+    g1.proc.stop(signal.SIGKILL)
+    # while the widget is away: the agent writes, and the customer writes too (kept, then sent)
+    for i in range(3):
+        aio.run(agent.ok("msg.send", conv=conv, text=f"while you were away {i}", cid=f"c{i}"))
+    send(drv, "typed during the outage")
+    wait(drv, has_text(".kefu-theirs .kefu-text", "while you were away 2"), "the missed messages")
+    got = aio.run(agent.next_push("msg", conv=conv, timeout=WAIT))
+    assert got["text"] == "typed during the outage"
+    send(drv, "after the reconnect")
+    aio.run(agent.next_push("msg", conv=conv, timeout=WAIT))
+    wait(drv, lambda d: not d.find_elements(By.CSS_SELECTOR, ".kefu-pending"), "all acknowledged")
+    hist, _ = aio.run(history_all(agent, conv))
+    want = [h["text"] for h in hist]
+    assert len(want) == len(set(want)) == 7, want   # stored once each
+    wait(drv, lambda d: texts(d, ".kefu-msg .kefu-text") == want,
+         f"every message shown once, in order: {want}")
+    assert not drv.find_element(By.CSS_SELECTOR, ".kefu-banner").is_displayed()
+    browser.shot(drv, "widget-reconnected")
+
+
+def test_widget_phone_in_chinese_off_hours(spawn, aio):
+    # Sunday 23:00 China time: the retail calendar is closed
+    (g,) = start_kefu(spawn, offset=offset_to(2026, 11, 22, 23, 0))
+    drv = browser.chrome(width=390, height=844, lang="zh-CN")
+    drv.get(demo_url(g, [g], customer_token("韩梅梅")))
+    wait(drv, has_text(".kefu-launcher-text", "联系客服"), "the Chinese launcher")
+    browser.shot(drv, "widget-phone-launcher")
+    open_widget(drv)
+    wait(drv, has_text(".kefu-bot .kefu-text", "非工作时间"), "the off-hours notice")
+    panel = drv.find_element(By.CSS_SELECTOR, ".kefu-panel").rect
+    width = drv.execute_script("return window.innerWidth")
+    height = drv.execute_script("return window.innerHeight")
+    assert panel["x"] == 0 and panel["width"] == width and panel["height"] == height, panel
+    assert texts(drv, ".kefu-title") == ["在线客服"]
+    assert drv.find_element(By.CSS_SELECTOR, ".kefu-input").get_attribute("placeholder") == "请输入消息…"
+    send(drv, "你好，请问退货怎么办理？")
+    wait(drv, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".kefu-bot")) >= 2, "the bot's answer")
+    browser.shot(drv, "widget-phone-zh")
