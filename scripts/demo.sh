@@ -1,6 +1,8 @@
 #!/bin/bash
 # Builds kefu and runs a demo: a private redis-server, a kefu-worker and kefu-gateway processes
-# on one port. Prints how to connect. Ctrl-C stops everything.
+# on one port with the retail bots (lua/bots/retail). Prints ready-to-open URLs for a customer
+# (the demo shop with the chat widget), two agents (the workbench) and a supervisor (the
+# console), and how to talk the protocol by hand. Ctrl-C stops everything.
 # Usage: scripts/demo.sh [--smoke]   (--smoke: start, chat once customer <-> agent, stop)
 set -eu
 cd "$(dirname "$0")/.."
@@ -44,7 +46,11 @@ export KEFU_REDIS="127.0.0.1:$redis_port" KEFU_JWT_SECRETS="$secret"
 build/kefu-worker --log-level warn --http-port "$worker_http" \
     --routes 'topic:refund=general/high,*=general' 2>"$run/worker.log" &
 pids+=($!)
-build/kefu-gateway --bind 127.0.0.1 --port "$gw_port" --node-name demo 2>"$run/gateway.log" &
+# The bots answer first and hand off to an agent (docs/bots.md); the smoke run keeps the plain
+# queue its scripted chat expects.
+bots=()
+[ $smoke -eq 0 ] && bots=(--bots-dir lua/bots/retail)
+build/kefu-gateway --bind 127.0.0.1 --port "$gw_port" --node-name demo "${bots[@]}" 2>"$run/gateway.log" &
 pids+=($!)
 for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null 2>&1 && break
@@ -63,10 +69,16 @@ if ! build/kefu-worker --http-port "$worker_http" --wait-ready=10; then
     exit 1
 fi
 
-cust=$(build/kefu-token --secret "$secret" --sub demo-customer --role customer --name "Demo Customer" --channel web)
-agent=$(build/kefu-token --secret "$secret" --sub demo-agent --role agent --name "Demo Agent" --skills general --max-chats 5)
+cust=$(build/kefu-token --secret "$secret" --sub demo-customer --role customer --name "Demo Customer" --channel web --ttl 43200)
+agent=$(build/kefu-token --secret "$secret" --sub demo-agent --role agent --name "Demo Agent" --skills general --max-chats 5 --ttl 43200)
+agent2=$(build/kefu-token --secret "$secret" --sub demo-agent-2 --role agent --name "李娜 Li Na" --skills general --max-chats 5 --ttl 43200)
+super=$(build/kefu-token --secret "$secret" --sub demo-supervisor --role supervisor --name "Demo Supervisor" --skills general --ttl 43200)
 
 if [ $smoke -eq 1 ]; then
+    # the web assets are served from the binary
+    curl -sf "http://127.0.0.1:$gw_port/widget.js" | grep -q KefuWidget
+    curl -sf "http://127.0.0.1:$gw_port/demo/" | grep -q widget.js
+    echo "demo smoke: the widget and the demo page are served" >&2
     conv=$($PY - "$gw_port" "$cust" "$agent" <<'PYEOF'
 import asyncio, json, sys, websockets
 port, cust, agent = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -125,21 +137,30 @@ PYEOF
     exit $?
 fi
 
+# Tokens travel in the URL's fragment (after #): browsers never send it, so no log has them.
+web="http://127.0.0.1:$gw_port"
 cat <<MSG
 
-kefu demo is running.
+kefu demo is running. Open these in a browser (each in its own tab or window):
+  customer    $web/demo/#token=$cust
+  agent 1     $web/agent/#token=$agent
+  agent 2     $web/agent/#token=$agent2
+  supervisor  $web/console/#token=$super
+The customer chats with the bot first; type "人工" or "agent" to be passed to an agent
+(set an agent available in the workbench first). The tokens are valid for 12 hours.
   gateway   ws://127.0.0.1:$gw_port/ws   (one process per core; logs: $run/gateway.log)
   metrics   http://127.0.0.1:$gw_port/metrics   health: /healthz  readiness: /readyz
   redis     127.0.0.1:$redis_port (private, in $run)
   worker    consuming the lifecycle stream (log: $run/worker.log)
             metrics http://127.0.0.1:$worker_http/metrics   health: /healthz  readiness: /readyz
 
-Connect as a customer and as an agent (two terminals; type JSON frames, see docs/protocol.md):
+Or talk the protocol by hand (two terminals; type JSON frames, see docs/protocol.md):
   $PY -m websockets 'ws://127.0.0.1:$gw_port/ws?token=$cust'
   $PY -m websockets 'ws://127.0.0.1:$gw_port/ws?token=$agent'
 As the agent, sign in:  {"type":"agent.status","req":1,"status":"available"}
 As the customer:        {"type":"conv.open","req":1,"topic":"refund"}
-  the worker assigns it to the agent (a conv.assigned push; refund topics go to the
+  the bot greets; {"type":"msg.send","req":2,"conv":"<id>","text":"人工","cid":"h1"} hands off,
+  and the worker assigns it to the agent (a conv.assigned push; refund topics go to the
   "general" group with high priority; or pick by hand: queue.list with "group":"general",
   then {"type":"conv.accept","req":2,"conv":"<id>"})
 Both:                   {"type":"msg.send","req":3,"conv":"<id>","text":"你好","cid":"m1"}

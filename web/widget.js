@@ -552,6 +552,7 @@
     var text = this.input.value.trim();
     if (!text || this.state === 'closed') return;
     this.input.value = '';
+    this.lastTyping = 0;   // the next keystroke starts a new message: say so at once
     var cid = 'w-' + this.cidBase + '-' + (++this.cidSeq);
     var node = this.bubble(text, true);
     node.classList.add('kefu-pending');
