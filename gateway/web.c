@@ -231,8 +231,9 @@ int gw_web_request(struct lws *wsi, const char *uri, char **body, size_t *len) {
     const char *ctype = content_type(path);
     int page = strncmp(ctype, "text/html", 9) == 0;
     char csp[1024];
+    /* a 304 and a HEAD state the length the 200 would have (RFC 9110 8.6) and send no body */
     if (lws_add_http_common_headers(wsi, not_modified ? HTTP_STATUS_NOT_MODIFIED : HTTP_STATUS_OK,
-                                    ctype, not_modified ? 0 : (lws_filepos_t)slen, &p, end) ||
+                                    ctype, (lws_filepos_t)slen, &p, end) ||
         add(wsi, "etag:", etag, &p, end) ||
         /* no versioned names: every use revalidates (a 304 costs a round trip, never a stale
          * widget after a deploy); a development directory is never cached at all */

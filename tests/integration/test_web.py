@@ -119,6 +119,12 @@ def test_head_and_other_methods(cluster):
         conn.request("GET", "/widget.js")
         r = conn.getresponse()
         assert r.status == 200 and r.read() == js
+        conn.request("GET", "/widget.js", headers={"If-None-Match": r.getheader("etag")})
+        r = conn.getresponse()
+        assert r.status == 304 and r.read() == b""
+        conn.request("GET", "/widget.js")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == js
     finally:
         conn.close()
     for m in ("POST", "PUT", "DELETE"):
