@@ -3,6 +3,7 @@ gateways, Redis, the retail bots and a kefu-worker; the agent is a protocol clie
 (kefu_client). Screenshots go to $KEFU_SCREENSHOT_DIR (docs/screenshots for the README)."""
 
 import asyncio
+import os
 import signal
 import threading
 import urllib.parse
@@ -163,12 +164,37 @@ def test_widget_customer_ends_the_chat(spawn, aio):
          "a new chat offered")
 
 
+class Paused:
+    """A gateway stopped with SIGSTOP: it accepts TCP (the kernel does) but answers nothing,
+    so the widget can neither reach it nor give up on it until it is resumed."""
+
+    def __init__(self, g):
+        self.g = g
+
+    def __enter__(self):
+        os.killpg(self.g.proc.pid, signal.SIGSTOP)   # the master and its gateway process
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.killpg(self.g.proc.pid, signal.SIGCONT)
+        except ProcessLookupError:   # killed while stopped
+            pass
+
+
+def kill(g):
+    """SIGKILL to the gateway's master and its processes at once: a crashed host."""
+    g.proc.expect_exit = True
+    os.killpg(g.proc.pid, signal.SIGKILL)
+    g.proc.wait(10)
+
+
 def test_widget_survives_its_gateway_being_killed(spawn, aio):
-    g1, g2 = start_kefu(spawn, nodes=2, bots=False)
-    agent = aio.run(agent_on(g2, name="Chen Jing"))
+    g1, g2, g3 = start_kefu(spawn, nodes=3, bots=False)
+    agent = aio.run(agent_on(g3, name="Chen Jing"))
     drv = browser.chrome(lang="en-US")
-    # the page comes from g2; the widget is given both and connects to g1 first
-    drv.get(demo_url(g2, [g1, g2], customer_token(), open="1"))
+    # the page and the agent are on g3; the widget is given g1 and g2 and connects to g1 first
+    drv.get(demo_url(g3, [g1, g2], customer_token(), open="1"))
     push = aio.run(agent.next_push("conv.assigned", timeout=WAIT))
     conv = push["conv"]
     wait(drv, has_text(".kefu-sub", "Chen Jing is serving you"), "assigned")
@@ -177,21 +203,44 @@ def test_widget_survives_its_gateway_being_killed(spawn, aio):
     aio.run(agent.ok("msg.send", conv=conv, text="answer one", cid="b1"))
     wait(drv, has_text(".kefu-theirs .kefu-text", "answer one"), "answer one")
 
-    g1.proc.expect_exit = True
-    g1.proc.stop(signal.SIGKILL)
-    # while the widget is away: the agent writes, and the customer writes too (kept, then sent)
-    for i in range(3):
-        aio.run(agent.ok("msg.send", conv=conv, text=f"while you were away {i}", cid=f"c{i}"))
-    send(drv, "typed during the outage")
+    # g1 dies while g2 cannot answer yet: what the agent writes meanwhile reaches nobody live,
+    # and only the widget's catch-up after the reconnect (history after=last) can show it
+    with Paused(g2):
+        kill(g1)
+        for i in range(3):
+            aio.run(agent.ok("msg.send", conv=conv, text=f"while you were away {i}", cid=f"c{i}"))
+        wait(drv, lambda d: d.find_element(By.CSS_SELECTOR, ".kefu-banner").is_displayed(),
+             "the offline banner")
     wait(drv, has_text(".kefu-theirs .kefu-text", "while you were away 2"), "the missed messages")
+
+    # now g2 dies while a new g1 cannot answer: the customer's message waits, then goes once
+    g1b = spawn.gateway(g2.redis_addrs, name="g1b", port=g1.port,
+                        web_connect_src="ws://127.0.0.1:*")
+    with Paused(g1b):
+        kill(g2)
+        send(drv, "typed during the outage")
+        aio.run(agent.ok("msg.send", conv=conv, text="and one more", cid="c9"))
+        assert drv.find_elements(By.CSS_SELECTOR, ".kefu-pending")
     got = aio.run(agent.next_push("msg", conv=conv, timeout=WAIT))
     assert got["text"] == "typed during the outage"
+    wait(drv, has_text(".kefu-theirs .kefu-text", "and one more"), "the last agent message")
+    # a message sent into a gateway that hangs, then dies, unanswered: sent again to the next
+    # one with the same cid, stored once
+    g2b = spawn.gateway(g2.redis_addrs, name="g2b", port=g2.port,
+                        web_connect_src="ws://127.0.0.1:*")
+    with Paused(g1b):
+        send(drv, "sent into a hung gateway")
+        kill(g1b)
+    got = aio.run(agent.next_push("msg", conv=conv, timeout=WAIT))
+    assert got["text"] == "sent into a hung gateway"
     send(drv, "after the reconnect")
-    aio.run(agent.next_push("msg", conv=conv, timeout=WAIT))
+    got = aio.run(agent.next_push("msg", conv=conv, timeout=WAIT))
+    assert got["text"] == "after the reconnect"
+    assert g2b.proc.alive()
     wait(drv, lambda d: not d.find_elements(By.CSS_SELECTOR, ".kefu-pending"), "all acknowledged")
     hist, _ = aio.run(history_all(agent, conv))
     want = [h["text"] for h in hist]
-    assert len(want) == len(set(want)) == 7, want   # stored once each
+    assert len(want) == len(set(want)) == 9, want   # stored once each
     wait(drv, lambda d: texts(d, ".kefu-msg .kefu-text") == want,
          f"every message shown once, in order: {want}")
     assert not drv.find_element(By.CSS_SELECTOR, ".kefu-banner").is_displayed()
