@@ -26,7 +26,7 @@
       placeholder: 'Type a message…', send: 'Send', connecting: 'Connecting…',
       reconnecting: 'Connection lost, reconnecting…', sending: 'Sending…', read: 'Read',
       failed: 'Not sent yet, will retry', bot: 'Assistant', you: 'You',
-      waiting: 'Waiting for an agent…', queue: 'You are number {n} in the queue ({w} waiting)',
+      waiting: 'Waiting for an agent…', queue: 'You are number {n} in the queue ({w} waiting)', queueShort: 'Number {n} in the queue',
       assigned: '{name} is serving you', typing: '{name} is typing…',
       closed: 'The chat has ended.', newchat: 'Start a new chat',
       endq: 'End this chat?', yes: 'End', no: 'Cancel',
@@ -40,7 +40,7 @@
       placeholder: '请输入消息…', send: '发送', connecting: '正在连接…',
       reconnecting: '连接已断开，正在重连…', sending: '发送中…', read: '已读',
       failed: '暂未发出，将自动重试', bot: '智能助手', you: '我',
-      waiting: '正在为您转接人工客服…', queue: '您前面还有 {n} 位（共 {w} 人排队）',
+      waiting: '正在为您转接人工客服…', queue: '您排在第 {n} 位（共 {w} 人排队）', queueShort: '排队中：第 {n} 位',
       assigned: '客服 {name} 为您服务', typing: '{name} 正在输入…',
       closed: '会话已结束。', newchat: '开始新的会话',
       endq: '确定结束本次会话吗？', yes: '结束', no: '取消',
@@ -403,7 +403,7 @@
     case 'queue.position':
       if (m.conv === this.conv && this.state === 'waiting') {
         this.notice(fmt(this.t.queue, { n: m.position, w: m.waiting }), 'kefu-queue');
-        this.sub.textContent = fmt(this.t.queue, { n: m.position, w: m.waiting });
+        this.sub.textContent = fmt(this.t.queueShort, { n: m.position });
       }
       return;
     case 'typing':

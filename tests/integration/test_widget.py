@@ -147,12 +147,15 @@ def test_widget_chat_with_bot_agent_and_survey(spawn, aio):
     assert shown == [h["text"] for h in hist], (shown, hist)
 
 
-def test_widget_customer_ends_the_chat(spawn, aio):
+def test_widget_queue_then_customer_ends_the_chat(spawn, aio):
     (g,) = start_kefu(spawn, bots=False)
-    agent = aio.run(agent_on(g, name="Zhao Lei"))
     drv = browser.chrome(lang="en-US")
     drv.get(demo_url(g, [g], customer_token(), open="1"))
     wait(drv, lambda d: d.find_element(By.CSS_SELECTOR, ".kefu-panel").is_displayed(), "the panel")
+    # nobody is available: the customer waits and sees the place in the queue
+    wait(drv, has_text(".kefu-note", "You are number 1 in the queue"), "the queue position")
+    browser.shot(drv, "widget-queue")
+    agent = aio.run(agent_on(g, name="Zhao Lei"))
     push = aio.run(agent.next_push("conv.assigned", timeout=WAIT))
     wait(drv, has_text(".kefu-sub", "Zhao Lei is serving you"), "the agent's name")
     drv.find_element(By.CSS_SELECTOR, ".kefu-end").click()
@@ -265,3 +268,65 @@ def test_widget_phone_in_chinese_off_hours(spawn, aio):
     send(drv, "你好，请问退货怎么办理？")
     wait(drv, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".kefu-bot")) >= 2, "the bot's answer")
     browser.shot(drv, "widget-phone-zh")
+
+
+class Shop(threading.Thread):
+    """Another site (its own origin, a plain HTTP server) that embeds the widget from the
+    gateway's origin with data-token-url, under the Content-Security-Policy docs/web.md tells
+    such sites to set."""
+
+    def __init__(self, gw, token):
+        import http.server
+
+        gw_origin = f"http://{gw.host}:{gw.port}"
+        page = (f'<!doctype html><meta charset="utf-8"><title>shop</title><h1>Another shop</h1>'
+                f'<script src="{gw_origin}/widget.js" data-token-url="/kefu/token" async></script>')
+        csp = (f"default-src 'self'; script-src 'self' {gw_origin}; style-src 'self' {gw_origin}; "
+               f"connect-src 'self' ws://{gw.host}:{gw.port}")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path == "/kefu/token":
+                    body, ctype = token.encode(), "text/plain"
+                else:
+                    body, ctype = page.encode(), "text/html; charset=utf-8"
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Content-Security-Policy", csp)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        super().__init__(target=self.server.serve_forever, daemon=True)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_widget_embedded_by_another_site_with_a_token_url(spawn, aio):
+    (g,) = start_kefu(spawn, bots=False)
+    agent = aio.run(agent_on(g, name="Sun Li"))
+    shop = Shop(g, customer_token("Guest"))
+    shop.start()
+    try:
+        drv = browser.chrome(lang="en-GB")
+        drv.get(shop.url)
+        open_widget(drv)
+        # the style sheet came from the gateway too: the panel is laid out (fixed, 370 px)
+        assert drv.find_element(By.CSS_SELECTOR, ".kefu-panel").rect["width"] == 370
+        push = aio.run(agent.next_push("conv.assigned", timeout=WAIT))
+        wait(drv, has_text(".kefu-sub", "Sun Li is serving you"), "assigned")
+        send(drv, "hello from another site")
+        m = aio.run(agent.next_push("msg", conv=push["conv"], timeout=WAIT))
+        assert m["text"] == "hello from another site" and m["from"]["name"] == "Guest"
+        errors = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors   # no CSP violation, no failed load
+    finally:
+        shop.stop()
