@@ -261,8 +261,13 @@
     if (!opened || code !== 1000) this.gw = (this.gw + 1) % this.gateways.length;
     var delay = Math.min(5000, 250 * Math.pow(2, Math.min(this.failures - 1, 5)));
     if (this.failures <= this.gateways.length) delay = 150; // each node once, at once
-    this.status(code === 4401 && !this.opts.tokenUrl ? this.t.noauth : this.t.reconnecting);
     clearTimeout(this.retryTimer);
+    var renewable = this.opts.tokenUrl || typeof this.opts.token === 'function';
+    if ((code === 4401 || code === 4402) && !renewable) {
+      this.status(this.t.noauth);   // the same token would be refused again
+      return;
+    }
+    this.status(this.t.reconnecting);
     this.retryTimer = setTimeout(function () { self.connect(); }, delay * (0.75 + Math.random() / 2));
   };
 
@@ -281,6 +286,8 @@
       var r = this.reqs[m.req];
       delete this.reqs[m.req];
       if (m.type === 'error') {
+        // the session's token expired: a new connection fetches a fresh one (data-token-url)
+        if (m.code === 'unauthorized' && this.live && this.ws) this.ws.close(4000, 'token expired');
         var err = new Error(m.message || m.code);
         err.code = m.code;
         err.retryMs = m.retry_ms;

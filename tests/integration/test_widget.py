@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 import urllib.parse
 
 import pytest
@@ -287,7 +288,8 @@ class Shop(threading.Thread):
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 if self.path == "/kefu/token":
-                    body, ctype = token.encode(), "text/plain"
+                    t = token() if callable(token) else token
+                    body, ctype = t.encode(), "text/plain"
                 else:
                     body, ctype = page.encode(), "text/html; charset=utf-8"
                 self.send_response(200)
@@ -328,5 +330,38 @@ def test_widget_embedded_by_another_site_with_a_token_url(spawn, aio):
         assert m["text"] == "hello from another site" and m["from"]["name"] == "Guest"
         errors = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors   # no CSP violation, no failed load
+    finally:
+        shop.stop()
+
+
+def test_widget_renews_an_expired_token_from_its_token_url(spawn, aio):
+    (g,) = start_kefu(spawn, bots=False, jwt_leeway_s=0)
+    agent = aio.run(agent_on(g, name="Sun Li"))
+    sub = new_id("cust")
+    minted = []
+
+    def token():   # a 2-second token, fresh on every call of the token URL
+        minted.append(H.make_token(sub, "customer", ttl=2, name="Guest", channel="web"))
+        return minted[-1]
+
+    shop = Shop(g, token)
+    shop.start()
+    try:
+        drv = browser.chrome(lang="en-US")
+        drv.get(shop.url)
+        open_widget(drv)
+        push = aio.run(agent.next_push("conv.assigned", timeout=WAIT))
+        wait(drv, has_text(".kefu-sub", "Sun Li is serving you"), "assigned")
+        first = len(minted)
+        exp = H.jwt_decode_unverified(minted[-1])[1]["exp"]
+        wait(drv, lambda d: time.time() > exp + 1, "the session's token to expire")
+        # the gateway refuses the message (token expired); the widget fetches a new token,
+        # reconnects and sends it again
+        send(drv, "sent with an expired session")
+        m = aio.run(agent.next_push("msg", conv=push["conv"], timeout=WAIT))
+        assert m["text"] == "sent with an expired session"
+        assert len(minted) > first
+        wait(drv, lambda d: not d.find_elements(By.CSS_SELECTOR, ".kefu-pending"), "acknowledged")
+        assert texts(drv, ".kefu-mine .kefu-text") == ["sent with an expired session"]
     finally:
         shop.stop()
