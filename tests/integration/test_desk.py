@@ -146,6 +146,9 @@ def test_workbench_chat_transfer_close(spawn, web):
 
         # a second agent on a phone, in Chinese
         db = browser.chrome(width=390, height=844, lang="zh-CN")
+        # a phone's viewport: a desktop window cannot be made narrower than 500 px
+        db.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
         db.get(page_url(web, "agent/index.html", [wc.n2, wc.n1],
                         agent_token(b_id, "Bob", max_chats=3)))
         await sign_in(db)
@@ -190,4 +193,114 @@ def test_workbench_chat_transfer_close(spawn, web):
         m = meta(wc, conv)
         assert m["state"] == "closed" and m["agent"] == b_id
         await until(db, lambda d: "未解决" in text_of(d, row), what="closed in the list")
+    run(body(), timeout=90)
+
+
+def test_workbench_reconnects_without_gaps(spawn, web):
+    """The gateway the workbench is connected to dies: the page reconnects to the other one,
+    fetches what it missed (history after its last id), shows every message once and in order,
+    and sends what was typed meanwhile once (the same cid)."""
+    wc = wcluster(spawn, workers=1)
+
+    async def body():
+        da = browser.chrome(lang="en-US")
+        da.get(page_url(web, "agent/index.html", [wc.n1, wc.n2],
+                        agent_token(new_id("agt"), "Alice")))
+        await sign_in(da)
+        cust = await connect(wc.n2, "customer", "json", name="Carol")
+        conv = await open_waiting(cust)
+        row = f'li[data-conv="{conv}"]'
+        await click(da, row)
+        await send_msg(cust, conv, "one 一")
+        await until(da, lambda d: "one 一" in text_of(d, "#msgs"), what="the first message")
+
+        wc.n1.proc.expect_exit = True
+        wc.n1.proc.kill_group()
+        await until(da, lambda d: "online" not in d.find_element(By.ID, "conn").get_attribute("class"),
+                    what="the page noticed")
+        da.find_element(By.ID, "text").send_keys("typed while offline", Keys.ENTER)
+        for text in ("two 二", "three 三"):
+            await send_msg(cust, conv, text)
+        await until(da, lambda d: "three 三" in text_of(d, "#msgs"), timeout=30,
+                    what="the missed messages after the reconnect")
+        got = await cust.next_push("msg", conv=conv, timeout=20)
+        assert got["text"] == "typed while offline"
+        await until(da, lambda d: "typed while offline" in text_of(d, "#msgs li[data-id]"),
+                    what="the sent message acknowledged")
+        texts = da.execute_script(
+            "return [...document.querySelectorAll('#msgs li[data-id] .b')].map(e => e.textContent)")
+        hist = [m["text"] for m in (await cust.ok("history", conv=conv))["msgs"]]
+        assert texts == hist, (texts, hist)
+        assert sorted(texts) == sorted(["one 一", "two 二", "three 三", "typed while offline"])
+        await cust.no_push("msg", within=0.5)   # stored and delivered once
+    run(body(), timeout=90)
+
+def test_console_agents_queue_alert_break_join(spawn, web):
+    wc = wcluster(spawn, workers=1, sla_first_response_ms="*=1000", sla_alert_after_ms=300)
+
+    async def body():
+        ds = browser.chrome(width=1440, height=1000, lang="en-US")
+        ds.get(page_url(web, "console/index.html", [wc.n1, wc.n2],
+                        H.make_token(new_id("sup"), "supervisor", name="Susan")))
+        await until(ds, lambda d: d.find_element(By.ID, "conn").get_attribute("class") == "conn online",
+                    what="console connected")
+        a1 = await agent_on(wc.n1, max_chats=1, name="Amy")
+        a2 = await agent_on(wc.n2, max_chats=1, name="Ben")
+        await until(ds, lambda d: "Amy" in text_of(d, f'tr[data-agent="{a1.user}"]')
+                    and "Ben" in text_of(d, f'tr[data-agent="{a2.user}"]'), what="both agents listed")
+
+        custs = {}
+        for i, text in enumerate(["我要退款", "where is my parcel?", "还在吗"]):
+            c = await connect(wc.n1 if i % 2 else wc.n2, "customer", "json", channel="web",
+                              name=f"客户{i}")
+            conv = await open_waiting(c)
+            custs[conv] = c
+            await send_msg(c, conv, text)
+        # two assigned (one each, max_chats 1), the third waits in the default queue
+        await until(ds, lambda d: text_of(d, 'tr[data-group="default"] .waiting') == "1",
+                    what="the queue of the default group")
+        await until(ds, lambda d: "1/1" in text_of(d, f'tr[data-agent="{a1.user}"]')
+                    and "1/1" in text_of(d, f'tr[data-agent="{a2.user}"]'), what="the loads")
+        # nobody answers: the first-response SLA alert arrives
+        await until(ds, lambda d: css(d, '#alerts li[data-kind="sla.first_response"]'),
+                    what="an SLA alert")
+
+        # a meal break that the rule holds (1 of 2 would stay): the supervisor approves it
+        r = await a2.ok("agent.status", status="away", reason="meal")
+        assert r["pending"] == "meal", r
+        await click(ds, f'tr[data-agent="{a2.user}"] button.approve')
+        d = await a2.next_push("break.decision", decision="approved")
+        assert d["reason"] == "meal"
+        await until(ds, lambda d: "away" in text_of(d, f'tr[data-agent="{a2.user}"]'),
+                    what="the agent away")
+
+        # transfers out of the default group forbidden from the console
+        await click(ds, 'tr[data-group="default"] button.toggle')
+        await until(ds, lambda d: "forbidden" in text_of(d, 'tr[data-group="default"]'),
+                    what="transfers forbidden")
+        held = next(iter(a1.pushes("conv.assigned")))["conv"]
+        f = await a1.err("forbidden", "conv.transfer", conv=held, to_group="default")
+        assert "supervisor" in f["message"], f
+
+        # the figures of today
+        def opened_today(d):
+            d.find_element(By.CSS_SELECTOR, "#stats button").click()
+            return int(text_of(d, "#stats-table tr:last-child .opened") or 0) >= 3
+        await until(ds, opened_today, what="today's figures")
+        assert css(ds, "#chart-days rect") and css(ds, "#chart-hours rect")
+        browser.shot(ds, "console")
+
+        # join the alerted conversation and write in it
+        li = css(ds, '#alerts li[data-kind="sla.first_response"]')[0]
+        conv = li.get_attribute("data-conv")
+        await click(ds, f'#alerts li[data-conv="{conv}"] button.join')
+        first = (await custs[conv].ok("history", conv=conv))["msgs"][0]["text"]
+        await until(ds, lambda d: first in text_of(d, "#msgs"), what="the joined conversation")
+        ds.find_element(By.ID, "text").send_keys("主管已加入 / a supervisor joined")
+        ds.find_element(By.ID, "send").click()
+        m = await custs[conv].next_push("msg", conv=conv)
+        assert m["from"]["role"] == "supervisor" and m["text"] == "主管已加入 / a supervisor joined"
+        await send_msg(custs[conv], conv, "谢谢 thanks")
+        await until(ds, lambda d: "谢谢 thanks" in text_of(d, "#msgs"), what="the customer's reply")
+        browser.shot(ds, "console-joined")
     run(body(), timeout=90)

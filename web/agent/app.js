@@ -35,6 +35,7 @@ function setup() {
   $("brand").textContent = t("brand");
   document.title = t("brand");
   $("list-title").textContent = t("conversations");
+  $("pick").textContent = t("pick");
   $("status-label").textContent = t("status") + " ";
   for (const s of ["", "available", "away", "offline"])
     $("status").append(el("option", { value: s, text: s ? t(s) : t("unknown") }));
