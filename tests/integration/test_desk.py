@@ -28,9 +28,24 @@ WEB = Path(__file__).resolve().parents[2] / "web"
 WAIT = 15
 
 
+# As strict as the gateway's: the pages must work without inline scripts or styles.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self' ws://127.0.0.1:*; base-uri 'none'; form-action 'none'")
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def end_headers(self):
+        self.send_header("Content-Security-Policy", CSP)
+        super().end_headers()
+
     def log_message(self, *a):
         pass
+
+
+def no_csp_violations(*drvs):
+    for d in drvs:
+        v = d.execute_script("return window.cspViolations")
+        assert v == [], f"blocked by the content security policy: {v}"
 
 
 @pytest.fixture
@@ -193,6 +208,7 @@ def test_workbench_chat_transfer_close(spawn, web):
         m = meta(wc, conv)
         assert m["state"] == "closed" and m["agent"] == b_id
         await until(db, lambda d: "未解决" in text_of(d, row), what="closed in the list")
+        no_csp_violations(da, db)
     run(body(), timeout=90)
 
 
@@ -268,6 +284,9 @@ def test_console_agents_queue_alert_break_join(spawn, web):
         # a meal break that the rule holds (1 of 2 would stay): the supervisor approves it
         r = await a2.ok("agent.status", status="away", reason="meal")
         assert r["pending"] == "meal", r
+        await until(ds, lambda d: css(d, f'tr[data-agent="{a2.user}"] button.approve'),
+                    what="the break request")
+        browser.shot(ds, "console-break")
         await click(ds, f'tr[data-agent="{a2.user}"] button.approve')
         d = await a2.next_push("break.decision", decision="approved")
         assert d["reason"] == "meal"
@@ -302,5 +321,7 @@ def test_console_agents_queue_alert_break_join(spawn, web):
         assert m["from"]["role"] == "supervisor" and m["text"] == "主管已加入 / a supervisor joined"
         await send_msg(custs[conv], conv, "谢谢 thanks")
         await until(ds, lambda d: "谢谢 thanks" in text_of(d, "#msgs"), what="the customer's reply")
+        ds.execute_script("window.scrollTo(0, 0)")
         browser.shot(ds, "console-joined")
+        no_csp_violations(ds)
     run(body(), timeout=90)

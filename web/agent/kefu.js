@@ -278,6 +278,13 @@ export function chime() {
   } catch (e) { /* no audio */ }
 }
 
+// What a content security policy blocked, for the browser tests (the gateway serves the pages
+// under a strict one: no inline scripts or styles).
+window.cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
+});
+
 export const LANG = (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
 export function tr(dict) {
   return (key, vars = {}) => {

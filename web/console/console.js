@@ -184,6 +184,12 @@ function renderWatch() {
   $("typing").textContent = watch.typingUntil > Date.now() ? `${watch.typingName} …` : "";
 }
 
+// The queue moved, so the figures did: read them again, at most every 5 s.
+let statsTimer = 0;
+function statsSoon() {
+  if (!statsTimer) statsTimer = setTimeout(() => { statsTimer = 0; loadStats(); }, 5000);
+}
+
 /* Figures and charts: stats.get for yesterday and today, by day. */
 async function loadStats() {
   const box = $("stats");
@@ -218,7 +224,7 @@ function barsByDay(rows) {
   const max = Math.max(1, ...rows.flatMap((r) => measures.map((m) => r[m] || 0)));
   const W = 400, H = 130, top = 14, bottom = 18, gw = W / measures.length;
   const s = svg("svg", { class: "chart", id: "chart-days", viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img" });
-  const colors = ["#9db7d8", "#1677ff"];
+  const colors = ["#9db7d8", "#1677ff"];  // also in style.css (.key.k0, .key.k1)
   measures.forEach((m, i) => {
     rows.forEach((r, j) => {
       const v = r[m] || 0, h = (H - top - bottom) * v / max;
@@ -229,7 +235,7 @@ function barsByDay(rows) {
     s.append(svg("text", { x: i * gw + gw / 2, y: H - 4, "text-anchor": "middle" }, t(m)));
   });
   const legend = el("div", { class: "muted" }, ...rows.map((r, j) =>
-    el("span", { style: `margin-right:12px;border-left:10px solid ${colors[j % 2]};padding-left:4px`, text: r.period })));
+    el("span", { class: `key k${j % 2}`, text: r.period })));
   return el("div", {}, s, legend);
 }
 
@@ -299,6 +305,7 @@ k.on("monitor", (p) => {
     agents.set(p.agent, p);
     renderAgents();
   } else if (p.kind === "queue") {
+    statsSoon();
     const g = groups.get(p.group) || { group: p.group, transfers: true };
     g.waiting = p.waiting;
     groups.set(p.group, g);
