@@ -88,6 +88,12 @@ def text_of(drv, sel):
         sel)
 
 
+def shown(drv):
+    """The texts of the messages the page holds (acknowledged ones), in order."""
+    return drv.execute_script(
+        "return [...document.querySelectorAll('#msgs li[data-id] .b')].map(e => e.textContent)")
+
+
 async def click(drv, sel):
     """Clicks the element, found again if it was redrawn meanwhile."""
     def go(d):
@@ -208,6 +214,17 @@ def test_workbench_chat_transfer_close(spawn, web):
         m = meta(wc, conv)
         assert m["state"] == "closed" and m["agent"] == b_id
         await until(db, lambda d: "未解决" in text_of(d, row), what="closed in the list")
+
+        # agent A asks for a meal break: with one of two agents left it waits for approval
+        Select(da.find_element(By.ID, "status")).select_by_value("away")
+        await until(da, lambda d: "waiting for approval" in d.find_element(By.ID, "pending").text,
+                    what="the pending break")
+        assert da.find_element(By.ID, "notice").text, "the rule's message is shown"
+        await sup.ok("break.approve", agent=a_id)
+        await until(da, lambda d: "approved" in d.find_element(By.ID, "notice").text
+                    and not d.find_element(By.ID, "pending").is_displayed()
+                    and d.execute_script("return document.getElementById('status').value") == "away",
+                    what="the break approved")
         no_csp_violations(da, db)
     run(body(), timeout=90)
 
@@ -222,11 +239,20 @@ def test_workbench_reconnects_without_gaps(spawn, web):
         da = browser.chrome(lang="en-US")
         da.get(page_url(web, "agent/index.html", [wc.n1, wc.n2],
                         agent_token(new_id("agt"), "Alice")))
-        await sign_in(da)
+        # 25 messages before an agent is there: the assignment carries the last 20, the page
+        # reads the earlier ones on demand
         cust = await connect(wc.n2, "customer", "json", name="Carol")
         conv = await open_waiting(cust)
+        early = [f"early {i}" for i in range(25)]
+        for text in early:
+            await send_msg(cust, conv, text)
+        await sign_in(da)
         row = f'li[data-conv="{conv}"]'
         await click(da, row)
+        await until(da, lambda d: "early 24" in text_of(d, "#msgs"), what="the assignment's messages")
+        assert shown(da) == early[5:]
+        await click(da, "#msgs li button")
+        await until(da, lambda d: "early 0" in text_of(d, "#msgs"), what="the earlier messages")
         await send_msg(cust, conv, "one 一")
         await until(da, lambda d: "one 一" in text_of(d, "#msgs"), what="the first message")
 
@@ -243,11 +269,10 @@ def test_workbench_reconnects_without_gaps(spawn, web):
         assert got["text"] == "typed while offline"
         await until(da, lambda d: "typed while offline" in text_of(d, "#msgs li[data-id]"),
                     what="the sent message acknowledged")
-        texts = da.execute_script(
-            "return [...document.querySelectorAll('#msgs li[data-id] .b')].map(e => e.textContent)")
+        texts = shown(da)
         hist = [m["text"] for m in (await cust.ok("history", conv=conv))["msgs"]]
         assert texts == hist, (texts, hist)
-        assert sorted(texts) == sorted(["one 一", "two 二", "three 三", "typed while offline"])
+        assert sorted(texts) == sorted(early + ["one 一", "two 二", "three 三", "typed while offline"])
         await cust.no_push("msg", within=0.5)   # stored and delivered once
     run(body(), timeout=90)
 

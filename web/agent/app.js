@@ -182,7 +182,7 @@ function renderConv(scroll) {
   ol.replaceChildren();
   const me = k.me?.user || c.me;
   const first = c.log.msgs[0];
-  if (first && first.prev) ol.append(el("li", {}, el("button", { onclick: () => earlier(c), text: t("earlier") })));
+  if (first && (first.prev || c.earlier)) ol.append(el("li", {}, el("button", { onclick: () => earlier(c), text: t("earlier") })));
   for (const m of c.log.msgs) {
     const mine = m.from && m.from.id === me;
     const read = mine && c.readBy && idCmp(m.id, c.readBy) <= 0;
@@ -200,6 +200,18 @@ function renderConv(scroll) {
   $("composer").hidden = !!c.closed;
   for (const b of ["btn-transfer", "btn-close"]) $(b).disabled = !!c.closed;
   if (scroll || atEnd) ol.scrollTop = ol.scrollHeight;
+}
+
+/* The assignment's copy of the messages carries no prev (whatever protocol.md says), so
+ * whether older messages exist is asked: the conversation's first message is the first held? */
+async function probeEarlier(c) {
+  const first = c.log.msgs[0];
+  if (!first) return;
+  try {
+    const r = await k.request("history", { conv: c.log.conv, limit: 1 });
+    c.earlier = !!(r.msgs[0] && r.msgs[0].id !== first.id && c.log.msgs[0] === first);
+    if (sel === c.log.conv) renderConv();
+  } catch (e) { /* offline: the button stays hidden */ }
 }
 
 // history has no "before": earlier pages are read from the start up to the oldest held.
@@ -223,6 +235,7 @@ async function earlier(c) {
   } catch (e) { return; }
   for (const m of got) c.log.ids.add(m.id);
   c.log.msgs = got.concat(c.log.msgs);
+  c.earlier = false;
   renderConv();
 }
 
@@ -365,6 +378,7 @@ k.on("conv.assigned", (p) => {
   c.log.msgs = []; c.log.ids.clear(); c.log.last = "";
   for (const m of p.msgs || []) c.log.add(m);
   c.log.fill();  // anything after the push's copy
+  probeEarlier(c);
   if (sel !== p.conv) c.unread = (p.msgs || []).length;
   announce(t("new_conv", { ticket: p.ticket || "" }));
   renderList();
