@@ -214,6 +214,9 @@ def test_workbench_chat_transfer_close(spawn, web):
         m = meta(wc, conv)
         assert m["state"] == "closed" and m["agent"] == b_id
         await until(db, lambda d: "未解决" in text_of(d, row), what="closed in the list")
+        await click(db, "#back")
+        await click(db, row + " button.dismiss")
+        await until(db, lambda d: not css(d, row), what="the closed conversation dismissed")
 
         # agent A asks for a meal break: with one of two agents left it waits for approval
         Select(da.find_element(By.ID, "status")).select_by_value("away")

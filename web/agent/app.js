@@ -132,13 +132,7 @@ function renderList() {
   const now = k.now();
   for (const [id, c] of convs) {
     const i = c.info;
-    let sla = null;
-    if (c.closed) sla = el("span", { class: "pill", text: t("closed", { resolution: t(c.closed) }) });
-    else if (c.warn) sla = el("span", { class: "pill bad sla", text: t("sla_over", { t: dur(now - c.warn.deadline) }) });
-    else if (!c.replied && i.assigned_at) {
-      const left = i.assigned_at + slaOf(i.channel) - now;
-      sla = el("span", { class: "pill sla " + (left < 5000 ? "warn" : "ok"), text: t("sla", { t: dur(left) }) });
-    }
+    const sla = slaPill(c, now);
     ul.append(el("li", { "data-conv": id, class: id === sel ? "sel" : "", onclick: () => select(id) },
       el("div", { class: "row" },
         el("span", { class: "name", text: i.customer_name || i.customer || "" }),
@@ -149,11 +143,32 @@ function renderList() {
         el("span", { class: "ticket", text: i.ticket || "" }),
         el("span", { class: "pill", text: i.channel || "" }),
         i.priority && i.priority !== "medium" ? el("span", { class: "pill warn", text: i.priority }) : null),
-      el("div", { class: "row" }, sla)));
+      el("div", { class: "row slarow" }, sla)));
   }
   $("empty").textContent = convs.size ? "" : t("none");
   const unread = [...convs.values()].reduce((n, c) => n + c.unread, 0);
   if (!titleFlash) document.title = (unread ? `(${unread}) ` : "") + t("brand");
+}
+
+// The row's last line: the first-response countdown, overdue, or closed (with a dismiss).
+function slaPill(c, now) {
+  const i = c.info;
+  if (c.closed) {
+    const id = c.log.conv;
+    return [el("span", { class: "pill", text: t("closed", { resolution: t(c.closed) }) }), " ",
+      el("button", { class: "dismiss", title: t("dismiss"), onclick: (e) => {
+        e.stopPropagation();
+        convs.delete(id);
+        if (sel === id) { sel = null; $("conv").hidden = true; document.body.className = "show-list"; }
+        renderList();
+      }, text: "×" })];
+  }
+  if (c.warn) return el("span", { class: "pill bad sla", text: t("sla_over", { t: dur(now - c.warn.deadline) }) });
+  if (!c.replied && i.assigned_at) {
+    const left = i.assigned_at + slaOf(i.channel) - now;
+    return el("span", { class: "pill sla " + (left < 5000 ? "warn" : "ok"), text: t("sla", { t: dur(left) }) });
+  }
+  return null;
 }
 
 function select(id) {
@@ -353,8 +368,15 @@ function announce(text) {
   if (document.hasFocus() && !document.hidden) setTimeout(titleReset, 4000);
 }
 
+/* Every second: the countdowns only. Redrawing whole rows would swallow a click whose press
+ * and release straddle the redraw. */
 function tick() {
-  if (convs.size) renderList();
+  const now = k.now();
+  for (const li of $("convs").children) {
+    const c = convs.get(li.dataset.conv);
+    const row = li.querySelector(".slarow");
+    if (c && row && !c.closed) row.replaceChildren(...[slaPill(c, now)].flat().filter(Boolean));
+  }
   const c = convs.get(sel);
   if (c && c.typingUntil && c.typingUntil < Date.now()) { c.typingUntil = 0; renderConv(); }
 }

@@ -3,7 +3,7 @@ import { tr } from "./kefu.js";
 
 export const t = tr({
   en: {
-    pick: "Pick a conversation on the left.",
+    pick: "Pick a conversation on the left.", dismiss: "Remove from the list",
     brand: "kefu workbench", console: "kefu console", conversations: "Conversations",
     none: "No conversations yet. Set your status to Available to get some.",
     status: "Status", available: "Available", away: "Away", offline: "Offline", unknown: "— choose —",
@@ -30,7 +30,7 @@ export const t = tr({
     close2: "Thank you for contacting us. Have a nice day!",
   },
   zh: {
-    pick: "请从左侧选择一个会话。",
+    pick: "请从左侧选择一个会话。", dismiss: "从列表中移除",
     brand: "kefu 客服工作台", console: "kefu 主管控制台", conversations: "会话",
     none: "暂无会话。将状态设为“在线”以接收会话。",
     status: "状态", available: "在线", away: "离开", offline: "下线", unknown: "— 请选择 —",
