@@ -2,7 +2,8 @@
 (headless Chromium, browser.py) against real gateways, Redis and workers: a customer (a test
 client) chats with an agent in Chinese and English, typing and read show both ways, the agent
 transfers to a second agent on a phone who closes it; the supervisor sees agents, the queue and
-an SLA alert, approves a break, forbids transfers and joins a conversation.
+an SLA alert, approves a break, forbids transfers, joins a conversation and assigns a call-back
+task; the workbench's gateway dies and the page resumes without gaps or duplicates.
 
 The pages are served by a small static HTTP server of the test's own and reach the gateways
 through the URL fragment (#gw=ws://...,ws://...&token=...), as they do when the gateway serves
@@ -280,7 +281,8 @@ def test_workbench_reconnects_without_gaps(spawn, web):
     run(body(), timeout=90)
 
 def test_console_agents_queue_alert_break_join(spawn, web):
-    wc = wcluster(spawn, workers=1, sla_first_response_ms="*=1000", sla_alert_after_ms=300)
+    wc = wcluster(spawn, workers=1, sla_first_response_ms="*=1000", sla_alert_after_ms=300,
+                  callback_grace_ms=300)
 
     async def body():
         ds = browser.chrome(width=1440, height=1000, lang="en-US")
@@ -351,5 +353,19 @@ def test_console_agents_queue_alert_break_join(spawn, web):
         await until(ds, lambda d: "谢谢 thanks" in text_of(d, "#msgs"), what="the customer's reply")
         ds.execute_script("window.scrollTo(0, 0)")
         browser.shot(ds, "console-joined")
+
+        # a customer leaves mid-conversation: the alert and the call-back task show; the
+        # supervisor assigns the task to an agent
+        left = next(c for cv, c in custs.items() if cv != conv)
+        await left.close()
+        await until(ds, lambda d: css(d, '#alerts li[data-kind="customer_left"]'),
+                    what="the customer_left alert")
+        await until(ds, lambda d: css(d, "#callbacks tr[data-task] input"), what="the call-back task")
+        box = css(ds, "#callbacks tr[data-task] input")[0]
+        box.clear()
+        box.send_keys(a1.user)
+        await click(ds, "#callbacks tr[data-task] button.assign")
+        p = await a1.next_push("callback.assigned")
+        assert p["task"]["assignee"] == a1.user
         no_csp_violations(ds)
     run(body(), timeout=90)

@@ -260,7 +260,7 @@ async function loadCallbacks() {
       tb.append(el("tr", { "data-task": task.id },
         el("td", { text: task.ticket }), el("td", { text: task.reason }),
         el("td", { class: task.overdue ? "pill bad" : "", text: clock(task.deadline) }),
-        el("td", {}, who, el("button", { onclick: async () => {
+        el("td", {}, who, el("button", { class: "assign", onclick: async () => {
           try { await k.request("callback.assign", { task: task.id, agent: who.value.trim() }); loadCallbacks(); }
           catch (e) { notice(e.message || e.code); }
         }, text: t("assign") })),
