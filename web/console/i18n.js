@@ -1,0 +1,43 @@
+// The console's words, in English and Chinese (by the browser's language).
+import { tr } from "../agent/kefu.js";
+
+export const t = tr({
+  en: {
+    brand: "kefu supervisor console", agents: "Agents", queues: "Queues", alerts: "Alerts",
+    watch: "Join a conversation", stats: "Yesterday and today", callbacks: "Call-back tasks",
+    qa: "QA sample (yesterday)", agent: "Agent", status: "Status", load: "Load", since: "Since",
+    brk: "Break", approve: "Approve", deny: "Deny", group: "Group", waiting: "Waiting",
+    transfers: "Transfers", allowed: "allowed", forbidden: "forbidden", forbid: "Forbid",
+    allow: "Allow", forbid_msg: "Transfers need a supervisor's approval",
+    available: "available", away: "away", offline: "offline", disconnected: "disconnected",
+    meal: "meal", restroom: "restroom", other: "other", handover: "handover",
+    join: "Join", conv_id: "conversation id", send: "Send", take: "Transfer to agent",
+    agent_id: "agent id", none: "none yet", opened: "Opened", closed: "Closed",
+    resolved: "Resolved", abandoned: "Abandoned", res_rate: "Resolution", frt: "First reply p50",
+    csat: "Satisfaction", peak: "Conversations opened per hour", day: "Day", refresh: "Refresh",
+    ticket: "Ticket", reason: "Reason", deadline: "Deadline", assignee: "Assignee", done: "Done",
+    assign: "Assign", score: "Score", no_sample: "no sample for that day",
+    connecting: "connecting", online: "online", offline_conn: "reconnecting", refused: "signed out",
+    overdue: "overdue {t}", pending_break: "asks for a {reason} break",
+    token_needed: "Add the token to the address: #token=<JWT> (and gw=ws://host:port/ws)",
+  },
+  zh: {
+    brand: "kefu 主管控制台", agents: "客服", queues: "排队", alerts: "告警",
+    watch: "加入会话", stats: "昨日与今日", callbacks: "回访任务",
+    qa: "质检抽样（昨日）", agent: "客服", status: "状态", load: "接待量", since: "时间",
+    brk: "休息", approve: "批准", deny: "拒绝", group: "技能组", waiting: "排队数",
+    transfers: "转接", allowed: "允许", forbidden: "禁止", forbid: "禁止转接",
+    allow: "允许转接", forbid_msg: "转接需主管批准",
+    available: "在线", away: "离开", offline: "下线", disconnected: "已断开",
+    meal: "用餐", restroom: "洗手间", other: "其他", handover: "交接班",
+    join: "加入", conv_id: "会话 ID", send: "发送", take: "转给客服",
+    agent_id: "客服 ID", none: "暂无", opened: "新建", closed: "结束",
+    resolved: "已解决", abandoned: "放弃", res_rate: "解决率", frt: "首次回复中位数",
+    csat: "满意度", peak: "每小时新建会话", day: "日期", refresh: "刷新",
+    ticket: "工单", reason: "原因", deadline: "截止", assignee: "处理人", done: "完成",
+    assign: "分配", score: "评分", no_sample: "当天没有抽样",
+    connecting: "连接中", online: "已连接", offline_conn: "重新连接中", refused: "已退出",
+    overdue: "超时 {t}", pending_break: "申请{reason}休息",
+    token_needed: "请在地址中加入令牌：#token=<JWT>（以及 gw=ws://主机:端口/ws）",
+  },
+});
