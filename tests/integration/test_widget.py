@@ -365,3 +365,22 @@ def test_widget_renews_an_expired_token_from_its_token_url(spawn, aio):
         assert texts(drv, ".kefu-mine .kefu-text") == ["sent with an expired session"]
     finally:
         shop.stop()
+
+
+def test_desk_pages_load_from_the_gateway_under_its_policy(spawn, aio):
+    """The workbench and the console, served by the gateway itself with its
+    Content-Security-Policy, connect to it (their own origin's /ws) and the browser reports no
+    error: nothing they need is blocked."""
+    (g,) = start_kefu(spawn, bots=False, web_connect_src=None)
+    base = f"http://{g.host}:{g.port}"
+    drv = browser.chrome(lang="en-US")
+    for path, role, extra in (("/agent/", "agent", {"skills": ["default"], "max_chats": 3}),
+                              ("/console/", "supervisor", {"skills": ["default"]})):
+        sub = new_id(role[:4])
+        tok = H.make_token(sub, role, name=f"Desk {role}", **extra)
+        drv.get(f"{base}{path}#token={tok}")
+        # signed in: the gateway sees the user online on a WebSocket from the page
+        wait(drv, lambda d: g.metrics().get("kefu_connections", role=role) == 1,
+             f"{path} connected")
+        errors = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, (path, errors)
