@@ -1,0 +1,103 @@
+"""The widget and the agent workbench talking to each other, both pages served by the gateway
+(issue 12): a customer on the demo page chats with an agent in the workbench in Chinese and
+English, typing and read marks show on both sides, the agent closes the conversation with a
+resolution and category, and the customer rates it. No protocol test client in between: every
+frame comes from one of the two pages."""
+
+import pytest
+
+import kefu_harness as H
+from kefu_client import new_id
+from test_widget import customer_token, demo_url, has_text, open_widget, send, start_kefu
+
+browser = pytest.importorskip("browser")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+WAIT = 20
+
+
+def wait(drv, cond, what, timeout=WAIT):
+    def check(d):
+        try:
+            return cond(d)
+        except Exception:  # noqa: BLE001 - an element redrawn while being read
+            return False
+    return WebDriverWait(drv, timeout).until(check, message=what)
+
+
+def text_of(drv, sel):
+    return drv.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent).join(' ')",
+        sel)
+
+
+def test_widget_and_workbench_chat_close_and_rate(spawn):
+    (g,) = start_kefu(spawn, bots=False)
+    base = f"http://{g.host}:{g.port}"
+    agent_id = new_id("agt")
+    tok = H.make_token(agent_id, "agent", name="Wang Fang", skills=["default"], max_chats=3)
+
+    desk = browser.chrome(lang="zh-CN")
+    desk.get(f"{base}/agent/#token={tok}")
+    wait(desk, lambda d: d.find_element(By.ID, "conn").get_attribute("class") == "conn online",
+         "the workbench connected")
+    Select(desk.find_element(By.ID, "status")).select_by_value("available")
+    wait(desk, lambda d: d.execute_script("return document.getElementById('status').value")
+         == "available", "the agent signed in")
+
+    cust = browser.chrome(lang="en-US")
+    cust.get(demo_url(g, [g], customer_token(name="Li Lei")))
+    open_widget(cust)
+    send(cust, "Hello, 我想查一下订单")
+    # the worker assigns the conversation to the only available agent: the workbench lists it
+    wait(desk, lambda d: d.find_elements(By.CSS_SELECTOR, "#convs li[data-conv]"),
+         "the assignment in the workbench")
+    row = desk.find_elements(By.CSS_SELECTOR, "#convs li[data-conv]")[0]
+    conv = row.get_attribute("data-conv")
+    wait(cust, has_text(".kefu-sub", "Wang Fang"), "the agent's name in the widget")
+    row.click()
+    wait(desk, lambda d: "我想查一下订单" in text_of(d, "#msgs"), "the customer's message")
+
+    # the agent types: the widget shows it; then answers in Chinese and English
+    box = desk.find_element(By.ID, "text")
+    box.send_keys("您好")
+    wait(cust, has_text(".kefu-typing", "Wang Fang"), "the agent typing, in the widget")
+    box.send_keys("，李先生 — hello, let me look")
+    box.send_keys(Keys.ENTER)
+    wait(cust, has_text(".kefu-theirs .kefu-text", "let me look"), "the agent's reply")
+    # the customer's panel is open: the workbench marks its message read
+    wait(desk, lambda d: d.find_elements(By.CSS_SELECTOR, "#msgs li.mine .read"),
+         "read, in the workbench")
+
+    # the customer types and answers; the workbench shows both
+    cust.find_element(By.CSS_SELECTOR, ".kefu-input").send_keys("订单号 12345")
+    wait(desk, lambda d: d.find_element(By.ID, "typing").text.strip() != "",
+         "the customer typing, in the workbench")
+    cust.find_element(By.CSS_SELECTOR, ".kefu-send").click()
+    wait(desk, lambda d: "订单号 12345" in text_of(d, "#msgs"), "the customer's second message")
+    wait(cust, has_text(".kefu-mine.kefu-read .kefu-meta", "Read"), "read, in the widget")
+
+    # the agent closes with a resolution and a category; the customer rates
+    desk.find_element(By.ID, "btn-close").click()
+    Select(desk.find_element(By.ID, "cl-resolution")).select_by_value("resolved")
+    Select(desk.find_element(By.ID, "cl-category")).select_by_value("consultation")
+    desk.find_element(By.ID, "cl-go").click()
+    wait(cust, lambda d: d.find_elements(By.CSS_SELECTOR, ".kefu-survey .kefu-star"), "the survey")
+    cust.find_elements(By.CSS_SELECTOR, ".kefu-star")[4].click()
+    cust.find_element(By.CSS_SELECTOR, ".kefu-comment").send_keys("很好 thanks")
+    cust.find_element(By.CSS_SELECTOR, ".kefu-rate").click()
+    wait(cust, has_text(".kefu-thanks", "Thank you"), "the thanks")
+
+    flat = H.redis_call(H.shard_addr(g.redis_addrs, "c:" + conv), "HGETALL",
+                        f"kefu:{{c:{conv}}}:meta")
+    m = dict(zip(flat[::2], flat[1::2]))
+    assert (m["state"], m["resolution"], m["category"], m["agent"], m["rating"]) == (
+        "closed", "resolved", "consultation", agent_id, "5"), m
+    # each page shows every message once, in the stored order
+    shown_cust = [e.text for e in cust.find_elements(By.CSS_SELECTOR, ".kefu-msg .kefu-text")]
+    assert shown_cust == ["Hello, 我想查一下订单", "您好，李先生 — hello, let me look", "订单号 12345"], \
+        shown_cust
+    browser.shot(desk, "together-workbench")
+    browser.shot(cust, "together-widget")
