@@ -40,6 +40,7 @@ static struct {
     char default_group[KF_GROUP_MAX + 1];
     char *routes;               /* routes and default_priority as published, for conv.open */
     char default_priority[8];
+    char *canned;               /* canned_replies as published */
     char doms[KF_STAFF_DOMAINS_MAX][KF_GROUP_MAX + 1];
     size_t ndoms;
     size_t ask;                 /* the domain whose copy the next read asks */
@@ -98,7 +99,7 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
         staff_resume();
         return;
     }
-    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
+    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 5) {
         if (sd.ndoms) sd.ask = (sd.ask + 1) % sd.ndoms;
         kf_debug("staff domains not read (%s); keeping what was read before",
                  err ? err : r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
@@ -106,7 +107,7 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
         return;
     }
     const redisReply *spec = r->element[0], *dg = r->element[1], *routes = r->element[2],
-                     *prio = r->element[3];
+                     *prio = r->element[3], *canned = r->element[4];
     const char *text = spec->type == REDIS_REPLY_STRING ? spec->str : "";
     char e[160];
     if (!kf_staff_domains_valid(text, e, sizeof(e))) {
@@ -124,6 +125,8 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
              dg->type == REDIS_REPLY_STRING && kf_group_valid(dg->str) ? dg->str : "default");
     kf_free(sd.routes);
     sd.routes = kf_strdup(routes->type == REDIS_REPLY_STRING ? routes->str : "");
+    kf_free(sd.canned);
+    sd.canned = kf_strdup(canned->type == REDIS_REPLY_STRING ? canned->str : "");
     snprintf(sd.default_priority, sizeof(sd.default_priority), "%s",
              prio->type == REDIS_REPLY_STRING && kf_priority_parse(prio->str) >= 0 ? prio->str
                                                                                    : "medium");
@@ -136,7 +139,8 @@ static void staff_read(void) {
     kf_key_staff_in(key, sd.ndoms ? sd.doms[sd.ask % sd.ndoms] : NULL, "config");
     sd.reading = 1;
     kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, key), on_staff_config, NULL,
-                 "HMGET %s staff_domains default_group routes default_priority", key);
+                 "HMGET %s staff_domains default_group routes default_priority canned_replies",
+                 key);
 }
 
 static void on_staff_tick(evutil_socket_t fd, short what, void *arg) {
@@ -160,7 +164,8 @@ void gw_staff_stop(void) {
     sd.ev = NULL;
     kf_free(sd.spec);
     kf_free(sd.routes);
-    sd.spec = sd.routes = NULL;
+    kf_free(sd.canned);
+    sd.spec = sd.routes = sd.canned = NULL;
 }
 
 int gw_staff_routing(const char **routes, const char **group, const char **priority) {
@@ -1122,6 +1127,44 @@ static void monitor(gw_conn *c, json_t *msg, const char *op) {
     }
 }
 
+/* canned.list: the worker's canned_replies, "label=text|label=text", as [{label, text}]. Read
+ * from the published configuration at each request (they are asked for once per sign-in), so a
+ * change shows at once; when that read fails, the copy the last periodic read kept. */
+static json_t *canned_parse(const char *p) {
+    json_t *list = json_array();
+    while (*p) {
+        const char *end = strchr(p, '|');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', len);
+        size_t ll = eq ? (size_t)(eq - p) : 0;
+        const char *text = eq ? eq + 1 : p;
+        size_t tl = len - (size_t)(text - p);
+        if (tl > 0)
+            json_array_append_new(list, json_pack("{s:s%, s:s%}", "label", p, ll, "text", text, tl));
+        p = end ? end + 1 : p + len;
+    }
+    return list;
+}
+
+static void on_canned(const redisReply *r, const char *err, void *priv) {
+    req_ctx *x = priv;
+    if (gw_conn_open(x->c)) {
+        const char *text = !err && r->type == REDIS_REPLY_STRING ? r->str
+                           : !err && r->type == REDIS_REPLY_NIL  ? ""
+                           : sd.canned ? sd.canned : "";
+        gw_reply_ok(x->c, x->req, json_pack("{s:o}", "replies", canned_parse(text)));
+    }
+    gw_ctx_free(x);
+}
+
+static void h_canned_list(gw_conn *c, json_t *msg) {
+    if (staff_defer(c, msg, h_canned_list)) return;
+    char key[KF_KEY_MAX];
+    kf_key_staff_in(key, sd.ndoms ? sd.doms[sd.ask % sd.ndoms] : NULL, "config");
+    kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, key), on_canned,
+                 gw_ctx_new(c, json_object_get(msg, "req")), "HGET %s canned_replies", key);
+}
+
 static void h_monitor_subscribe(gw_conn *c, json_t *msg) {
     if (!staff_defer(c, msg, h_monitor_subscribe)) monitor(c, msg, "subscribe");
 }
@@ -1137,6 +1180,7 @@ const gw_handler gw_handlers_agent[] = {
     {"group.transfers", R_SUP | R_ADMIN, h_group_transfers},
     {"conv.rate", R_CUST, h_conv_rate},
     {"conv.record", R_STAFF, h_conv_record},
+    {"canned.list", R_STAFF, h_canned_list},
     {"monitor.subscribe", R_SUP | R_ADMIN, h_monitor_subscribe},
     {"monitor.unsubscribe", R_SUP | R_ADMIN, h_monitor_unsubscribe},
     {NULL, 0, NULL},

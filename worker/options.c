@@ -68,6 +68,7 @@ const kf_option wk_option_table[] = {
 
     {"rate_window_ms", KF_OPT_INT, O(rate_window_ms), "86400000", 1000, BIG, 1, "how long after closing a customer may rate.", CLOSE},
     {"survey", KF_OPT_BOOL, O(survey), "yes", 0, 0, 1, "send `survey.request` to the customer on close.", CLOSE},
+    {"canned_replies", KF_OPT_STR, O(canned_replies), "", 0, 0, 1, "the standard lines agents pick in the workbench (greeting, closing, ...), published to the gateways and listed by `canned.list`: entries `label=text` separated by `|` (`greeting=您好，我是{agent}，很高兴为您服务|closing=感谢您的咨询，再见`); the workbench replaces `{customer}` and `{agent}`. Empty: the workbench's built-in lines.", CLOSE},
     {"monitor_ttl_ms", KF_OPT_INT, O(monitor_ttl_ms), "600000", 1000, BIG, 1, "a `monitor.subscribe` lasts this long.", CLOSE},
 
     {"repeat_threshold", KF_OPT_INT, O(repeat_threshold), "3", 0, 1000, 1, "alert monitoring supervisors (`alert` kind `repeat`) when one customer's conversations about the same category or topic ended unsatisfied (closed `unresolved`, or rated 2 stars or less) this many times within `repeat_window_ms`; 0 = off.", PATTERNS},

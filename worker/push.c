@@ -259,6 +259,7 @@ void wk_config_publish(void) {
                               "rate_window_ms", win,
                               "survey", o->survey ? "1" : "0",
                               "monitor_ttl_ms", ttl,
+                              "canned_replies", o->canned_replies,
                               "staff_domains", o->staff_domains,
                               "staff_domain", doms[i],
                               "published_by", wk.consumer,

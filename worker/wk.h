@@ -57,6 +57,7 @@ typedef struct wk_options {
     long long rate_window_ms;
     long long survey;
     long long monitor_ttl_ms;
+    char *canned_replies;
     /* patterns across conversations */
     long long repeat_threshold;
     long long repeat_window_ms;

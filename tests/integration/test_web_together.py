@@ -8,7 +8,8 @@ import pytest
 
 import kefu_harness as H
 from kefu_client import new_id
-from test_widget import customer_token, demo_url, has_text, open_widget, send, start_kefu
+from kefu_client import connect, run
+from test_widget import customer_token, demo_url, has_text, open_widget, send
 
 browser = pytest.importorskip("browser")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -16,6 +17,15 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 WAIT = 20
+CANNED = "greeting=您好，我是{agent}，{customer}您好|closing=感谢您的咨询，再见 Thank you, bye"
+
+
+def start(spawn, **wopts):
+    """One gateway serving the pages, and a worker publishing the canned replies."""
+    shards = [spawn.redis()]
+    g = spawn.gateway(shards, name="g0", web_connect_src="ws://127.0.0.1:*")
+    spawn.worker(shards, name="wk", offline_grace_ms=60000, **wopts)
+    return g
 
 
 def wait(drv, cond, what, timeout=WAIT):
@@ -34,7 +44,7 @@ def text_of(drv, sel):
 
 
 def test_widget_and_workbench_chat_close_and_rate(spawn):
-    (g,) = start_kefu(spawn, bots=False)
+    g = start(spawn, canned_replies=CANNED)
     base = f"http://{g.host}:{g.port}"
     agent_id = new_id("agt")
     tok = H.make_token(agent_id, "agent", name="Wang Fang", skills=["default"], max_chats=3)
@@ -60,11 +70,17 @@ def test_widget_and_workbench_chat_close_and_rate(spawn):
     row.click()
     wait(desk, lambda d: "我想查一下订单" in text_of(d, "#msgs"), "the customer's message")
 
+    # the greeting from the worker's canned_replies, with the names filled in
+    wait(desk, lambda d: "greeting: " in text_of(d, "#canned option"), "the configured replies")
+    Select(desk.find_element(By.ID, "canned")).select_by_index(1)
+    assert desk.find_element(By.ID, "text").get_attribute("value") == "您好，我是Wang Fang，Li Lei您好"
+    desk.find_element(By.ID, "send").click()
+    wait(cust, has_text(".kefu-theirs .kefu-text", "我是Wang Fang"), "the greeting")
     # the agent types: the widget shows it; then answers in Chinese and English
     box = desk.find_element(By.ID, "text")
-    box.send_keys("您好")
+    box.send_keys("李先生")
     wait(cust, has_text(".kefu-typing", "Wang Fang"), "the agent typing, in the widget")
-    box.send_keys("，李先生 — hello, let me look")
+    box.send_keys(" — hello, let me look")
     box.send_keys(Keys.ENTER)
     wait(cust, has_text(".kefu-theirs .kefu-text", "let me look"), "the agent's reply")
     # the customer's panel is open: the workbench marks its message read
@@ -97,7 +113,33 @@ def test_widget_and_workbench_chat_close_and_rate(spawn):
         "closed", "resolved", "consultation", agent_id, "5"), m
     # each page shows every message once, in the stored order
     shown_cust = [e.text for e in cust.find_elements(By.CSS_SELECTOR, ".kefu-msg .kefu-text")]
-    assert shown_cust == ["Hello, 我想查一下订单", "您好，李先生 — hello, let me look", "订单号 12345"], \
-        shown_cust
+    assert shown_cust == ["Hello, 我想查一下订单", "您好，我是Wang Fang，Li Lei您好",
+                          "李先生 — hello, let me look", "订单号 12345"], shown_cust
     browser.shot(desk, "together-workbench")
     browser.shot(cust, "together-widget")
+
+
+def test_canned_list_gives_the_workers_lines_to_staff_only(spawn):
+    g = start(spawn, canned_replies=CANNED + "|=no label|empty=")
+
+    async def body():
+        agent = await connect(g, "agent", "msgpack")
+        r = await agent.ok("canned.list")
+        assert r["replies"] == [
+            {"label": "greeting", "text": "您好，我是{agent}，{customer}您好"},
+            {"label": "closing", "text": "感谢您的咨询，再见 Thank you, bye"},
+            {"label": "", "text": "no label"}], r
+        sup = await connect(g, "supervisor", "json")
+        assert len((await sup.ok("canned.list"))["replies"]) == 3
+        cust = await connect(g, "customer", "json")
+        await cust.err("forbidden", "canned.list")
+    run(body())
+
+
+def test_canned_list_is_empty_without_the_option(spawn):
+    g = start(spawn)
+
+    async def body():
+        agent = await connect(g, "agent", "json")
+        assert (await agent.ok("canned.list"))["replies"] == []
+    run(body())

@@ -21,14 +21,24 @@ for (const kv of (cfg.params.get("sla") || "").split(",").filter(Boolean)) {
 }
 const slaOf = (ch) => SLA[ch] || SLA["*"];
 
-/* Canned replies: standard greeting and closing lines. The protocol publishes no such
- * configuration to clients, so they are a page setting: these defaults, or the list saved in
- * localStorage under kefu.canned (one line per reply; {customer} is the customer's name). */
+/* Canned replies: standard greeting and closing lines. The worker's canned_replies, listed by
+ * canned.list once signed in; without them, the list saved in localStorage under kefu.canned
+ * (one line per reply), else these defaults. {customer} is the customer's name, {agent} the
+ * agent's. */
 function cannedLines() {
   const saved = localStorage.getItem("kefu.canned");
-  if (saved) return saved.split("\n").filter(Boolean);
-  return [t("greet1"), t("greet2"), t("close1"), t("close2")];
+  if (saved) return saved.split("\n").filter(Boolean).map((l) => ({ label: l, text: l }));
+  return [t("greet1"), t("greet2"), t("close1"), t("close2")].map((l) => ({ label: l, text: l }));
 }
+
+function fillCanned(replies) {
+  $("canned").replaceChildren(el("option", { value: "", text: t("canned") }));
+  for (const r of replies) {
+    const label = r.label && r.label !== r.text ? `${r.label}: ${r.text}` : r.text;
+    $("canned").append(el("option", { value: r.text, text: label }));
+  }
+}
+let agentName = "";
 
 function setup() {
   document.documentElement.lang = navigator.language || "en";
@@ -51,12 +61,12 @@ function setup() {
   $("btn-transfer").textContent = t("transfer");
   $("btn-close").textContent = t("close");
   $("back").onclick = () => { document.body.className = "show-list"; sel = null; renderList(); };
-  $("canned").append(el("option", { value: "", text: t("canned") }));
-  for (const line of cannedLines()) $("canned").append(el("option", { value: line, text: line }));
+  fillCanned(cannedLines());
   $("canned").onchange = () => {
     const c = convs.get(sel);
     const name = c?.info.customer_name || "";
-    $("text").value = $("canned").value.replaceAll("{customer}", name);
+    $("text").value = $("canned").value.replaceAll("{customer}", name)
+      .replaceAll("{agent}", agentName);
     $("canned").value = "";
     $("text").focus();
   };
@@ -390,6 +400,10 @@ k.on("_conn", (s) => {
 k.on("welcome", (w) => {
   $("who").textContent = w.name;
   $("who").title = w.user;
+  agentName = w.name || "";
+  k.request("canned.list").then((r) => {
+    if (r.replies && r.replies.length) fillCanned(r.replies);
+  }).catch(() => {});
   refresh();
 });
 k.on("conv.assigned", (p) => {
