@@ -64,27 +64,72 @@ static void conv_id_new(char out[25]) {
     for (int i = 0; i < 12; i++) sprintf(out + 2 * i, "%02x", rnd[i]);
 }
 
-static void open_step_done(const redisReply *r, const char *err, void *priv) {
-    req_ctx *x = priv;
+/* What conv.open does once the conversation's own keys are stored: put it in its group's queue,
+ * then tell the customer's conversation set and the worker (kept writes), then answer. In that
+ * order, so a conversation whose keys could not be stored (its master is down) never waits in
+ * a queue, where the worker would reserve an agent for it, nor in the customer's set. */
+struct open_then {
+    req_ctx *x;
+    int queue, prio, level;
+    long long queued_us;
+    char sub[KF_SUB_MAX + 1], channel[KF_CHANNEL_MAX + 1], now[24], level_s[8];
+    char prio_name[8], group[KF_GROUP_MAX + 1];
+};
+
+static int step_failed(req_ctx *x, const redisReply *r, const char *err) {
     if (err && !x->err) x->err = err;
     if (!err && r->type == REDIS_REPLY_ERROR && !x->err) x->err = "unavailable";
-    if (--x->pending > 0) return;
+    return x->err != NULL;
+}
+
+static void open_finish(struct open_then *ot) {
+    req_ctx *x = ot->x;
     if (x->err) {
         gw_reply_failure(x);
-    } else {
-        /* with bots the conversation starts in state "bot" (gateway/bot.c) */
-        const char *st = gw_hooks_new_state();
-        gw_reply_ok(x->c, x->req, json_pack("{s:s, s:s, s:s}", "conv", x->conv, "ticket", x->ticket,
-                                         "state", st));
-        if (x->c->ident.sub) {
-            const char *u[1] = {x->c->ident.sub};
-            gw_route_push(json_pack("{s:s, s:s, s:s, s:s}", "type", "conv.state", "conv", x->conv,
-                                    "state", st, "ticket", x->ticket),
-                          u, 1, x->c);
-        }
-        gw_hooks_conv_opened(x->conv);
+        goto out;
     }
+    char convs[KF_KEY_MAX], lkey[KF_KEY_MAX];
+    kf_key_user_convs(convs, ot->sub);
+    const char *sargv[] = {"SADD", convs, x->conv};
+    gw_redis_kept(convs, 3, sargv);
+    kf_key_lifecycle(lkey, kf_part_of(x->conv));
+    const char *largv[] = {"XADD", lkey, "MAXLEN", "~", "1000000", "*", "ev", "opened",
+                           "conv", x->conv, "by", ot->sub, "ts", ot->now, "channel", ot->channel,
+                           "ticket", x->ticket, "level", ot->level_s, "group", ot->group,
+                           "priority", ot->prio_name};
+    gw_redis_kept(lkey, 24, largv);
+    /* with bots the conversation starts in state "bot" (gateway/bot.c) */
+    const char *st = gw_hooks_new_state();
+    gw_reply_ok(x->c, x->req, json_pack("{s:s, s:s, s:s}", "conv", x->conv, "ticket", x->ticket,
+                                     "state", st));
+    if (x->c->ident.sub) {
+        const char *u[1] = {x->c->ident.sub};
+        gw_route_push(json_pack("{s:s, s:s, s:s, s:s}", "type", "conv.state", "conv", x->conv,
+                                "state", st, "ticket", x->ticket),
+                      u, 1, x->c);
+    }
+    gw_hooks_conv_opened(x->conv);
+out:
     gw_ctx_free(x);
+    kf_free(ot);
+}
+
+static void open_queued(const redisReply *r, const char *err, void *priv) {
+    struct open_then *ot = priv;
+    step_failed(ot->x, r, err);
+    open_finish(ot);
+}
+
+/* The conversation's meta and record entries (one slot): then the queue, or the end. */
+static void open_step_done(const redisReply *r, const char *err, void *priv) {
+    struct open_then *ot = priv;
+    req_ctx *x = ot->x;
+    step_failed(x, r, err);
+    if (--x->pending > 0) return;
+    if (!x->err && ot->queue)
+        gw_queue_add(x->conv, ot->group, ot->prio, ot->level, ot->queued_us, open_queued, ot);
+    else
+        open_finish(ot);
 }
 
 /* conv.open waits for two answers before it stores anything: the ticket number and the routing
@@ -128,8 +173,7 @@ static void open_store(struct open_args *oa) {
     }
     open_route(oa);
     const char *prio = kf_priority_name((kf_priority)oa->prio);
-    char id[25], meta[KF_KEY_MAX], convs[KF_KEY_MAX], log[KF_KEY_MAX], now[24], level[8],
-        queued[24];
+    char id[25], meta[KF_KEY_MAX], log[KF_KEY_MAX], now[24], level[8], queued[24];
     conv_id_new(id);
     snprintf(x->conv, sizeof(x->conv), "%s", id);
     snprintf(x->group, sizeof(x->group), "%s", oa->group);
@@ -141,36 +185,36 @@ static void open_store(struct open_args *oa) {
     const int queue = !strcmp(state, "waiting"); /* else a hook (the bots) queues it later */
     kf_key_conv_meta(meta, id);
     kf_key_conv_log(log, id);
-    kf_key_user_convs(convs, c->ident.sub);
     const char *argv[] = {"HSET", meta, "customer", c->ident.sub, "customer_name", c->ident.name,
                           "channel", oa->channel, "topic", oa->topic ? oa->topic : "",
                           "ticket", x->ticket, "state", state, "created", now,
                           "level", level, "group", oa->group, "priority", prio,
                           "queued_us", queue ? queued : "0", "assign_seq", "0"};
-    /* Answered once the conversation's own keys and its queue entry are stored (a bot
-     * conversation is queued at its handoff, gateway/bot.c). The customer's conversation set
-     * and the worker's lifecycle event follow as kept writes: another master being down
-     * (the event's partition's, the user's) must neither fail the request nor leave a conversation
-     * the customer was told did not open sitting in the queue. */
-    x->pending = queue ? 4 : 2;
+    /* Answered once the conversation's own keys and then its queue entry are stored (a bot
+     * conversation is queued at its handoff, gateway/bot.c): see open_finish. The customer's
+     * conversation set and the worker's lifecycle event follow as kept writes: another master
+     * being down (the event's partition's, the user's) must not fail the request. */
+    struct open_then *ot = kf_calloc(1, sizeof(*ot));
+    ot->x = x;
+    ot->queue = queue;
+    ot->prio = oa->prio;
+    ot->level = c->ident.level;
+    ot->queued_us = queued_us;
+    snprintf(ot->sub, sizeof(ot->sub), "%s", c->ident.sub);
+    snprintf(ot->channel, sizeof(ot->channel), "%s", oa->channel);
+    snprintf(ot->now, sizeof(ot->now), "%s", now);
+    snprintf(ot->level_s, sizeof(ot->level_s), "%s", level);
+    snprintf(ot->prio_name, sizeof(ot->prio_name), "%s", prio);
+    snprintf(ot->group, sizeof(ot->group), "%s", oa->group);
+    x->pending = queue ? 3 : 2;
     unsigned slot = kf_redis_slot(gw->redis, meta);
-    kf_redis_argv(gw->redis, slot, open_step_done, x, 26, argv, NULL);
+    kf_redis_argv(gw->redis, slot, open_step_done, ot, 26, argv, NULL);
     const char *oargv[] = {"XADD", log, "*", "ev", "opened", "by", c->ident.sub, "ts", now,
                            "channel", oa->channel, "ticket", x->ticket};
-    kf_redis_argv(gw->redis, slot, open_step_done, x, 13, oargv, NULL);
+    kf_redis_argv(gw->redis, slot, open_step_done, ot, 13, oargv, NULL);
     const char *qargv[] = {"XADD", log, "*", "ev", "queued", "by", c->ident.sub, "ts", now,
                            "group", oa->group, "priority", prio, "level", level};
-    if (queue) kf_redis_argv(gw->redis, slot, open_step_done, x, 15, qargv, NULL);
-    if (queue) gw_queue_add(id, oa->group, oa->prio, c->ident.level, queued_us, open_step_done, x);
-    const char *sargv[] = {"SADD", convs, id};
-    gw_redis_kept(convs, 3, sargv);
-    char lkey[KF_KEY_MAX];
-    kf_key_lifecycle(lkey, kf_part_of(id));
-    const char *largv[] = {"XADD", lkey, "MAXLEN", "~", "1000000", "*", "ev", "opened",
-                           "conv", id, "by", c->ident.sub, "ts", now, "channel", oa->channel,
-                           "ticket", x->ticket, "level", level, "group", oa->group,
-                           "priority", prio};
-    gw_redis_kept(lkey, 24, largv);
+    if (queue) kf_redis_argv(gw->redis, slot, open_step_done, ot, 15, qargv, NULL);
     x = NULL;
 out:
     if (x) gw_ctx_free(x);

@@ -590,3 +590,43 @@ def test_master_down_stalls_only_its_partitions(spawn):
             return any(dict(zip(kv[::2], kv[1::2])).get("conv") == c
                        for _id, kv in rc.call("XRANGE", H.lifecycle_key(p), "-", "+"))
         wait_for(stored, 10, f"the opened event of {c} in partition {p}")
+
+
+def test_open_that_fails_on_a_frozen_master_leaves_no_queue_entry(spawn):
+    """conv.open stores the conversation's own keys first and queues it only then: a new
+    conversation whose keys fall on a frozen master is answered `unavailable` and never waits
+    in the queue (where a worker would reserve an agent for a conversation that does not
+    exist), nor in the customer's set of conversations."""
+    rc = spawn.redis_cluster(replicas=0)
+    g = spawn.gateway(rc.addrs, name="openq", redis_timeout_ms=1000)
+    slots = rc.slots()
+    queue = "kefu:{q:default}:waiting"
+    victim = next(m for m in rc.masters_now(slots) if m is not rc.master_of(queue, slots))
+    day = time.strftime("%Y%m%d")
+    channel = next(ch for ch in (f"ch{i}" for i in range(100))
+                   if rc.master_of(f"kefu:{{t:{ch}-{day}}}:seq", slots) is not victim)
+
+    async def body():
+        sub = rc.user_id("cust", slots, off=victim)
+        cust = await connect(g, "customer", "json", sub=sub, channel=channel)
+        os.kill(victim.pid, signal.SIGSTOP)
+        ok, failed = [], 0
+        try:
+            for _ in range(40):
+                r = await cust.request("conv.open", _timeout=10)
+                if r["type"] == "ok":
+                    ok.append(r["conv"])
+                else:
+                    assert r["code"] == "unavailable", r
+                    failed += 1
+                if failed >= 2 and len(ok) >= 2:
+                    break
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        assert failed >= 2 and len(ok) >= 2, (failed, ok)
+        return sub, ok
+    sub, ok = run(body(), timeout=90)
+    # only the conversations that were opened wait, and only they are the customer's
+    assert sorted(rc.call("ZRANGE", queue, "0", "-1")) == sorted(ok)
+    wait_for(lambda: sorted(rc.call("SMEMBERS", f"kefu:{{u:{sub}}}:convs")) == sorted(ok), 10,
+             "the customer's conversations")
