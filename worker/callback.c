@@ -2,7 +2,7 @@
  * connection on a gateway closes, that gateway writes a `customer_left` lifecycle event. Its
  * worker schedules a check callback_grace_ms later in the sorted set kefu:{cb}:checks (member:
  * the customer, so leaving again pushes the one check later: ZADD GT). Any worker may run a due
- * check: callback_claim.lua hands each to one of them under a lease (sla_lease_ms), as SLA
+ * check: lease_claim.lua hands each to one of them under a lease (sla_lease_ms), as SLA
  * deadlines are. The check looks at the customer's presence on every node: connected again
  * anywhere, nothing happens. Otherwise, for each of their conversations still waiting or
  * assigned, callback_check.lua records `customer_left` in the record (once per check), and
@@ -233,7 +233,7 @@ static void on_claimed(const redisReply *r, const char *err, void *priv) {
     (void)priv;
     cb.claiming = 0;
     if (wk.stopping || err || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
-        if (!err && r && r->type == REDIS_REPLY_ERROR) kf_error("callback_claim: %s", r->str);
+        if (!err && r && r->type == REDIS_REPLY_ERROR) kf_error("lease_claim (customer-left checks): %s", r->str);
         return;
     }
     for (size_t i = 1; i < r->elements; i++)
@@ -258,8 +258,8 @@ static void claim(void) {
     snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
     snprintf(max, sizeof(max), "%d", CLAIM_MAX);
     snprintf(lease, sizeof(lease), "%lld", wk.opt.sla_lease_ms);
-    const char *argv[] = {KF_KEY_CB_CHECKS, KF_KEY_CB_FIRING, now, max, lease};
-    kf_redis_script(wk.redis, cb.slot, "callback_claim", on_claimed, NULL, 2, 5, argv, NULL);
+    const char *argv[] = {KF_KEY_CB_CHECKS, KF_KEY_CB_FIRING, now, max, lease, "due"};
+    kf_redis_script(wk.redis, cb.slot, "lease_claim", on_claimed, NULL, 2, 6, argv, NULL);
 }
 
 static void on_poll(evutil_socket_t fd, short what, void *arg) {

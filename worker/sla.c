@@ -2,7 +2,7 @@
  * set kefu:{sla:<k>-..}:timers of its conversation's partition (include/kefu/keys.h) scored by
  * when it is due (the deadline itself, or later for a step that follows a breach: the alert is
  * due sla_alert_after_ms after the deadline it reports on), so they survive restarts and any
- * worker may fire them. sla_claim.lua moves the due ones of a partition into its
+ * worker may fire them. lease_claim.lua moves the due ones of a partition into its
  * kefu:{sla:<k>-..}:firing under a lease: each is handed to one worker. That worker runs
  * sla_fire.lua on the conversation, which decides (answered? reassigned? closed?) and records
  * the breach once (HSETNX), then pushes and removes it from the firing set. A worker that dies
@@ -443,7 +443,7 @@ static void on_claimed(const redisReply *r, const char *err, void *priv) {
     struct part *pt = priv;
     pt->claiming = 0;
     if (wk.stopping || err || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
-        if (!err && r && r->type == REDIS_REPLY_ERROR) kf_error("sla_claim: %s", r->str);
+        if (!err && r && r->type == REDIS_REPLY_ERROR) kf_error("lease_claim (SLA deadlines): %s", r->str);
         return;
     }
     int64_t now = wk_now_ms();
@@ -480,7 +480,7 @@ static void claim(struct part *pt) {
     snprintf(max, sizeof(max), "%d", CLAIM_MAX);
     snprintf(lease, sizeof(lease), "%lld", wk.opt.sla_lease_ms);
     const char *argv[] = {pt->timers, pt->firing, now, max, lease};
-    kf_redis_script(wk.redis, pt->slot, "sla_claim", on_claimed, pt, 2, 5, argv, NULL);
+    kf_redis_script(wk.redis, pt->slot, "lease_claim", on_claimed, pt, 2, 5, argv, NULL);
 }
 
 /* Claims the partitions with a deadline due, and those not looked at for SCAN_MS. */
