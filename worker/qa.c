@@ -17,15 +17,12 @@
 #include "kefu/hash.h"
 #include "kefu/keys.h"
 #include "kefu/log.h"
-#include "kefu/tz.h"
 #include "wk.h"
 
 #define QA_TICK_MS 1000
 #define QA_RETRY_MS 10000 /* after a failed draw: Redis trouble is logged once per this */
 
 static struct {
-    kf_tz tz;
-    char tz_name[128]; /* the stats_timezone tz was loaded from (SIGHUP may change it) */
     int64_t done_day; /* the last day (days since 1970-01-01) known to have its sample */
     int busy;         /* a draw is under way */
     int64_t retry_at; /* no draw before this (ms) after a failure */
@@ -59,34 +56,6 @@ int wk_qa_check(const wk_options *o, char *err, size_t errlen) {
         return -1;
     }
     return 0;
-}
-
-/* Loads stats_timezone when it changed (at start, after a SIGHUP); the previous zone stays
- * when the new one cannot be loaded (the option check loaded it already: unlikely). */
-static void tz_follow(void) {
-    if (!strcmp(qa.tz_name, wk.opt.stats_timezone)) return;
-    kf_tz fresh;
-    char err[200];
-    if (kf_tz_load(&fresh, wk.opt.stats_timezone, err, sizeof(err)) < 0) {
-        if (!qa.tz_name[0]) kf_tz_load(&qa.tz, "UTC", err, sizeof(err));
-    } else {
-        if (qa.tz_name[0]) kf_tz_free(&qa.tz);
-        qa.tz = fresh;
-    }
-    snprintf(qa.tz_name, sizeof(qa.tz_name), "%s", wk.opt.stats_timezone);
-}
-
-/* The local day (days since 1970-01-01) of unix time t_s. */
-static int64_t local_day(int64_t t_s) {
-    int64_t l = t_s + kf_tz_offset(&qa.tz, t_s);
-    return l >= 0 ? l / 86400 : -((-l + 86399) / 86400);
-}
-
-static void day_str(int64_t day, char out[16]) {
-    int64_t y;
-    int m, d;
-    kf_civil_from_days(day, &y, &m, &d);
-    snprintf(out, 16, "%04lld%02d%02d", (long long)y, m, d);
 }
 
 static void draw_free(struct draw *dr) {
@@ -199,8 +168,8 @@ static void draw_sample(struct draw *dr) {
     char info[KF_KEY_MAX], sample[KF_KEY_MAX], expire[24], sn[24], sk[24], smin[24], at[24];
     kf_key_qa(info, dr->d, "info");
     kf_key_qa(sample, dr->d, "sample");
-    /* kept as long as the day's statistics (stats.c: stats_days after the day) */
-    snprintf(expire, sizeof(expire), "%lld", (long long)(dr->day + 1 + wk.opt.stats_days) * 86400);
+    /* kept as long as the day's statistics */
+    snprintf(expire, sizeof(expire), "%lld", wk_stats_expire_at(dr->day));
     snprintf(sn, sizeof(sn), "%zu", n);
     snprintf(sk, sizeof(sk), "%zu", k);
     snprintf(smin, sizeof(smin), "%lld", min);
@@ -260,14 +229,14 @@ static void on_agents(const redisReply *r, const char *err, void *priv) { on_rea
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
     if (qa.busy || wk.draining || wk.stopping || wk_now_ms() < qa.retry_at) return;
-    tz_follow();
-    /* the day before the one (now - qa_delay_s) falls in */
-    int64_t day = local_day(wk_now_ms() / 1000 - wk.opt.qa_delay_s) - 1;
+    /* the day before the one (now - qa_delay_s) falls in, in stats_timezone (stats.c loads
+     * it, at start and on SIGHUP) */
+    int64_t day = wk_stats_day(wk_now_ms() / 1000 - wk.opt.qa_delay_s) - 1;
     if (day == qa.done_day) return;
     char info[KF_KEY_MAX];
     struct draw *dr = kf_calloc(1, sizeof(*dr));
     dr->day = day;
-    day_str(day, dr->d);
+    wk_stats_day_str(day, dr->d);
     kf_key_qa(info, dr->d, "info");
     char closed[KF_KEY_MAX], agent[KF_KEY_MAX];
     kf_key_stats(closed, dr->d, "closed");
@@ -286,12 +255,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
 }
 
 void wk_qa_start(void) {
-    tz_follow();
     qa.done_day = INT64_MIN;
     qa.tick = wk_timer_every(QA_TICK_MS, on_tick, NULL);
 }
 
 void wk_qa_stop(void) {
     event_free(qa.tick);
-    kf_tz_free(&qa.tz);
 }

@@ -49,6 +49,20 @@ void wk_stats_stop(void) {
     tz_loaded = 0;
 }
 
+int64_t wk_stats_day(int64_t t_s) {
+    int64_t local = t_s + kf_tz_offset(&tz, t_s);
+    return local >= 0 ? local / 86400 : -((-local + 86399) / 86400);
+}
+
+void wk_stats_day_str(int64_t day, char out[12]) {
+    int64_t y;
+    int m, d;
+    kf_civil_from_days(day, &y, &m, &d);
+    snprintf(out, 12, "%04lld%02d%02d", (long long)y, m, d);
+}
+
+long long wk_stats_expire_at(int64_t day) { return (long long)(day + 1 + wk.opt.stats_days) * 86400; }
+
 /* The local day (YYYYMMDD) and hour of a unix time in ms, and when that day's keys expire. */
 typedef struct day {
     char ymd[12];
@@ -58,14 +72,10 @@ typedef struct day {
 
 static void day_of(long long ms, day *d) {
     int64_t s = ms / 1000;
-    int64_t local = s + kf_tz_offset(&tz, s);
-    int64_t days = local >= 0 ? local / 86400 : -((-local + 86399) / 86400);
-    int64_t y;
-    int m, dd;
-    kf_civil_from_days(days, &y, &m, &dd);
-    snprintf(d->ymd, sizeof(d->ymd), "%04lld%02d%02d", (long long)y, m, dd);
-    d->hour = (int)((local - days * 86400) / 3600);
-    d->expire_at = (long long)(days + 1 + wk.opt.stats_days) * 86400;
+    int64_t days = wk_stats_day(s);
+    wk_stats_day_str(days, d->ymd);
+    d->hour = (int)((s + kf_tz_offset(&tz, s) - days * 86400) / 3600);
+    d->expire_at = wk_stats_expire_at(days);
 }
 
 /* ---- one call of stats_apply.lua, built up ---- */
@@ -94,7 +104,7 @@ static const char *own(apply *a, const char *fmt, ...) {
 /* Key index (1-based, as KEYS in the script) of kefu:{st:D}:<suffix>, added when new. */
 static int key(apply *a, const char *suffix) {
     char k[KF_KEY_MAX];
-    snprintf(k, sizeof(k), "kefu:{st:%s}:%s", a->d.ymd, suffix);
+    kf_key_stats(k, a->d.ymd, suffix);
     for (int i = 0; i < a->nkeys; i++)
         if (!strcmp(a->keys[i], k)) return i + 1;
     if (a->nkeys == KEYS_MAX) abort(); /* a caller's bug: the sets below fit */
@@ -506,8 +516,8 @@ static void on_fcr_record(const redisReply *r, const char *err, void *priv) {
             apply a;
             apply_init(&a, closed_at, "fcr-taken-back", f[0]);
             snprintf(a.d.ymd, sizeof(a.d.ymd), "%s", f[2]); /* the day it was counted on */
-            snprintf(a.keys[0], KF_KEY_MAX, "kefu:{st:%s}:seen", f[2]);
-            snprintf(a.keys[1], KF_KEY_MAX, "kefu:{st:%s}:n", f[2]);
+            kf_key_stats(a.keys[0], f[2], "seen");
+            kf_key_stats(a.keys[1], f[2], "n");
             count4(&a, "fcr", f[3], f[4], f[5], -1);
             apply_send(&a, ap);
         }

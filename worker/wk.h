@@ -183,6 +183,12 @@ void wk_patterns_opened(wk_job *j, const char *conv);
 /** Loads stats_timezone; at start and on SIGHUP (0, or -1 with a reason). */
 int wk_stats_configure(const wk_options *o, char *err, size_t errlen);
 void wk_stats_stop(void);
+/** The local day of stats_timezone (days since 1970-01-01) of unix time t_s. */
+int64_t wk_stats_day(int64_t t_s);
+/** That day as YYYYMMDD, the statistics keys' tag. */
+void wk_stats_day_str(int64_t day, char out[12]);
+/** When the day's statistics keys expire (unix s): stats_days after the day. */
+long long wk_stats_expire_at(int64_t day);
 void wk_stats_opened(wk_job *j, const char *conv, long long ts);
 void wk_stats_closed(wk_job *j, const char *conv, long long ts);
 void wk_stats_rated(wk_job *j, const char *conv, long long ts, long long stars);
