@@ -160,21 +160,6 @@ int main(int argc, char **argv) {
 
     int alive = nprocs, due = 0, stopping = 0, failed = 0;
     while (alive > 0 || due > 0) {
-        if (got_term) {
-            got_term = 0;
-            kf_info("SIGTERM: draining %d processes", alive);
-            for (int i = 0; i < nprocs; i++) {
-                if (pids[i] > 0) kill(pids[i], SIGTERM);
-                restart_at[i] = 0; /* no restarts from now on */
-            }
-            due = 0;
-            stopping = 1;
-        }
-        if (got_hup) {
-            got_hup = 0;
-            for (int i = 0; i < nprocs; i++)
-                if (pids[i] > 0) kill(pids[i], SIGHUP);
-        }
         int status;
         pid_t pid;
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
@@ -185,8 +170,14 @@ int main(int argc, char **argv) {
                 int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
                 int64_t ran = mono_ms() - started[i];
                 if (stopping) {
-                    /* Shutting down: the exit status reports how the processes ended now. */
-                    if (!clean) failed = 1;
+                    /* Shutting down: the exit status reports how the processes ended now. A
+                     * death that raced the SIGTERM is still told, not taken for a drain. */
+                    if (!clean) {
+                        failed = 1;
+                        kf_error("process %d (pid %d) died (%s %d) while draining", i, (int)pid,
+                                 WIFSIGNALED(status) ? "signal" : "exit status",
+                                 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+                    }
                     break;
                 }
                 if (WIFEXITED(status) && WEXITSTATUS(status) == 1 && ran < 2000) {
@@ -205,6 +196,22 @@ int main(int argc, char **argv) {
                 due++;
                 break;
             }
+        }
+        /* after reaping, so that the count is true and a death just before is told as one */
+        if (got_term) {
+            got_term = 0;
+            kf_info("SIGTERM: draining %d processes", alive);
+            for (int i = 0; i < nprocs; i++) {
+                if (pids[i] > 0) kill(pids[i], SIGTERM);
+                restart_at[i] = 0; /* no restarts from now on */
+            }
+            due = 0;
+            stopping = 1;
+        }
+        if (got_hup) {
+            got_hup = 0;
+            for (int i = 0; i < nprocs; i++)
+                if (pids[i] > 0) kill(pids[i], SIGHUP);
         }
         int64_t now = mono_ms(), next = -1;
         for (int i = 0; i < nprocs && due > 0; i++) {

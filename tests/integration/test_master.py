@@ -115,6 +115,8 @@ def test_restart_then_sigterm_is_not_missed(spawn, cluster):
         g.proc.send_signal(signal.SIGTERM)
         assert_exits_promptly(g, f"after a restart, round {i}")
         log = g.proc.log_text()
-        assert "died (signal 9); restarting" in log
+        # SIGTERM may reach the master before it reaps the killed process: the death is then
+        # told as one "while draining", and nothing is restarted either way
+        assert "died (signal 9)" in log, log
         after = log.split("SIGTERM: draining", 1)[1]
         assert "restarting" not in after, after
