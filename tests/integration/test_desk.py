@@ -11,6 +11,8 @@ them. Set KEFU_SCREENSHOT_DIR=docs/screenshots to refresh the README's pictures.
 
 import asyncio
 import functools
+import os
+import signal
 import http.server
 import threading
 from pathlib import Path
@@ -245,7 +247,9 @@ def test_workbench_reconnects_without_gaps(spawn, web):
                         agent_token(new_id("agt"), "Alice")))
         # 25 messages before an agent is there: the assignment carries the last 20, the page
         # reads the earlier ones on demand
-        cust = await connect(wc.n2, "customer", "json", name="Carol")
+        # the customer on a third gateway, so that it can write while the page has none
+        n3 = spawn.gateway(wc.shards, name="wc")
+        cust = await connect(n3, "customer", "json", name="Carol")
         conv = await open_waiting(cust)
         early = [f"early {i}" for i in range(25)]
         for text in early:
@@ -260,13 +264,22 @@ def test_workbench_reconnects_without_gaps(spawn, web):
         await send_msg(cust, conv, "one 一")
         await until(da, lambda d: "one 一" in text_of(d, "#msgs"), what="the first message")
 
-        wc.n1.proc.expect_exit = True
-        wc.n1.proc.kill_group()
-        await until(da, lambda d: "online" not in d.find_element(By.ID, "conn").get_attribute("class"),
-                    what="the page noticed")
-        da.find_element(By.ID, "text").send_keys("typed while offline", Keys.ENTER)
-        for text in ("two 二", "three 三"):
-            await send_msg(cust, conv, text)
+        # n2 is held stopped while n1 dies, so that the page stays offline (it could otherwise
+        # be back on n2 between two polls) while it types and the customer writes
+        os.killpg(wc.n2.proc.pid, signal.SIGSTOP)
+        try:
+            wc.n1.proc.expect_exit = True
+            wc.n1.proc.kill_group()
+            await until(da, lambda d: "online" not in d.find_element(By.ID, "conn").get_attribute("class"),
+                        what="the page noticed")
+            da.find_element(By.ID, "text").send_keys("typed while offline", Keys.ENTER)
+            for text in ("two 二", "three 三"):
+                await send_msg(cust, conv, text)
+        finally:
+            os.killpg(wc.n2.proc.pid, signal.SIGCONT)
+        on_n2 = lambda d: (d.find_element(By.ID, "conn").get_attribute("class") == "conn online"
+                           and d.find_element(By.ID, "conn").get_attribute("data-url") == wc.n2.ws_url)
+        await until(da, on_n2, timeout=30, what="the page back online, on the other gateway")
         await until(da, lambda d: "three 三" in text_of(d, "#msgs"), timeout=30,
                     what="the missed messages after the reconnect")
         got = await cust.next_push("msg", conv=conv, timeout=20)

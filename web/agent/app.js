@@ -394,6 +394,7 @@ function tick() {
 k.on("_conn", (s) => {
   const e = $("conn");
   e.className = "conn " + s.state;
+  if (s.url) e.dataset.url = s.url; // the gateway tried or in use (for operators and tests)
   e.textContent = t(s.state === "offline" ? "offline_conn" : s.state);
   if (s.state === "refused") notice(s.message || "");
 });
