@@ -138,8 +138,10 @@ struct open_args {
     req_ctx *x;
     char channel[KF_CHANNEL_MAX + 1];
     char day[9];
+    char conv[25];        /* the new conversation's id: its partition numbers the ticket */
     char *topic;
     int pending;          /* ticket and configuration answers outstanding */
+    int part;             /* partition of the ticket counter; -1: the single counter */
     long long seq;        /* ticket sequence, 0 when the ticket failed */
     const char *err;
     char *routes;         /* published route rules, NULL when none */
@@ -174,7 +176,7 @@ static void open_store(struct open_args *oa) {
     open_route(oa);
     const char *prio = kf_priority_name((kf_priority)oa->prio);
     char id[25], meta[KF_KEY_MAX], log[KF_KEY_MAX], now[24], level[8], queued[24];
-    conv_id_new(id);
+    memcpy(id, oa->conv, sizeof(id));
     snprintf(x->conv, sizeof(x->conv), "%s", id);
     snprintf(x->group, sizeof(x->group), "%s", oa->group);
     snprintf(now, sizeof(now), "%lld", (long long)gw_now_ms());
@@ -225,11 +227,82 @@ out:
 
 static void on_ticket(const redisReply *r, const char *err, void *priv) {
     struct open_args *oa = priv;
-    if (err || r->type != REDIS_REPLY_INTEGER)
+    if (err || r->type != REDIS_REPLY_INTEGER) {
         oa->err = err ? err : "unavailable";
-    else
+    } else if (oa->part < 0) {
         oa->seq = r->integer;
+    } else {
+        oa->seq = kf_ticket_number(r->integer, (unsigned)oa->part, KF_PARTS);
+        if (oa->seq < 0) { /* a billion tickets in one channel-day */
+            kf_warn("conv.open: ticket counter of channel %s exhausted", oa->channel);
+            oa->seq = 0;
+        }
+    }
     if (--oa->pending == 0) open_store(oa);
+}
+
+/* Which counter numbers a channel-day's tickets (ticket_mode.lua), remembered per channel: the
+ * single counter of earlier versions is read once per channel and day by each process, not on
+ * every conv.open, so that only the partitioned counters are on the hot path. A direct-mapped
+ * table: a client may name any channel, and a forgotten one only costs that read again. */
+#define TICKET_MODES 256
+static struct ticket_mode {
+    char channel[KF_CHANNEL_MAX + 1];
+    char day[9];
+    int partitioned;
+} ticket_modes[TICKET_MODES];
+
+static struct ticket_mode *ticket_mode_slot(const char *channel) {
+    return &ticket_modes[kf_hash32(channel, strlen(channel)) % TICKET_MODES];
+}
+
+static void ticket_next(struct open_args *oa, int partitioned) {
+    char tag[64], key[KF_KEY_MAX];
+    snprintf(tag, sizeof(tag), "%s-%s", oa->channel, oa->day);
+    if (partitioned) {
+        oa->part = (int)kf_part_of(oa->conv);
+        kf_key_ticket_part(key, (unsigned)oa->part, tag);
+    } else {
+        oa->part = -1;
+        kf_key_ticket_seq(key, tag);
+    }
+    const char *argv[] = {key};
+    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, key), "ticket_next", on_ticket, oa, 1, 1,
+                    argv, NULL);
+}
+
+static void on_ticket_mode(const redisReply *r, const char *err, void *priv) {
+    struct open_args *oa = priv;
+    if (err || r->type != REDIS_REPLY_INTEGER) {
+        /* without knowing whether an earlier version numbers this day, a number from the
+         * partitioned counters could repeat one of its; the next conv.open asks again */
+        oa->err = err ? err : "unavailable";
+        if (--oa->pending == 0) open_store(oa);
+        return;
+    }
+    struct ticket_mode *m = ticket_mode_slot(oa->channel);
+    snprintf(m->channel, sizeof(m->channel), "%s", oa->channel);
+    memcpy(m->day, oa->day, sizeof(m->day));
+    m->partitioned = r->integer == 1;
+    ticket_next(oa, m->partitioned);
+}
+
+/* The ticket number: from the conversation's partition's counter of the channel-day, or from the
+ * day's single counter when an earlier version numbered tickets that day before this process
+ * first asked (an upgrade during the day). */
+static void ticket_start(struct open_args *oa) {
+    struct ticket_mode *m = ticket_mode_slot(oa->channel);
+    if (!strcmp(m->channel, oa->channel) && !memcmp(m->day, oa->day, sizeof(m->day))) {
+        ticket_next(oa, m->partitioned);
+        return;
+    }
+    char tag[64], key[KF_KEY_MAX], mark[24];
+    snprintf(tag, sizeof(tag), "%s-%s", oa->channel, oa->day);
+    kf_key_ticket_seq(key, tag);
+    snprintf(mark, sizeof(mark), "%lld", KF_TICKET_LEGACY_CLOSED);
+    const char *argv[] = {key, mark};
+    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, key), "ticket_mode", on_ticket_mode, oa,
+                    1, 2, argv, NULL);
 }
 
 /* The published routing; when the {staff} slot cannot answer, the copy the gateway read last
@@ -278,12 +351,8 @@ static void h_conv_open(gw_conn *c, json_t *msg) {
     oa->prio = KF_PRIO_MEDIUM;
     oa->pending = 2;
     kf_ticket_day(time(NULL), oa->day);
-    char tag[64], key[KF_KEY_MAX];
-    snprintf(tag, sizeof(tag), "%s-%s", channel, oa->day);
-    kf_key_ticket_seq(key, tag);
-    const char *argv[] = {key};
-    kf_redis_script(gw->redis, kf_redis_slot(gw->redis, key), "ticket_next", on_ticket, oa, 1, 1,
-                    argv, NULL);
+    conv_id_new(oa->conv);
+    ticket_start(oa);
     kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, KF_KEY_STAFF_CONFIG), on_open_config, oa,
                  "HMGET %s routes default_group default_priority", KF_KEY_STAFF_CONFIG);
 }

@@ -47,3 +47,11 @@ int kf_ticket_format(char *out, size_t outlen, const char *channel, const char d
     }
     return w;
 }
+
+long long kf_ticket_number(long long counter, unsigned part, unsigned nparts) {
+    if (counter < 1 || nparts == 0 || part >= nparts) return -1;
+    /* below the mark of the single counters of earlier versions, so a day that an old gateway
+     * numbers after a new one marked it can never meet these numbers */
+    if (counter > (KF_TICKET_LEGACY_CLOSED - 1 - part) / nparts) return -1;
+    return (counter - 1) * (long long)nparts + part + 1;
+}

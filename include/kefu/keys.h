@@ -51,7 +51,10 @@ static inline void kf_key_trend(char *k, unsigned long long topic_hash, int aler
 static inline void kf_key_node_inbox(char *k, const char *node) {
     snprintf(k, KF_KEY_MAX, "kefu:{n:%s}:inbox", node);
 }
-/* Ticket sequence of one channel-day, e.g. tag web-20261123 (channel as given, lower case). */
+/* The single ticket counter of one channel-day of earlier versions, e.g. tag web-20261123
+ * (channel as given, lower case). Still read once per channel-day by each gateway, to go on
+ * with it on the day of an upgrade; a day it does not exist for is marked
+ * (KF_TICKET_LEGACY_CLOSED, ticket_mode.lua) and numbered by kf_key_ticket_part. */
 static inline void kf_key_ticket_seq(char *k, const char *channel_day) {
     snprintf(k, KF_KEY_MAX, "kefu:{t:%s}:seq", channel_day);
 }
@@ -96,6 +99,12 @@ static inline unsigned kf_part_of(const char *id) {
  * partition p. Consumer group `workers`. */
 static inline void kf_key_lifecycle(char *k, unsigned p) {
     snprintf(k, KF_KEY_MAX, "kefu:{%s}:lifecycle", kf_ev_tag(p));
+}
+/* Ticket counter of partition p of one channel-day ("web-20261123"): in the lifecycle
+ * partition's slot, so that the 16 counters of a channel spread over the masters like the
+ * stream (kf_ticket_number turns counter and partition into the ticket number). */
+static inline void kf_key_ticket_part(char *k, unsigned p, const char *channel_day) {
+    snprintf(k, KF_KEY_MAX, "kefu:{%s}:ticket:%s", kf_ev_tag(p), channel_day);
 }
 /* The single stream of versions before the partitions: still drained by workers (events.c)
  * until it is empty, so that a rolling upgrade loses no event an old gateway wrote. */

@@ -142,22 +142,46 @@ def test_queue_is_fifo(cluster):
     run(body())
 
 
+def expected_tickets(convs):
+    """Ticket numbers of a fresh channel-day's tickets, in issue order: the k-th ticket of
+    partition p (the conversation's, kf_part_of) is (k - 1) * 16 + p + 1."""
+    counters, out = {}, []
+    for conv in convs:
+        p = H.part_of(conv)
+        counters[p] = counters.get(p, 0) + 1
+        out.append((counters[p] - 1) * H.PARTS + p + 1)
+    return out
+
+
+LEGACY_MARK = 1_000_000_000  # KF_TICKET_LEGACY_CLOSED
+
+
 def test_ticket_sequence_per_fresh_channel(cluster):
     chan = "t" + secrets.token_hex(6)
 
     async def body():
         cust = await connect(cluster.n1, "customer", "json", channel=chan)
         seqs, convs = [], []
-        for _ in range(3):
+        for _ in range(10):  # (more would meet the frame rate limit when retiring them)
             conv, r = await open_conv(cust)
             seqs.append(assert_ticket(r["ticket"], chan))
-            assert len(r["ticket"].rsplit("-", 1)[1]) == 3, "sequence has at least 3 digits"
+            assert len(r["ticket"].rsplit("-", 1)[1]) >= 3, "sequence has at least 3 digits"
             convs.append(conv)
-        assert seqs == [1, 2, 3], f"fresh channel {chan}: {seqs}"
+        # numbered by the partitioned counters of the conversations' partitions: unique, each
+        # partition's increasing, the partition legible as (n - 1) % 16
+        assert seqs == expected_tickets(convs), f"fresh channel {chan}: {seqs}"
+        assert len(set(seqs)) == len(seqs)
+        if cluster.shards:
+            day = r["ticket"].split("-")[-2]
+            # the single counter of earlier versions is marked for the day, so an old gateway
+            # still running gives numbers the partitioned counters never reach
+            legacy = f"kefu:{{t:{chan}-{day}}}:seq"
+            assert int(H.redis_call(cluster.shards[0].addr, "GET", legacy)) == LEGACY_MARK
+            assert H.redis_call(cluster.shards[0].addr, "INCR", legacy) == LEGACY_MARK + 1
         # channel given explicitly wins over the token's channel
         chan2 = "u" + secrets.token_hex(6)
         conv, r = await open_conv(cust, channel=chan2)
-        assert assert_ticket(r["ticket"], chan2) == 1
+        assert assert_ticket(r["ticket"], chan2) == H.part_of(conv) + 1
         convs.append(conv)
         # no channel in the token: web
         c2 = await connect(cluster.n2, "customer", "msgpack")
@@ -177,10 +201,46 @@ def test_ticket_sequence_atomic_under_concurrency(cluster):
                                channel=chan) for i in range(8)]
         res = await asyncio.gather(*(c.ok("conv.open") for c in custs))
         seqs = sorted(assert_ticket(r["ticket"], chan) for r in res)
-        assert seqs == list(range(1, 9)), f"concurrent tickets: {[r['ticket'] for r in res]}"
+        # whatever order the two gateways' requests reached the counters in, each partition
+        # handed out 1, 2, ... of its own numbers
+        assert seqs == sorted(expected_tickets([r["conv"] for r in res])), \
+            f"concurrent tickets: {[r['ticket'] for r in res]}"
         assert len({r["conv"] for r in res}) == 8
         agent = await connect(cluster.n1, "agent", "json")
         await retire(agent, [r["conv"] for r in res])
+    run(body())
+
+
+def test_ticket_upgrade_during_the_day_continues_the_old_counter(cluster, local_only):
+    """A day that gateways of an earlier version already numbered (one counter per channel-day,
+    kefu:{t:<channel>-<day>}:seq) goes on with that counter, so no number repeats; the gateways
+    switch to the partitioned counters from the next day on."""
+    chan = "g" + secrets.token_hex(6)
+    day = time.strftime("%Y%m%d")
+    legacy = f"kefu:{{t:{chan}-{day}}}:seq"
+    addr = cluster.shards[0].addr
+    H.redis_call(addr, "SET", legacy, "41", "EX", "259200")
+
+    async def body():
+        convs, seqs = [], []
+        for i in range(4):
+            cust = await connect(cluster.nodes[i % 2], "customer", "json", channel=chan)
+            conv, r = await open_conv(cust)
+            if r["ticket"].split("-")[-2] != day:
+                pytest.skip("the day changed during the test")
+            seqs.append(assert_ticket(r["ticket"], chan))
+            convs.append(conv)
+        assert seqs == [42, 43, 44, 45], f"after 41 old tickets: {seqs}"
+        # an old gateway still running goes on with the same counter: still no duplicate
+        assert H.redis_call(addr, "INCR", legacy) == 46
+        cust = await connect(cluster.n1, "customer", "json", channel=chan)
+        conv, r = await open_conv(cust)
+        assert assert_ticket(r["ticket"], chan) == 47
+        convs.append(conv)
+        for p in range(H.PARTS):
+            assert not H.redis_call(addr, "EXISTS", f"kefu:{{{H.EV_TAGS[p]}}}:ticket:{chan}-{day}")
+        agent = await connect(cluster.n2, "agent", "json")
+        await retire(agent, convs)
     run(body())
 
 

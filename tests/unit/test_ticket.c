@@ -90,12 +90,43 @@ static void test_format_errors(void **state) {
     assert_int_equal(kf_ticket_format(out, 17, "web", "20261123", 1000), -1);
 }
 
+/* Partitioned numbers: every (counter, partition) gets its own number, each partition's numbers
+ * increase, the first 16 tickets of a day can be 1..16, and none reaches the mark a gateway
+ * leaves in the single counter of earlier versions. */
+static void test_number(void **state) {
+    (void)state;
+    assert_int_equal(kf_ticket_number(1, 0, 16), 1);
+    assert_int_equal(kf_ticket_number(1, 15, 16), 16);
+    assert_int_equal(kf_ticket_number(2, 0, 16), 17);
+    assert_int_equal(kf_ticket_number(3, 5, 16), 38);
+    static unsigned char seen[64 * 16 + 1];
+    for (long long c = 1; c <= 64; c++) {
+        for (unsigned p = 0; p < 16; p++) {
+            long long n = kf_ticket_number(c, p, 16);
+            assert_true(n >= 1 && n <= 64 * 16);
+            assert_int_equal(seen[n], 0);
+            seen[n] = 1;
+            assert_int_equal((n - 1) % 16, p); /* the partition is legible from the number */
+            if (c > 1) assert_true(n > kf_ticket_number(c - 1, p, 16));
+        }
+    }
+    assert_int_equal(kf_ticket_number(0, 0, 16), -1);
+    assert_int_equal(kf_ticket_number(-3, 0, 16), -1);
+    assert_int_equal(kf_ticket_number(1, 16, 16), -1);
+    assert_int_equal(kf_ticket_number(1, 0, 0), -1);
+    long long last = (KF_TICKET_LEGACY_CLOSED - 1 - 15) / 16;
+    assert_true(kf_ticket_number(last, 15, 16) < KF_TICKET_LEGACY_CLOSED);
+    assert_int_equal(kf_ticket_number(last + 1, 15, 16), -1);
+    assert_int_equal(kf_ticket_number(9223372036854775807LL, 0, 16), -1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_channel_valid),
         cmocka_unit_test(test_day),
         cmocka_unit_test(test_format),
         cmocka_unit_test(test_format_errors),
+        cmocka_unit_test(test_number),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
