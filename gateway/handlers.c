@@ -138,7 +138,7 @@ struct open_args {
     req_ctx *x;
     char channel[KF_CHANNEL_MAX + 1];
     char day[9];
-    char conv[25];        /* the new conversation's id: its partition numbers the ticket */
+    char conv[25];        /* the new conversation's id: where its ticket counter is */
     char *topic;
     int pending;          /* ticket and configuration answers outstanding */
     int part;             /* partition of the ticket counter; -1: the single counter */
@@ -256,11 +256,32 @@ static struct ticket_mode *ticket_mode_slot(const char *channel) {
     return &ticket_modes[kf_hash32(channel, strlen(channel)) % TICKET_MODES];
 }
 
+/* The partition whose counter numbers a new conversation's ticket: one on the server of the
+ * conversation's own keys, so that conv.open needs no master besides that one (and the ticket
+ * counters share its load). Partition k's slot lies in the k-th sixteenth of the slot range
+ * (keys.h), so the sixteenth of the conversation's slot is on its server unless a server's
+ * range ends inside that sixteenth: then a neighbour is. Any partition keeps the numbers
+ * unique; this only picks where the counter is. */
+static unsigned ticket_part(const char *conv) {
+    char meta[KF_KEY_MAX], key[KF_KEY_MAX];
+    kf_key_conv_meta(meta, conv);
+    unsigned slot = kf_redis_slot(gw->redis, meta);
+    unsigned p = slot * KF_PARTS / KF_SLOTS;
+    const int tries[] = {0, -1, 1};
+    for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
+        int q = (int)p + tries[i];
+        if (q < 0 || q >= KF_PARTS) continue;
+        kf_key_lifecycle(key, (unsigned)q);
+        if (kf_redis_same_server(gw->redis, slot, kf_redis_slot(gw->redis, key))) return (unsigned)q;
+    }
+    return p;
+}
+
 static void ticket_next(struct open_args *oa, int partitioned) {
     char tag[64], key[KF_KEY_MAX];
     snprintf(tag, sizeof(tag), "%s-%s", oa->channel, oa->day);
     if (partitioned) {
-        oa->part = (int)kf_part_of(oa->conv);
+        oa->part = (int)ticket_part(oa->conv);
         kf_key_ticket_part(key, (unsigned)oa->part, tag);
     } else {
         oa->part = -1;

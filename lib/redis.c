@@ -1124,6 +1124,11 @@ int kf_redis_is_up(const kf_redis *r, unsigned slot) {
     return n && n->state == NODE_UP;
 }
 
+int kf_redis_same_server(const kf_redis *r, unsigned a, unsigned b) {
+    const struct node *n = slot_node(r, a);
+    return n && n == slot_node(r, b);
+}
+
 unsigned kf_redis_slots_up(const kf_redis *r) { return r->slots_up; }
 
 int kf_redis_is_cluster(const kf_redis *r) { return r->mode; }

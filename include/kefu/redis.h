@@ -65,6 +65,9 @@ void kf_redis_on_state(kf_redis *r, kf_redis_state_cb *cb, void *priv);
 unsigned kf_redis_slot(const kf_redis *r, const char *key);
 /** Whether the server holding slot is connected and ready. */
 int kf_redis_is_up(const kf_redis *r, unsigned slot);
+/** 1 when slots a and b are served by the same server as far as the slot map read last says
+ * (always on a stand-alone server), 0 when not or when either has none. */
+int kf_redis_same_server(const kf_redis *r, unsigned a, unsigned b);
 /** Slots whose server is connected and ready (16384 when everything is reachable). */
 unsigned kf_redis_slots_up(const kf_redis *r);
 /** 1 when talking to a Redis Cluster, 0 to a stand-alone server, -1 while not yet known. */

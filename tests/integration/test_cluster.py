@@ -592,6 +592,60 @@ def test_master_down_stalls_only_its_partitions(spawn):
         wait_for(stored, 10, f"the opened event of {c} in partition {p}")
 
 
+def test_ticket_counters_need_only_the_conversations_master(spawn):
+    """A channel-day's tickets come from 16 counters in the lifecycle partitions' slots, each
+    conversation's from one on its own master: while one master is frozen, a conv.open whose
+    conversation lives elsewhere gets a ticket, though the channel's single counter of earlier
+    versions (read once per channel and day, before the freeze) is on the frozen master."""
+    rc = spawn.redis_cluster(replicas=0)
+    g = spawn.gateway(rc.addrs, name="tick", redis_timeout_ms=1000)
+    slots = rc.slots()
+    queue = "kefu:{q:default}:waiting"
+    victim = next(m for m in rc.masters_now(slots) if m is not rc.master_of(queue, slots))
+    day = time.strftime("%Y%m%d")
+    channel = next(ch for ch in (f"ch{i}" for i in range(100))
+                   if rc.master_of(f"kefu:{{t:{ch}-{day}}}:seq", slots) is victim)
+
+    def counter_master(ticket):
+        p = (int(ticket.rsplit("-", 1)[1]) - 1) % H.PARTS
+        return rc.master_of(f"kefu:{{{H.EV_TAGS[p]}}}:ticket:{channel}-{ticket.split('-')[-2]}",
+                            slots)
+
+    async def body():
+        sub = rc.user_id("cust", slots, off=victim)
+        cust = await connect(g, "customer", "json", sub=sub, channel=channel)
+        convs, seqs = [], []
+        for _ in range(6):   # before the freeze: the day is marked, counters on each conv's master
+            r = await cust.ok("conv.open")
+            assert counter_master(r["ticket"]) is rc.master_of(f"kefu:{{c:{r['conv']}}}:meta",
+                                                                 slots), r
+            convs.append(r["conv"])
+            seqs.append(r["ticket"])
+        os.kill(victim.pid, signal.SIGSTOP)
+        ok, failed = [], 0
+        try:
+            for _ in range(40):
+                r = await cust.request("conv.open", _timeout=10)
+                if r["type"] == "ok":
+                    ok.append(r)
+                else:
+                    assert r["code"] == "unavailable", r
+                    failed += 1
+                if failed >= 2 and len(ok) >= 6:
+                    break
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        assert len(ok) >= 6 and failed >= 2, (failed, ok)
+        for r in ok:
+            assert rc.master_of(f"kefu:{{c:{r['conv']}}}:meta", slots) is not victim
+            assert counter_master(r["ticket"]) is not victim
+        seqs += [r["ticket"] for r in ok]
+        assert len(set(seqs)) == len(seqs), seqs
+        return convs + [r["conv"] for r in ok]
+    convs = run(body(), timeout=90)
+    assert sorted(rc.call("ZRANGE", queue, "0", "-1")) == sorted(convs)
+
+
 def test_open_that_fails_on_a_frozen_master_leaves_no_queue_entry(spawn):
     """conv.open stores the conversation's own keys first and queues it only then: a new
     conversation whose keys fall on a frozen master is answered `unavailable` and never waits
