@@ -24,7 +24,11 @@
 #define MAX_REDIRECTS 8          /* per command: more means the cluster is reconfiguring */
 #define RETRY_DELAY_US 100000    /* TRYAGAIN / CLUSTERDOWN: again after 100 ms ... */
 #define REFRESH_EVERY_US 5000000 /* the slot map is read every 5 s ... */
-#define REFRESH_FAST_US 250000   /* ... and every 250 ms while some slot has no server up */
+#define REFRESH_FAST_US 100000   /* ... and at every tick while some slot has no server up, so
+                                    that a promoted replica is followed within about 100 ms */
+#define REFRESH_STUCK_US 300000  /* a map read unanswered this long while slots have no
+                                    server up: ask another server too (it may sit behind a
+                                    blocking read or a WAIT) */
 
 enum node_state { NODE_DOWN, NODE_CONNECTING, NODE_UP };
 enum mode { MODE_UNKNOWN = -1, MODE_SINGLE = 0, MODE_CLUSTER = 1 };
@@ -104,6 +108,7 @@ struct kf_redis {
     unsigned refresh_next;
     uint64_t last_refresh_us;
     unsigned slots_up;
+    uint64_t uncovered_us;    /* when some slot last lost its server; 0 while all are served */
     kf_redis_state_cb *state_cb;
     void *state_priv;
     kf_redis_before_cb *before_cb;
@@ -124,6 +129,7 @@ static void node_connect(struct node *n);
 static void on_check(evutil_socket_t fd, short what, void *arg);
 static void route(kf_redis *r, struct req *q);
 static void map_refresh(kf_redis *r);
+static void coverage_check(kf_redis *r);
 
 static int node_wanted(const struct node *n) {
     return n->seed || n->master;
@@ -138,6 +144,7 @@ static void set_state(struct node *n, enum node_state st) {
     n->state = st;
     int up = st == NODE_UP;
     if (was_up == up) return;
+    coverage_check(n->r);
     /* a cluster node that serves no slots (a replica given as a seed, an ASK target) changes
      * nothing for the callers */
     int quiet = n->r->mode == MODE_CLUSTER && !n->master;
@@ -899,6 +906,23 @@ static void node_connect(struct node *n) {
     }
 }
 
+/* Counts the slots whose server is up, and logs when some lose it and when all are served
+ * again (with how long that took: the time a failover took to follow, as this process saw it). */
+static void coverage_check(kf_redis *r) {
+    unsigned up = 0;
+    for (unsigned s = 0; s < KF_SLOTS; s++) up += kf_redis_is_up(r, s);
+    r->slots_up = up;
+    if (r->mode == MODE_UNKNOWN || r->refused) return;
+    if (up < KF_SLOTS && !r->uncovered_us && (r->have_map || r->mode == MODE_SINGLE)) {
+        r->uncovered_us = now_us();
+        kf_warn("redis: %u of %u slots have no server up", KF_SLOTS - up, KF_SLOTS);
+    } else if (up == KF_SLOTS && r->uncovered_us) {
+        kf_info("redis: every slot is served again, %llu ms after some lost their server",
+                (unsigned long long)((now_us() - r->uncovered_us) / 1000u));
+        r->uncovered_us = 0;
+    }
+}
+
 /* ---- the slot map (cluster) ---- */
 
 static void on_slots(const redisReply *reply, const char *err, void *priv) {
@@ -963,19 +987,25 @@ static void on_slots(const redisReply *reply, const char *err, void *priv) {
         if (r->nodes[i]->master && (i >= nbefore || !was[i]) && r->nodes[i]->state == NODE_UP)
             newly = 1;
     kf_free(was);
+    coverage_check(r);
     if (report_now) report(r, KF_REDIS_UP_RESTARTED);
     else if (newly) report(r, KF_REDIS_UP);
 }
 
 static void map_refresh(kf_redis *r) {
     if (r->mode != MODE_CLUSTER || r->refreshing) return;
-    /* ask a server that is up, masters first, starting after the one asked last time */
+    /* ask a server that is up, starting after the one asked last time: one with nothing in
+     * flight first (a command queued behind a blocking XREAD or a WAIT waits for it: up to a
+     * second, while the slots of a failed master go unserved), masters before replicas */
     unsigned next = r->refresh_next;
     struct node *pick = NULL;
-    for (int pass = 0; pass < 2 && !pick; pass++)
+    for (int pass = 0; pass < 4 && !pick; pass++)
         for (unsigned k = 0; k < r->nnodes && !pick; k++) {
             struct node *n = r->nodes[(next + k) % r->nnodes];
-            if (n->state == NODE_UP && (pass == 1 || n->master)) pick = n;
+            if (n->state != NODE_UP) continue;
+            if (pass < 2 && n->head) continue;
+            if ((pass == 0 || pass == 2) && !n->master) continue;
+            pick = n;
         }
     if (!pick) return; /* the seeds keep reconnecting; the tick asks again */
     r->refresh_next = pick->idx + 1;
@@ -1008,11 +1038,15 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
             node_drop(n, "unavailable");
         }
     }
-    unsigned up = 0;
-    for (unsigned s = 0; s < KF_SLOTS; s++) up += kf_redis_is_up(r, s);
-    r->slots_up = up;
-    if (r->mode == MODE_CLUSTER &&
-        now - r->last_refresh_us >= (up < KF_SLOTS ? REFRESH_FAST_US : REFRESH_EVERY_US))
+    coverage_check(r);
+    unsigned up = r->slots_up;
+    if (r->mode != MODE_CLUSTER) return;
+    /* a read that has not come back (its server is slow, or the answer sits behind a blocking
+     * command) must not hold back the next while slots go unserved: its answer, when it comes,
+     * is applied like any other (it is a map the cluster had) */
+    if (r->refreshing && up < KF_SLOTS && now - r->last_refresh_us >= REFRESH_STUCK_US)
+        r->refreshing = 0;
+    if (now - r->last_refresh_us >= (up < KF_SLOTS ? REFRESH_FAST_US : REFRESH_EVERY_US))
         map_refresh(r);
 }
 
