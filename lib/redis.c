@@ -109,6 +109,8 @@ struct kf_redis {
     uint64_t last_refresh_us;
     unsigned slots_up;
     uint64_t uncovered_us;    /* when some slot last lost its server; 0 while all are served */
+    int served_all;           /* every slot had a server up once: later losses are logged */
+    int uncovered_told;       /* the loss was logged (it lasted a tick): so will the end */
     kf_redis_state_cb *state_cb;
     void *state_priv;
     kf_redis_before_cb *before_cb;
@@ -906,20 +908,23 @@ static void node_connect(struct node *n) {
     }
 }
 
-/* Counts the slots whose server is up, and logs when some lose it and when all are served
- * again (with how long that took: the time a failover took to follow, as this process saw it). */
+/* Counts the slots whose server is up, and notes when some lose it and when all are served
+ * again. A loss that outlasts a tick is logged (on_tick), and then its end too, with how long it
+ * took: the time a failover took to follow, as this process saw it. */
 static void coverage_check(kf_redis *r) {
     unsigned up = 0;
     for (unsigned s = 0; s < KF_SLOTS; s++) up += kf_redis_is_up(r, s);
     r->slots_up = up;
     if (r->mode == MODE_UNKNOWN || r->refused) return;
-    if (up < KF_SLOTS && !r->uncovered_us && (r->have_map || r->mode == MODE_SINGLE)) {
+    if (up == KF_SLOTS) r->served_all = 1;
+    if (up < KF_SLOTS && !r->uncovered_us && r->served_all) {
         r->uncovered_us = now_us();
-        kf_warn("redis: %u of %u slots have no server up", KF_SLOTS - up, KF_SLOTS);
     } else if (up == KF_SLOTS && r->uncovered_us) {
-        kf_info("redis: every slot is served again, %llu ms after some lost their server",
-                (unsigned long long)((now_us() - r->uncovered_us) / 1000u));
+        if (r->uncovered_told)
+            kf_info("redis: every slot is served again, %llu ms after some lost their server",
+                    (unsigned long long)((now_us() - r->uncovered_us) / 1000u));
         r->uncovered_us = 0;
+        r->uncovered_told = 0;
     }
 }
 
@@ -1040,6 +1045,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     }
     coverage_check(r);
     unsigned up = r->slots_up;
+    if (r->uncovered_us && !r->uncovered_told && now > r->uncovered_us &&
+        now - r->uncovered_us >= 100000u) {
+        r->uncovered_told = 1; /* not a moment's gap while the map changes */
+        kf_warn("redis: %u of %u slots have no server up", KF_SLOTS - up, KF_SLOTS);
+    }
     if (r->mode != MODE_CLUSTER) return;
     /* a read that has not come back (its server is slow, or the answer sits behind a blocking
      * command) must not hold back the next while slots go unserved: its answer, when it comes,

@@ -242,7 +242,9 @@ def test_failover_drill(spawn, tmp_path, ack):
     nodes = drill_gateways(spawn, rc, "fo", seeds=rc.addrs, **opts)
     p, jf = relay(nodes, H.SECRETS[0], rate=1500, duration=8, pairs=60, out=tmp_path)
     # the relay sets up its pairs, then sends for 8 s; the master goes 3 s into the sending
-    time.sleep(4)
+    # (its replica stopped LAG_S before), so that the resync that follows the failover comes
+    # while the relay still sends
+    time.sleep(4 - LAG_S)
     victim = max((n for n in rc.nodes if n.alive() and
                   H.redis_call(n.addr, "ROLE")[0] == "master"),
                  key=lambda n: H.redis_call(n.addr, "DBSIZE"))
