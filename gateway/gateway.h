@@ -33,6 +33,7 @@ typedef struct gw_options {
     long long max_message_bytes;
     long long max_text_bytes;
     long long rx_buffer_bytes;
+    long long rcvbuf_bytes;
     long long rate_per_s;
     long long rate_burst;
     long long rate_abuse_limit;

@@ -803,6 +803,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
      * outq_max_bytes / outq_max_msgs bound it and find the slow consumer. */
     int sndbuf = 65536;
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+
     if (!lws_adopt_socket_vhost(vhost, fd)) {
         GW_M->accept_rejected++;
         kf_warn("libwebsockets did not adopt a connection");
@@ -842,6 +843,16 @@ static int listen_start(const gw_options *opt) {
     if (!listener) {
         kf_error("cannot listen on %s:%lld: %s", opt->bind, opt->port, strerror(errno));
         return -1;
+    }
+    /* A fixed receive buffer for every connection (set on the listener: its SYN-ACK already
+     * offers a window of that size, and accepted sockets inherit it). While backpressure holds
+     * a connection, what its client sends waits there unread, aging; the default (tcp_rmem:
+     * 128 KiB, about 800 chat frames) made a long hidden queue. Small, the rest stays with the
+     * client, whom TCP's window tells to wait. */
+    if (opt->rcvbuf_bytes > 0) {
+        int rcvbuf = (int)opt->rcvbuf_bytes;
+        setsockopt(evconnlistener_get_fd(listener), SOL_SOCKET, SO_RCVBUF, &rcvbuf,
+                   sizeof(rcvbuf));
     }
     evconnlistener_set_error_cb(listener, on_accept_error);
     accept_resume_ev = evtimer_new(gw->base, on_accept_resume, NULL);
