@@ -657,6 +657,22 @@ static redisContext *rconn(rsource *rs, int i) {
     return nd->c;
 }
 
+/* Redis holds texts as the gateway stored them (valid UTF-8); the bytes >= 0x80 of anything
+ * else become '?' (in place, every string of a reply), as the archive writes them
+ * (worker/archive.c), so both sources give the same rows and JSON stays valid. */
+static void rclean(redisReply *r) {
+    if (r->type == REDIS_REPLY_STRING && !kf_utf8_valid(r->str, strlen(r->str)))
+        for (char *p = r->str; *p; p++)
+            if ((unsigned char)*p >= 0x80) *p = '?';
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++)
+        rclean(r->element[i]);
+}
+
+/* The string of a reply element, "" for anything else. */
+static const char *rstr(const redisReply *r) {
+    return r && r->type == REDIS_REPLY_STRING ? r->str : "";
+}
+
 /* The reply to a command on key, sent to the node serving the key's slot; a cluster's MOVED,
  * ASK, TRYAGAIN and CLUSTERDOWN are followed. Exits on any other error. */
 static redisReply *rcmd(rsource *rs, const char *key, int argc, const char **argv) {
@@ -675,7 +691,10 @@ static redisReply *rcmd(rsource *rs, const char *key, int argc, const char **arg
         if (!r)
             die(EXIT_QUERY, "Redis at %s:%d: %s", rs->nodes[i].host, rs->nodes[i].port,
                 c->errstr);
-        if (r->type != REDIS_REPLY_ERROR) return r;
+        if (r->type != REDIS_REPLY_ERROR) {
+            rclean(r);
+            return r;
+        }
         char host[256];
         int port;
         unsigned s;
@@ -736,17 +755,6 @@ static void rsource_open(rsource *rs, const char *spec) {
 static void rsource_close(rsource *rs) {
     for (int i = 0; i < rs->n; i++)
         if (rs->nodes[i].c) redisFree(rs->nodes[i].c);
-}
-
-/* The string of a reply element, "" for anything else. Redis holds texts as the gateway stored
- * them (valid UTF-8); the bytes >= 0x80 of anything else become '?' here, as the archive writes
- * them (worker/archive.c), in place. */
-static const char *rstr(redisReply *r) {
-    if (!r || r->type != REDIS_REPLY_STRING) return "";
-    if (!kf_utf8_valid(r->str, strlen(r->str)))
-        for (char *p = r->str; *p; p++)
-            if ((unsigned char)*p >= 0x80) *p = '?';
-    return r->str;
 }
 
 /* The value of field f in a flat field, value, ... array (HGETALL, a stream entry), or NULL. */

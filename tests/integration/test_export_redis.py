@@ -166,6 +166,14 @@ def test_export_from_redis_without_archive(spawn):
     wc = wcluster(spawn, workers=1, stats_timezone=TZ,
                   routes="channel:app=vip/medium,*=default")
     check_redis_export(wc)
+    convs = [c["conv"] for c in lines("--redis", wc.addrs[0])]
+    # bytes that are not UTF-8 (Redis written by something else than the gateway) become '?',
+    # as the archive stores them, rather than breaking the line
+    k3 = convs[2]
+    rcall(wc, "c:" + k3, "HSET", f"kefu:{{c:{k3}}}:meta", "note", b"bad \xff\xfe 13812345678")
+    c3 = lines("--redis", wc.addrs[0], "--no-mask")[2]
+    assert c3["conv"] == k3 and c3["meta"]["note"] == "bad ?? 13812345678"
+    assert lines("--redis", wc.addrs[0])[2]["meta"]["note"] == "bad ?? 138****5678"
     # a closed conversation whose keys are gone (retention, trim) is skipped, not an error
     k = lines("--redis", wc.addrs[0], "--channel", "app")[0]["conv"]
     rcall(wc, "c:" + k, "DEL", *[f"kefu:{{c:{k}}}:{x}" for x in ("meta", "msgs", "log")])
