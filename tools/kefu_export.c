@@ -622,6 +622,7 @@ static void pg_flat(exporter *x, const char *const params[5]) {
 #define REDIS_NODES 64      /* cluster masters this tool talks to, at most */
 #define REDIS_TRIES 20      /* redirections or retries of one command */
 #define LOOKBACK_DAYS 3661  /* without --from: stats_days' largest value (3650), and a margin */
+#define DAY_BATCH 256       /* days looked up per round trip */
 
 typedef struct {
     char host[256];
@@ -951,51 +952,91 @@ static void rconv(exporter *x, rsource *rs, const query *q, const char *conv, lo
     freeReplyObject(meta);
 }
 
-/* Every day's index in the range, oldest first; each read in pages by score, so what the
+/* Which of keys exist: EXISTS of each, pipelined to the nodes serving them (a range without
+ * --from looks up some 3660 days, most of them empty: one round trip per batch, not per day).
+ * A key whose node redirects is asked again on its own, which follows the redirection. */
+static void rexist(rsource *rs, int n, char keys[][KF_KEY_MAX], int *out) {
+    int node[DAY_BATCH];
+    for (int i = 0; i < n; i++) {
+        node[i] = rs->slot[kf_key_slot(keys[i], strlen(keys[i]))];
+        const char *argv[] = {"EXISTS", keys[i]};
+        if (redisAppendCommandArgv(rconn(rs, node[i]), 2, argv, NULL) != REDIS_OK)
+            die(EXIT_QUERY, "Redis: out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        redisContext *c = rs->nodes[node[i]].c;
+        void *rv = NULL;
+        if (redisGetReply(c, &rv) != REDIS_OK)
+            die(EXIT_QUERY, "Redis at %s:%d: %s", rs->nodes[node[i]].host,
+                rs->nodes[node[i]].port, c->errstr);
+        redisReply *r = rv;
+        if (r->type == REDIS_REPLY_ERROR) {
+            freeReplyObject(r);
+            const char *argv[] = {"EXISTS", keys[i]};
+            r = rcmd(rs, keys[i], 2, argv);
+        }
+        out[i] = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+        freeReplyObject(r);
+    }
+}
+
+/* The conversations of one day's index within the range, read in pages by score, so what the
  * workers add meanwhile neither repeats nor hides a conversation. */
+static void redis_day(exporter *x, rsource *rs, const query *q, const char *key) {
+    char lo[32], hi[32], skip[24];
+    if (q->has_from) snprintf(lo, sizeof(lo), "%lld", (long long)q->from_s * 1000);
+    else snprintf(lo, sizeof(lo), "-inf");
+    if (q->has_to) snprintf(hi, sizeof(hi), "(%lld", (long long)q->to_s * 1000);
+    else snprintf(hi, sizeof(hi), "+inf");
+    long long offset = 0; /* members of score lo already read */
+    for (;;) {
+        snprintf(skip, sizeof(skip), "%lld", offset);
+        const char *argv[] = {"ZRANGEBYSCORE", key, lo, hi, "WITHSCORES", "LIMIT", skip,
+                              STR(REDIS_PAGE)};
+        redisReply *r = rcmd(rs, key, 8, argv);
+        size_t n = r->type == REDIS_REPLY_ARRAY ? r->elements / 2 : 0;
+        long long score = 0, same = 0;
+        for (size_t i = 0; i < n; i++) {
+            long long s = atoll(rstr(r->element[2 * i + 1]));
+            same = i && s == score ? same + 1 : 1;
+            score = s;
+            rconv(x, rs, q, rstr(r->element[2 * i]), s);
+        }
+        freeReplyObject(r);
+        if (n < REDIS_PAGE) return;
+        /* the next page starts at the last score, after the members of it read */
+        char next[32];
+        snprintf(next, sizeof(next), "%lld", score);
+        if (!strcmp(next, lo)) {
+            offset += (long long)n;
+        } else {
+            snprintf(lo, sizeof(lo), "%s", next);
+            offset = same;
+        }
+    }
+}
+
+/* Every day's index that may hold closes of the range, oldest first. */
 static void redis_export(exporter *x, rsource *rs, const query *q) {
     int64_t today = (int64_t)time(NULL) / 86400;
     int64_t first = q->has_from ? (q->from_s >= 0 ? q->from_s / 86400 : -1) - 1
                                 : today - LOOKBACK_DAYS;
     int64_t last = q->has_to ? (q->to_s - 1) / 86400 + 1 : today + 1;
-    char hi[32];
-    if (q->has_to) snprintf(hi, sizeof(hi), "(%lld", (long long)q->to_s * 1000);
-    else snprintf(hi, sizeof(hi), "+inf");
-    for (int64_t d = first; d <= last; d++) {
-        int64_t y;
-        int m, dd;
-        char day[16], key[KF_KEY_MAX], lo[32], skip[24];
-        kf_civil_from_days(d, &y, &m, &dd);
-        snprintf(day, sizeof(day), "%04lld%02d%02d", (long long)y, m, dd);
-        kf_key_stats(key, day, "closed");
-        if (q->has_from) snprintf(lo, sizeof(lo), "%lld", (long long)q->from_s * 1000);
-        else snprintf(lo, sizeof(lo), "-inf");
-        long long offset = 0; /* members of score lo already read */
-        for (;;) {
-            snprintf(skip, sizeof(skip), "%lld", offset);
-            const char *argv[] = {"ZRANGEBYSCORE", key, lo, hi, "WITHSCORES", "LIMIT", skip,
-                                  STR(REDIS_PAGE)};
-            redisReply *r = rcmd(rs, key, 8, argv);
-            size_t n = r->type == REDIS_REPLY_ARRAY ? r->elements / 2 : 0;
-            long long score = 0, same = 0;
-            for (size_t i = 0; i < n; i++) {
-                long long s = atoll(rstr(r->element[2 * i + 1]));
-                same = i && s == score ? same + 1 : 1;
-                score = s;
-                rconv(x, rs, q, rstr(r->element[2 * i]), s);
-            }
-            freeReplyObject(r);
-            if (n < REDIS_PAGE) break;
-            /* the next page starts at the last score, after the members of it read */
-            char next[32];
-            snprintf(next, sizeof(next), "%lld", score);
-            if (!strcmp(next, lo)) {
-                offset += (long long)n;
-            } else {
-                snprintf(lo, sizeof(lo), "%s", next);
-                offset = same;
-            }
+    static char keys[DAY_BATCH][KF_KEY_MAX];
+    int there[DAY_BATCH];
+    for (int64_t d = first; d <= last; d += DAY_BATCH) {
+        int n = last - d + 1 < DAY_BATCH ? (int)(last - d + 1) : DAY_BATCH;
+        for (int i = 0; i < n; i++) {
+            int64_t y;
+            int m, dd;
+            char day[16];
+            kf_civil_from_days(d + i, &y, &m, &dd);
+            snprintf(day, sizeof(day), "%04lld%02d%02d", (long long)y, m, dd);
+            kf_key_stats(keys[i], day, "closed");
         }
+        rexist(rs, n, keys, there);
+        for (int i = 0; i < n; i++)
+            if (there[i]) redis_day(x, rs, q, keys[i]);
     }
 }
 

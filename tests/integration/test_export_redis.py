@@ -8,13 +8,14 @@ import csv
 import datetime
 import io
 import json
-import subprocess
 
 import pytest
 
 import kefu_harness as H
-from kefu_client import connect, run, send_msg
-from worker_helpers import agent_on, meta, open_waiting, rcall, record, sanitized, wcluster
+import test_export
+from kefu_client import connect, run
+from test_archive import served, slow
+from worker_helpers import agent_on, meta, open_waiting, rcall, record, wcluster
 
 TZ = "Asia/Shanghai"
 PHONE_TEXT = "您好，我的手机号是 138-1234-5678，邮箱 zhang.san@example.com"
@@ -23,19 +24,9 @@ CSV_TEXT = '含逗号, "引号" 和\n换行'
 RAW = ["138-1234-5678", "zhang.san@example.com", "11010119900307123X", "13700001111"]
 
 
-def slow():
-    return 3.0 if sanitized() else 1.0
-
-
 def export(*args, check=True):
-    r = subprocess.run([str(H.find_bin("kefu-export")), *args], capture_output=True,
-                       env=H.child_env(), timeout=60 * slow())
-    r.stdout = r.stdout.decode("utf-8")
-    r.stderr = r.stderr.decode("utf-8")
-    assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr
-    if check:
-        assert r.returncode == 0, f"kefu-export {args}: {r.returncode}: {r.stderr}"
-    return r
+    """Runs kefu-export without --db (test_export.export); stdout as text."""
+    return test_export.export(None, *args, db=False, check=check)
 
 
 def lines(*args):
@@ -44,15 +35,6 @@ def lines(*args):
 
 def parse_csv(text):
     return list(csv.DictReader(io.StringIO(text, newline="")))
-
-
-async def served(wc, agent, cust, texts, **fields):
-    conv = await open_waiting(cust, **fields)
-    await agent.next_push("conv.assigned", conv=conv, timeout=5 * slow())
-    for t in texts:
-        await send_msg(cust, conv, t)
-    await send_msg(agent, conv, "好的，马上为您处理")
-    return conv
 
 
 def scripted(wc):
