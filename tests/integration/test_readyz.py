@@ -5,6 +5,9 @@ most of the cluster is reached, 503 once it is not."""
 import json
 import signal
 import time
+from pathlib import Path
+
+import pytest
 
 import kefu_harness as H
 from kefu_client import RawWS
@@ -86,3 +89,35 @@ def test_readyz_reports_coverage_and_needs_most_slots(spawn):
     assert st == 503 and r["status"] == "not ready", r
     assert r["slots_covered"] == 16384 - owned(first) - owned(second) < 8192, r
     assert g.status("/healthz") == 200
+
+
+def test_drain_behind_haproxy(spawn):
+    """deploy/haproxy.cfg in front of two hosts, one of which drains (held open by a client
+    that never answers the close): before HAProxy's checks mark it down, least connections
+    sends it every other new client; its 503 is retried on the other host, so every upgrade
+    through HAProxy succeeds."""
+    from test_scaleout import HAPROXY, HAProxy
+    if not Path(HAPROXY).exists():
+        pytest.skip("haproxy is not installed (scripts/deps.sh installs it)")
+    redis = spawn.redis()
+    h1 = spawn.gateway([redis], name="dh1", drain_timeout_ms=20000)
+    h2 = spawn.gateway([redis], name="dh2", drain_timeout_ms=20000)
+    lb = HAProxy(spawn.workdir, [("h1", h1), ("h2", h2)])
+    lb.start()
+    try:
+        lb.wait_status({"h1": "UP", "h2": "UP"})
+        stuck = RawWS(h1)
+        assert stuck.status == 101
+        h1.proc.send_signal(signal.SIGTERM)
+        H.wait_until(lambda: readyz(h1)[0] == 503, timeout=2, interval=0.01, what="h1 draining")
+        clients = [RawWS((H.HOST, lb.port)) for _ in range(8)]
+        statuses = [c.status for c in clients]
+        assert lb.status()["h1"] != "DOWN", "too slow: HAProxy had already taken h1 out"
+        assert statuses == [101] * 8, statuses
+        for c in clients + [stuck]:
+            c.sock.close()
+        assert h1.proc.wait(10) == 0
+    finally:
+        lb.stop()
+        if lb in H.LIVE:
+            H.LIVE.remove(lb)
