@@ -140,7 +140,7 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
     COUNTER("kefu_messages_stored_total", "Chat messages stored (msg.send, not counting duplicates).", messages_stored);
     COUNTER("kefu_inbox_entries_total", "Entries read from this node's inbox streams.", inbox_entries);
     COUNTER("kefu_inbox_deliveries_total", "Pushes queued to local connections from inboxes.", inbox_deliveries);
-    COUNTER("kefu_accept_rejected_total", "Connections refused at accept (draining or max_connections).", accept_rejected);
+    COUNTER("kefu_accept_rejected_total", "Connections closed at accept (max_connections, or libwebsockets did not adopt them).", accept_rejected);
     COUNTER("kefu_accept_errors_total", "accept() failures (e.g. out of file descriptors).", accept_errors);
     COUNTER("kefu_slow_consumer_drops_total", "Frames refused because an output queue was full (connection then closed).", outq_dropped);
     COUNTER("kefu_presence_cache_hits_total", "Routing presence lookups answered from the local cache.", presence_cache_hits);
