@@ -3,6 +3,7 @@ keeps answering, upgrades are refused with 503), and the Redis coverage in its b
 most of the cluster is reached, 503 once it is not."""
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -121,3 +122,28 @@ def test_drain_behind_haproxy(spawn):
         lb.stop()
         if lb in H.LIVE:
             H.LIVE.remove(lb)
+
+
+def test_one_process_drains_its_siblings_take_new_clients(spawn):
+    """SIGTERM to one process of a running host (not to the master): that process closes its
+    listening socket at once, so every new upgrade lands on its sibling; the host says 503
+    draining until the master has started a fresh process."""
+    from test_master import children
+    g = spawn.gateway([spawn.redis()], name="one", processes=2, drain_timeout_ms=20000)
+    stuck = []
+    while True:                       # a client that never answers the close on each process
+        stuck.append(RawWS(g))
+        m = g.metrics()
+        if all(m.get("kefu_process_connections", process=str(i)) >= 1 for i in (0, 1)):
+            break
+        assert len(stuck) < 40, "SO_REUSEPORT never picked one of the processes"
+    victim = children(g.proc.pid)[0]
+    os.kill(victim, signal.SIGTERM)
+    H.wait_until(lambda: readyz(g)[0] == 503, timeout=2, interval=0.01, what="503 draining")
+    assert readyz(g)[1]["processes_draining"] == 1
+    late = [RawWS(g) for _ in range(10)]
+    assert [c.status for c in late] == [101] * 10
+    assert os.path.exists(f"/proc/{victim}"), "the drain was over before the checks"
+    for c in late + stuck:
+        c.sock.close()
+    g.wait_ready(10)
