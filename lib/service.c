@@ -488,7 +488,9 @@ int kf_keywords_parse(const char *spec, char out[][KF_KEYWORD_MAX + 1], size_t m
                 sep = 1;
                 break;
             }
-            if (!memcmp(e, "\xEF\xBC\x8C", 3)) {
+            /* byte by byte: the comparison stops at the terminating NUL */
+            if ((unsigned char)e[0] == 0xEF && (unsigned char)e[1] == 0xBC &&
+                (unsigned char)e[2] == 0x8C) {
                 sep = 3;
                 break;
             }
