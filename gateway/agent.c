@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "keywords.h"
 #include "request.h"
 #include "kefu/alloc.h"
 #include "kefu/keys.h"
@@ -99,7 +100,7 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
         staff_resume();
         return;
     }
-    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 5) {
+    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 6) {
         if (sd.ndoms) sd.ask = (sd.ask + 1) % sd.ndoms;
         kf_debug("staff domains not read (%s); keeping what was read before",
                  err ? err : r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
@@ -107,7 +108,7 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
         return;
     }
     const redisReply *spec = r->element[0], *dg = r->element[1], *routes = r->element[2],
-                     *prio = r->element[3], *canned = r->element[4];
+                     *prio = r->element[3], *canned = r->element[4], *kws = r->element[5];
     const char *text = spec->type == REDIS_REPLY_STRING ? spec->str : "";
     char e[160];
     if (!kf_staff_domains_valid(text, e, sizeof(e))) {
@@ -127,6 +128,7 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
     sd.routes = kf_strdup(routes->type == REDIS_REPLY_STRING ? routes->str : "");
     kf_free(sd.canned);
     sd.canned = kf_strdup(canned->type == REDIS_REPLY_STRING ? canned->str : "");
+    gw_keywords_set(kws->type == REDIS_REPLY_STRING ? kws->str : "");
     snprintf(sd.default_priority, sizeof(sd.default_priority), "%s",
              prio->type == REDIS_REPLY_STRING && kf_priority_parse(prio->str) >= 0 ? prio->str
                                                                                    : "medium");
@@ -139,8 +141,8 @@ static void staff_read(void) {
     kf_key_staff_in(key, sd.ndoms ? sd.doms[sd.ask % sd.ndoms] : NULL, "config");
     sd.reading = 1;
     kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, key), on_staff_config, NULL,
-                 "HMGET %s staff_domains default_group routes default_priority canned_replies",
-                 key);
+                 "HMGET %s staff_domains default_group routes default_priority canned_replies "
+                 "trend_keywords", key);
 }
 
 static void on_staff_tick(evutil_socket_t fd, short what, void *arg) {
@@ -166,6 +168,7 @@ void gw_staff_stop(void) {
     kf_free(sd.routes);
     kf_free(sd.canned);
     sd.spec = sd.routes = sd.canned = NULL;
+    gw_keywords_stop();
 }
 
 int gw_staff_routing(const char **routes, const char **group, const char **priority) {
