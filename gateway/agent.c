@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "keywords.h"
 #include "request.h"
 #include "kefu/alloc.h"
 #include "kefu/keys.h"
@@ -99,7 +100,7 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
         staff_resume();
         return;
     }
-    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 5) {
+    if (err || r->type != REDIS_REPLY_ARRAY || r->elements != 6) {
         if (sd.ndoms) sd.ask = (sd.ask + 1) % sd.ndoms;
         kf_debug("staff domains not read (%s); keeping what was read before",
                  err ? err : r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
@@ -107,7 +108,7 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
         return;
     }
     const redisReply *spec = r->element[0], *dg = r->element[1], *routes = r->element[2],
-                     *prio = r->element[3], *canned = r->element[4];
+                     *prio = r->element[3], *canned = r->element[4], *kws = r->element[5];
     const char *text = spec->type == REDIS_REPLY_STRING ? spec->str : "";
     char e[160];
     if (!kf_staff_domains_valid(text, e, sizeof(e))) {
@@ -127,6 +128,7 @@ static void on_staff_config(const redisReply *r, const char *err, void *priv) {
     sd.routes = kf_strdup(routes->type == REDIS_REPLY_STRING ? routes->str : "");
     kf_free(sd.canned);
     sd.canned = kf_strdup(canned->type == REDIS_REPLY_STRING ? canned->str : "");
+    gw_keywords_set(kws->type == REDIS_REPLY_STRING ? kws->str : "");
     snprintf(sd.default_priority, sizeof(sd.default_priority), "%s",
              prio->type == REDIS_REPLY_STRING && kf_priority_parse(prio->str) >= 0 ? prio->str
                                                                                    : "medium");
@@ -139,8 +141,8 @@ static void staff_read(void) {
     kf_key_staff_in(key, sd.ndoms ? sd.doms[sd.ask % sd.ndoms] : NULL, "config");
     sd.reading = 1;
     kf_redis_cmd(gw->redis, kf_redis_slot(gw->redis, key), on_staff_config, NULL,
-                 "HMGET %s staff_domains default_group routes default_priority canned_replies",
-                 key);
+                 "HMGET %s staff_domains default_group routes default_priority canned_replies "
+                 "trend_keywords", key);
 }
 
 static void on_staff_tick(evutil_socket_t fd, short what, void *arg) {
@@ -166,6 +168,7 @@ void gw_staff_stop(void) {
     kf_free(sd.routes);
     kf_free(sd.canned);
     sd.spec = sd.routes = sd.canned = NULL;
+    gw_keywords_stop();
 }
 
 int gw_staff_routing(const char **routes, const char **group, const char **priority) {
@@ -531,7 +534,9 @@ struct transfer {
     char to_dom[KF_GROUP_MAX + 1];   /* staff domain of to_group */
     char customer[KF_SUB_MAX + 1];
     char *note;
-    json_t *target;   /* reserved agent's state (to an agent) */
+    int takeover;     /* a supervisor or admin transfers it to themself */
+    json_t *target;   /* reserved agent's state (to an agent; NULL when a supervisor who is
+                       * not registered as an agent takes it over) */
     json_t *monitors;
 };
 
@@ -541,6 +546,14 @@ static void transfer_free(struct transfer *t) {
     if (t->target) json_decref(t->target);
     if (t->monitors) json_decref(t->monitors);
     kf_free(t);
+}
+
+/* The new agent's display name: its registration's, or the token's when a supervisor who never
+ * registered as an agent takes it over. */
+static const char *transfer_name(const struct transfer *t) {
+    const char *name = t->target ? json_string_value(json_object_get(t->target, "name")) : NULL;
+    if (!name && t->takeover) name = t->x->c->ident.name;
+    return name && *name ? name : t->to_agent;
 }
 
 static void on_transfer_undone(const redisReply *r, const char *err, void *priv) {
@@ -559,7 +572,7 @@ static void transfer_done_agent(struct transfer *t, json_t *view) {
     gw_agent_release_in(t->from_agent, x->conv, t->from_dom);
     snprintf(seq, sizeof(seq), "%lld", (long long)json_integer_value(json_object_get(view, "seq")));
     gw_lifecycle("transferred", x->conv, c, "agent", t->to_agent, "seq", seq);
-    const char *name = json_string_value(json_object_get(t->target, "name"));
+    const char *name = transfer_name(t);
     gw_reply_ok(c, x->req, json_pack("{s:s, s:s, s:s}", "conv", x->conv, "state", "assigned",
                                      "agent", t->to_agent));
     json_t *push = kf_push_conv_assigned(x->conv, view);
@@ -573,9 +586,9 @@ static void transfer_done_agent(struct transfer *t, json_t *view) {
     n += kf_json_strings(json_object_get(view, "sups"), users + n, 62);
     gw_route_push(json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:s}", "type", "conv.state", "conv",
                             x->conv, "state", "assigned", "agent", t->to_agent, "agent_name",
-                            name ? name : t->to_agent, "transferred", 1, "from", t->from_agent),
+                            name, "transferred", 1, "from", t->from_agent),
                   users, n, c);
-    gw_monitor_push(kf_push_agent_monitor(t->target), t->monitors);
+    if (t->target) gw_monitor_push(kf_push_agent_monitor(t->target), t->monitors);
 }
 
 static void transfer_done_group(struct transfer *t, json_t *view) {
@@ -689,13 +702,13 @@ static void transfer_commit(struct transfer *t) {
     char now[24], hist[8];
     now_str(now);
     snprintf(hist, sizeof(hist), "%d", HISTORY_ON_TRANSFER);
-    const char *name = t->target ? json_string_value(json_object_get(t->target, "name")) : "";
+    const char *name = t->to_agent[0] ? transfer_name(t) : "";
     const char *argv[] = {t->to_agent[0] ? "agent" : "group",
                           c->ident.sub,
                           kf_role_name((kf_role)c->ident.role),
                           t->from_agent,
                           t->to_agent,
-                          name ? name : "",
+                          name,
                           t->to_group,
                           t->note ? t->note : "",
                           now,
@@ -731,8 +744,9 @@ static void on_transfer_checked(const redisReply *r, const char *err, void *priv
     char now[24];
     now_str(now);
     const char *argv[] = {t->from_group, kf_role_name((kf_role)c->ident.role), t->to_agent,
-                          t->to_group, t->x->conv, now, t->from_agent, other ? "1" : ""};
-    staff_script(t->from_dom, "transfer_reserve", on_transfer_reserved, t, 8, argv);
+                          t->to_group, t->x->conv, now, t->from_agent, other ? "1" : "",
+                          t->takeover ? "1" : ""};
+    staff_script(t->from_dom, "transfer_reserve", on_transfer_reserved, t, 9, argv);
 }
 
 static void h_conv_transfer(gw_conn *c, json_t *msg) {
@@ -755,6 +769,10 @@ static void h_conv_transfer(gw_conn *c, json_t *msg) {
     struct transfer *t = kf_calloc(1, sizeof(*t));
     t->x = x;
     if (to_agent) snprintf(t->to_agent, sizeof(t->to_agent), "%s", to_agent);
+    /* To oneself, by a supervisor or admin: taking the conversation over (DOMAIN: a supervisor
+     * may join or take over). They need not be available agents; see transfer_reserve.lua. */
+    t->takeover = to_agent && !strcmp(to_agent, c->ident.sub) &&
+                  (c->ident.role == KF_ROLE_SUPERVISOR || c->ident.role == KF_ROLE_ADMIN);
     if (to_group) snprintf(t->to_group, sizeof(t->to_group), "%s", to_group);
     t->note = note ? kf_strdup(note) : NULL;
     const char *argv[] = {"check", c->ident.sub, kf_role_name((kf_role)c->ident.role), "", "", "",

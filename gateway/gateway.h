@@ -33,6 +33,7 @@ typedef struct gw_options {
     long long max_message_bytes;
     long long max_text_bytes;
     long long rx_buffer_bytes;
+    long long rcvbuf_bytes;
     long long rate_per_s;
     long long rate_burst;
     long long rate_abuse_limit;
@@ -316,6 +317,7 @@ enum { ERR_BAD_REQUEST, ERR_UNAUTHORIZED, ERR_FORBIDDEN, ERR_NOT_FOUND, ERR_CONF
 typedef struct gw_metrics {
     int64_t pid;
     int64_t ready;
+    int64_t draining;
     int64_t conns_by_role[5]; /* index: kf_role (0 = unauthenticated) */
     uint64_t frames_in, frames_out, bytes_in, bytes_out;
     uint64_t messages_stored;
@@ -364,6 +366,18 @@ void gw_metrics_bind(int proc_index);
 char *gw_metrics_render(size_t headroom, size_t *len);
 /** 1 when every process of this gateway reports ready. */
 int gw_metrics_all_ready(void);
+/** The host as /readyz reports it: its processes, how many are ready and how many drain, and
+ * the Redis coverage of the least covered process (the one that decides). */
+typedef struct {
+    int procs, ready, draining;
+    unsigned slots_up, masters_up, masters;
+} gw_readiness;
+void gw_metrics_readiness(gw_readiness *out);
+/** The master: the whole host stops (SIGTERM to the master), set before the processes are
+ * told. A process reads it when its drain starts: only then is there no sibling to take new
+ * connections, so it keeps its listener to answer them (503). */
+void gw_metrics_host_stop(void);
+int gw_metrics_host_stopping(void);
 int gw_metrics_error_index(const char *code);
 
 #define GW_M (gw_metrics_self())

@@ -14,6 +14,7 @@
 
 #include "agent.h"
 #include "auth.h"
+#include "alerts.h"
 #include "callback.h"
 #include "gateway.h"
 #include "handlers.h"
@@ -1163,7 +1164,8 @@ const gw_handler gw_handlers_core[] = {
 /* Every module's request table; a type is looked up in order. */
 static const gw_handler *const handler_tables[] = {gw_handlers_core, gw_handlers_agent,
                                                      gw_handlers_stats, gw_handlers_qa,
-                                                     gw_handlers_callback, NULL};
+                                                     gw_handlers_callback, gw_handlers_alerts,
+                                                     NULL};
 
 void gw_handle_frame(gw_conn *c, json_t *msg) {
     json_t *type = json_object_get(msg, "type");

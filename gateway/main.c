@@ -201,6 +201,7 @@ int main(int argc, char **argv) {
         if (got_term) {
             got_term = 0;
             kf_info("SIGTERM: draining %d processes", alive);
+            gw_metrics_host_stop(); /* before they hear it: they keep their listeners */
             for (int i = 0; i < nprocs; i++) {
                 if (pids[i] > 0) kill(pids[i], SIGTERM);
                 restart_at[i] = 0; /* no restarts from now on */

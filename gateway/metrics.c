@@ -18,6 +18,7 @@ static gw_metrics *slots;
 static int nslots;
 static gw_metrics local_slot; /* before gw_metrics_init (tools, tests) */
 static gw_metrics *self = &local_slot;
+static volatile int *host_stop; /* shared: set by the master when the whole host drains */
 
 int gw_metrics_init(int nprocs) {
     void *p = mmap(NULL, sizeof(gw_metrics) * (size_t)nprocs, PROT_READ | PROT_WRITE,
@@ -26,8 +27,18 @@ int gw_metrics_init(int nprocs) {
     slots = p;
     nslots = nprocs;
     memset(slots, 0, sizeof(gw_metrics) * (size_t)nprocs);
+    void *h = mmap(NULL, sizeof(int), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (h == MAP_FAILED) return -1;
+    host_stop = h;
+    *host_stop = 0;
     return 0;
 }
+
+void gw_metrics_host_stop(void) {
+    if (host_stop) *host_stop = 1;
+}
+
+int gw_metrics_host_stopping(void) { return host_stop ? *host_stop : 0; }
 
 void gw_metrics_bind(int proc_index) {
     if (slots && proc_index < nslots) {
@@ -45,6 +56,24 @@ int gw_metrics_all_ready(void) {
     for (int i = 0; i < nslots; i++)
         if (!slots[i].ready) return 0;
     return 1;
+}
+
+void gw_metrics_readiness(gw_readiness *out) {
+    memset(out, 0, sizeof(*out));
+    const gw_metrics *all = slots ? slots : self;
+    int n = slots ? nslots : 1, first = 1;
+    for (int i = 0; i < n; i++) {
+        const gw_metrics *m = &all[i];
+        out->procs++;
+        out->ready += m->ready != 0;
+        out->draining += m->draining != 0;
+        if (first || (unsigned)m->redis_slots_up < out->slots_up) {
+            first = 0;
+            out->slots_up = (unsigned)m->redis_slots_up;
+            out->masters_up = (unsigned)m->redis_masters_up;
+            out->masters = (unsigned)m->redis_masters;
+        }
+    }
 }
 
 int gw_metrics_error_index(const char *code) {
@@ -111,7 +140,7 @@ char *gw_metrics_render(size_t headroom, size_t *len) {
     COUNTER("kefu_messages_stored_total", "Chat messages stored (msg.send, not counting duplicates).", messages_stored);
     COUNTER("kefu_inbox_entries_total", "Entries read from this node's inbox streams.", inbox_entries);
     COUNTER("kefu_inbox_deliveries_total", "Pushes queued to local connections from inboxes.", inbox_deliveries);
-    COUNTER("kefu_accept_rejected_total", "Connections refused at accept (draining or max_connections).", accept_rejected);
+    COUNTER("kefu_accept_rejected_total", "Connections closed at accept (max_connections, or libwebsockets did not adopt them).", accept_rejected);
     COUNTER("kefu_accept_errors_total", "accept() failures (e.g. out of file descriptors).", accept_errors);
     COUNTER("kefu_slow_consumer_drops_total", "Frames refused because an output queue was full (connection then closed).", outq_dropped);
     COUNTER("kefu_presence_cache_hits_total", "Routing presence lookups answered from the local cache.", presence_cache_hits);

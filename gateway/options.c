@@ -45,6 +45,7 @@ const kf_option gw_option_table[] = {
 
     {"max_message_bytes", KF_OPT_INT, O(max_message_bytes), "65536", 256, 16777216, 1, "largest received message, all fragments together; larger closes with 1009. Also sizes the send packet at start (not on reload).", LIMITS},
     {"max_text_bytes", KF_OPT_INT, O(max_text_bytes), "8192", 1, 1048576, 1, "largest `msg.send` `text`; larger answers `too_large`.", LIMITS},
+    {"rcvbuf_bytes", KF_OPT_INT, O(rcvbuf_bytes), "16384", 0, 16777216, 0, "kernel receive buffer per client connection (SO_RCVBUF; the kernel doubles it for its bookkeeping). What a client has sent and the gateway not read yet (while backpressure holds it) waits there, then in the client's own buffers, where TCP flow control tells it; small keeps that hidden queue, and the age of what waits in it, short. 0 = the kernel's autotuning (`tcp_rmem`).", LIMITS},
     {"rx_buffer_bytes", KF_OPT_INT, O(rx_buffer_bytes), "256", 128, 65536, 0, "libwebsockets receive buffer per connection, bytes.", LIMITS},
     {"rate_per_s", KF_OPT_INT, O(rate_per_s), "20", 1, 1000000, 1, "frames per second a connection may send (token bucket rate).", LIMITS},
     {"rate_burst", KF_OPT_INT, O(rate_burst), "40", 1, 1000000, 1, "token bucket size.", LIMITS},

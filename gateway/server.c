@@ -25,6 +25,7 @@
 #include "kefu/alloc.h"
 #include "kefu/log.h"
 #include "kefu/redis.h"
+#include "kefu/slot.h"
 #include "kefu/utf8.h"
 #include "request.h"
 #include "web.h"
@@ -629,9 +630,22 @@ static int http_request(struct lws *wsi, struct http_pss *hp, const char *uri) {
     } else if (strcmp(uri, "/healthz") == 0) {
         body = text_body("ok\n", &len);
     } else if (strcmp(uri, "/readyz") == 0) {
-        int ready = GW_M->ready && !gw->draining && gw_metrics_all_ready();
+        /* the host as a whole: ready only when every process is; the coverage is that of the
+         * least covered process */
+        gw_readiness r;
+        gw_metrics_readiness(&r);
+        int draining = gw->draining || r.draining > 0;
+        int ready = GW_M->ready && !draining && gw_metrics_all_ready();
         status = ready ? 200 : 503;
-        body = text_body(ready ? "ready\n" : gw->draining ? "draining\n" : "not ready\n", &len);
+        ctype = "application/json";
+        char js[256];
+        snprintf(js, sizeof(js),
+                 "{\"status\":\"%s\",\"processes\":%d,\"processes_ready\":%d,"
+                 "\"processes_draining\":%d,\"slots_covered\":%u,\"slots\":%d,"
+                 "\"masters_up\":%u,\"masters\":%u}\n",
+                 ready ? "ready" : draining ? "draining" : "not ready", r.procs, r.ready,
+                 r.draining, r.slots_up, KF_SLOTS, r.masters_up, r.masters);
+        body = text_body(js, &len);
     } else if (strcmp(uri, "/ws") == 0) {
         status = 426;
         body = text_body("WebSocket upgrade required\n", &len);
@@ -697,7 +711,13 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
                          status == 404   ? "Not Found"
                          : status == 400 ? "Bad Request"
                                          : "Service Unavailable",
-                         strlen(body), status == 400 ? "sec-websocket-version: 13\r\n" : "", body);
+                         strlen(body),
+                         /* 503: this host is going away; a balancer tries another at once, a
+                          * client connecting directly comes back in a second */
+                         status == 400   ? "sec-websocket-version: 13\r\n"
+                         : status == 503 ? "retry-after: 1\r\n"
+                                         : "",
+                         body);
         lws_write(wsi, (unsigned char *)resp + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
         return -1;
     }
@@ -787,8 +807,10 @@ static struct event *accept_resume_ev;
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg) {
     (void)l, (void)sa, (void)salen, (void)arg;
-    if (gw->draining ||
-        (gw->opt.max_connections && gw->nconns >= (size_t)gw->opt.max_connections)) {
+    /* While draining (the listener is then kept only when the whole host stops), connections
+     * are still taken: /readyz answers 503 draining and an upgrade 503, instead of a refused
+     * connection that a health check cannot tell from a dead host. */
+    if (gw->opt.max_connections && gw->nconns >= (size_t)gw->opt.max_connections) {
         GW_M->accept_rejected++;
         evutil_closesocket(fd);
         return;
@@ -803,6 +825,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
      * outq_max_bytes / outq_max_msgs bound it and find the slow consumer. */
     int sndbuf = 65536;
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+
     if (!lws_adopt_socket_vhost(vhost, fd)) {
         GW_M->accept_rejected++;
         kf_warn("libwebsockets did not adopt a connection");
@@ -812,7 +835,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 
 static void on_accept_resume(evutil_socket_t fd, short what, void *arg) {
     (void)fd, (void)what, (void)arg;
-    if (listener && !gw->draining) evconnlistener_enable(listener);
+    if (listener) evconnlistener_enable(listener);
 }
 
 /* accept() failed: out of descriptors most likely. Pause accepting briefly instead of spinning. */
@@ -842,6 +865,16 @@ static int listen_start(const gw_options *opt) {
     if (!listener) {
         kf_error("cannot listen on %s:%lld: %s", opt->bind, opt->port, strerror(errno));
         return -1;
+    }
+    /* A fixed receive buffer for every connection (set on the listener: its SYN-ACK already
+     * offers a window of that size, and accepted sockets inherit it). While backpressure holds
+     * a connection, what its client sends waits there unread, aging; the default (tcp_rmem:
+     * 128 KiB, about 800 chat frames) made a long hidden queue. Small, the rest stays with the
+     * client, whom TCP's window tells to wait. */
+    if (opt->rcvbuf_bytes > 0) {
+        int rcvbuf = (int)opt->rcvbuf_bytes;
+        setsockopt(evconnlistener_get_fd(listener), SOL_SOCKET, SO_RCVBUF, &rcvbuf,
+                   sizeof(rcvbuf));
     }
     evconnlistener_set_error_cb(listener, on_accept_error);
     accept_resume_ev = evtimer_new(gw->base, on_accept_resume, NULL);
@@ -895,12 +928,15 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     GW_M->redis_masters_up = mup;
     GW_M->redis_slots_up = kf_redis_slots_up(gw->redis);
     /* Ready: not draining, the inbox reader has its starting point (so nothing sent to this
-     * node from now on is skipped) and Redis serves slots. A master that is down for a while
-     * (until its replica takes over) does not take the process out of a load balancer's pool,
-     * even when it holds this node's inbox (read again, from where it stopped, once served):
-     * every gateway reaches the same cluster, and a whole pool of hosts marked down at once
-     * would drop every client (kefu_redis_slots_up and kefu_inbox_lag_ms show the outage). */
-    GW_M->ready = !gw->draining && gw->inbox_ready && GW_M->redis_slots_up > 0;
+     * node from now on is skipped) and this process reaches the masters of more than half of
+     * the slots. One master down (until its replica takes over) leaves every gateway short of
+     * the same slots: it does not take the process out of a load balancer's pool, even when it
+     * holds this node's inbox (read again, from where it stopped, once served), since a whole
+     * pool of hosts marked down at once would drop every client (kefu_redis_slots_up and
+     * kefu_inbox_lag_ms show the outage). A gateway that reaches no Redis, or less than half of
+     * the cluster while the others reach it (its own network), is out; with most masters
+     * down the cluster itself cannot fail over and every gateway is out. */
+    GW_M->ready = !gw->draining && gw->inbox_ready && GW_M->redis_slots_up > KF_SLOTS / 2;
     if (gw->draining) {
         if ((gw->nconns == 0 && kf_redis_pending(gw->redis) == 0) || now >= gw->drain_deadline_ms)
             finish_drain();
@@ -911,10 +947,16 @@ static void start_drain(void) {
     if (gw->draining) return;
     gw->draining = 1;
     GW_M->ready = 0;
-    /* Close the listening socket: the kernel sends new connections to the other processes on
-     * the port, or refuses them when there are none. */
-    if (listener) evconnlistener_free(listener);
-    listener = NULL;
+    GW_M->draining = 1;
+    if (!gw_metrics_host_stopping()) {
+        /* Only this process stops (the master restarts it): close the listening socket, and
+         * the kernel sends new connections to the other processes on the port. */
+        if (listener) evconnlistener_free(listener);
+        listener = NULL;
+    }
+    /* The whole host stops: keep accepting until the process exits, so that a health check
+     * gets /readyz 503 draining and an upgrade 503 (a balancer tries another host) rather
+     * than a refused connection. */
     gw->drain_deadline_ms = gw_now_ms() + gw->opt.drain_timeout_ms;
     kf_info("draining: closing %zu connections with 1001", gw->nconns);
     for (gw_conn *c = gw->conns; c; c = c->next)

@@ -472,3 +472,65 @@ void kf_conv_script(kf_redis *r, const char *conv, const char *name, kf_redis_cb
     for (int i = 0; i < argc; i++) av[3 + i] = argv[i];
     kf_redis_script(r, kf_redis_slot(r, meta), name, cb, priv, 3, argc + 3, av, NULL);
 }
+
+/* ---- trend keywords ---- */
+
+int kf_keywords_parse(const char *spec, char out[][KF_KEYWORD_MAX + 1], size_t max, char *err,
+                      size_t errlen) {
+    size_t n = 0;
+    const char *p = spec ? spec : "";
+    while (*p) {
+        /* the item runs to the next ',' or '，' (U+FF0C: EF BC 8C) */
+        const char *e = p;
+        size_t sep = 0;
+        for (; *e; e++) {
+            if (*e == ',') {
+                sep = 1;
+                break;
+            }
+            /* byte by byte: the comparison stops at the terminating NUL */
+            if ((unsigned char)e[0] == 0xEF && (unsigned char)e[1] == 0xBC &&
+                (unsigned char)e[2] == 0x8C) {
+                sep = 3;
+                break;
+            }
+        }
+        const char *b = p, *z = e;
+        while (b < z && isspace((unsigned char)*b)) b++;
+        while (z > b && isspace((unsigned char)z[-1])) z--;
+        size_t len = (size_t)(z - b);
+        if (len > KF_KEYWORD_MAX) {
+            snprintf(err, errlen, "keyword '%.*s...' is longer than %d bytes", 16, b,
+                     KF_KEYWORD_MAX);
+            return -1;
+        }
+        if (len) {
+            if (n == max) {
+                snprintf(err, errlen, "more than %zu keywords", max);
+                return -1;
+            }
+            for (size_t i = 0; i < len; i++)
+                out[n][i] = (char)((unsigned char)b[i] < 0x80 ? tolower((unsigned char)b[i]) : b[i]);
+            out[n][len] = '\0';
+            n++;
+        }
+        p = e + sep;
+    }
+    return (int)n;
+}
+
+int kf_keyword_in(const char *text, size_t len, const char *kw, size_t kwlen) {
+    if (kwlen == 0 || kwlen > len) return 0;
+    unsigned char first = (unsigned char)kw[0];
+    for (size_t i = 0; i + kwlen <= len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if ((c < 0x80 ? (unsigned char)tolower(c) : c) != first) continue;
+        size_t k = 1;
+        for (; k < kwlen; k++) {
+            unsigned char t = (unsigned char)text[i + k];
+            if ((t < 0x80 ? (unsigned char)tolower(t) : t) != (unsigned char)kw[k]) break;
+        }
+        if (k == kwlen) return 1;
+    }
+    return 0;
+}

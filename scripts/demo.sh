@@ -1,9 +1,12 @@
 #!/bin/bash
-# Builds kefu and runs a demo: a private redis-server, a kefu-worker and kefu-gateway processes
-# on one port with the retail bots (lua/bots/retail). Prints ready-to-open URLs for a customer
-# (the demo shop with the chat widget), two agents (the workbench) and a supervisor (the
-# console), and how to talk the protocol by hand. Ctrl-C stops everything.
-# Usage: scripts/demo.sh [--smoke]   (--smoke: start, chat once customer <-> agent, stop)
+# Builds kefu and runs a demo: a private redis-server, a private PostgreSQL server for the
+# archive (when PostgreSQL is installed; KEFU_DEMO_PG=0 skips it), a kefu-worker and kefu-gateway
+# processes on one port with the retail bots (lua/bots/retail). Prints ready-to-open URLs for a
+# customer (the demo shop with the chat widget), two agents (the workbench) and a supervisor (the
+# console), how to talk the protocol by hand and how to export the archive. Ctrl-C stops
+# everything.
+# Usage: scripts/demo.sh [--smoke]   (--smoke: start, chat once customer <-> agent, close the
+#        conversation, find it in the archive with kefu-export, stop)
 set -eu
 cd "$(dirname "$0")/.."
 smoke=0
@@ -27,9 +30,15 @@ gw_port=${KEFU_PORT:-8080}
 if [ $smoke -eq 1 ] || port_busy "$gw_port"; then gw_port=$(free_port); fi
 secret="demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 pids=()
+pg_home=""
+as_pg=()
 cleanup() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ -n "$pg_home" ]; then
+        "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_home/data" -m fast -w stop >/dev/null 2>&1 || true
+        rm -rf "$pg_home"
+    fi
     rm -rf "$run"
 }
 trap cleanup EXIT
@@ -42,8 +51,38 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly yes \
 pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
+# The archive (docs/operations.md, "Archive and export"): a private PostgreSQL on a loopback
+# port, as the tests start one; the worker creates its tables. PostgreSQL refuses to run as root:
+# then it runs as the `postgres` user, in a directory of its own ($run is private to us).
+pg_bin=${KEFU_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+pg_url=""
+archive=()
+if [ "${KEFU_DEMO_PG:-1}" = 0 ]; then
+    echo "demo: PostgreSQL skipped (KEFU_DEMO_PG=0): closed conversations stay in Redis only" >&2
+elif [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+    echo "demo: PostgreSQL is not installed (apt-get install postgresql): running without the" \
+        "archive; closed conversations stay in Redis only" >&2
+else
+    pg_port=$(free_port)
+    pg_home=$(mktemp -d /tmp/kefu-demo-pg.XXXXXX)
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres "$pg_home"
+        as_pg=(runuser -u postgres --)
+    fi
+    "${as_pg[@]}" "$pg_bin/initdb" -D "$pg_home/data" -U postgres --auth=trust -E UTF8 \
+        --locale=C.UTF-8 --no-sync >"$run/initdb.log" 2>&1 || { cat "$run/initdb.log"; exit 1; }
+    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_home/data" -l "$pg_home/postgres.log" -w \
+        -o "-p $pg_port -h 127.0.0.1 -k $pg_home/data" start >/dev/null ||
+        { cat "$pg_home/postgres.log"; exit 1; }
+    "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres kefu
+    pg_url="postgresql://postgres@127.0.0.1:$pg_port/kefu"
+    # archived 10 s after the close (production: archive_delay_s 300, so the rating comes first)
+    archive=(--archive-db "$pg_url" --archive-delay-s 10)
+    [ $smoke -eq 1 ] && archive=(--archive-db "$pg_url" --archive-delay-s 0)
+fi
+
 export KEFU_REDIS="127.0.0.1:$redis_port" KEFU_JWT_SECRETS="$secret"
-build/kefu-worker --log-level warn --http-port "$worker_http" \
+build/kefu-worker --log-level warn --http-port "$worker_http" "${archive[@]}" \
     --routes 'topic:refund=general/high,*=general' 2>"$run/worker.log" &
 pids+=($!)
 # The bots answer first and hand off to an agent (docs/bots.md); the smoke run keeps the plain
@@ -99,6 +138,8 @@ async def main():
         m = await recv(a, "msg")
         assert m["text"] == "你好", m
         print("demo smoke: customer -> agent message delivered:", m["id"], file=sys.stderr)
+        await a.send(json.dumps({"type": "conv.close", "req": 4, "conv": conv}))
+        await recv(a, "ok")
         print(conv)
 asyncio.run(main())
 PYEOF
@@ -134,7 +175,19 @@ async def main():
     raise SystemExit("demo smoke: the gateway did not serve the conversation after a Redis restart")
 asyncio.run(main())
 PYEOF
-    exit $?
+    [ -z "$pg_url" ] && exit 0
+    # The closed conversation reaches the archive (archive_delay_s 0), and kefu-export finds it.
+    for _ in $(seq 100); do
+        if build/kefu-export --db "$pg_url" -o "$run/export.jsonl" 2>"$run/export.err" &&
+            grep -q "\"$conv\"" "$run/export.jsonl"; then
+            echo "demo smoke: the conversation is in the PostgreSQL archive (kefu-export)"
+            exit 0
+        fi
+        sleep 0.2
+    done
+    echo "demo smoke: the closed conversation did not reach the archive"
+    cat "$run/export.err" "$run/worker.log"
+    exit 1
 fi
 
 # Tokens travel in the URL's fragment (after #): browsers never send it, so no log has them.
@@ -153,6 +206,21 @@ The customer chats with the bot first; type "人工" or "agent" to be passed to 
   redis     127.0.0.1:$redis_port (private, in $run)
   worker    consuming the lifecycle stream (log: $run/worker.log)
             metrics http://127.0.0.1:$worker_http/metrics   health: /healthz  readiness: /readyz
+MSG
+if [ -n "$pg_url" ]; then
+    cat <<MSG
+  archive   PostgreSQL $pg_url (private, in $pg_home)
+            closed conversations are archived 10 s after the close; export them with
+              build/kefu-export --db '$pg_url' --format csv --what messages
+              build/kefu-export --db '$pg_url' --from $(date -u +%F) > conversations.jsonl
+            (masked by default; --no-mask for the texts as archived)
+MSG
+else
+    cat <<MSG
+  archive   none (PostgreSQL not started): closed conversations stay in Redis
+MSG
+fi
+cat <<MSG
 
 Or talk the protocol by hand (two terminals; type JSON frames, see docs/protocol.md):
   $PY -m websockets 'ws://127.0.0.1:$gw_port/ws?token=$cust'

@@ -250,6 +250,10 @@ static void handle(wk_job *j, const redisReply *kv) {
         if (stars >= 1 && stars <= 2) wk_patterns_unsatisfied(j, conv, "rated 2 or less");
         wk_stats_rated(j, conv, ts, stars);
         wk_archive_rated(j, conv, ts);
+    } else if (!strcmp(e, "flagged")) {
+        wk_alert_flagged(j, conv, field(kv, "reason"));
+    } else if (!strcmp(e, "keyword")) {
+        wk_patterns_keyword(j, conv, field(kv, "by"), field(kv, "keyword"));
     } else if (!strcmp(e, "customer_left")) {
         wk_callback_left(j, field(kv, "by"), ts);
     } else if (!strcmp(e, "agent")) {

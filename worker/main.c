@@ -90,6 +90,11 @@ int wk_options_check(const wk_options *o, char *err, size_t errlen) {
         }
         s = end ? end + 1 : s + len;
     }
+    char kws[KF_KEYWORDS_MAX][KF_KEYWORD_MAX + 1];
+    if (kf_keywords_parse(o->trend_keywords, kws, KF_KEYWORDS_MAX, e, sizeof(e)) < 0) {
+        snprintf(err, errlen, "trend_keywords: %s", e);
+        return -1;
+    }
     if (wk_archive_check(o, err, errlen) < 0) return -1;
     return wk_qa_check(o, err, errlen);
 }

@@ -3,8 +3,9 @@
  * - repeat: one customer's conversations about the same category or the same topic ended
  *   unsatisfied (closed `unresolved`, or rated 2 stars or less) repeat_threshold times within
  *   repeat_window_ms;
- * - trend: trend_threshold different customers opened conversations on the same topic within
- *   trend_window_ms.
+ * - trend: trend_threshold different customers opened conversations on the same topic, or
+ *   wrote messages containing the same keyword of trend_keywords (the gateways match them and
+ *   send an event `keyword` once per conversation and keyword), within trend_window_ms.
  * pattern_count.lua counts each (a conversation or a customer counts once, so an event handled
  * twice after a worker died counts once) and says when the threshold is crossed; then the
  * monitoring supervisors get an `alert` and the conversation's record an `alert` entry. One
@@ -17,6 +18,7 @@
 #include "kefu/hash.h"
 #include "kefu/keys.h"
 #include "kefu/log.h"
+#include "kefu/service.h"
 #include "kefu/token.h"
 #include "wk.h"
 
@@ -81,6 +83,9 @@ static void on_counted(const redisReply *r, const char *err, void *priv) {
             snprintf(reason, sizeof(reason), "%lld conversations of one customer about %s '%s' "
                      "ended unresolved or rated 2 or less within %lld h", n, pc->what, pc->value,
                      pc->window_ms / 3600000);
+        else if (!strcmp(pc->what, "keyword"))
+            snprintf(reason, sizeof(reason), "%lld customers wrote '%s' within %lld min", n,
+                     pc->value, pc->window_ms / 60000);
         else
             snprintf(reason, sizeof(reason), "%lld customers opened conversations on '%s' within "
                      "%lld min", n, pc->value, pc->window_ms / 60000);
@@ -195,4 +200,25 @@ void wk_patterns_unsatisfied(wk_job *j, const char *conv, const char *why) {
 void wk_patterns_opened(wk_job *j, const char *conv) {
     if (wk.opt.trend_threshold <= 0 || !*conv) return;
     read_meta(j, conv, 1);
+}
+
+/* Counted only while the keyword is still configured: a gateway may match with a list up to a
+ * second older than this worker's (it reads the published one every second). */
+void wk_patterns_keyword(wk_job *j, const char *conv, const char *customer, const char *keyword) {
+    if (wk.opt.trend_threshold <= 0 || !*conv || !*customer || !*keyword) return;
+    if (strlen(customer) > KF_SUB_MAX) return;
+    char kws[KF_KEYWORDS_MAX][KF_KEYWORD_MAX + 1], e[160];
+    int n = kf_keywords_parse(wk.opt.trend_keywords, kws, KF_KEYWORDS_MAX, e, sizeof(e));
+    int known = 0;
+    for (int i = 0; i < n && !known; i++) known = !strcmp(kws[i], keyword);
+    if (!known) {
+        kf_debug("keyword event of %s for a keyword no longer configured", conv);
+        return;
+    }
+    char key[KF_KEY_MAX], flag[KF_KEY_MAX];
+    unsigned long long h = kf_hash_str(keyword);
+    kf_key_trend_kw(key, h, 0);
+    kf_key_trend_kw(flag, h, 1);
+    count(j, conv, "trend", "keyword", keyword, customer, customer, key, flag,
+          wk.opt.trend_window_ms, wk.opt.trend_threshold, "GT");
 }

@@ -180,6 +180,9 @@ static void monitors_read(void) {
 }
 
 void wk_push_monitors(json_t *payload, const json_t *list) {
+    /* an alert (not a monitor update) is kept for supervisors who are not subscribed now */
+    const char *type = json_string_value(json_object_get(payload, "type"));
+    if (!list && type && !strcmp(type, "alert")) wk_alert_record(payload);
     if (list) {
         const char *users[256];
         size_t n = kf_json_strings(list, users, 256);
@@ -260,6 +263,7 @@ void wk_config_publish(void) {
                               "survey", o->survey ? "1" : "0",
                               "monitor_ttl_ms", ttl,
                               "canned_replies", o->canned_replies,
+                              "trend_keywords", o->trend_keywords,
                               "staff_domains", o->staff_domains,
                               "staff_domain", doms[i],
                               "published_by", wk.consumer,

@@ -57,12 +57,15 @@ typedef struct wk_options {
     long long rate_window_ms;
     long long survey;
     long long monitor_ttl_ms;
+    long long alert_keep_days;
+    long long alert_day_max;
     char *canned_replies;
     /* patterns across conversations */
     long long repeat_threshold;
     long long repeat_window_ms;
     long long trend_threshold;
     long long trend_window_ms;
+    char *trend_keywords;
     long long stats_interval_s;
     char *stats_timezone;
     long long stats_days;
@@ -175,9 +178,17 @@ void wk_push(json_t *payload, const char *const *users, size_t n);
  * after this call, so nobody whose subscription was answered before is skipped). */
 void wk_push_monitors(json_t *payload, const json_t *monitors);
 
+/* alerts.c: the recent alerts kept for alert.list */
+/** Appends the alert (borrowed; its `type` is left out) to the day's stream. */
+void wk_alert_record(const json_t *alert);
+/** A bot flagged conv as sensitive (event `flagged`): records the alert the gateway pushed. */
+void wk_alert_flagged(wk_job *j, const char *conv, const char *reason);
+
 /* patterns.c: repeat and trend alerts, fed by lifecycle events */
 void wk_patterns_unsatisfied(wk_job *j, const char *conv, const char *why);
 void wk_patterns_opened(wk_job *j, const char *conv);
+/** A customer's message in conv contained a configured trend keyword (event `keyword`). */
+void wk_patterns_keyword(wk_job *j, const char *conv, const char *customer, const char *keyword);
 
 /* ---- statistics (stats.c) ---- */
 /** Loads stats_timezone; at start and on SIGHUP (0, or -1 with a reason). */

@@ -47,6 +47,11 @@ static inline void kf_key_user_unsat(char *k, const char *user, const char *kind
 static inline void kf_key_trend(char *k, unsigned long long topic_hash, int alerted) {
     snprintf(k, KF_KEY_MAX, "kefu:{trend:%016llx}:%s", topic_hash, alerted ? "alerted" : "customers");
 }
+/* The same for a trend keyword (worker option trend_keywords): its customers, and its flag. */
+static inline void kf_key_trend_kw(char *k, unsigned long long keyword_hash, int alerted) {
+    snprintf(k, KF_KEY_MAX, "kefu:{trendkw:%016llx}:%s", keyword_hash,
+             alerted ? "alerted" : "customers");
+}
 /* A node's inbox stream. */
 static inline void kf_key_node_inbox(char *k, const char *node) {
     snprintf(k, KF_KEY_MAX, "kefu:{n:%s}:inbox", node);
@@ -171,6 +176,13 @@ static inline void kf_key_sla(char *k, unsigned p, const char *what) {
 #define KF_KEY_CB_CHECKS "kefu:{cb}:checks"
 #define KF_KEY_CB_FIRING "kefu:{cb}:firing"
 #define KF_KEY_CB_OPEN "kefu:{cb}:open"
+/* One UTC day's alerts (YYYYMMDD), for alert.list: a capped stream, field `a` the alert as
+ * JSON without its `type` (worker/alerts.c writes, gateway/alerts.c reads). */
+static inline void kf_key_alerts(char *k, const char *day) {
+    snprintf(k, KF_KEY_MAX, "kefu:{al:%s}:alerts", day);
+}
+/* alert.list reads back at most this many days (the bound of alert_keep_days). */
+#define KF_ALERT_DAYS_MAX 31
 /* A conversation's record: one stream entry per state change (ev, by, ts, ...). */
 static inline void kf_key_conv_log(char *k, const char *conv) {
     snprintf(k, KF_KEY_MAX, "kefu:{c:%s}:log", conv);

@@ -51,6 +51,20 @@ long long kf_spec_value(const char *spec, const char *key, long long def);
 /** 1 when spec is a well-formed "k=v,..." list of integers >= 0 (keys [a-z0-9_*-]+), else 0. */
 int kf_spec_valid(const char *spec);
 
+/* ---- trend keywords (worker option trend_keywords, published to the gateways) ----
+ * "退款, refund,WiFi down": keywords separated by ',' or the full-width '，', each trimmed of
+ * spaces; ASCII letters are kept in lower case and compared without case, other bytes exact (a
+ * UTF-8 substring match). */
+#define KF_KEYWORDS_MAX 64
+#define KF_KEYWORD_MAX 64 /* bytes */
+
+/** Splits spec into out (at most max keywords, each lowered); returns how many, or -1 with err
+ * set when a keyword is longer than KF_KEYWORD_MAX bytes or there are more than max. */
+int kf_keywords_parse(const char *spec, char out[][KF_KEYWORD_MAX + 1], size_t max, char *err,
+                      size_t errlen);
+/** 1 when text[len] contains kw (as kf_keywords_parse gives it), ASCII letters without case. */
+int kf_keyword_in(const char *text, size_t len, const char *kw, size_t kwlen);
+
 /* ---- staff domains: the partition of the skill groups whose agent state shares a slot ----
  * Spec (worker option staff_domains, published to the gateways): "domain=group,group;..." --
  * domains separated by ';' or newlines, a domain's groups by ','; names [a-z0-9_-]{1,32}.

@@ -17,7 +17,12 @@ trim it from Redis (archive_trim_s 2): it reports archived conversations per sec
 from the start to the last one archived, the CPU of the workers, Redis and PostgreSQL per
 conversation, and Redis memory per conversation before and after the trim.
 
-Usage: load-tests/worker-bench/stats [--convs N] [--workers W] [--archive]
+With --archive --rate R [--duration D], the conversations are written at R a second for D
+seconds while the workers run (the issue's benchmark: 2,000 a second), and it prints, each
+second, what was written and archived and the workers' archive lag, then how long the archive
+took to catch up after the writing stopped.
+
+Usage: load-tests/worker-bench/stats [--convs N] [--workers W] [--archive [--rate R --duration D]]
        (KEFU_BIN_DIR: default build/)
 """
 
@@ -50,12 +55,13 @@ def resp(*args):
     return b"".join(out)
 
 
-def fill(port, n, now, archive=False):
-    """N closed conversations: meta, and opened/closed/rated events, as the gateways write;
-    with archive, their messages and records too."""
+def fill(port, n, now, archive=False, first=0, ev_ts=None):
+    """N closed conversations (numbered from `first`): meta, and opened/closed/rated events, as
+    the gateways write; with archive, their messages and records too. ev_ts: the events' time
+    (default: each conversation's creation), which makes them due for the archive at once."""
     buf = []
     channels, groups = ["web", "app", "wechat"], ["default", "vip", "billing", "tech"]
-    for i in range(n):
+    for i in range(first, first + n):
         conv = f"b{i:08d}"
         created = now - 600000 + i % 500000
         assigned = created + 2000
@@ -86,7 +92,7 @@ def fill(port, n, now, archive=False):
                           ("closed", ["resolution", res, "agent", agent]),
                           ("rated", ["stars", 1 + i % 5])):
             buf.append(resp("XADD", H.lifecycle_key(H.part_of(conv)), "*", "ev", ev, "conv", conv,
-                            "by", cust, "ts", created, *extra))
+                            "by", cust, "ts", ev_ts or created, *extra))
     subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=b"".join(buf), check=True,
                    stdout=subprocess.DEVNULL)
 
@@ -96,7 +102,13 @@ def main():
     ap.add_argument("--convs", type=int, default=20000)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--archive", action="store_true")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="with --archive: write closed conversations at this rate instead of a "
+                         "backlog, and report the archive's lag each second")
+    ap.add_argument("--duration", type=int, default=20, help="seconds of --rate")
     args = ap.parse_args()
+    if args.archive and args.rate:
+        return archive_rate_bench(args)
     if args.archive:
         return archive_bench(args)
     wd = tempfile.mkdtemp(prefix="kefu-sbench-")
@@ -232,6 +244,92 @@ def archive_bench(args):
               f"database {db_bytes / args.convs:.0f} B per conversation; unmasked phone numbers "
               f"in the archive: {masked}; load average {os.getloadavg()[0]:.2f}")
         return 0 if archived == args.convs and msgs == 6 * args.convs and masked == 0 else 1
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def metric(text, name):
+    for ln in text.splitlines():
+        if ln.startswith(name + " "):
+            return float(ln.split()[1])
+    return 0.0
+
+
+def archive_rate_bench(args):
+    """Closed conversations written at --rate a second for --duration seconds (in tenths of a
+    second, as gateways and the worker would leave them, their events due for the archive at
+    once) while the workers run; each second: written, archived, the workers' pending count
+    and lag (kefu_worker_archive_pending, kefu_worker_archive_lag_seconds) and the lifecycle
+    events not yet handled. Then how long the archive takes to catch up."""
+    wd = tempfile.mkdtemp(prefix="kefu-arbench-")
+    procs = []
+    try:
+        r = H.Redis(wd + "/redis").start()
+        procs.append(r)
+        pg = H.Postgres(wd + "/pg").start()
+        procs.append(pg)
+        wks = [H.Worker(wd, [r], name=f"aw{i}", log_level="warn", position_max=0,
+                        archive_db=pg.url, archive_delay_s=0, archive_trim_s=2,
+                        archive_batch=500).start()
+               for i in range(args.workers)]
+        procs += wks
+        rc0, pc0 = cpu_s(r.p.pid), pg_cpu_s(pg)
+        wc0 = sum(cpu_s(w.proc.p.pid) for w in wks)
+        load0 = os.getloadavg()[0]
+
+        def archived():
+            return int(pg.sql("SELECT count(*) FROM kefu_conversations")[0][0])
+
+        def unhandled():
+            n = 0
+            for p in range(H.PARTS):
+                if not r.call("EXISTS", H.lifecycle_key(p)):
+                    continue
+                for g in r.call("XINFO", "GROUPS", H.lifecycle_key(p)):
+                    info = dict(zip(g[::2], g[1::2]))
+                    n += int(info.get("lag") or 0) + int(info.get("pending") or 0)
+            return n
+
+        t0, written, rows, next_row = time.time(), 0, [], 1.0
+        while True:
+            el = time.time() - t0
+            if el >= args.duration:
+                break
+            due = min(int(args.rate * (el + 0.1)), args.rate * args.duration)
+            if due > written:
+                now = int(time.time() * 1000)
+                fill(r.port, due - written, now, archive=True, first=written, ev_ts=now)
+                written = due
+            if el >= next_row:
+                m = wks[0].http("/metrics")[1]
+                m = m.decode() if isinstance(m, bytes) else m
+                rows.append((round(el), written, archived(), unhandled(),
+                             metric(m, "kefu_worker_archive_pending"),
+                             metric(m, "kefu_worker_archive_lag_seconds")))
+                next_row += 1.0
+            time.sleep(max(0.0, 0.1 - (time.time() - t0 - el)))
+        inj_end = time.time()
+        done_at_end = archived()
+        deadline = inj_end + 300
+        while archived() < written and time.time() < deadline:
+            time.sleep(0.2)
+        caught_up = time.time() - inj_end
+        total = archived()
+        wcpu = sum(cpu_s(w.proc.p.pid) for w in wks) - wc0
+        rcpu, pcpu = cpu_s(r.p.pid) - rc0, pg_cpu_s(pg) - pc0
+        print("second | written | archived | lifecycle events not handled | pending (worker) | "
+              "archive lag s (worker)")
+        for row in rows:
+            print(" | ".join(str(x) for x in row))
+        print(f"archive at {args.rate} conversations/s for {args.duration} s, {args.workers} "
+              f"worker(s): written {written}, archived {done_at_end} by the end of the writing "
+              f"({done_at_end / args.duration:.0f}/s), lag then {written - done_at_end} "
+              f"conversations; all {total} archived {caught_up:.1f} s after the writing stopped; "
+              f"CPU per conversation: workers {wcpu / written * 1e6:.0f} us, redis "
+              f"{rcpu / written * 1e6:.0f} us, postgres {pcpu / written * 1e6:.0f} us; load "
+              f"average {load0:.2f} at the start")
+        return 0 if total == written else 1
     finally:
         for p in reversed(procs):
             p.stop()

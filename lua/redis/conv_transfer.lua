@@ -50,6 +50,19 @@ local seq = redis.call('HINCRBY', KEYS[1], 'assign_seq', 1)
 if mode == 'agent' then
   redis.call('HSET', KEYS[1], 'agent', ARGV[5], 'agent_name', ARGV[6], 'assigned_at', now,
     'prev_agent', expected)
+  if m['sup:' .. ARGV[5]] then
+    -- a supervisor who joined and now handles it (took it over) is its agent, no longer a
+    -- watcher: else every push would reach them twice, as agent and as joined supervisor
+    local rest = {}
+    for _, x in ipairs(sups) do if x ~= ARGV[5] then rest[#rest + 1] = x end end
+    sups = rest
+    redis.call('HDEL', KEYS[1], 'sup:' .. ARGV[5])
+    if #rest > 0 then
+      redis.call('HSET', KEYS[1], 'sups', table.concat(rest, '\n'))
+    else
+      redis.call('HDEL', KEYS[1], 'sups')
+    end
+  end
   redis.call('XADD', KEYS[3], '*', 'ev', 'transferred', 'by', caller, 'ts', now, 'from', expected,
     'agent', ARGV[5], 'note', ARGV[8], 'seq', seq)
   local msgs = {}

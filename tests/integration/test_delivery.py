@@ -9,6 +9,8 @@ import os
 import signal
 import socket
 import struct
+import subprocess
+import threading
 import time
 
 import msgpack
@@ -446,6 +448,57 @@ def test_overload_pauses_reads_and_loses_nothing(spawn):
         assert m.get("kefu_rx_paused") == 0
         assert "reconnecting" not in g.proc.log_text()
     run(body(), timeout=60)
+
+
+def gateway_recvq(g, raw):
+    """Bytes the gateway's kernel holds unread from this raw connection (ss, Recv-Q)."""
+    lport = raw.sock.getsockname()[1]
+    out = subprocess.run(["ss", "-Htn", "state", "established",
+                          f"( sport = :{g.port} and dport = :{lport} )"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0])
+
+
+def test_held_client_waits_in_its_own_buffers(spawn):
+    """While backpressure holds a connection, what its client sends waits in the gateway's
+    kernel only up to rcvbuf_bytes (then TCP's window holds the client), not the kernel's
+    default of about 800 frames; when Redis is back every frame is acknowledged."""
+    r = spawn.redis()
+    opts = dict(redis_inflight_max=16, presence_cache_ms=100, redis_timeout_ms=30000,
+                overload_shed_ms=0)
+    small = fast_gateway(spawn, [r], "rcvsmall", rcvbuf_bytes=4096, **opts)
+    auto = fast_gateway(spawn, [r], "rcvauto", rcvbuf_bytes=0, **opts)
+    n = 3000
+
+    async def body():
+        held = {}
+        for g in (small, auto):
+            cust, agent, conv, raw, frames = await raw_sender(g, g.name, n)
+            data = b"".join(raw.frame(op, p) for op, p in frames)
+            raw.sock.settimeout(None)
+            t = threading.Thread(target=raw.sock.sendall, args=(data,), daemon=True)
+            held[g.name] = (g, raw, t, len(data))
+        os.kill(r.pid, signal.SIGSTOP)
+        try:
+            for g, raw, t, size in held.values():
+                t.start()
+            time.sleep(1.5)
+            q_small = gateway_recvq(small, held[small.name][1])
+            q_auto = gateway_recvq(auto, held[auto.name][1])
+        finally:
+            os.kill(r.pid, signal.SIGCONT)
+        assert 0 < q_small <= 2 * 4096, q_small
+        assert q_auto > 4 * 4096, f"the kernel's default held only {q_auto} bytes"
+        for g, raw, t, size in held.values():
+            raw.sock.settimeout(5.0)
+            acked = 0
+            while acked < n:
+                m = raw.recv_obj("json", timeout=20)
+                assert m.get("type") == "ok", m
+                acked += 1
+            t.join(10)
+            assert not t.is_alive()
+    run(body(), timeout=90)
 
 
 def test_long_overload_refuses_instead_of_holding(spawn):

@@ -5,19 +5,16 @@ transfers to a second agent on a phone who closes it; the supervisor sees agents
 an SLA alert, approves a break, forbids transfers, joins a conversation and assigns a call-back
 task; the workbench's gateway dies and the page resumes without gaps or duplicates.
 
-The pages are served by a small static HTTP server of the test's own and reach the gateways
-through the URL fragment (#gw=ws://...,ws://...&token=...), as they do when the gateway serves
-them. Set KEFU_SCREENSHOT_DIR=docs/screenshots to refresh the README's pictures."""
+The pages are the ones a gateway serves (the copy compiled into kefu-gateway, under its
+Content-Security-Policy, gateway/web.c): a gateway of their own that stays up, allowed to let
+them connect to the others (`web_connect_src`); they reach the gateways through the URL
+fragment (#gw=ws://...,ws://...&token=...). Set KEFU_SCREENSHOT_DIR=docs/screenshots to refresh
+the README's pictures."""
 
 import asyncio
-import functools
 import os
 import signal
-import http.server
-import threading
-from pathlib import Path
 
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -27,22 +24,7 @@ import kefu_harness as H
 from kefu_client import connect, new_id, run, send_msg
 from worker_helpers import agent_on, meta, open_waiting, wcluster
 
-WEB = Path(__file__).resolve().parents[2] / "web"
 WAIT = 15
-
-
-# As strict as the gateway's: the pages must work without inline scripts or styles.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self' ws://127.0.0.1:*; base-uri 'none'; form-action 'none'")
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def end_headers(self):
-        self.send_header("Content-Security-Policy", CSP)
-        super().end_headers()
-
-    def log_message(self, *a):
-        pass
 
 
 def no_csp_violations(*drvs):
@@ -51,22 +33,18 @@ def no_csp_violations(*drvs):
         assert v == [], f"blocked by the content security policy: {v}"
 
 
-@pytest.fixture
-def web():
-    """The web/ directory over HTTP on a loopback port; yields the base URL."""
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                          functools.partial(_Quiet, directory=str(WEB)))
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+def web_gateway(spawn, wc, name="web"):
+    """A gateway of the cluster that serves the pages (its compiled-in copy) and stays up while
+    the others die. Its Content-Security-Policy lets them connect to the other gateways' ports
+    on the loopback (web_connect_src), as a deployment names its other gateway hosts."""
+    return spawn.gateway(wc.shards, name=name, web_connect_src="ws://127.0.0.1:*")
 
 
 def page_url(web, path, nodes, token, **extra):
+    """The page at path (e.g. "agent/") on the gateway web, connecting to nodes."""
     frag = "&".join([f"gw={','.join(n.ws_url for n in nodes)}", f"token={token}"] +
                     [f"{k}={v}" for k, v in extra.items()])
-    return f"{web}/{path}#{frag}"
+    return f"http://{web.host}:{web.port}/{path}#{frag}"
 
 
 async def until(drv, cond, timeout=WAIT, what="condition"):
@@ -116,8 +94,9 @@ async def sign_in(drv):
                 what="signed in")
 
 
-def test_workbench_chat_transfer_close(spawn, web):
+def test_workbench_chat_transfer_close(spawn):
     wc = wcluster(spawn, workers=1)
+    web = web_gateway(spawn, wc)
 
 
     a_id, b_id = new_id("agta"), new_id("agtb")
@@ -125,7 +104,7 @@ def test_workbench_chat_transfer_close(spawn, web):
     async def body():
         sup = await connect(wc.n1, "supervisor", "json")
         da = browser.chrome(lang="en-US")
-        da.get(page_url(web, "agent/index.html", [wc.n1, wc.n2],
+        da.get(page_url(web, "agent/", [wc.n1, wc.n2],
                         agent_token(a_id, "Alice", max_chats=3)))
         await until(da, lambda d: d.find_element(By.ID, "conn").get_attribute("class") == "conn online",
                     what="workbench connected")
@@ -173,7 +152,7 @@ def test_workbench_chat_transfer_close(spawn, web):
         # a phone's viewport: a desktop window cannot be made narrower than 500 px
         db.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
-        db.get(page_url(web, "agent/index.html", [wc.n2, wc.n1],
+        db.get(page_url(web, "agent/", [wc.n2, wc.n1],
                         agent_token(b_id, "Bob", max_chats=3)))
         await sign_in(db)
 
@@ -235,20 +214,21 @@ def test_workbench_chat_transfer_close(spawn, web):
     run(body(), timeout=90)
 
 
-def test_workbench_reconnects_without_gaps(spawn, web):
+def test_workbench_reconnects_without_gaps(spawn):
     """The gateway the workbench is connected to dies: the page reconnects to the other one,
     fetches what it missed (history after its last id), shows every message once and in order,
     and sends what was typed meanwhile once (the same cid)."""
     wc = wcluster(spawn, workers=1)
+    # a third gateway serves the page (which must not die with the one it talks to) and
+    # carries the customer, so that it can write while the page has no gateway
+    n3 = web_gateway(spawn, wc, name="wc")
 
     async def body():
         da = browser.chrome(lang="en-US")
-        da.get(page_url(web, "agent/index.html", [wc.n1, wc.n2],
+        da.get(page_url(n3, "agent/", [wc.n1, wc.n2],
                         agent_token(new_id("agt"), "Alice")))
         # 25 messages before an agent is there: the assignment carries the last 20, the page
         # reads the earlier ones on demand
-        # the customer on a third gateway, so that it can write while the page has none
-        n3 = spawn.gateway(wc.shards, name="wc")
         cust = await connect(n3, "customer", "json", name="Carol")
         conv = await open_waiting(cust)
         early = [f"early {i}" for i in range(25)]
@@ -293,14 +273,16 @@ def test_workbench_reconnects_without_gaps(spawn, web):
         await cust.no_push("msg", within=0.5)   # stored and delivered once
     run(body(), timeout=90)
 
-def test_console_agents_queue_alert_break_join(spawn, web):
+def test_console_agents_queue_alert_break_join(spawn):
     wc = wcluster(spawn, workers=1, sla_first_response_ms="*=1000", sla_alert_after_ms=300,
                   callback_grace_ms=300)
+    web = web_gateway(spawn, wc)
 
     async def body():
         ds = browser.chrome(width=1440, height=1000, lang="en-US")
-        ds.get(page_url(web, "console/index.html", [wc.n1, wc.n2],
-                        H.make_token(new_id("sup"), "supervisor", name="Susan")))
+        sup_id = new_id("sup")
+        ds.get(page_url(web, "console/", [wc.n1, wc.n2],
+                        H.make_token(sup_id, "supervisor", name="Susan")))
         await until(ds, lambda d: d.find_element(By.ID, "conn").get_attribute("class") == "conn online",
                     what="console connected")
         a1 = await agent_on(wc.n1, max_chats=1, name="Amy")
@@ -380,5 +362,34 @@ def test_console_agents_queue_alert_break_join(spawn, web):
         await click(ds, "#callbacks tr[data-task] button.assign")
         p = await a1.next_push("callback.assigned")
         assert p["task"]["assignee"] == a1.user
+
+        # the supervisor takes the joined conversation over: its handler now, without being an
+        # available agent; the customer and the agent are told, and the supervisor closes it
+        held_by = meta(wc, conv)["agent"]
+        agent = a1 if held_by == a1.user else a2
+        await click(ds, "#take-over")
+        st = await custs[conv].next_push(
+            "conv.state", match=lambda f: f["type"] == "conv.state" and f.get("agent") == sup_id)
+        assert st["agent_name"] == "Susan" and st["from"] == held_by, st
+        await agent.next_push("conv.state", match=lambda f: f.get("conv") == conv
+                              and f.get("agent") == sup_id)
+        await until(ds, lambda d: d.find_element(By.ID, "watch").get_attribute("data-handler") == sup_id
+                    and not d.find_element(By.ID, "take-over").is_displayed()
+                    and d.find_element(By.ID, "close-conv").is_displayed(), what="taken over")
+        assert meta(wc, conv)["agent"] == sup_id
+        await agent.err("forbidden", "msg.send", conv=conv, text="mine?", cid=new_id("cid"))
+        ds.find_element(By.ID, "text").send_keys("我来处理 / I am handling this now")
+        ds.find_element(By.ID, "send").click()
+        m = await custs[conv].next_push("msg", conv=conv)
+        assert m["from"]["id"] == sup_id and m["text"] == "我来处理 / I am handling this now"
+        await until(ds, lambda d: "I am handling this now" in text_of(d, "#msgs li[data-id]"),
+                    what="the supervisor's message acknowledged")
+        ds.execute_script("document.getElementById('watch-card').scrollIntoView()")
+        browser.shot(ds, "console-takeover")
+        await click(ds, "#close-conv")
+        st = await custs[conv].next_push("conv.state", conv=conv, state="closed")
+        assert st["resolution"] == "resolved", st
+        await until(ds, lambda d: not d.find_element(By.ID, "close-conv").is_displayed(),
+                    what="closed")
         no_csp_violations(ds)
     run(body(), timeout=90)

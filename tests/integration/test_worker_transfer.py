@@ -125,3 +125,72 @@ def test_forbidden_transfer_and_errors(spawn):
         await sup.err("bad_request", "group.transfers", group="default")
         await a.err("forbidden", "group.transfers", group="default", allowed=False)
     run(body())
+
+
+def test_supervisor_takes_over(spawn):
+    """A supervisor takes a conversation over (conv.transfer to themself) without being an
+    available agent: they become its handler, the agent and the customer are told, the worker's
+    bookkeeping follows, and the routing never gives them other conversations."""
+    wc = wcluster(spawn, workers=1)
+
+    async def body():
+        a = await agent_on(wc.n1)
+        cust = await connect(wc.n2, "customer", "json")
+        conv = await open_waiting(cust, topic="complaint")
+        await a.next_push("conv.assigned", conv=conv, timeout=5)
+        await cust.next_push("conv.state", conv=conv, state="assigned")
+        sup = await connect(wc.n2, "supervisor", "json", name="主管 Lin")
+        await sup.ok("conv.join", conv=conv)
+        m1, _, _ = await send_msg(cust, conv, "this is the third time!")
+        await sup.next_push("msg", conv=conv, id=m1)
+        # transfers are forbidden for the group: a supervisor still may take over
+        await sup.ok("group.transfers", group="default", allowed=False)
+
+        r = await sup.ok("conv.transfer", conv=conv, to_agent=sup.user, note="I handle this")
+        assert (r["state"], r["agent"]) == ("assigned", sup.user), r
+        st = await cust.next_push("conv.state", conv=conv, state="assigned")
+        assert (st["agent"], st["agent_name"], st["from"]) == (sup.user, "主管 Lin", a.user), st
+        st = await a.next_push("conv.state", conv=conv, state="assigned")
+        assert st["agent"] == sup.user and st["transferred"] is True
+        p = await sup.next_push("conv.assigned", conv=conv)
+        assert p["transferred_from"] == a.user and m1 in [m["id"] for m in p["msgs"]]
+        await a.err("forbidden", "msg.send", conv=conv, text="still mine?", cid="late")
+        m = meta(wc, conv)
+        assert m["agent"] == sup.user and m["agent_name"] == "主管 Lin", m
+        # now its handler, not a watcher: its pushes reach the supervisor once
+        assert "sup:" + sup.user not in m and sup.user not in m.get("sups", ""), m
+        m2, _, _ = await send_msg(cust, conv, "are you the manager?")
+        await sup.next_push("msg", conv=conv, id=m2)
+        await sup.no_push("msg", conv=conv, id=m2)
+        await send_msg(sup, conv, "yes, I am taking care of it")
+        assert conv not in load_of(wc, a.user)
+        assert load_of(wc, sup.user) == set(), "no state made up for an unregistered supervisor"
+        assert conv in {x["conv"] for x in (await sup.ok("conv.list"))["convs"]}
+        # the routing does not give the supervisor anything: a new conversation waits for `a`
+        other = await open_waiting(cust, topic="another")
+        await a.next_push("conv.assigned", conv=other, timeout=5)
+        await sup.no_push("conv.assigned", conv=other)
+        # taking over twice is a conflict; an agent cannot take over someone else's conversation
+        await sup.err("conflict", "conv.transfer", conv=conv, to_agent=sup.user)
+        b = await agent_on(wc.n1)
+        await b.err("forbidden", "conv.transfer", conv=conv, to_agent=b.user)
+
+        # a supervisor registered as an agent (here away) takes over too, and it counts in their load
+        sup2 = await connect(wc.n1, "supervisor", "json", skills=["default"])
+        await sup2.ok("agent.status", status="available")
+        await sup2.ok("agent.status", status="away", reason="other")
+        await sup2.ok("conv.transfer", conv=other, to_agent=sup2.user)
+        assert meta(wc, other)["agent"] == sup2.user
+        assert load_of(wc, sup2.user) == {other} and other not in load_of(wc, a.user)
+        await sup.ok("group.transfers", group="default", allowed=True)
+
+        # and hands it back to an agent, or closes it
+        await sup2.ok("conv.transfer", conv=other, to_agent=a.user)
+        assert load_of(wc, sup2.user) == set() and meta(wc, other)["agent"] == a.user
+        await sup.ok("conv.close", conv=conv, resolution="resolved", category="complaint")
+        tr = [e for e in record(wc, conv) if e["ev"] == "transferred"]
+        assert len(tr) == 1 and (tr[0]["by"], tr[0]["from"], tr[0]["agent"]) == \
+            (sup.user, a.user, sup.user), tr
+        closed = [e for e in record(wc, conv) if e["ev"] == "closed"]
+        assert closed and closed[0]["agent"] == sup.user, closed
+    run(body())

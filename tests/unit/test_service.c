@@ -187,11 +187,42 @@ static void test_staff_domains(void **state) {
     assert_string_equal(k, "kefu:{staff}:load:a1");
 }
 
+static void test_keywords(void **state) {
+    (void)state;
+    char kw[KF_KEYWORDS_MAX][KF_KEYWORD_MAX + 1], err[160];
+    assert_int_equal(kf_keywords_parse("", kw, KF_KEYWORDS_MAX, err, sizeof(err)), 0);
+    assert_int_equal(kf_keywords_parse(" , ,", kw, KF_KEYWORDS_MAX, err, sizeof(err)), 0);
+    int n = kf_keywords_parse(" 退款 , WiFi Down，发票,,refund ", kw, KF_KEYWORDS_MAX, err,
+                              sizeof(err));
+    assert_int_equal(n, 4);
+    assert_string_equal(kw[0], "退款");
+    assert_string_equal(kw[1], "wifi down");
+    assert_string_equal(kw[2], "发票");
+    assert_string_equal(kw[3], "refund");
+    assert_int_equal(kf_keywords_parse("a,b,c", kw, 2, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "more than 2"));
+    char long_kw[KF_KEYWORD_MAX + 2];
+    memset(long_kw, 'x', sizeof(long_kw) - 1);
+    long_kw[sizeof(long_kw) - 1] = '\0';
+    assert_int_equal(kf_keywords_parse(long_kw, kw, KF_KEYWORDS_MAX, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "longer than"));
+
+    const char *t = "我要退款！My WIFI DOWN again";
+    assert_true(kf_keyword_in(t, strlen(t), "退款", strlen("退款")));
+    assert_true(kf_keyword_in(t, strlen(t), "wifi down", 9));
+    assert_true(kf_keyword_in(t, strlen(t), "again", 5));
+    assert_false(kf_keyword_in(t, strlen(t), "退货", strlen("退货")));
+    assert_false(kf_keyword_in(t, strlen(t), "wifi  down", 10));
+    assert_false(kf_keyword_in(t, 5, "again", 5)); /* only the first len bytes are text */
+    assert_false(kf_keyword_in(t, strlen(t), "", 0));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_priority), cmocka_unit_test(test_group_valid),
         cmocka_unit_test(test_queue_order), cmocka_unit_test(test_routes),
         cmocka_unit_test(test_spec), cmocka_unit_test(test_staff_domains),
+        cmocka_unit_test(test_keywords),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,6 @@
 // The supervisor console: agents (state, load, breaks to approve or deny), queues per group
 // (transfers allowed or forbidden), alerts as they arrive, joining a conversation and moving it,
+// taking it over (the supervisor becomes its handler: conv.transfer to oneself),
 // yesterday's and today's figures with inline SVG charts, call-back tasks and the QA sample.
 // Public protocol only (docs/protocol.md).
 import { Kefu, ConvLog, pageSettings, el, clock, dur } from "../agent/kefu.js";
@@ -27,7 +28,8 @@ function setup() {
   $("brand").textContent = document.title = t("brand");
   for (const [id, key] of [["h-agents", "agents"], ["h-queues", "queues"], ["h-alerts", "alerts"],
     ["h-watch", "watch"], ["h-stats", "stats"], ["h-callbacks", "callbacks"], ["h-qa", "qa"],
-    ["join-go", "join"], ["send", "send"], ["take-go", "take"]]) $(id).textContent = t(key);
+    ["join-go", "join"], ["send", "send"], ["take-go", "take"], ["take-over", "take_over"],
+    ["close-conv", "close"]]) $(id).textContent = t(key);
   $("join-conv").placeholder = t("conv_id");
   $("take-agent").placeholder = t("agent_id");
   $("join-form").onsubmit = (e) => { e.preventDefault(); join($("join-conv").value.trim()); };
@@ -38,13 +40,16 @@ function setup() {
     $("text").value = "";
     watch.log.send(text);
   };
-  $("take-form").onsubmit = async (e) => {
-    e.preventDefault();
+  $("take-form").onsubmit = (e) => { e.preventDefault(); transfer($("take-agent").value.trim()); };
+  // Taking over is a transfer to oneself (docs/protocol.md, Transfers): no agent status needed.
+  $("take-over").onclick = () => transfer(k.me.user);
+  $("close-conv").onclick = async () => {
     $("take-err").textContent = "";
     try {
-      const r = await k.request("conv.transfer", { conv: watch.conv, to_agent: $("take-agent").value.trim() });
-      $("take-err").textContent = `→ ${r.agent}`;
-    } catch (e2) { $("take-err").textContent = e2.message || e2.code; }
+      await k.request("conv.close", { conv: watch.conv, resolution: "resolved" });
+      watch.info.state = "closed";
+      renderWatch();
+    } catch (e) { $("take-err").textContent = e.message || e.code; }
   };
   $("alerts").append(el("li", { class: "muted none", text: t("none") }));
   setInterval(() => renderAgents(), 1000);
@@ -166,9 +171,27 @@ async function join(conv) {
   renderWatch();
 }
 
+async function transfer(to) {
+  if (!watch || !to) return;
+  const conv = watch.conv;
+  $("take-err").textContent = "";
+  try {
+    const r = await k.request("conv.transfer", { conv, to_agent: to });
+    Object.assign(watch.info, { agent: r.agent, state: r.state });
+    // handed on by its handler (after taking it over), the supervisor watches it again
+    if (r.agent !== k.me.user) await k.request("conv.join", { conv }).catch(() => {});
+    $("take-err").textContent = r.agent === k.me.user ? t("taken") : `→ ${r.agent}`;
+    renderWatch();
+  } catch (e) { $("take-err").textContent = e.message || e.code; }
+}
+
 function renderWatch() {
   if (!watch) return;
   const i = watch.info;
+  const mine = i.agent === k.me?.user;
+  $("take-over").hidden = mine || i.state !== "assigned";
+  $("close-conv").hidden = !mine || i.state === "closed";
+  $("watch").dataset.handler = i.agent || "";
   $("watch-title").textContent = [i.ticket, i.channel, i.customer, i.agent && `→ ${i.agent}`, i.state].filter(Boolean).join(" · ");
   const ol = $("msgs");
   ol.replaceChildren();
@@ -330,7 +353,8 @@ k.on("typing", (p) => {
 });
 k.on("conv.state", (p) => {
   if (watch && p.conv === watch.conv) {
-    Object.assign(watch.info, { state: p.state }, p.agent ? { agent: p.agent } : {});
+    Object.assign(watch.info, { state: p.state }, p.agent ? { agent: p.agent } : {},
+      p.state === "waiting" ? { agent: "" } : {});
     renderWatch();
   }
 });
