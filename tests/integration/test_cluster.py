@@ -86,7 +86,9 @@ def assert_followed(procs, rc, t_kill, what):
     a margin for an ASan build only). Each client logs when some slots lose their server and
     when all are served again (lib/redis.c), with millisecond timestamps: no sampling of
     gauges in between."""
-    bound = rc.node_timeout_ms / 1000 + 2 + (3 if sanitized() else 0)
+    # ASan: no slower in the runs so far (0.1-0.2 s after the promotion), but its processes
+    # start and answer several times slower on a loaded CI machine: a second more
+    bound = rc.node_timeout_ms / 1000 + 2 + (1 if sanitized() else 0)
 
     def events():
         lost, back = [], []
@@ -111,7 +113,7 @@ def assert_followed(procs, rc, t_kill, what):
     assert {name for name, _ in back} == {name for name, _ in lost}, (lost, back)
     assert max(took) <= bound, f"{what} followed the failover after {took} s > {bound} s"
     if promo is not None:   # what kefu adds to Redis's own detection and election
-        assert max(t for _, t in back) - promo <= 1.0 + (2 if sanitized() else 0), \
+        assert max(t for _, t in back) - promo <= 1.0 + (1 if sanitized() else 0), \
             (promo, back)
     return took
 
