@@ -111,10 +111,14 @@ def assert_followed(procs, rc, t_kill, what):
           f"{'?' if promo is None else round(promo - t_kill, 2)} s; kill -> every slot served "
           f"again {took} s (bound {bound} s)")
     assert {name for name, _ in back} == {name for name, _ in lost}, (lost, back)
-    assert max(took) <= bound, f"{what} followed the failover after {took} s > {bound} s"
+    follow = 1.0 + (1 if sanitized() else 0)
     if promo is not None:   # what kefu adds to Redis's own detection and election
-        assert max(t for _, t in back) - promo <= 1.0 + (1 if sanitized() else 0), \
-            (promo, back)
+        assert max(t for _, t in back) - promo <= follow, (promo, back)
+        # Redis's own election is most of the bound (1.9-2.6 s of 3 s here) and is not kefu's
+        # to speed up: on a machine so loaded that the promotion itself comes late, the bound
+        # is what kefu adds to it
+        bound = max(bound, promo - t_kill + follow)
+    assert max(took) <= bound, f"{what} followed the failover after {took} s > {bound} s"
     return took
 
 
