@@ -340,8 +340,9 @@ def test_widget_renews_an_expired_token_from_its_token_url(spawn, aio):
     sub = new_id("cust")
     minted = []
 
-    def token():   # a 2-second token, fresh on every call of the token URL
-        minted.append(H.make_token(sub, "customer", ttl=2, name="Guest", channel="web"))
+    def token():   # a short-lived token, fresh on every call of the token URL (5 s: on a
+        # loaded machine 2 s could run out before the page had its welcome, again and again)
+        minted.append(H.make_token(sub, "customer", ttl=5, name="Guest", channel="web"))
         return minted[-1]
 
     shop = Shop(g, token)
