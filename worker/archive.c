@@ -12,7 +12,9 @@
  * killed) is handed out again. A claimed member stays in the pending set until it is done, so
  * the oldest due member measures the lag even while the database is down.
  *
- * One pass: archive_read.lua reads meta, messages and record in one snapshot; one SQL statement
+ * One pass: archive_read.lua reads meta, messages and record in one snapshot (after the first
+ * committed pass only the messages and entries that came since: the meta notes how far the
+ * database holds the streams, archived_msgs and archived_log); one SQL statement
  * (one transaction) upserts the conversations and inserts messages and events with ON CONFLICT
  * DO NOTHING, so any number of passes, by any workers, leave each row once (a second pass only
  * updates the conversation row: a rating, a QA review). The statement is prepared once per
@@ -71,7 +73,8 @@ struct item {
     int alone;              /* its batch was refused: written in a statement of its own */
     char *row, *msgs, *evs; /* its JSON for the statement's parameters */
     size_t size;            /* ... their length */
-    char last_log[48];      /* id of the last record entry read */
+    char last_log[48];      /* id of the last record entry read (or archived before) */
+    char last_msg[48];      /* ... of the last message */
 };
 
 static struct {
@@ -199,8 +202,9 @@ static void mark(struct item *it) {
     snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
     snprintf(trim, sizeof(trim), "%lld", wk.opt.archive_trim_s * 1000);
     snprintf(grace, sizeof(grace), "%lld", GRACE_MS);
-    const char *argv[] = {meta, msgs, log, bot, now, trim, grace, wk.consumer, it->last_log};
-    kf_redis_script(wk.redis, kf_redis_slot(wk.redis, meta), "archive_mark", on_marked, it, 4, 9,
+    const char *argv[] = {meta, msgs, log, bot, now, trim, grace, wk.consumer, it->last_log,
+                          it->last_msg};
+    kf_redis_script(wk.redis, kf_redis_slot(wk.redis, meta), "archive_mark", on_marked, it, 4, 10,
                     argv, NULL);
 }
 
@@ -281,6 +285,9 @@ static int build(struct item *it, const redisReply *r) {
         json_decref(masked);
         return -1;
     }
+    /* a later pass reads only the entries after these (archive_read.lua) */
+    snprintf(it->last_msg, sizeof(it->last_msg), "%s", mget(raw, "archived_msgs"));
+    snprintf(it->last_log, sizeof(it->last_log), "%s", mget(raw, "archived_log"));
     long long closed = atoll(mget(raw, "closed_at")), created = atoll(mget(raw, "created"));
     const char *rc = mget(raw, "rating_comment"), *qn = mget(raw, "qa_notes");
     json_t *row = json_pack(
@@ -314,6 +321,7 @@ static int build(struct item *it, const redisReply *r) {
         const redisReply *e = msgs->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) continue;
         const char *id = s_of(e->element[0]);
+        snprintf(it->last_msg, sizeof(it->last_msg), "%s", id);
         const redisReply *kv = e->element[1];
         const char *from = "", *role = "", *name = "", *text = "", *cid = "";
         for (size_t k = 0; kv->type == REDIS_REPLY_ARRAY && k + 1 < kv->elements; k += 2) {
@@ -330,7 +338,6 @@ static int build(struct item *it, const redisReply *r) {
                                             jtext(name), "body", jtext(text), "cid", jstr(cid)));
     }
     json_t *ea = json_array();
-    it->last_log[0] = 0;
     for (size_t i = 0; log->type == REDIS_REPLY_ARRAY && i < log->elements; i++) {
         const redisReply *e = log->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) continue;

@@ -98,6 +98,10 @@ def test_archive_masked_rated_reviewed_trimmed(spawn):
             [["", cust.user, agent.user, "default", "resolved", "complaint", w.name]]
         m = meta(wc, conv)
         assert int(m["archived_at"]) > 0 and m["archived_first"] == m["archived_at"]
+        # how far the database holds the streams: a later pass reads only what came after
+        last_id = lambda k: rcall(wc, "c:" + conv, "XREVRANGE", f"kefu:{{c:{conv}}}:{k}", "+",
+                                  "-", "COUNT", "1")[0][0]
+        assert m["archived_msgs"] == last_id("msgs") and m["archived_log"] == last_id("log")
         # kept for archive_trim_s, then deleted by the worker; the expiry is the backstop
         ttl = int(rcall(wc, "c:" + conv, "PTTL", f"kefu:{{c:{conv}}}:msgs"))
         assert 10000 < ttl <= 10000 + 3600_000, ttl
@@ -125,6 +129,8 @@ def test_archive_masked_rated_reviewed_trimmed(spawn):
                    10, "the rating in the archive")
         # by a pass of its own, not the trim pass: the keys are still there
         assert rcall(wc, "c:" + conv, "EXISTS", *conv_keys(conv)[:3]) == 3
+        wait_until(lambda: meta(wc, conv)["archived_log"] == last_id("log"), 5, "the mark")
+        assert meta(wc, conv)["archived_log"] != m["archived_log"]
         assert wmetrics(w).get("kefu_worker_archive_archived_total") == 2
         # a QA review: no lifecycle event; the pass before the trim takes it
         await sup.ok("qa.review", conv=conv, score=90, notes="客户电话 13600001111", tags=["ok"])
