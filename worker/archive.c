@@ -14,7 +14,7 @@
  *
  * One pass: archive_read.lua reads meta, messages and record in one snapshot (after the first
  * committed pass only the messages and entries that came since: the meta notes how far the
- * database holds the streams, archived_msgs and archived_log); one SQL statement
+ * database holds the streams, archived_msg_id and archived_log_id); one SQL statement
  * (one transaction) upserts the conversations and inserts messages and events with ON CONFLICT
  * DO NOTHING, so any number of passes, by any workers, leave each row once (a second pass only
  * updates the conversation row: a rating, a QA review). The statement is prepared once per
@@ -286,8 +286,8 @@ static int build(struct item *it, const redisReply *r) {
         return -1;
     }
     /* a later pass reads only the entries after these (archive_read.lua) */
-    snprintf(it->last_msg, sizeof(it->last_msg), "%s", mget(raw, "archived_msgs"));
-    snprintf(it->last_log, sizeof(it->last_log), "%s", mget(raw, "archived_log"));
+    snprintf(it->last_msg, sizeof(it->last_msg), "%s", mget(raw, "archived_msg_id"));
+    snprintf(it->last_log, sizeof(it->last_log), "%s", mget(raw, "archived_log_id"));
     long long closed = atoll(mget(raw, "closed_at")), created = atoll(mget(raw, "created"));
     const char *rc = mget(raw, "rating_comment"), *qn = mget(raw, "qa_notes");
     json_t *row = json_pack(

@@ -101,7 +101,7 @@ def test_archive_masked_rated_reviewed_trimmed(spawn):
         # how far the database holds the streams: a later pass reads only what came after
         last_id = lambda k: rcall(wc, "c:" + conv, "XREVRANGE", f"kefu:{{c:{conv}}}:{k}", "+",
                                   "-", "COUNT", "1")[0][0]
-        assert m["archived_msgs"] == last_id("msgs") and m["archived_log"] == last_id("log")
+        assert m["archived_msg_id"] == last_id("msgs") and m["archived_log_id"] == last_id("log")
         # kept for archive_trim_s, then deleted by the worker; the expiry is the backstop
         ttl = int(rcall(wc, "c:" + conv, "PTTL", f"kefu:{{c:{conv}}}:msgs"))
         assert 10000 < ttl <= 10000 + 3600_000, ttl
@@ -129,8 +129,8 @@ def test_archive_masked_rated_reviewed_trimmed(spawn):
                    10, "the rating in the archive")
         # by a pass of its own, not the trim pass: the keys are still there
         assert rcall(wc, "c:" + conv, "EXISTS", *conv_keys(conv)[:3]) == 3
-        wait_until(lambda: meta(wc, conv)["archived_log"] == last_id("log"), 5, "the mark")
-        assert meta(wc, conv)["archived_log"] != m["archived_log"]
+        wait_until(lambda: meta(wc, conv)["archived_log_id"] == last_id("log"), 5, "the mark")
+        assert meta(wc, conv)["archived_log_id"] != m["archived_log_id"]
         assert wmetrics(w).get("kefu_worker_archive_archived_total") == 2
         # a QA review: no lifecycle event; the pass before the trim takes it
         await sup.ok("qa.review", conv=conv, score=90, notes="客户电话 13600001111", tags=["ok"])
