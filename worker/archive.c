@@ -12,10 +12,18 @@
  * killed) is handed out again. A claimed member stays in the pending set until it is done, so
  * the oldest due member measures the lag even while the database is down.
  *
- * One pass: archive_read.lua reads meta, messages and record in one snapshot; one SQL statement
- * (one transaction) upserts the conversation and inserts messages and events with ON CONFLICT DO
- * NOTHING, so any number of passes, by any workers, leave each row once (a second pass only
- * updates the conversation row: a rating, a QA review). Then archive_mark.lua notes
+ * One pass: archive_read.lua reads meta, messages and record in one snapshot (after the first
+ * committed pass only the messages and entries that came since: the meta notes how far the
+ * database holds the streams, archived_msg_id and archived_log_id); one SQL statement
+ * (one transaction) upserts the conversations and inserts messages and events with ON CONFLICT
+ * DO NOTHING, so any number of passes, by any workers, leave each row once (a second pass only
+ * updates the conversation row: a rating, a QA review). The statement is prepared once per
+ * connection and takes up to BATCH_MAX conversations read and waiting (BATCH_BYTES of JSON at
+ * most) as three jsonb arrays: parsing, planning and committing once per conversation had cost
+ * PostgreSQL more than the rows themselves. When PostgreSQL refuses a batch, one conversation's
+ * row is at fault and nothing of the batch was written: its members are written again one per
+ * statement, so the others get in and only the faulty one is held (HOLD_MS) and logged.
+ * Only after the commit, archive_mark.lua notes
  * `archived_at` in the meta and sets the keys' expiry; archive_done.lua reschedules the member
  * for one more pass archive_trim_s after the first archiving, which catches late QA reviews and
  * deletes the keys (unless the record grew since it was read: then yet another pass). The keys'
@@ -49,18 +57,24 @@
 #define BACKOFF_MAX_MS 5000
 #define HOLD_MS 600000         /* a conversation the database refused is tried again this late */
 #define GRACE_MS 3600000LL     /* the keys expire this long after the trim pass is due */
+#define BATCH_MAX 100          /* conversations per statement ... */
+#define BATCH_BYTES (1 << 20)  /* ... and their JSON, at most (one conversation may exceed it) */
+#define STMT "kefu_archive"    /* the prepared statement's name */
 
 extern const char wk_archive_schema[]; /* sql/kefu-archive.sql, generated */
 
-enum { DB_OFF, DB_DOWN, DB_CONNECTING, DB_SCHEMA, DB_READY };
+enum { DB_OFF, DB_DOWN, DB_CONNECTING, DB_SCHEMA, DB_PREPARE, DB_READY };
 
 struct item {
     struct item *next;
     char conv[72];
     char due[32];   /* the pending score it was claimed with */
     int part;
-    char *row, *msgs, *evs; /* the statement's JSON parameters */
-    char last_log[48];      /* id of the last record entry read */
+    int alone;              /* its batch was refused: written in a statement of its own */
+    char *row, *msgs, *evs; /* its JSON for the statement's parameters */
+    size_t size;            /* ... their length */
+    char last_log[48];      /* id of the last record entry read (or archived before) */
+    char last_msg[48];      /* ... of the last message */
 };
 
 static struct {
@@ -69,10 +83,12 @@ static struct {
     struct event *rd_ev, *wr_ev, *retry_ev, *poll_ev, *timeout_ev;
     long long backoff_ms;
     int busy;               /* a statement is in flight */
-    struct item *cur;       /* ... for this item (NULL: the schema) */
+    struct item *cur;       /* ... for these items, a list (NULL: the schema, the prepare) */
+    int ncur;
     struct item *head, *tail; /* read from Redis, waiting for the database */
     int inflight;           /* claimed and not finished */
     int claiming;           /* claim calls unanswered */
+    int reading;            /* archive_read calls unanswered */
     int full;               /* a partition gave a full share: poll again when done */
     long long pending[PARTS], oldest[PARTS];
     PGresult *last;         /* the statement's result kept so far */
@@ -83,6 +99,7 @@ static struct {
 
 static void connect_db(void);
 static void pump(void);
+static void sent(void);
 
 /* ---- keys ---- */
 
@@ -185,8 +202,9 @@ static void mark(struct item *it) {
     snprintf(now, sizeof(now), "%lld", (long long)wk_now_ms());
     snprintf(trim, sizeof(trim), "%lld", wk.opt.archive_trim_s * 1000);
     snprintf(grace, sizeof(grace), "%lld", GRACE_MS);
-    const char *argv[] = {meta, msgs, log, bot, now, trim, grace, wk.consumer, it->last_log};
-    kf_redis_script(wk.redis, kf_redis_slot(wk.redis, meta), "archive_mark", on_marked, it, 4, 9,
+    const char *argv[] = {meta, msgs, log, bot, now, trim, grace, wk.consumer, it->last_log,
+                          it->last_msg};
+    kf_redis_script(wk.redis, kf_redis_slot(wk.redis, meta), "archive_mark", on_marked, it, 4, 10,
                     argv, NULL);
 }
 
@@ -267,6 +285,9 @@ static int build(struct item *it, const redisReply *r) {
         json_decref(masked);
         return -1;
     }
+    /* a later pass reads only the entries after these (archive_read.lua) */
+    snprintf(it->last_msg, sizeof(it->last_msg), "%s", mget(raw, "archived_msg_id"));
+    snprintf(it->last_log, sizeof(it->last_log), "%s", mget(raw, "archived_log_id"));
     long long closed = atoll(mget(raw, "closed_at")), created = atoll(mget(raw, "created"));
     const char *rc = mget(raw, "rating_comment"), *qn = mget(raw, "qa_notes");
     json_t *row = json_pack(
@@ -300,6 +321,7 @@ static int build(struct item *it, const redisReply *r) {
         const redisReply *e = msgs->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) continue;
         const char *id = s_of(e->element[0]);
+        snprintf(it->last_msg, sizeof(it->last_msg), "%s", id);
         const redisReply *kv = e->element[1];
         const char *from = "", *role = "", *name = "", *text = "", *cid = "";
         for (size_t k = 0; kv->type == REDIS_REPLY_ARRAY && k + 1 < kv->elements; k += 2) {
@@ -316,7 +338,6 @@ static int build(struct item *it, const redisReply *r) {
                                             jtext(name), "body", jtext(text), "cid", jstr(cid)));
     }
     json_t *ea = json_array();
-    it->last_log[0] = 0;
     for (size_t i = 0; log->type == REDIS_REPLY_ARRAY && i < log->elements; i++) {
         const redisReply *e = log->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) continue;
@@ -341,11 +362,14 @@ static int build(struct item *it, const redisReply *r) {
     json_decref(row);
     json_decref(ma);
     json_decref(ea);
-    return it->row && it->msgs && it->evs ? 0 : -1;
+    if (!it->row || !it->msgs || !it->evs) return -1;
+    it->size = strlen(it->row) + strlen(it->msgs) + strlen(it->evs);
+    return 0;
 }
 
 static void on_read(const redisReply *r, const char *err, void *priv) {
     struct item *it = priv;
+    ar.reading--;
     if (wk.stopping) {
         item_free(it);
         ar.inflight--;
@@ -355,11 +379,13 @@ static void on_read(const redisReply *r, const char *err, void *priv) {
         kf_warn("archive: reading a conversation failed: %s",
                 err ? err : r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
         finish(it, "release", "");
+        pump(); /* the batch may have waited for this read */
         return;
     }
     if (build(it, r) < 0) { /* gone (trimmed already), or not closed: nothing to archive */
         kf_debug("archive: %s not archived: no such closed conversation", it->conv);
         finish(it, "done", "");
+        pump();
         return;
     }
     if (ar.tail) ar.tail->next = it;
@@ -370,9 +396,11 @@ static void on_read(const redisReply *r, const char *err, void *priv) {
 
 /* ---- the database ---- */
 
+/* $1 the conversations' rows, $2 their messages, $3 their record entries: jsonb arrays. A batch
+ * never holds a conversation twice (it is claimed once at a time), which DO UPDATE requires. */
 static const char upsert_sql[] =
     "WITH c AS (INSERT INTO kefu_conversations SELECT * FROM "
-    "jsonb_populate_record(NULL::kefu_conversations, $1::jsonb) ON CONFLICT (conv) DO UPDATE SET "
+    "jsonb_populate_recordset(NULL::kefu_conversations, $1::jsonb) ON CONFLICT (conv) DO UPDATE SET "
     "ticket = EXCLUDED.ticket, channel = EXCLUDED.channel, grp = EXCLUDED.grp, "
     "topic = EXCLUDED.topic, category = EXCLUDED.category, priority = EXCLUDED.priority, "
     "level = EXCLUDED.level, customer = EXCLUDED.customer, "
@@ -391,15 +419,19 @@ static const char upsert_sql[] =
     "jsonb_populate_recordset(NULL::kefu_events, $3::jsonb) ON CONFLICT DO NOTHING RETURNING 1) "
     "SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM m), (SELECT count(*) FROM e)";
 
-/* Everything read and not written goes back to the pending set as it was (its lease dropped). */
-static void release_all(void) {
-    struct item *it = ar.head;
-    ar.head = ar.tail = NULL;
+static void release_list(struct item *it) {
     while (it) {
         struct item *n = it->next;
         finish(it, "release", "");
         it = n;
     }
+}
+
+/* Everything read and not written goes back to the pending set as it was (its lease dropped). */
+static void release_all(void) {
+    struct item *it = ar.head;
+    ar.head = ar.tail = NULL;
+    release_list(it);
 }
 
 static void drop_conn(void) {
@@ -426,9 +458,10 @@ static void db_fail(const char *what) {
         kf_debug("archive database: %s: %s", what, msg);
     }
     if (ar.cur) {
-        ar.failures++;
-        finish(ar.cur, "release", "");
+        ar.failures += (uint64_t)ar.ncur;
+        release_list(ar.cur);
         ar.cur = NULL;
+        ar.ncur = 0;
     }
     ar.busy = 0;
     release_all();
@@ -445,12 +478,25 @@ static void statement_done(PGresult *last, int ok) {
     event_del(ar.timeout_ev);
     ar.busy = 0;
     struct item *it = ar.cur;
+    int n = ar.ncur;
     ar.cur = NULL;
-    if (ar.state == DB_SCHEMA) {
+    ar.ncur = 0;
+    if (ar.state == DB_SCHEMA || ar.state == DB_PREPARE) {
         if (!ok) {
-            kf_error("archive: the schema could not be applied: %s",
+            kf_error("archive: the %s failed: %s",
+                     ar.state == DB_SCHEMA ? "schema could not be applied" : "statement's prepare",
                      last ? PQresultErrorMessage(last) : "no result");
-            db_fail("schema");
+            db_fail(ar.state == DB_SCHEMA ? "schema" : "prepare");
+            return;
+        }
+        if (ar.state == DB_SCHEMA) {
+            /* prepared once per connection: a new connection (after a loss) prepares again */
+            ar.state = DB_PREPARE;
+            if (!PQsendPrepare(ar.pg, STMT, upsert_sql, 3, NULL)) {
+                db_fail("send prepare");
+                return;
+            }
+            sent();
             return;
         }
         ar.state = DB_READY;
@@ -462,13 +508,37 @@ static void statement_done(PGresult *last, int ok) {
     }
     if (!it) return;
     if (ok) {
-        ar.archived++;
-        mark(it);
+        /* committed: only now does Redis hear of it */
+        while (it) {
+            struct item *next = it->next;
+            it->next = NULL;
+            ar.archived++;
+            mark(it);
+            it = next;
+        }
+    } else if (n > 1) {
+        /* the server refused the batch, most likely for one conversation's row; nothing of it
+         * was written. Each is written again on its own, ahead of the rest, so the faulty one
+         * is found and the others go in. */
+        kf_warn("archive: a batch of %d conversations refused (%s); writing them one by one", n,
+                last && PQresultErrorField(last, PG_DIAG_MESSAGE_PRIMARY)
+                    ? PQresultErrorField(last, PG_DIAG_MESSAGE_PRIMARY) : "no result");
+        struct item *t = it;
+        for (;; t = t->next) {
+            t->alone = 1;
+            if (!t->next) break;
+        }
+        t->next = ar.head;
+        if (!ar.head) ar.tail = t;
+        ar.head = it;
     } else {
         /* the server refused this conversation's rows: not the connection's fault */
         ar.failures++;
         char *e = last ? PQresultErrorMessage(last) : "no result";
-        kf_error("archive: conversation not archived: %s", e);
+        for (char *p = e; *p; p++)
+            if (*p == '\n') *p = ' ';
+        kf_error("archive: conversation %s not archived, tried again in %d s: %s", it->conv,
+                 HOLD_MS / 1000, e);
         char until[24];
         snprintf(until, sizeof(until), "%lld", (long long)wk_now_ms() + HOLD_MS);
         finish(it, "hold", until);
@@ -534,15 +604,62 @@ static void sent(void) {
     on_writable(-1, 0, NULL);
 }
 
+/* Appends the elements of the JSON array a ("[...]") to b, comma-separated. */
+static void add_elems(struct evbuffer *b, const char *a) {
+    size_t n = strlen(a);
+    if (n <= 2) return; /* [] */
+    if (evbuffer_get_length(b) > 1) evbuffer_add(b, ",", 1);
+    evbuffer_add(b, a + 1, n - 2);
+}
+
+/* Sends the next batch: the waiting items, up to BATCH_MAX or BATCH_BYTES, or one item alone
+ * whose batch was refused. */
 static void pump(void) {
     if (ar.state != DB_READY || ar.busy || !ar.head || wk.stopping) return;
-    struct item *it = ar.head;
-    ar.head = it->next;
+    if (!ar.head->alone && (ar.reading > 0 || ar.claiming > 0)) {
+        /* more of this round are being read: wait for them, or for a full batch */
+        int n = 0;
+        size_t bytes = 0;
+        for (struct item *it = ar.head;
+             it && !it->alone && n < BATCH_MAX && bytes < BATCH_BYTES; it = it->next) {
+            n++;
+            bytes += it->size;
+        }
+        if (n < BATCH_MAX && bytes < BATCH_BYTES) return;
+    }
+    struct evbuffer *b[3];
+    for (int i = 0; i < 3; i++) {
+        b[i] = evbuffer_new();
+        evbuffer_add(b[i], "[", 1);
+    }
+    struct item *first = ar.head, *last = NULL;
+    size_t bytes = 0;
+    int n = 0;
+    while (ar.head && n < BATCH_MAX) {
+        struct item *it = ar.head;
+        size_t sz = it->size;
+        if (n > 0 && (it->alone || first->alone || bytes + sz > BATCH_BYTES)) break;
+        if (evbuffer_get_length(b[0]) > 1) evbuffer_add(b[0], ",", 1);
+        evbuffer_add(b[0], it->row, strlen(it->row));
+        add_elems(b[1], it->msgs);
+        add_elems(b[2], it->evs);
+        bytes += sz;
+        n++;
+        last = it;
+        ar.head = it->next;
+    }
     if (!ar.head) ar.tail = NULL;
-    it->next = NULL;
-    const char *params[3] = {it->row, it->msgs, it->evs};
-    ar.cur = it;
-    if (!PQsendQueryParams(ar.pg, upsert_sql, 3, NULL, params, NULL, NULL, 0)) {
+    last->next = NULL;
+    ar.cur = first;
+    ar.ncur = n;
+    const char *params[3];
+    for (int i = 0; i < 3; i++) {
+        evbuffer_add(b[i], "]", 2); /* with the NUL */
+        params[i] = (const char *)evbuffer_pullup(b[i], -1);
+    }
+    int rc = PQsendQueryPrepared(ar.pg, STMT, 3, params, NULL, NULL, 0);
+    for (int i = 0; i < 3; i++) evbuffer_free(b[i]);
+    if (!rc) {
         db_fail("send");
         return;
     }
@@ -615,10 +732,7 @@ static void on_retry(evutil_socket_t fd, short what, void *arg) {
 
 /* ---- claiming ---- */
 
-static void on_claimed(const redisReply *r, const char *err, void *priv) {
-    int p = (int)(intptr_t)priv;
-    ar.claiming--;
-    if (wk.stopping) return;
+static void claimed(const redisReply *r, const char *err, int p) {
     if (err || r->type != REDIS_REPLY_ARRAY || r->elements < 2) {
         if (!err && r->type == REDIS_REPLY_ERROR) kf_error("archive_claim: %s", r->str);
         return;
@@ -634,6 +748,7 @@ static void on_claimed(const redisReply *r, const char *err, void *priv) {
         snprintf(it->due, sizeof(it->due), "%s", s_of(r->element[3 + 2 * i]));
         it->part = p;
         ar.inflight++;
+        ar.reading++;
         char meta[KF_KEY_MAX], msgs[KF_KEY_MAX], log[KF_KEY_MAX];
         kf_key_conv_meta(meta, it->conv);
         kf_key_conv_msgs(msgs, it->conv);
@@ -642,6 +757,13 @@ static void on_claimed(const redisReply *r, const char *err, void *priv) {
         kf_redis_script(wk.redis, kf_redis_slot(wk.redis, meta), "archive_read", on_read, it, 3,
                         3, argv, NULL);
     }
+}
+
+static void on_claimed(const redisReply *r, const char *err, void *priv) {
+    ar.claiming--;
+    if (wk.stopping) return;
+    claimed(r, err, (int)(intptr_t)priv);
+    pump(); /* the batch may have waited for the last claim's answer */
 }
 
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
@@ -707,7 +829,11 @@ void wk_archive_stop(void) {
         it = n;
     }
     ar.head = ar.tail = NULL;
-    if (ar.cur) item_free(ar.cur);
+    for (it = ar.cur; it;) {
+        struct item *n = it->next;
+        item_free(it);
+        it = n;
+    }
     ar.cur = NULL;
     drop_conn();
     event_free(ar.retry_ev);
@@ -729,7 +855,7 @@ void wk_archive_render(struct evbuffer *o) {
         "# TYPE kefu_worker_archive_db_up gauge\nkefu_worker_archive_db_up %d\n"
         "# HELP kefu_worker_archive_archived_total Conversations written to the archive database by this worker (each pass counts: a rating or the pass before the trim writes again).\n"
         "# TYPE kefu_worker_archive_archived_total counter\nkefu_worker_archive_archived_total %llu\n"
-        "# HELP kefu_worker_archive_failures_total Archive writes that failed (database lost, or the conversation refused).\n"
+        "# HELP kefu_worker_archive_failures_total Conversations whose archive write failed (the database lost while writing them, or the conversation refused on its own).\n"
         "# TYPE kefu_worker_archive_failures_total counter\nkefu_worker_archive_failures_total %llu\n"
         "# HELP kefu_worker_archive_trimmed_total Archived conversations whose Redis keys this worker deleted (archive_trim_s).\n"
         "# TYPE kefu_worker_archive_trimmed_total counter\nkefu_worker_archive_trimmed_total %llu\n"

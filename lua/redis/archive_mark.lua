@@ -2,7 +2,9 @@
 -- its keys expire `grace` after the pass that is due `trim` after its first archiving; that
 -- pass deletes them at once, unless the record changed since it was read (then another pass).
 -- KEYS[1] meta, KEYS[2] messages, KEYS[3] record, KEYS[4] bot state
--- ARGV: now (ms), trim (ms), grace (ms), worker, id of the last record entry read ('' = none)
+-- ARGV: now (ms), trim (ms), grace (ms), worker, id of the last record entry read ('' = none),
+--   id of the last message read ('' = none): the ids up to which the database holds the streams
+--   now (archived_log_id, archived_msg_id: archive_read.lua reads only what came after them)
 -- Returns {'A', next pass ms} archived, {'C', next pass ms} archived but the record grew since
 -- it was read, {'D'} archived for the last time and deleted, {'G'} no such conversation.
 local now, trim, grace = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -13,6 +15,8 @@ if not first then
   redis.call('HSET', KEYS[1], 'archived_first', ARGV[1])
 end
 redis.call('HSET', KEYS[1], 'archived_at', ARGV[1], 'archived_by', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'archived_log_id', ARGV[5]) end
+if ARGV[6] and ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'archived_msg_id', ARGV[6]) end
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local changed = (last[1] and last[1][1] or '') ~= ARGV[5]
 local trim_at = first + trim

@@ -3,6 +3,7 @@ every message (masked at rest, unmasked live), their record and rating, by one w
 (two workers, a worker killed with SIGKILL while holding claims, the database down for a while),
 then trimmed from Redis; without a database, the conversation keys' retention."""
 
+import os
 import signal
 import subprocess
 import time
@@ -97,6 +98,10 @@ def test_archive_masked_rated_reviewed_trimmed(spawn):
             [["", cust.user, agent.user, "default", "resolved", "complaint", w.name]]
         m = meta(wc, conv)
         assert int(m["archived_at"]) > 0 and m["archived_first"] == m["archived_at"]
+        # how far the database holds the streams: a later pass reads only what came after
+        last_id = lambda k: rcall(wc, "c:" + conv, "XREVRANGE", f"kefu:{{c:{conv}}}:{k}", "+",
+                                  "-", "COUNT", "1")[0][0]
+        assert m["archived_msg_id"] == last_id("msgs") and m["archived_log_id"] == last_id("log")
         # kept for archive_trim_s, then deleted by the worker; the expiry is the backstop
         ttl = int(rcall(wc, "c:" + conv, "PTTL", f"kefu:{{c:{conv}}}:msgs"))
         assert 10000 < ttl <= 10000 + 3600_000, ttl
@@ -124,6 +129,8 @@ def test_archive_masked_rated_reviewed_trimmed(spawn):
                    10, "the rating in the archive")
         # by a pass of its own, not the trim pass: the keys are still there
         assert rcall(wc, "c:" + conv, "EXISTS", *conv_keys(conv)[:3]) == 3
+        wait_until(lambda: meta(wc, conv)["archived_log_id"] == last_id("log"), 5, "the mark")
+        assert meta(wc, conv)["archived_log_id"] != m["archived_log_id"]
         assert wmetrics(w).get("kefu_worker_archive_archived_total") == 2
         # a QA review: no lifecycle event; the pass before the trim takes it
         await sup.ok("qa.review", conv=conv, score=90, notes="客户电话 13600001111", tags=["ok"])
@@ -279,6 +286,60 @@ def test_archive_database_down_for_a_while(spawn):
     assert_once(pg, convs)
     wait_until(lambda: wmetrics(w).get("kefu_worker_archive_pending") == 0, 5, "nothing pending")
     assert wmetrics(w).get("kefu_worker_archive_lag_seconds") == 0
+
+
+def postmaster_gone(pg):
+    """True once the stopped server's postmaster no longer exists: until then a new one refuses
+    to start on its data directory."""
+    try:
+        pid = int((pg.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+        return False
+    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        return True
+
+
+def test_archive_refused_conversation_isolated(spawn):
+    """Conversations are written in batches, one statement each; when PostgreSQL refuses a batch
+    for one conversation's row, the others of the batch are archived all the same (each written
+    again on its own), and the faulty one is logged and held for 10 minutes, then tried again."""
+    pg = spawn.postgres()
+    wc = wcluster(spawn, workers=1, archive_db=pg.url, archive_delay_s=0)
+    w = wc.workers[0]
+    db_up(w)
+    # the database down while they close: they are claimed together once it is back, one batch
+    H.Proc.stop(pg, signal.SIGINT)
+    convs = close_many(wc, 4)
+    wait_until(lambda: postmaster_gone(pg), 20, "the old postmaster gone")
+    wait_until(lambda: wmetrics(w).get("kefu_worker_archive_pending") == 4, 10, "four pending")
+    # a QA score out of the column's range (smallint), as a damaged or hand-edited meta holds
+    bad = convs[1]
+    rcall(wc, "c:" + bad, "HSET", f"kefu:{{c:{bad}}}:meta", "qa_score", "99999")
+    pg.start()
+    good = set(convs) - {bad}
+    wait_until(lambda: archived(pg, convs) == good, 20, "the other three archived")
+    assert_once(pg, sorted(good))
+    log = w.proc.log_text()
+    assert "archive: a batch of 4 conversations refused" in log, log
+    line = [ln for ln in log.splitlines() if f"conversation {bad} not archived" in ln]
+    assert len(line) == 1 and "out of range for type smallint" in line[0], log
+    mt = wmetrics(w)
+    assert mt.get("kefu_worker_archive_archived_total") == 3
+    assert mt.get("kefu_worker_archive_failures_total") == 1
+    # held: still pending, its lease extended by 10 minutes (not handed out again meanwhile)
+    p = part_of(bad)
+    lease = int(float(rcall(wc, f"ar:{p}", "ZSCORE", f"kefu:{{ar:{p}}}:leases", bad)))
+    now = int(time.time() * 1000)
+    assert now + 590_000 < lease <= now + 600_000, lease - now
+    assert pending(wc, bad) is not None and leases(wc) == 1
+    # repaired and the hold over: the next poll archives it, the others are not written again
+    rcall(wc, "c:" + bad, "HSET", f"kefu:{{c:{bad}}}:meta", "qa_score", "90")
+    rcall(wc, f"ar:{p}", "ZADD", f"kefu:{{ar:{p}}}:leases", "1", bad)
+    wait_until(lambda: archived(pg, convs) == set(convs), 10, "the repaired one archived")
+    assert_once(pg, convs)
+    assert pg.sql(f"SELECT qa_score FROM kefu_conversations WHERE conv = '{bad}'") == [["90"]]
+    wait_until(lambda: wmetrics(w).get("kefu_worker_archive_archived_total") == 4, 5,
+               "its pass counted")
 
 
 def test_retention_without_archive(spawn):
