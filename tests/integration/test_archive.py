@@ -222,9 +222,11 @@ def test_archive_two_workers_each_once(spawn):
         db_up(w)
     with TableLock(pg):
         # both workers poll while the first claims wait on the table: each conversation is
-        # claimed once, by one of them
+        # claimed once, by one of them. A worker claims again only once its claim is written,
+        # so conversations that came due after both claimed (closing 16 can take a few polls on
+        # a loaded machine) wait for the lock to go: at least two claims held is what is sure
         convs = close_many(wc, 16)
-        wait_until(lambda: leases(wc) == len(convs), 10, "every conversation claimed")
+        wait_until(lambda: leases(wc) >= 2, 10, "claims held")
         time.sleep(2.5)
         assert archived(pg, convs) == set()
     wait_until(lambda: len(archived(pg, convs)) == len(convs), 30, "every conversation archived")
