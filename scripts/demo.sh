@@ -54,7 +54,10 @@ for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break;
 # The archive (docs/operations.md, "Archive and export"): a private PostgreSQL on a loopback
 # port, as the tests start one; the worker creates its tables. PostgreSQL refuses to run as root:
 # then it runs as the `postgres` user, in a directory of its own ($run is private to us).
-pg_bin=${KEFU_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+pg_bin=${KEFU_PG_BIN:-}
+if [ -z "$pg_bin" ]; then   # the newest installed major version (one on Debian 12: 15)
+    for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && pg_bin=$d; done
+fi
 pg_url=""
 archive=()
 if [ "${KEFU_DEMO_PG:-1}" = 0 ]; then
