@@ -392,4 +392,10 @@ def test_console_agents_queue_alert_break_join(spawn):
         await until(ds, lambda d: not d.find_element(By.ID, "close-conv").is_displayed(),
                     what="closed")
         no_csp_violations(ds)
+        # a console opened later shows the alerts raised before it (alert.list)
+        ds.refresh()
+        await until(ds, lambda d: css(d, f'#alerts li[data-kind="sla.first_response"][data-conv="{conv}"]')
+                    and css(d, '#alerts li[data-kind="customer_left"]'),
+                    what="the earlier alerts after a reload")
+        no_csp_violations(ds)
     run(body(), timeout=90)

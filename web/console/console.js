@@ -151,10 +151,21 @@ function addAlert(a) {
   ul.querySelector(".none")?.remove();
   const bad = a.kind === "sensitive" || a.priority === "high" || (a.kind || "").startsWith("sla.");
   ul.prepend(el("li", { "data-kind": a.kind, "data-conv": a.conv || "" },
-    el("span", { class: "muted", text: clock(a.fired_at || k.now()) + " " }),
+    el("span", { class: "muted", text: clock(a.fired_at || a.ts || k.now()) + " " }),
     el("span", { class: "pill " + (bad ? "bad" : "warn"), text: a.kind }), " ",
     el("span", { text: alertText(a).replace(/^[^·]*· ?/, "") }), " ",
     a.conv ? el("button", { class: "join", onclick: () => join(a.conv), text: t("join") }) : null));
+}
+
+/* The alerts kept while this page was not watching (alert.list: the last 24 hours), oldest
+ * first, so that the newest ends on top; pushes add to them as they come. */
+async function loadAlerts() {
+  let r;
+  try { r = await k.request("alert.list", { limit: 100 }); } catch (e) { return; }
+  const ul = $("alerts");
+  ul.replaceChildren();
+  if (!r.alerts.length) ul.append(el("li", { class: "muted none", text: t("none") }));
+  for (const a of r.alerts) addAlert(a);
 }
 
 async function join(conv) {
@@ -318,6 +329,7 @@ k.on("_conn", (s) => {
 k.on("welcome", (w) => {
   $("who").textContent = w.name;
   subscribe();
+  loadAlerts();
   loadStats();
   loadCallbacks();
   loadQA();
