@@ -278,9 +278,14 @@ static unsigned ticket_part(const char *conv) {
     return p;
 }
 
+/* "<channel>-<day>": what names a channel-day's counters */
+static void ticket_tag(const struct open_args *oa, char tag[64]) {
+    snprintf(tag, 64, "%s-%s", oa->channel, oa->day);
+}
+
 static void ticket_next(struct open_args *oa, int partitioned) {
     char tag[64], key[KF_KEY_MAX];
-    snprintf(tag, sizeof(tag), "%s-%s", oa->channel, oa->day);
+    ticket_tag(oa, tag);
     if (partitioned) {
         oa->part = (int)ticket_part(oa->conv);
         kf_key_ticket_part(key, (unsigned)oa->part, tag);
@@ -319,7 +324,7 @@ static void ticket_start(struct open_args *oa) {
         return;
     }
     char tag[64], key[KF_KEY_MAX], mark[24];
-    snprintf(tag, sizeof(tag), "%s-%s", oa->channel, oa->day);
+    ticket_tag(oa, tag);
     kf_key_ticket_seq(key, tag);
     snprintf(mark, sizeof(mark), "%lld", KF_TICKET_LEGACY_CLOSED);
     const char *argv[] = {key, mark};

@@ -194,6 +194,14 @@ def used_memory(r):
     return int(r.call("INFO", "memory").split("used_memory:")[1].split()[0])
 
 
+def archive_workers(wd, r, pg, n):
+    """n workers archiving into pg at once (archive_delay_s 0) and trimming 2 s later."""
+    return [H.Worker(wd, [r], name=f"aw{i}", log_level="warn", position_max=0,
+                     archive_db=pg.url, archive_delay_s=0, archive_trim_s=2,
+                     archive_batch=500).start()
+            for i in range(n)]
+
+
 def archive_bench(args):
     wd = tempfile.mkdtemp(prefix="kefu-abench-")
     procs = []
@@ -209,10 +217,7 @@ def archive_bench(args):
         r.call("CONFIG", "RESETSTAT")
         rc0, pc0 = cpu_s(r.p.pid), pg_cpu_s(pg)
         t0 = time.time()
-        wks = [H.Worker(wd, [r], name=f"aw{i}", log_level="warn", position_max=0,
-                        archive_db=pg.url, archive_delay_s=0, archive_trim_s=2,
-                        archive_batch=500).start()
-               for i in range(args.workers)]
+        wks = archive_workers(wd, r, pg, args.workers)
         procs += wks
         archived, deadline = 0, time.time() + 600
         while time.time() < deadline:
@@ -269,10 +274,7 @@ def archive_rate_bench(args):
         procs.append(r)
         pg = H.Postgres(wd + "/pg").start()
         procs.append(pg)
-        wks = [H.Worker(wd, [r], name=f"aw{i}", log_level="warn", position_max=0,
-                        archive_db=pg.url, archive_delay_s=0, archive_trim_s=2,
-                        archive_batch=500).start()
-               for i in range(args.workers)]
+        wks = archive_workers(wd, r, pg, args.workers)
         procs += wks
         rc0, pc0 = cpu_s(r.p.pid), pg_cpu_s(pg)
         wc0 = sum(cpu_s(w.proc.p.pid) for w in wks)

@@ -703,19 +703,28 @@ def test_master_down_stalls_only_its_partitions(spawn):
         wait_for(stored, 10, f"the opened event of {c} in partition {p}")
 
 
-def test_ticket_counters_need_only_the_conversations_master(spawn):
-    """A channel-day's tickets come from 16 counters in the lifecycle partitions' slots, each
-    conversation's from one on its own master: while one master is frozen, a conv.open whose
-    conversation lives elsewhere gets a ticket, though the channel's single counter of earlier
-    versions (read once per channel and day, before the freeze) is on the frozen master."""
+def frozen_master_setup(spawn, name, counter_on_victim):
+    """A 3-master cluster without replicas and a gateway on it; the master to freeze (not the
+    one of the default queue) and a channel whose single ticket counter of earlier versions
+    is, or is not, on that master."""
     rc = spawn.redis_cluster(replicas=0)
-    g = spawn.gateway(rc.addrs, name="tick", redis_timeout_ms=1000)
+    g = spawn.gateway(rc.addrs, name=name, redis_timeout_ms=1000)
     slots = rc.slots()
     queue = "kefu:{q:default}:waiting"
     victim = next(m for m in rc.masters_now(slots) if m is not rc.master_of(queue, slots))
     day = time.strftime("%Y%m%d")
     channel = next(ch for ch in (f"ch{i}" for i in range(100))
-                   if rc.master_of(f"kefu:{{t:{ch}-{day}}}:seq", slots) is victim)
+                   if (rc.master_of(f"kefu:{{t:{ch}-{day}}}:seq", slots) is victim)
+                   == counter_on_victim)
+    return rc, g, slots, queue, victim, channel
+
+
+def test_ticket_counters_need_only_the_conversations_master(spawn):
+    """A channel-day's tickets come from 16 counters in the lifecycle partitions' slots, each
+    conversation's from one on its own master: while one master is frozen, a conv.open whose
+    conversation lives elsewhere gets a ticket, though the channel's single counter of earlier
+    versions (read once per channel and day, before the freeze) is on the frozen master."""
+    rc, g, slots, queue, victim, channel = frozen_master_setup(spawn, "tick", counter_on_victim=True)
 
     def counter_master(ticket):
         p = (int(ticket.rsplit("-", 1)[1]) - 1) % H.PARTS
@@ -762,14 +771,7 @@ def test_open_that_fails_on_a_frozen_master_leaves_no_queue_entry(spawn):
     conversation whose keys fall on a frozen master is answered `unavailable` and never waits
     in the queue (where a worker would reserve an agent for a conversation that does not
     exist), nor in the customer's set of conversations."""
-    rc = spawn.redis_cluster(replicas=0)
-    g = spawn.gateway(rc.addrs, name="openq", redis_timeout_ms=1000)
-    slots = rc.slots()
-    queue = "kefu:{q:default}:waiting"
-    victim = next(m for m in rc.masters_now(slots) if m is not rc.master_of(queue, slots))
-    day = time.strftime("%Y%m%d")
-    channel = next(ch for ch in (f"ch{i}" for i in range(100))
-                   if rc.master_of(f"kefu:{{t:{ch}-{day}}}:seq", slots) is not victim)
+    rc, g, slots, queue, victim, channel = frozen_master_setup(spawn, "openq", counter_on_victim=False)
 
     async def body():
         sub = rc.user_id("cust", slots, off=victim)
