@@ -50,6 +50,7 @@ typedef struct gw_options {
     long long cid_window;
     long long redis_timeout_ms;
     long long ack_replicas, ack_timeout_ms;
+    long long redis_module;   /* KEFU.MSGSEND where kefu_redis.so is loaded */
     long long drain_timeout_ms;
     long long max_connections;
     long long redis_inflight_max;

@@ -1086,6 +1086,7 @@ int gw_server_run(int proc_index, const gw_options *opt, const char *config_file
         return 1;
     }
     kf_redis_set_durable(gw->redis, (int)opt->ack_replicas, (int)opt->ack_timeout_ms);
+    kf_redis_use_module(gw->redis, (int)opt->redis_module);
     /* XREAD BLOCK 1000: a reply may take a second longer than any other */
     gw->reader = kf_redis_new(gw->base, opt->redis, (int)opt->redis_timeout_ms + 1000, err,
                               sizeof(err));

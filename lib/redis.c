@@ -87,7 +87,8 @@ struct node {
         master : 1,           /* serves slots in the current map */
         restarted : 1,        /* reached a restarted server, or took over a failed master's
                                  slots: may lack acknowledged writes (reported once up) */
-        in_multi : 1;         /* between MULTI and EXEC: no redirections */
+        in_multi : 1,         /* between MULTI and EXEC: no redirections */
+        native : 1;           /* this connection's server has KEFU.MSGSEND (kefu_redis.so) */
 };
 
 struct kf_redis {
@@ -99,6 +100,7 @@ struct kf_redis {
     int refused;              /* several stand-alone servers: nothing is served */
     int timeout_ms;
     int ack_replicas, ack_timeout_ms;
+    int use_module;           /* use kefu_redis.so's commands where a server has them */
     struct event *tick, *retry_ev, *wait_ev;
     uint32_t waiting[KF_SLOTS]; /* per slot: requests in the retry list */
     int have_map;             /* a cluster slot map was applied */
@@ -847,6 +849,16 @@ static void on_server_info(const redisReply *reply, const char *err, void *priv)
     }
 }
 
+/* COMMAND INFO kefu.msgsend: [nil] when the server lacks kefu_redis.so. Until the answer comes
+ * the connection uses the script, which every server has. */
+static void on_module_info(const redisReply *reply, const char *err, void *priv) {
+    struct node *n = priv;
+    if (err || reply->type != REDIS_REPLY_ARRAY || reply->elements != 1) return;
+    int has = reply->element[0]->type == REDIS_REPLY_ARRAY;
+    if (has && !n->native) kf_info("redis %s: has the kefu module; msg.send uses KEFU.MSGSEND", n->addr);
+    n->native = has;
+}
+
 static void on_connect(const redisAsyncContext *ac, int status) {
     struct node *n = ac->data;
     if (status != REDIS_OK) {
@@ -895,6 +907,8 @@ static void node_connect(struct node *n) {
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* Queued before anything else, so every command sent on this connection finds them. */
     send_internal(n, on_server_info, n, "INFO server");
+    n->native = 0;
+    send_internal(n, on_module_info, n, "COMMAND INFO kefu.msgsend");
     n->setup_pending = 0;
     for (int i = 0; kf_script_name_at(i); i++) {
         size_t len;
@@ -1078,6 +1092,7 @@ kf_redis *kf_redis_new(struct event_base *base, const char *addrs, int timeout_m
     r->base = base;
     r->timeout_ms = timeout_ms;
     r->mode = MODE_UNKNOWN;
+    r->use_module = 1;
     char *list = kf_strdup(addrs), *save = NULL;
     for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ') tok++;
@@ -1152,6 +1167,8 @@ void kf_redis_on_state(kf_redis *r, kf_redis_state_cb *cb, void *priv) {
     r->state_cb = cb;
     r->state_priv = priv;
 }
+
+void kf_redis_use_module(kf_redis *r, int on) { r->use_module = on != 0; }
 
 void kf_redis_set_durable(kf_redis *r, int replicas, int timeout_ms) {
     r->ack_replicas = replicas > 0 ? replicas : 0;
@@ -1253,15 +1270,23 @@ static void script(kf_redis *r, unsigned slot, const char *name, kf_redis_cb *cb
     }
     char nk[16];
     snprintf(nk, sizeof(nk), "%d", nkeys);
-    av[0] = "EVALSHA", al[0] = 7;
-    av[1] = sha, al[1] = 40;
-    av[2] = nk, al[2] = strlen(nk);
-    for (int i = 0; i < argc; i++) {
-        av[3 + i] = argv[i];
-        al[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
+    /* KEFU.MSGSEND takes the script's arguments (redis-module/kefu_redis.c) */
+    const struct node *to = slot_node(r, slot & (KF_SLOTS - 1));
+    int native = r->use_module && to && to->native && strcmp(name, "msg_send") == 0;
+    int k = 0;
+    if (native) {
+        av[k] = "KEFU.MSGSEND", al[k++] = 12;
+    } else {
+        av[k] = "EVALSHA", al[k++] = 7;
+        av[k] = sha, al[k++] = 40;
+    }
+    av[k] = nk, al[k] = strlen(nk), k++;
+    for (int i = 0; i < argc; i++, k++) {
+        av[k] = argv[i];
+        al[k] = argvlen ? argvlen[i] : strlen(argv[i]);
     }
     char *cmd;
-    int n = redisFormatCommandArgv(&cmd, argc + 3, av, al);
+    int n = redisFormatCommandArgv(&cmd, k, av, al);
     if (n < 0) abort();
     dispatch(r, slot, cb, priv, cmd, (size_t)n, durable);
     redisFreeCommand(cmd);

@@ -52,7 +52,10 @@ mkdir -p build build-asan
 suite "build" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 suite "deploy files and scripts" env KEFU_BIN_DIR="$PWD/build" tests/deploy/run.sh
 suite "unit tests" ctest --test-dir build --output-on-failure
-suite "integration tests" env KEFU_BIN_DIR="$PWD/build" tests/integration/run.sh
+# The plain build's suite runs with the kefu Redis module loaded into every redis-server (so
+# msg.send goes through KEFU.MSGSEND), the sanitizer build's without it (the msg_send script).
+suite "integration tests (Redis module)" env KEFU_BIN_DIR="$PWD/build" \
+    KEFU_TEST_REDIS_MODULE="$PWD/build/kefu_redis.so" tests/integration/run.sh
 if [ -x load-tests/smoke.sh ]; then
     suite "load-test smoke" env KEFU_BIN_DIR="$PWD/build" load-tests/smoke.sh
 fi

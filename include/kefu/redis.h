@@ -91,6 +91,11 @@ size_t kf_redis_pending(const kf_redis *r);
  * `replicas` replicas have them, waiting at most timeout_ms; 0 replicas turns this off. */
 void kf_redis_set_durable(kf_redis *r, int replicas, int timeout_ms);
 
+/** Run the msg_send script as KEFU.MSGSEND, the kefu Redis module's command
+ * (redis-module/kefu_redis.c), on the servers that have it (found with COMMAND INFO on each
+ * connection). On by default. */
+void kf_redis_use_module(kf_redis *r, int on);
+
 /** Sends a command (binary-safe argv) to the server of slot. Commands issued in one loop
  * iteration are written together (pipelined); commands for one slot reach the server in the
  * order they were issued and are answered in that order, except that a durable command

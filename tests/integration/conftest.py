@@ -42,8 +42,8 @@ class Spawner:
         self.gateways = []
         self.workers = []
 
-    def redis(self, port=None):
-        r = H.Redis(self.workdir / "redis", port=port).start()
+    def redis(self, port=None, module=None):
+        r = H.Redis(self.workdir / "redis", port=port, module=module).start()
         self.redises.append(r)
         return r
 

@@ -20,6 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("KEFU_BIN_DIR") or (REPO / "build"))
 REDIS_SERVER = os.environ.get("KEFU_REDIS_SERVER", "/usr/bin/redis-server")
+# KEFU_TEST_REDIS_MODULE=<path of kefu_redis.so>: every redis-server the tests start loads the
+# kefu Redis module, so the gateways store msg.send with KEFU.MSGSEND instead of the script.
+REDIS_MODULE = os.environ.get("KEFU_TEST_REDIS_MODULE", "")
 REDIS_CLI = os.environ.get("KEFU_REDIS_CLI", "/usr/bin/redis-cli")
 EXTERNAL = os.environ.get("KEFU_TEST_GATEWAY", "").strip()
 SECRETS = tuple(
@@ -206,13 +209,16 @@ class Proc:
 
 
 class Redis(Proc):
-    def __init__(self, workdir, port=None, name="redis"):
+    def __init__(self, workdir, port=None, name="redis", module=None):
+        """module: path of a Redis module to load; None: KEFU_TEST_REDIS_MODULE's, "": none."""
         self.port = port or free_port()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        module = REDIS_MODULE if module is None else module
         super().__init__(f"{name}:{self.port}", [
             REDIS_SERVER, "--port", self.port, "--bind", HOST, "--save", "", "--appendonly", "no",
-            "--dir", self.workdir, "--daemonize", "no", "--loglevel", "warning"],
+            "--dir", self.workdir, "--daemonize", "no", "--loglevel", "warning"] +
+            (["--loadmodule", module] if module else []),
             self.workdir / f"redis-{self.port}.log", scan=False)
 
     @property
@@ -326,14 +332,15 @@ class RedisCluster:
     ports, created with redis-cli --cluster create. Short node timeout, so failovers take about
     a second; cluster-require-full-coverage no, so a failed master stalls only its own slots."""
 
-    def __init__(self, workdir, masters=3, replicas=1, node_timeout_ms=1000, appendonly=False):
+    def __init__(self, workdir, masters=3, replicas=1, node_timeout_ms=1000, appendonly=False,
+                 module=None):
         self.workdir = Path(workdir)
         self.node_timeout_ms = node_timeout_ms
         self.nodes = []
         for i in range(masters * (1 + replicas)):
             d = self.workdir / f"cluster-{i}"
             d.mkdir(parents=True, exist_ok=True)
-            r = Redis(d, port=free_port(), name="cluster")
+            r = Redis(d, port=free_port(), name="cluster", module=module)
             r.argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
                        "--cluster-port", str(free_port()),  # not port + 10000
                        "--cluster-node-timeout", str(node_timeout_ms),
