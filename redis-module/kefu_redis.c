@@ -14,6 +14,7 @@
  * A gateway uses it on every server where COMMAND INFO finds it, and the script elsewhere
  * (docs/operations.md, "The kefu Redis module"). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "rmapi.h"
@@ -194,24 +195,23 @@ static void store(RedisModuleCtx *ctx, RedisModuleString *metak, RedisModuleStri
      * boundary. */
     size_t nlen = wlen + toklen + idlen;
     char nbuf[4096];
-    char *nw = nlen <= sizeof(nbuf) ? nbuf : NULL;
-    RedisModuleString *nws;
-    if (nw) {
-        memcpy(nw, w, wlen);
-        memcpy(nw + wlen, tok, toklen);
-        memcpy(nw + wlen + toklen, id, idlen);
-        const char *cut = nw;
-        if ((long long)nlen > winbytes) {
-            size_t from = nlen - (size_t)winbytes;
-            const char *nl = memchr(nw + from, '\n', nlen - from);
-            if (nl) cut = nl;
-        }
-        nws = RM_CreateString(ctx, cut, nlen - (size_t)(cut - nw));
-    } else { /* a window larger than any the gateway asks for: keep only this entry */
-        memcpy(nbuf, tok, toklen);
-        memcpy(nbuf + toklen, id, idlen);
-        nws = RM_CreateString(ctx, nbuf, toklen + idlen);
+    char *nw = nlen <= sizeof(nbuf) ? nbuf : malloc(nlen);
+    if (!nw) {
+        RM_CloseKey(meta);
+        reply_error(ctx, "internal");
+        return;
     }
+    memcpy(nw, w, wlen);
+    memcpy(nw + wlen, tok, toklen);
+    memcpy(nw + wlen + toklen, id, idlen);
+    const char *cut = nw;
+    if ((long long)nlen > winbytes) {
+        size_t from = nlen - (size_t)winbytes;
+        const char *nl = memchr(nw + from, '\n', nlen - from);
+        if (nl) cut = nl;
+    }
+    RedisModuleString *nws = RM_CreateString(ctx, cut, nlen - (size_t)(cut - nw));
+    if (nw != nbuf) free(nw);
     RedisModuleString *ids = RM_CreateString(ctx, id, idlen);
     size_t nwlen;
     const char *nwp = RM_StringPtrLen(nws, &nwlen);

@@ -46,8 +46,11 @@ trap 'exit 0' INT TERM
 
 # AOF, fsync every second (as deploy/redis.conf.example): a Redis restart keeps the
 # conversations (docs/operations.md, "What each persistence choice can lose")
+# with the kefu Redis module, msg.send's fast path (docs/operations.md, "The kefu Redis module")
+module=()
+[ -f build/kefu_redis.so ] && module=(--loadmodule "$PWD/build/kefu_redis.so")
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly yes \
-    --appendfsync everysec --dir "$run" --logfile "$run/redis.log" &
+    --appendfsync everysec --dir "$run" --logfile "$run/redis.log" "${module[@]}" &
 pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
@@ -147,11 +150,20 @@ async def main():
 asyncio.run(main())
 PYEOF
     )
+    # The message went through the kefu Redis module's command when the module is built.
+    if [ ${#module[@]} -gt 0 ]; then
+        if redis-cli -p "$redis_port" info commandstats | grep -q '^cmdstat_kefu.msgsend:'; then
+            echo "demo smoke: msg.send was stored by the kefu Redis module (KEFU.MSGSEND)" >&2
+        else
+            echo "demo smoke: the kefu Redis module is loaded but the gateway did not use it" >&2
+            exit 1
+        fi
+    fi
     # The demo's Redis keeps its data (AOF): restart it, and the conversation is still there.
     redis-cli -p "$redis_port" shutdown >/dev/null 2>&1 || true
     wait "${pids[0]}" 2>/dev/null || true
     redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly yes \
-        --appendfsync everysec --dir "$run" --logfile "$run/redis.log" &
+        --appendfsync everysec --dir "$run" --logfile "$run/redis.log" "${module[@]}" &
     pids[0]=$!
     for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     $PY - "$gw_port" "$cust" "$conv" <<'PYEOF'

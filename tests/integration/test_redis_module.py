@@ -30,6 +30,7 @@ def seed(addr):
     c("HSET", "m:W", "customer", "c5", "agent", "a5", "state", "open")
     c("SET", "s:W", "not a stream")
     c("HSET", "m:T", "customer", "c6", "agent", "a6", "state", "open")
+    c("HSET", "m:G", "customer", "c7", "agent", "a7", "state", "open")
 
 
 # (conv, user, role, text, cid) batches, each one call; maxlen and window size per call
@@ -68,10 +69,14 @@ def transcript(addr, native):
     # approximate trimming: whole stream nodes go once the stream is past maxlen
     calls += [([("T", "c6", "customer", f"t{i + k}", f"t{i + k}") for k in range(20)],
                {"maxlen": 30}) for i in range(0, 260, 20)]
+    # a window longer than 4 KiB (the module builds it on the heap then): 150 entries are kept
+    calls += [([("G", "c7", "customer", f"g{i + k}", f"g{i + k}") for k in range(50)],
+               {"winbytes": 6000}) for i in range(0, 150, 50)]
+    calls.append(([("G", "c7", "customer", "first again", "g0")], {"winbytes": 6000}))
     out = [call(addr, native, b, **kw) for b, kw in calls]
     convs = [[m[0] for m in b] for b, _ in calls]
     state = {}
-    for conv in "ABCLTW":
+    for conv in "ABCGLTW":
         h = H.redis_call(addr, "HGETALL", f"m:{conv}")
         state[conv] = [sorted(zip(h[::2], h[1::2]))]
         if conv != "W":
@@ -112,6 +117,7 @@ def test_msgsend_does_what_the_script_does(spawn):
     assert [x[:2] for x in s_out[5]][0] == ["E", "internal"] and s_out[5][1][0] == "S"
     assert s_out[6] == [["E", "not_found"]]
     assert s_out[12][0][0] == "S" and s_out[13][0][0] == "D"
+    assert s_out[-1][0][0] == "D" and len(dict(s_state["G"][0])["cids:c7"]) > 4096
     assert s_state["T"][1] < 260
     assert normalize(n_out, convs, n_state) == normalize(s_out, convs, s_state)
     # bad calls are refused with an error, and change nothing
@@ -205,12 +211,17 @@ def test_module_in_a_cluster(spawn):
     rc = spawn.redis_cluster(masters=3, replicas=0, module=MODULE)
     g = spawn.gateway(rc.nodes, name="modrc")
 
+    def per_master():
+        return [commandstat(n.addr, "kefu.msgsend") for n in rc.nodes]
+
     async def body():
-        for _ in range(4):          # conversations land on several masters
+        for _ in range(12):         # until conversations landed on two masters or more
             await chat(g, n=3)
-    run(body(), timeout=60)
-    per_master = [commandstat(n.addr, "kefu.msgsend") for n in rc.nodes]
-    assert sum(per_master) >= 16 and sum(1 for x in per_master if x) >= 2, per_master
+            if sum(1 for x in per_master() if x) >= 2:
+                return
+    run(body(), timeout=90)
+    calls = per_master()
+    assert sum(calls) >= 4 and sum(1 for x in calls if x) >= 2, calls
     # a call whose keys are not all on the node is redirected like any command
     try:
         H.redis_call(rc.nodes[0].addr, "KEFU.MSGSEND", 4, "{a}m", "{a}s", "{b}m", "{b}s", 10, 80,
