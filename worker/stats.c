@@ -61,7 +61,12 @@ void wk_stats_day_str(int64_t day, char out[12]) {
     snprintf(out, 12, "%04lld%02d%02d", (long long)y, m, d);
 }
 
-long long wk_stats_expire_at(int64_t day) { return (long long)(day + 1 + wk.opt.stats_days) * 86400; }
+/* The local midnight that ends day + stats_days, in unix seconds: a day's keys live stats_days
+ * full days after it, whatever the zone's distance from UTC. */
+long long wk_stats_expire_at(int64_t day) {
+    int64_t local = (day + 1 + wk.opt.stats_days) * 86400;
+    return (long long)(local - kf_tz_offset(&tz, local - kf_tz_offset(&tz, local)));
+}
 
 /* The local day (YYYYMMDD) and hour of a unix time in ms, and when that day's keys expire. */
 typedef struct day {

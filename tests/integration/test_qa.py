@@ -133,11 +133,12 @@ def test_sample_size_minimum_per_agent_and_reproducible(spawn):
     assert (info["n"], info["k"], info["sampled"], info["min_per_agent"]) == \
         ("40", "4", str(len(got)), "2")
     assert info["by"] == w1.name and info["rate"] == "0.1" and int(info["at"]) > 0
-    # kept as long as the day's statistics: until stats_days (400) days after the day
-    day_no = (datetime.date(int(d[:4]), int(d[4:6]), int(d[6:])) - datetime.date(1970, 1, 1)).days
+    # kept as long as the day's statistics: until the local midnight stats_days (400) days
+    # after the day
+    start = datetime.datetime(int(d[:4]), int(d[4:6]), int(d[6:]), tzinfo=zoneinfo.ZoneInfo(tz))
     for k in ("sample", "info"):
         expire_at = r_(addr, "EXPIRETIME", f"kefu:{{qa:{d}}}:{k}")
-        assert expire_at == (day_no + 1 + 400) * 86400, (k, expire_at)
+        assert expire_at == int((start + datetime.timedelta(days=401)).timestamp()), (k, expire_at)
     assert r_(addr, "EXISTS", "kefu:{qa:%s}:info" % other) == 0 or other == d
     assert metric(w1, "kefu_worker_qa_samples_total") == 1
     assert metric(w1, "kefu_worker_qa_sampled_total") == len(got)

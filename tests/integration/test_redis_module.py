@@ -136,20 +136,25 @@ def test_replica_and_aof_need_no_module(spawn):
     that a server without the module loads, as the same data."""
     master = H.Redis(spawn.workdir / "mod-master", module=MODULE)
     master.argv[master.argv.index("--appendonly") + 1] = "yes"
-    master.argv += ["--appendfsync", "always"]
+    # the replica syncs at once, not after the default 5 s of waiting for more replicas
+    master.argv += ["--appendfsync", "always", "--repl-diskless-sync-delay", "0"]
     spawn.redises.append(master)
     master.start()
     replica = H.Redis(spawn.workdir / "mod-replica", module="")
     replica.argv += ["--replicaof", H.HOST, str(master.port)]
     spawn.redises.append(replica)
     replica.start()
+    # online: the master streams its writes to it (after the first sync the master waits for
+    # the replica's first acknowledgement before it does)
+    H.wait_until(lambda: "state=online" in H.redis_call(master.addr, "INFO", "replication"),
+                 timeout=20, what="the replica online")
     seed(master.addr)
     for b in BATCHES:
         call(master.addr, True, b)
     for i in range(0, 300, 25):
         call(master.addr, True, [("T", "c6", "customer", f"t{i + k}", f"t{i + k}")
                                  for k in range(25)], maxlen=40)
-    assert H.redis_call(master.addr, "WAIT", 1, 5000) == 1
+    assert H.redis_call(master.addr, "WAIT", 1, 10000, timeout=15) == 1
 
     def data(addr):
         out = {}
@@ -159,7 +164,7 @@ def test_replica_and_aof_need_no_module(spawn):
         return out
     want = data(master.addr)
     assert len(want["xT"]) < 300 and want["xT"][-1][1][-3] == "t299"
-    assert data(replica.addr) == want
+    H.wait_until(lambda: data(replica.addr) == want, timeout=10, what="the replica's copy")
     master.stop()
     again = H.Redis(spawn.workdir / "mod-master", port=master.port, module="")
     again.argv[again.argv.index("--appendonly") + 1] = "yes"

@@ -150,8 +150,10 @@ def test_a_scripted_day_counts_as_computed_by_hand(spawn):
         agents = rcall(wc, "st:" + day, "HGETALL", f"kefu:{{st:{day}}}:agent")
         assert dict(zip(agents[::2], agents[1::2])) == {
             k1: a1.user, k2: a2.user, k3: "", k4: a1.user}
-        ttl = rcall(wc, "st:" + day, "TTL", f"kefu:{{st:{day}}}:n")
-        assert 399 * 86400 < ttl <= 401 * 86400, ttl
+        # the day's keys expire at the local midnight that ends the day + stats_days (400)
+        at = rcall(wc, "st:" + day, "EXPIRETIME", f"kefu:{{st:{day}}}:n")
+        end = datetime.datetime.strptime(day, "%Y%m%d").replace(tzinfo=zoneinfo.ZoneInfo(TZ))
+        assert at == int((end + datetime.timedelta(days=401)).timestamp()), (at, day)
 
         # /metrics: the two workers together counted each conversation once
         ms = [H.Metrics(w.http("/metrics")[1]) for w in wc.workers]
