@@ -719,6 +719,28 @@ def frozen_master_setup(spawn, name, counter_on_victim):
     return rc, g, slots, queue, victim, channel
 
 
+async def opens_while_frozen(cust, victim, want_ok):
+    """conv.open, up to 40 times, while the victim master is stopped (SIGSTOP), until at
+    least want_ok were answered ok and two `unavailable` (any other answer fails the test).
+    Returns the ok answers; the master runs again afterwards."""
+    os.kill(victim.pid, signal.SIGSTOP)
+    ok, failed = [], 0
+    try:
+        for _ in range(40):
+            r = await cust.request("conv.open", _timeout=10)
+            if r["type"] == "ok":
+                ok.append(r)
+            else:
+                assert r["code"] == "unavailable", r
+                failed += 1
+            if failed >= 2 and len(ok) >= want_ok:
+                break
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    assert len(ok) >= want_ok and failed >= 2, (failed, ok)
+    return ok
+
+
 def test_ticket_counters_need_only_the_conversations_master(spawn):
     """A channel-day's tickets come from 16 counters in the lifecycle partitions' slots, each
     conversation's from one on its own master: while one master is frozen, a conv.open whose
@@ -741,21 +763,7 @@ def test_ticket_counters_need_only_the_conversations_master(spawn):
                                                                  slots), r
             convs.append(r["conv"])
             seqs.append(r["ticket"])
-        os.kill(victim.pid, signal.SIGSTOP)
-        ok, failed = [], 0
-        try:
-            for _ in range(40):
-                r = await cust.request("conv.open", _timeout=10)
-                if r["type"] == "ok":
-                    ok.append(r)
-                else:
-                    assert r["code"] == "unavailable", r
-                    failed += 1
-                if failed >= 2 and len(ok) >= 6:
-                    break
-        finally:
-            os.kill(victim.pid, signal.SIGCONT)
-        assert len(ok) >= 6 and failed >= 2, (failed, ok)
+        ok = await opens_while_frozen(cust, victim, 6)
         for r in ok:
             assert rc.master_of(f"kefu:{{c:{r['conv']}}}:meta", slots) is not victim
             assert counter_master(r["ticket"]) is not victim
@@ -776,22 +784,8 @@ def test_open_that_fails_on_a_frozen_master_leaves_no_queue_entry(spawn):
     async def body():
         sub = rc.user_id("cust", slots, off=victim)
         cust = await connect(g, "customer", "json", sub=sub, channel=channel)
-        os.kill(victim.pid, signal.SIGSTOP)
-        ok, failed = [], 0
-        try:
-            for _ in range(40):
-                r = await cust.request("conv.open", _timeout=10)
-                if r["type"] == "ok":
-                    ok.append(r["conv"])
-                else:
-                    assert r["code"] == "unavailable", r
-                    failed += 1
-                if failed >= 2 and len(ok) >= 2:
-                    break
-        finally:
-            os.kill(victim.pid, signal.SIGCONT)
-        assert failed >= 2 and len(ok) >= 2, (failed, ok)
-        return sub, ok
+        ok = await opens_while_frozen(cust, victim, 2)
+        return sub, [r["conv"] for r in ok]
     sub, ok = run(body(), timeout=90)
     # only the conversations that were opened wait, and only they are the customer's
     assert sorted(rc.call("ZRANGE", queue, "0", "-1")) == sorted(ok)
