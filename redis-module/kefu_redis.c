@@ -51,14 +51,7 @@ static void reply_stored(RedisModuleCtx *ctx, const char *kind, const char *id, 
                          RedisModuleString *agent, RedisModuleString *sups) {
     size_t slen, len;
     const char *s = str(sups, &slen);
-    long n = 5;
-    for (size_t i = 0; i < slen;) {
-        const char *nl = memchr(s + i, '\n', slen - i);
-        size_t end = nl ? (size_t)(nl - s) : slen;
-        if (end > i) n++;
-        i = end + 1;
-    }
-    RM_ReplyWithArray(ctx, n);
+    RM_ReplyWithArray(ctx, RM_POSTPONED_LEN);
     RM_ReplyWithStringBuffer(ctx, kind, 1);
     RM_ReplyWithStringBuffer(ctx, id, idlen);
     RM_ReplyWithStringBuffer(ctx, prev, prevlen);
@@ -66,12 +59,17 @@ static void reply_stored(RedisModuleCtx *ctx, const char *kind, const char *id, 
     RM_ReplyWithStringBuffer(ctx, p, len);
     p = str(agent, &len);
     RM_ReplyWithStringBuffer(ctx, p, len);
+    long n = 5;
     for (size_t i = 0; i < slen;) {
         const char *nl = memchr(s + i, '\n', slen - i);
         size_t end = nl ? (size_t)(nl - s) : slen;
-        if (end > i) RM_ReplyWithStringBuffer(ctx, s + i, end - i);
+        if (end > i) {
+            RM_ReplyWithStringBuffer(ctx, s + i, end - i);
+            n++;
+        }
         i = end + 1;
     }
+    RM_ReplySetArrayLength(ctx, n);
 }
 
 static int fmt_id(char *buf, size_t size, const RedisModuleStreamID *id) {

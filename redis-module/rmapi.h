@@ -26,6 +26,8 @@
 #define RM_STREAM_ITERATOR_REVERSE (1 << 1)
 #define RM_STREAM_TRIM_APPROX (1 << 0)
 
+#define RM_POSTPONED_LEN -1 /* ReplyWithArray: the length follows in ReplySetArrayLength */
+
 typedef struct RedisModuleCtx RedisModuleCtx;
 typedef struct RedisModuleKey RedisModuleKey;
 typedef struct RedisModuleString RedisModuleString;
@@ -62,6 +64,7 @@ typedef int (*RedisModuleCmdFunc)(RedisModuleCtx *ctx, RedisModuleString **argv,
     X(const char *, StringPtrLen, (const RedisModuleString *, size_t *))                           \
     X(int, StringToLongLong, (const RedisModuleString *, long long *))                             \
     X(int, ReplyWithArray, (RedisModuleCtx *, long))                                               \
+    X(void, ReplySetArrayLength, (RedisModuleCtx *, long))                                         \
     X(int, ReplyWithError, (RedisModuleCtx *, const char *))                                       \
     X(int, ReplyWithStringBuffer, (RedisModuleCtx *, const char *, size_t))                        \
     X(int, ReplyWithString, (RedisModuleCtx *, RedisModuleString *))                               \
